@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "TokenWarehouse",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "twfs", targets: ["twfs"]),
+        .executable(name: "twctl", targets: ["twctl"]),
+        .library(name: "BlockStore", targets: ["BlockStore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries, found by pkg-config. Each has a shim header that pins what Swift can't import.
+        .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CLZ4", path: "Sources/CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CXXHash", path: "Sources/CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        // The one place errno becomes a Swift error; file descriptors, mappings, aligned buffers, locks.
+        .target(name: "Platform"),
+        // The log of segments on NVMe: record codec, index, recovery, eviction, compaction.
+        .target(name: "BlockStore", dependencies: ["Platform", "CLZ4", "CXXHash"]),
+        // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.
+        .target(name: "FuseBridge", dependencies: ["BlockStore", "Platform", "CFuse"]),
+        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "Platform"], path: "Mount/twfs"),
+        .executableTarget(
+            name: "twctl",
+            dependencies: ["BlockStore", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Tools/twctl"),
+        .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "Platform"]),
+    ]
+)

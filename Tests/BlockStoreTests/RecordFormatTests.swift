@@ -1,0 +1,72 @@
+import Testing
+@testable import BlockStore
+
+@Suite struct RecordFormatTests {
+    @Test func sizesAndVersionsArePinned() {
+        #expect(RecordFormat.fixedHeaderSize == 64)
+        #expect(RecordFormat.alignment == 4096)
+        #expect(RecordFormat.version == 1)
+        #expect(RecordFormat.magic == 0x3152_5754)
+        #expect(SegmentFormat.headerSize == 4096)
+        #expect(SegmentFormat.version == 1)
+        #expect(SegmentFormat.magic == Array("TWSEGMT1".utf8))
+        #expect(SummaryFormat.headerSize == 32)
+        #expect(SummaryFormat.entrySize == 48)
+        #expect(SummaryFormat.version == 1)
+        #expect(MemoryLayout<IndexEntry>.size == 32)
+        #expect(MemoryLayout<BlockKey>.size == 16)
+        #expect(RecordFormat.headerAreaSize(namespaceLength: 1, keyLength: 16, metadataLength: 0) == 4096)
+        #expect(RecordFormat.recordSize(headerAreaSize: 4096, storedLength: 4097) == 4096 + 8192)
+    }
+
+    @Test func headerRoundTripsThroughEncodeAndDecode() throws {
+        let h = RecordHeader(type: .block, flags: RecordFormat.flagCompressedLZ4, namespace: "llama-8b@tp0", key: "00ff00ff00ff00ff",
+                             metadata: BlockMetadata(parent: "aa11bb22cc33dd44", tokens: "1,2,3"), storedLength: 1234,
+                             logicalLength: 5678, sequence: 42, commitTimeNanoseconds: 1_700_000_000_000_000_000, payloadChecksum: 0xDEAD_BEEF)
+        var area = [UInt8](repeating: 0xAA, count: h.headerAreaSize)
+        area.withUnsafeMutableBytes { h.encode(into: $0) }
+        let decoded = area.withUnsafeBytes { RecordHeader.decode($0) }
+        #expect(try decoded.get() == h)
+    }
+
+    @Test func flippedHeaderByteFailsTheHeaderChecksum() {
+        let h = RecordHeader(type: .block, flags: 0, namespace: "m", key: "k", metadata: BlockMetadata(), storedLength: 1,
+                             logicalLength: 1, sequence: 1, commitTimeNanoseconds: 1, payloadChecksum: 1)
+        var area = [UInt8](repeating: 0, count: h.headerAreaSize)
+        area.withUnsafeMutableBytes { h.encode(into: $0) }
+        for i in [4, 12, 24, 40, 56, 64, 65] {
+            var damaged = area
+            damaged[i] ^= 0x01
+            let result = damaged.withUnsafeBytes { RecordHeader.decode($0) }
+            #expect(throws: RecordHeader.DecodeFailure.self) { try result.get() }
+        }
+    }
+
+    @Test func summaryFileRoundTripsAndRejectsDamage() {
+        let entries = (0..<5).map { i in
+            SummaryEntry(key: BlockKey(namespace: "m", key: "k\(i)"), sequence: UInt64(i), page: UInt32(i + 1), storedLength: 10,
+                         logicalLength: 10, commitSeconds: 7, namespaceID: 1, fanout: 0, flags: 0, headerPages: 1)
+        }
+        var bytes = SummaryEntry.encodeFile(segmentID: 9, entries: entries)
+        #expect(bytes.count == SummaryFormat.headerSize + 5 * SummaryFormat.entrySize + SummaryFormat.trailerSize)
+        #expect(SummaryEntry.decodeFile(bytes, segmentID: 9) == entries)
+        #expect(SummaryEntry.decodeFile(bytes, segmentID: 8) == nil)
+        bytes[40] ^= 1
+        #expect(SummaryEntry.decodeFile(bytes, segmentID: 9) == nil)
+    }
+
+    @Test func namingRulesFollowTheDesign() {
+        #expect(BlockName.isValidNamespace("llama-3.1-8b@tp0+bf16_x"))
+        #expect(!BlockName.isValidNamespace(".hidden"))
+        #expect(!BlockName.isValidNamespace("has space"))
+        #expect(!BlockName.isValidNamespace(String(repeating: "a", count: 129)))
+        #expect(BlockName.isCanonicalHash(Array("0123456789abcdef".utf8)))
+        #expect(!BlockName.isCanonicalHash(Array("0123456789ABCDEF".utf8)))
+        #expect(!BlockName.isCanonicalHash(Array("0123456789abcde".utf8)))
+        #expect(BlockName.fanout(of: Array("ab23456789abcdef".utf8)) == 0xAB)
+        #expect(!BlockName.isValidKey(Array("..".utf8)))
+        #expect(!BlockName.isValidKey(Array("a/b".utf8)))
+        #expect(!BlockName.isValidKey([UInt8](repeating: 0x61, count: 256)))
+        #expect(BlockName.isValidKey([UInt8](repeating: 0x61, count: 255)))
+    }
+}

@@ -1,0 +1,359 @@
+"""Block life cycle (DESIGN.md "Block file semantics"): atomic commit at close, first write wins,
+write-then-rename, unlink, parallel pwrite, and the maximum block size."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from twfs_util import (PROBE_OPEN, PROBE_READ, assert_errno, block_hash, canonical, first_difference, pattern,
+                       read_block, run_python, write_block)
+import hashlib
+
+pytestmark = pytest.mark.timeout(120)
+
+CREATE = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+MiB = 1 << 20
+
+
+def _path(ns, kind: str, tag: str) -> str:
+    if kind == "canonical":
+        return canonical(ns, block_hash(tag))
+    return os.path.join(ns, f"{tag}@model@0.pt")
+
+
+def _probe(path) -> dict:
+    r = run_python(PROBE_OPEN, os.fspath(path))
+    assert r.returncode == 0, r.stderr
+    return dict(item.split("=") for item in r.stdout.split())
+
+
+def _read_elsewhere(path) -> tuple[int, str]:
+    r = run_python(PROBE_READ, os.fspath(path))
+    assert r.returncode == 0, r.stderr
+    size, digest = r.stdout.split()
+    return int(size), digest
+
+
+# -------------------------------------------------------------------------------------- atomic commit
+
+@pytest.mark.parametrize("kind", ["canonical", "compat"])
+def test_block_is_enoent_to_other_processes_until_close_then_whole(ns, kind):
+    path = _path(ns, kind, "atomic-" + kind)
+    data = pattern(path, 3 * MiB)
+    fd = os.open(path, CREATE, 0o644)
+    try:
+        os.write(fd, data[:MiB])
+        seen = _probe(path)
+        assert seen == {"stat": "ENOENT", "open": "ENOENT"}, f"after 1 of 3 MiB written: {seen}"
+        os.write(fd, data[MiB:])
+        seen = _probe(path)
+        assert seen == {"stat": "ENOENT", "open": "ENOENT"}, f"after all bytes, before close: {seen}"
+    finally:
+        os.close(fd)
+    assert _read_elsewhere(path) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_writer_killed_mid_block_leaves_nothing_visible(warehouse, ns):
+    path = _path(ns, "canonical", "dies")
+    child = subprocess.Popen([sys.executable, "-c", r"""
+import os, signal, sys
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b"partial" * 100000)
+sys.stdout.write("written\n"); sys.stdout.flush()
+sys.stdin.readline()
+os.kill(os.getpid(), signal.SIGKILL)
+""", path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written"
+        child.stdin.write("die\n")
+        child.stdin.flush()
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
+    assert_errno(errno.ENOENT, os.stat, path)
+    # The name is still free: a later writer commits it normally.
+    data = pattern(path, 200000)
+    write_block(path, data)
+    assert read_block(path) == data
+    assert warehouse.alive()
+
+
+# ---------------------------------------------------------------------------------- first write wins
+
+def test_o_excl_create_of_existing_block_is_eexist(ns):
+    path = _path(ns, "canonical", "excl")
+    original = os.urandom(100000)
+    write_block(path, original, flags=os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    assert_errno(errno.EEXIST, os.open, path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    compat = os.path.join(ns, "excl.pt")
+    write_block(compat, original)
+    assert_errno(errno.EEXIST, os.open, compat, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    assert read_block(path) == original
+    assert read_block(compat) == original
+
+
+@pytest.mark.parametrize("new_size", [50000, 300000, 2 * MiB])
+def test_open_wb_on_existing_block_is_accepted_and_writes_are_discarded(ns, new_size):
+    path = _path(ns, "compat", f"wb-{new_size}")
+    original = os.urandom(300000)
+    write_block(path, original)
+    replacement = b"\xee" * new_size
+    with open(path, "wb") as f:   # O_CREAT|O_TRUNC|O_WRONLY, as torch.save does
+        assert _read_elsewhere(path) == (len(original), hashlib.sha256(original).hexdigest()), \
+            "O_TRUNC open of a committed block changed what readers see"
+        f.write(replacement)
+    got = read_block(path)
+    assert got == original, first_difference(got, original)
+    assert os.stat(path).st_size == len(original)
+    assert _read_elsewhere(path) == (len(original), hashlib.sha256(original).hexdigest())
+
+
+def test_second_writer_closing_first_commits_and_the_other_is_discarded(ns):
+    path = _path(ns, "canonical", "two-writers-ordered")
+    a = pattern("writer-a", MiB)
+    b = pattern("writer-b", MiB + MiB // 2)
+    fa = os.open(path, CREATE, 0o644)
+    fb = os.open(path, CREATE, 0o644)
+    try:
+        for off in range(0, len(b), 256 * 1024):
+            if off < len(a):
+                os.pwrite(fa, a[off:off + 256 * 1024], off)
+            os.pwrite(fb, b[off:off + 256 * 1024], off)
+        os.close(fb)
+        fb = -1
+        got = read_block(path)
+        assert got == b, "first to close must commit: " + first_difference(got, b)
+    finally:
+        if fb >= 0:
+            os.close(fb)
+        os.close(fa)
+    got = read_block(path)
+    assert got == b, "the later close must be discarded: " + first_difference(got, b)
+
+
+def test_racing_writer_threads_commit_exactly_one_writers_bytes(ns):
+    for round_ in range(12):
+        path = _path(ns, "canonical", f"race-{round_}")
+        payloads = [pattern(f"race-{round_}-{i}", MiB + i * 123457) for i in range(2)]
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def writer(data):
+            try:
+                fd = os.open(path, CREATE, 0o644)
+                barrier.wait(timeout=10)
+                try:
+                    for off in range(0, len(data), 128 * 1024):
+                        os.pwrite(fd, data[off:off + 128 * 1024], off)
+                finally:
+                    os.close(fd)
+            except OSError as e:    # the spec does not promise the loser's close succeeds
+                errors.append(e)
+
+        threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(errors) < 2, f"round {round_}: both writers failed: {errors}"
+        got = read_block(path)
+        assert got in payloads, f"round {round_}: mixed block: " + \
+            "; ".join(first_difference(got, p) for p in payloads)
+
+
+RACE_WRITER = r"""
+import os, sys, time
+path, seed, size, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+from twfs_util import pattern
+data = pattern(seed, size)
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+while time.time() < start_at:
+    pass
+for off in range(0, size, 65536):
+    os.pwrite(fd, data[off:off + 65536], off)
+os.close(fd)
+"""
+
+
+def test_racing_writer_processes_commit_exactly_one_writers_bytes(ns):
+    import time
+    here = os.path.dirname(os.path.abspath(__file__))
+    for round_ in range(4):
+        path = _path(ns, "compat", f"proc-race-{round_}")
+        seeds = [(f"proc-{round_}-{i}", 2 * MiB + i * 99991) for i in range(2)]
+        start_at = f"{time.time() + 1.0:.3f}"
+        procs = [subprocess.Popen([sys.executable, "-c", RACE_WRITER, path, seed, str(size), start_at, here],
+                                  stderr=subprocess.PIPE, text=True) for seed, size in seeds]
+        rcs = [p.wait(timeout=60) for p in procs]
+        assert 0 in rcs, [p.stderr.read() for p in procs]
+        got = read_block(path)
+        expected = [pattern(seed, size) for seed, size in seeds]
+        assert got in expected, f"round {round_}: mixed block: " + \
+            "; ".join(first_difference(got, e) for e in expected)
+
+
+# ----------------------------------------------------------------------------------- write-then-rename
+
+@pytest.mark.parametrize("final_kind", ["canonical", "compat"])
+def test_rename_of_temporary_name_commits_block_under_final_name(ns, final_kind):
+    final = _path(ns, final_kind, "renamed-" + final_kind)
+    tmp = os.path.join(ns, f".tmp-{os.getpid()}-{final_kind}")
+    data = pattern(final, 1234567)
+    write_block(tmp, data)
+    os.replace(tmp, final)
+    got = read_block(final)
+    assert got == data, first_difference(got, data)
+    assert_errno(errno.ENOENT, os.stat, tmp)
+    assert os.stat(final).st_size == len(data)
+    assert os.stat(final).st_mode & 0o777 == 0o444
+    assert _read_elsewhere(final) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_rename_across_namespaces_is_exdev(warehouse):
+    a = warehouse.namespace("model-a")
+    b = warehouse.namespace("model-b")
+    src = os.path.join(a, "block.tmp")
+    write_block(src, b"cross" * 1000)
+    h = block_hash("cross")
+    assert_errno(errno.EXDEV, os.rename, src, canonical(b, h))
+    assert_errno(errno.EXDEV, os.rename, src, os.path.join(b, "block.pt"))
+    assert read_block(src) == b"cross" * 1000
+    assert_errno(errno.ENOENT, os.stat, os.path.join(b, "block.pt"))
+
+
+def test_rename_onto_an_invalid_canonical_name_is_einval(ns):
+    src = os.path.join(ns, "valid.tmp")
+    write_block(src, b"v" * 100)
+    assert_errno(errno.EINVAL, os.rename, src, os.path.join(ns, "ab", "not-hex-at-all-xyz"))
+    assert_errno(errno.EINVAL, os.rename, src, os.path.join(ns, "00", "ab" + "0" * 30))
+    assert read_block(src) == b"v" * 100
+
+
+def test_rename_onto_an_existing_block_leaves_one_whole_block(ns):
+    # The spec does not say whether rename replaces or keeps (first write wins); either whole block is fine.
+    final = _path(ns, "canonical", "rename-onto-existing")
+    old = pattern("old", 500000)
+    new = pattern("new", 700000)
+    write_block(final, old)
+    tmp = os.path.join(ns, ".tmp-onto")
+    write_block(tmp, new)
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        assert e.errno in (errno.EEXIST, errno.EPERM, errno.EACCES), e
+    got = read_block(final)
+    assert got in (old, new), first_difference(got, old)
+
+
+# ----------------------------------------------------------------------------------------------- unlink
+
+@pytest.mark.parametrize("kind", ["canonical", "compat"])
+def test_unlink_deletes_block_and_name_can_be_written_again(ns, kind):
+    path = _path(ns, kind, "unlink-" + kind)
+    write_block(path, pattern("first", 400000))
+    os.unlink(path)
+    assert_errno(errno.ENOENT, os.stat, path)
+    assert_errno(errno.ENOENT, os.open, path, os.O_RDONLY)
+    assert _probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
+    assert os.path.basename(path) not in os.listdir(os.path.dirname(path))
+    second = pattern("second", 300000)
+    write_block(path, second)
+    got = read_block(path)
+    assert got == second, first_difference(got, second)
+    assert _read_elsewhere(path) == (len(second), hashlib.sha256(second).hexdigest())
+
+
+def test_unlink_of_missing_block_is_enoent(ns):
+    assert_errno(errno.ENOENT, os.unlink, _path(ns, "canonical", "never-written"))
+    assert_errno(errno.ENOENT, os.unlink, os.path.join(ns, "never.pt"))
+
+
+# ------------------------------------------------------------------------------------- parallel pwrite
+
+def test_parallel_pwrite_of_different_offsets_on_one_fd_gives_exact_bytes(ns):
+    path = _path(ns, "canonical", "pwrite")
+    chunk = 128 * 1024
+    data = pattern(path, 8 * MiB + 12345)
+    offsets = list(range(0, len(data), chunk))
+    fd = os.open(path, CREATE, 0o644)
+    errors = []
+
+    def worker(i):
+        try:
+            # Each thread writes every 4th chunk, last first, so offsets arrive out of order.
+            for off in reversed(offsets[i::4]):
+                piece = data[off:off + chunk]
+                assert os.pwrite(fd, piece, off) == len(piece)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    os.close(fd)
+    assert not errors, errors
+    got = read_block(path)
+    assert got == data, first_difference(got, data)
+    assert os.stat(path).st_size == len(data)
+
+
+# --------------------------------------------------------------------------------------- maximum size
+
+def _write_expecting_efbig(path: str, total: int) -> int | None:
+    """Write `total` bytes in 1 MiB pieces and close; return the errno of the first failure."""
+    fd = os.open(path, CREATE, 0o644)
+    failed = None
+    try:
+        piece = b"\x5a" * MiB
+        for off in range(0, total, MiB):
+            os.write(fd, piece[:min(MiB, total - off)])
+    except OSError as e:
+        failed = e.errno
+    try:
+        os.close(fd)
+    except OSError as e:
+        failed = failed or e.errno
+    return failed
+
+
+def test_block_larger_than_max_block_is_efbig_and_not_committed(warehouse_factory):
+    wh = warehouse_factory("--max-block", "4M")
+    ns = wh.namespace("ns")
+    path = canonical(ns, block_hash("too-big"))
+    got = _write_expecting_efbig(path, 5 * MiB)
+    assert got == errno.EFBIG, f"expected EFBIG from a write or close, got {errno.errorcode.get(got, got)}"
+    assert_errno(errno.ENOENT, os.stat, path)
+    # Exactly the maximum is allowed, and the daemon keeps serving.
+    ok = canonical(ns, block_hash("max-size"))
+    data = pattern(ok, 4 * MiB)
+    write_block(ok, data)
+    assert read_block(ok) == data
+
+
+def test_pwrite_past_max_block_is_efbig(warehouse_factory):
+    wh = warehouse_factory("--max-block", "4M")
+    ns = wh.namespace("ns")
+    path = os.path.join(ns, "sparse-too-big.pt")
+    fd = os.open(path, CREATE, 0o644)
+    failed = None
+    try:
+        os.pwrite(fd, b"x" * 4096, 5 * MiB)
+    except OSError as e:
+        failed = e.errno
+    try:
+        os.close(fd)
+    except OSError as e:
+        failed = failed or e.errno
+    assert failed == errno.EFBIG, errno.errorcode.get(failed, failed)
+    assert_errno(errno.ENOENT, os.stat, path)

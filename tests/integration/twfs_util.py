@@ -1,0 +1,199 @@
+"""Helpers shared by the twfs integration tests: deterministic block contents, names, errno checks.
+
+Block contents are derived from the block's name so that a test (or a reader thread, or a check after a
+crash) can recompute what any block must hold without keeping its bytes in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+# A prime period longer than LZ4's 64 KiB window: a page moved by any multiple of 4 KiB (or 64 KiB)
+# changes the bytes, and the contents do not compress to nothing.
+PATTERN_PERIOD = 65537
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit(name: str) -> bytes:
+    return hashlib.shake_256(b"twfs-pattern\0" + name.encode("utf-8", "surrogateescape")).digest(
+        PATTERN_PERIOD
+    )
+
+
+def pattern(name: str, size: int, offset: int = 0) -> bytes:
+    """Bytes [offset, offset+size) of the deterministic content of the block named `name`."""
+    if size <= 0:
+        return b""
+    unit = _unit(name)
+    start = offset % PATTERN_PERIOD
+    head = unit[start:]
+    if size <= len(head):
+        return head[:size]
+    reps = (size - len(head)) // PATTERN_PERIOD + 1
+    return (head + unit * reps)[:size]
+
+
+def size_for(name: str, lo: int, hi: int) -> int:
+    """A size in [lo, hi] derived from the name (so it can be recomputed)."""
+    h = int.from_bytes(hashlib.sha256(b"twfs-size\0" + name.encode()).digest()[:8], "little")
+    return lo + h % (hi - lo + 1)
+
+
+def block_hash(*parts: object, length: int = 64) -> str:
+    """A lowercase hex prefix hash (`length` hex chars, 16..128) derived from `parts`."""
+    data = "\0".join(str(p) for p in parts).encode()
+    return hashlib.shake_256(data).hexdigest((length + 1) // 2)[:length]
+
+
+def canonical(ns_dir: os.PathLike | str, hash_hex: str) -> str:
+    """MOUNT/NS/hh/HASH for a hex hash."""
+    return os.path.join(os.fspath(ns_dir), hash_hex[:2], hash_hex)
+
+
+def write_block(path: str, data: bytes, flags: int = os.O_CREAT | os.O_WRONLY | os.O_TRUNC,
+                chunk: int = 1 << 20) -> None:
+    """Create a block with raw syscalls (no Python buffering): open, write in chunks, close."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        off = 0
+        while off < len(view):
+            n = os.write(fd, view[off:off + chunk])
+            assert n > 0, f"short write of 0 bytes at {off} to {path}"
+            off += n
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    os.close(fd)
+
+
+def read_block(path: str, chunk: int = 1 << 20) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while True:
+            b = os.read(fd, chunk)
+            if not b:
+                break
+            parts.append(b)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def first_difference(a: bytes, b: bytes) -> str:
+    """A short description of where two byte strings differ (for assertion messages)."""
+    if a == b:
+        return "equal"
+    n = min(len(a), len(b))
+    for i in range(0, n, 4096):
+        if a[i:i + 4096] != b[i:i + 4096]:
+            for j in range(i, min(i + 4096, n)):
+                if a[j] != b[j]:
+                    return f"first difference at byte {j} (len {len(a)} vs {len(b)})"
+    return f"lengths differ: {len(a)} vs {len(b)} (common prefix equal)"
+
+
+def errno_of(fn, *args, **kwargs) -> int | None:
+    """Run fn; return the errno of the OSError it raised, or None if it succeeded."""
+    try:
+        fn(*args, **kwargs)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def errname(code: int | None) -> str:
+    if code is None:
+        return "success"
+    return errno.errorcode.get(code, str(code))
+
+
+def assert_errno(expected, fn, *args, **kwargs) -> None:
+    """Assert that fn(*args) raises OSError with an errno in `expected` (an int or a collection)."""
+    allowed = {expected} if isinstance(expected, int) else set(expected)
+    got = errno_of(fn, *args, **kwargs)
+    assert got in allowed, (
+        f"{getattr(fn, '__name__', fn)}{args!r}: expected "
+        f"{' or '.join(sorted(errname(e) for e in allowed))}, got {errname(got)}"
+    )
+
+
+def run_python(code: str, *args: str, timeout: float = 30, user: int | None = None) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a separate process (another process than the test's own)."""
+    kwargs = {}
+    if user is not None:
+        def demote():
+            os.setgroups([])
+            os.setgid(user)
+            os.setuid(user)
+        kwargs["preexec_fn"] = demote
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+# Prints, from another process, "ok", or the errno name of what open/stat of argv[1] raised.
+PROBE_OPEN = r"""
+import errno, os, sys
+p = sys.argv[1]
+res = []
+for what, fn in (("stat", lambda: os.stat(p)), ("open", lambda: os.close(os.open(p, os.O_RDONLY)))):
+    try:
+        fn()
+        res.append(what + "=ok")
+    except OSError as e:
+        res.append(what + "=" + errno.errorcode.get(e.errno, str(e.errno)))
+print(" ".join(res))
+"""
+
+# Prints the sha256 of the contents of argv[1] and its size, read from another process.
+PROBE_READ = r"""
+import hashlib, os, sys
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+print(len(data), hashlib.sha256(data).hexdigest())
+"""
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def errno_as_user(uid: int, gid: int, fn, *args) -> int | None:
+    """Run fn(*args) in a forked child that dropped to uid/gid; return its errno (None on success)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 255
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                fn(*args)
+                os.write(w, b"ok")
+            except OSError as e:
+                os.write(w, str(e.errno).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and out, f"probe child failed (status {status})"
+    return None if out == b"ok" else int(out)
