@@ -1,1 +1,242 @@
-print("twfs")
+// twfs: mounts a token warehouse (DESIGN.md) — KV-cache blocks as files, kept in a log of segments.
+import BlockStore
+import FuseBridge
+import Platform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let usage = """
+usage: twfs MOUNTPOINT [options]
+       twfs STORE MOUNTPOINT -o store-options      (as mount.twfs and /etc/fstab call it)
+
+options:
+  --store DIR          where the segments live (default: $XDG_DATA_HOME/tokenwarehouse/default,
+                       or ~/.local/share/tokenwarehouse/default)
+  --capacity SIZE      bytes of segments to keep before evicting (default: 90% of the store's disk)
+  --dram SIZE          size of the shared-memory DRAM tier (accepted; the tier is not built yet)
+  --sync POLICY        always | batch | none: what close() promises (default: batch; docs/format.md)
+  --max-block SIZE     largest block accepted, larger writes fail with EFBIG (default: 256M)
+  --segment-size SIZE  size at which a segment is sealed (default: capacity/16, 16M to 256M)
+  --threads N          FUSE worker threads (default: 16)
+  -f                   stay in the foreground
+  -d                   libfuse debug output (implies -f)
+  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, max_block=, segment_size=, threads= as above;
+                       other options go to libfuse (allow_other, default_permissions, ro, ...)
+SIZE accepts 4096, 512K, 512M, 20G, 1T.
+"""
+
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    _ = "twfs: \(message)\n".withCString { write(2, $0, strlen($0)) }
+    exit(code)
+}
+
+func say(_ message: String) {
+    _ = "\(message)\n".withCString { write(1, $0, strlen($0)) }
+}
+
+struct Options {
+    var mountpoint = ""
+    var store: String?
+    var capacity: UInt64?
+    var dram: UInt64 = 0
+    var sync = SyncPolicy.batch
+    var maxBlock = StoreConfiguration.defaultMaxBlockSize
+    var segmentSize: UInt64?
+    var threads = 16
+    var foreground = false
+    var debug = false
+    var fuseOptions: [String] = []
+}
+
+/// Options that mount(8) passes along and that mean nothing to a FUSE mount.
+let mountOnlyOptions: Set<String> = ["defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "rw"]
+
+func size(_ text: String, _ what: String) -> UInt64 {
+    guard let v = SizeParser.parse(text) else { fail("\(what): '\(text)' is not a size (examples: 512M, 20G, 1T)") }
+    return v
+}
+
+func apply(key: String, value: String, to o: inout Options) -> Bool {
+    switch key {
+    case "store": o.store = value
+    case "capacity": o.capacity = size(value, "capacity")
+    case "dram": o.dram = size(value, "dram")
+    case "sync":
+        guard let p = SyncPolicy(rawValue: value) else { fail("sync must be always, batch or none, not '\(value)'") }
+        o.sync = p
+    case "max_block", "max-block": o.maxBlock = Int(size(value, "max-block"))
+    case "segment_size", "segment-size": o.segmentSize = size(value, "segment-size")
+    case "threads":
+        guard let n = Int(value), n > 0, n <= 256 else { fail("threads must be 1 to 256") }
+        o.threads = n
+    default: return false
+    }
+    return true
+}
+
+func parse(_ arguments: [String]) -> Options {
+    var o = Options()
+    var positionals: [String] = []
+    var i = 0
+    func next(_ flag: String) -> String {
+        i += 1
+        guard i < arguments.count else { fail("\(flag) needs a value\n\(usage)") }
+        return arguments[i]
+    }
+    while i < arguments.count {
+        let a = arguments[i]
+        switch a {
+        case "-h", "--help": say(usage); exit(0)
+        case "-f": o.foreground = true
+        case "-d": o.debug = true; o.foreground = true
+        case "-o":
+            for item in next(a).split(separator: ",").map(String.init) {
+                let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+                if parts.count == 2, apply(key: parts[0], value: parts[1], to: &o) { continue }
+                if mountOnlyOptions.contains(item) || item.hasPrefix("x-") || item.hasPrefix("comment=") { continue }
+                o.fuseOptions.append(item)
+            }
+        default:
+            if a.hasPrefix("--") {
+                let body = String(a.dropFirst(2))
+                let parts = body.split(separator: "=", maxSplits: 1).map(String.init)
+                let key = parts[0].replacingDashes()
+                let value = parts.count == 2 ? parts[1] : next(a)
+                if !apply(key: key, value: value, to: &o) { fail("unknown option \(a)\n\(usage)") }
+            } else if a.hasPrefix("-") {
+                fail("unknown option \(a)\n\(usage)")
+            } else {
+                positionals.append(a)
+            }
+        }
+        i += 1
+    }
+    switch positionals.count {
+    case 1: o.mountpoint = positionals[0]
+    case 2:
+        o.store = o.store ?? positionals[0]
+        o.mountpoint = positionals[1]
+    default: fail("give one mount point\n\(usage)")
+    }
+    return o
+}
+
+extension String {
+    func replacingDashes() -> String { String(map { $0 == "-" ? "_" : $0 }) }
+}
+
+func absolute(_ path: String) -> String {
+    if path.hasPrefix("/") { return path }
+    var buffer = [CChar](repeating: 0, count: 4096)
+    guard getcwd(&buffer, buffer.count) != nil else { return path }
+    return String(cString: buffer) + "/" + path
+}
+
+func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+/// A mount point left by a daemon that died answers ENOTCONN; unmount it so we can mount again.
+func replaceStaleMount(_ mountpoint: String) {
+    var st = stat()
+    if stat(mountpoint, &st) == 0 {
+        if isMounted(mountpoint) { fail("\(mountpoint) is already mounted; unmount it first (fusermount3 -u \(mountpoint))", code: 2) }
+        return
+    }
+    let e = errno
+    if e == ENOENT {
+        do { try FileSystem.makeDirectories(mountpoint) } catch { fail("cannot create mount point: \(error)") }
+        return
+    }
+    guard e == ENOTCONN || e == ECONNABORTED else { fail("mount point \(mountpoint): \(String(cString: strerror(e)))") }
+    say("twfs: \(mountpoint) is a stale mount left by a daemon that died; unmounting it")
+    if umount2(mountpoint, Int32(MNT_DETACH)) != 0 {
+        let rc = system("fusermount3 -u -z '\(mountpoint)' 2>/dev/null")
+        if rc != 0 { fail("could not unmount the stale mount at \(mountpoint): run 'fusermount3 -u -z \(mountpoint)' and try again", code: 2) }
+    }
+}
+
+func isMounted(_ mountpoint: String) -> Bool {
+    guard let bytes = try? FileSystem.readFile("/proc/self/mounts") else { return false }
+    let target = absolute(mountpoint)
+    return String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains { line in
+        let f = line.split(separator: " ")
+        return f.count > 2 && String(f[1]) == target
+    }
+}
+
+func storeBytes(_ directory: String) -> UInt64 {
+    guard let names = try? FileSystem.listDirectory(directory) else { return 0 }
+    var total: UInt64 = 0
+    for n in names {
+        var st = stat()
+        if stat(directory + "/" + n, &st) == 0 { total += UInt64(st.st_size) }
+    }
+    return total
+}
+
+var options = parse(Array(CommandLine.arguments.dropFirst()))
+options.mountpoint = absolute(options.mountpoint)
+let storeDirectory: String
+if let s = options.store {
+    storeDirectory = absolute(s)
+} else {
+    let base = environment("XDG_DATA_HOME") ?? ((environment("HOME") ?? "/tmp") + "/.local/share")
+    storeDirectory = base + "/tokenwarehouse/default"
+    say("twfs: no --store given; using \(storeDirectory)")
+}
+if options.dram > 0 { say("twfs: note: the DRAM tier is not built yet; --dram \(options.dram) is ignored") }
+
+replaceStaleMount(options.mountpoint)
+do { try FileSystem.makeDirectories(storeDirectory, mode: 0o750) } catch { fail("cannot create the store directory: \(error)") }
+let capacity = options.capacity ?? {
+    let space = (try? FileSystem.space(of: storeDirectory)) ?? (total: 0, available: 0)
+    return UInt64(Double(space.available + storeBytes(storeDirectory)) * 0.9)
+}()
+if capacity < 64 << 20 { fail("capacity \(SizeParser.format(capacity)) is too small; give --capacity of at least 64M") }
+
+let configuration = StoreConfiguration(capacity: capacity, segmentSize: options.segmentSize, maxBlockSize: options.maxBlock, sync: options.sync)
+let store: BlockStore
+do {
+    store = try BlockStore(directory: storeDirectory, configuration: configuration)
+} catch let e as StoreError {
+    if case .locked(let why) = e { fail(why, code: 2) }
+    fail("cannot open the store in \(storeDirectory): \(e)", code: 2)
+} catch {
+    fail("cannot open the store in \(storeDirectory): \(error)", code: 2)
+}
+let r = store.recovery
+say("twfs: store \(storeDirectory): \(r.blocks) blocks, capacity \(SizeParser.format(capacity)), sync \(options.sync.rawValue); "
+    + "recovered from \(r.segmentsFromSummary) summaries + \(r.segmentsScanned) scanned segments in \(Double(r.nanoseconds / 1_000_000) / 1000) s"
+    + (r.corruptRecords > 0 ? "; \(r.corruptRecords) corrupt records skipped" : "")
+    + (r.tornTailBytes > 0 ? "; torn tail of \(r.tornTailBytes) bytes truncated" : ""))
+
+var fuseOptions = ["fsname=twfs:" + storeDirectory, "subtype=twfs"] + options.fuseOptions
+if getuid() == 0 {
+    // As root, other users may reach the mount; the kernel enforces namespace owners and modes.
+    for o in ["allow_other", "default_permissions"] where !fuseOptions.contains(o) { fuseOptions.append(o) }
+} else if !fuseOptions.contains("default_permissions") {
+    fuseOptions.append("default_permissions")
+}
+
+var settings = MountSettings()
+settings.storeDirectory = storeDirectory
+settings.syncPolicy = options.sync.rawValue
+let filesystem = WarehouseFileSystem(store: store, settings: settings)
+let session: FuseSession
+do {
+    session = try FuseSession(filesystem: filesystem, mountpoint: options.mountpoint, options: fuseOptions, debug: options.debug)
+} catch {
+    try? store.close()
+    fail("cannot mount \(options.mountpoint): \(error)", code: 2)
+}
+say("twfs: mounted at \(options.mountpoint)")
+session.daemonize(foreground: options.foreground)
+store.startBackgroundWork()
+let rc = session.run(threads: options.threads)
+session.close()
+do {
+    try store.close()
+} catch {
+    fail("unmounted, but flushing the store failed: \(error)", code: 3)
+}
+exit(rc == 0 ? 0 : 1)

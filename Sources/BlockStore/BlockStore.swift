@@ -27,6 +27,8 @@ public struct BlockAttributes: Sendable, Equatable {
     public var commitSeconds: UInt32
     public var namespaceID: UInt16
     public var compressed: Bool
+    /// Sequence of the record: changes when a name is deleted and written again.
+    public var sequence: UInt64
 }
 
 /// Whether a put stored a new block or found one already there (first write wins).
@@ -324,6 +326,9 @@ public final class BlockStore: Sendable {
         _ = lockToken.withLock { $0 = nil }
     }
 
+    /// Total and available bytes of the filesystem under the store.
+    public func deviceSpace() -> (total: UInt64, available: UInt64) { device.space() }
+
     // MARK: Namespaces
 
     /// Creates namespace `name` owned by `owner`:`group` with directory mode `mode`.
@@ -524,7 +529,8 @@ public final class BlockStore: Sendable {
         return state.withLock { st in
             st.index[k].map {
                 BlockAttributes(logicalLength: Int($0.logicalLength), storedLength: Int($0.storedLength),
-                                commitSeconds: $0.commitSeconds, namespaceID: $0.namespaceID, compressed: $0.isCompressed)
+                                commitSeconds: $0.commitSeconds, namespaceID: $0.namespaceID, compressed: $0.isCompressed,
+                                sequence: $0.sequence)
             }
         }
     }

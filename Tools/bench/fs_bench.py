@@ -256,8 +256,8 @@ class Watchdog:
     def __exit__(self, *exc):
         if self.timer:
             self.timer.cancel()
-        if self.fired and exc[0] is None:
-            raise BenchError(f"{self.what}: timed out after {self.seconds:.0f} s")
+        if self.fired:
+            raise BenchError(f"{self.what}: timed out after {self.seconds:.0f} s; daemon killed") from exc[1]
         return False
 
 
@@ -705,7 +705,7 @@ def main() -> int:
     ap.add_argument("--block-size", type=parse_size, default=2 * MiB, help="block size (default 2M)")
     ap.add_argument("--blocks", type=int, help="number of blocks (default: ~2 GiB of data; --quick: ~128 MiB)")
     ap.add_argument("--threads", type=int, default=4, help="reader/writer concurrency (default 4)")
-    ap.add_argument("--repeat", type=int, default=2, help="cached-read passes, best counts (default 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="cached-read passes, best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--json", type=Path, help="write all figures as JSON here")
     ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")

@@ -139,6 +139,11 @@ static void table_remove(struct node *n)
 
 static void node_free(struct node *n)
 {
+	/* The kernel sends FORGET once the last reply for this node has been delivered, but the
+	 * thread that sent that reply (mfs_read replies while holding the read lock) may not have
+	 * unlocked yet: wait for it. */
+	pthread_rwlock_wrlock(&n->lock);
+	pthread_rwlock_unlock(&n->lock);
 	pthread_rwlock_destroy(&n->lock);
 	free(n->data);
 	free(n);
@@ -722,8 +727,9 @@ static const struct fuse_lowlevel_ops ops = {
 static void usage(const char *prog)
 {
 	fprintf(stderr,
-		"usage: %s MOUNT [-f] [--direct-io] [--keep-cache] [--threads N] [--no-clone-fd]\n"
+		"usage: %s MOUNT [-f] [-d] [--direct-io] [--keep-cache] [--threads N] [--no-clone-fd]\n"
 		"  -f             stay in the foreground\n"
+		"  -d             print every request (implies -f)\n"
 		"  --direct-io    open replies with direct_io (no page cache)\n"
 		"  --keep-cache   open replies with keep_cache (page cache kept across opens)\n"
 		"  --threads N    maximum worker threads (default 16)\n"
@@ -734,7 +740,7 @@ static void usage(const char *prog)
 int main(int argc, char *argv[])
 {
 	const char *mountpoint = NULL;
-	int foreground = 0, clone_fd = 1;
+	int foreground = 0, clone_fd = 1, debug = 0;
 	unsigned threads = 16;
 
 	for (int i = 1; i < argc; i++) {
@@ -745,6 +751,8 @@ int main(int argc, char *argv[])
 			fs.direct_io = 1;
 		else if (!strcmp(a, "--keep-cache"))
 			fs.keep_cache = 1;
+		else if (!strcmp(a, "-d") || !strcmp(a, "--debug"))
+			debug = foreground = 1;
 		else if (!strcmp(a, "--no-clone-fd"))
 			clone_fd = 0;
 		else if (!strcmp(a, "--threads") && i + 1 < argc)
@@ -777,9 +785,10 @@ int main(int argc, char *argv[])
 		return 1;
 	now(&fs.root_time);
 
-	char *fargv[] = { argv[0], "-o", "fsname=memfs,subtype=memfs,default_permissions", NULL };
-	struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
+	char *fargv[] = { argv[0], "-o", "fsname=memfs,subtype=memfs,default_permissions", "-o", "debug", NULL };
+	struct fuse_args args = FUSE_ARGS_INIT(debug ? 5 : 3, fargv);
 	struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
+	fuse_opt_free_args(&args);
 	if (!se) {
 		fprintf(stderr, "memfs: fuse_session_new failed\n");
 		return 1;

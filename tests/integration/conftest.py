@@ -150,27 +150,34 @@ class Warehouse:
         return proc
 
     def start(self, wait: bool = True, timeout: float = READY_TIMEOUT_S) -> "Warehouse":
-        before = {m["id"] for m in mounts_at(self.mount)}
         self.proc = self.spawn(self.command())
         self.expect_running = True
         if wait:
-            self.wait_ready(before, timeout)
+            self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, mount_ids_before: set[int], timeout: float = READY_TIMEOUT_S) -> None:
+    def mounted_and_serving(self) -> bool:
+        """A fuse.twfs mount answers at the mount point (not a dead mount, not the bare directory)."""
+        if "fuse.twfs" not in proc_mounts_types(self.mount):
+            return False
+        try:
+            # A dead daemon's mount answers ENOTCONN; the bare directory has its parent's device.
+            if os.stat(self.mount).st_dev == os.stat(self.mount.parent).st_dev:
+                return False
+            os.statvfs(self.mount)
+        except OSError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while True:
             rc = self.proc.poll()
             if rc is not None:
                 self.expect_running = False
                 raise AssertionError(f"twfs exited with {rc} before mounting; log:\n{self.log_tail()}")
-            fresh = [m for m in mounts_at(self.mount) if m["id"] not in mount_ids_before]
-            if fresh and "fuse.twfs" in proc_mounts_types(self.mount):
-                try:
-                    os.statvfs(self.mount)
-                    return
-                except OSError:
-                    pass
+            if self.mounted_and_serving():
+                return
             if time.monotonic() >= deadline:
                 raise AssertionError(
                     f"twfs did not mount {self.mount} (type fuse.twfs) within {timeout}s; "

@@ -10,9 +10,8 @@ import threading
 
 import pytest
 
-from twfs_util import (PROBE_OPEN, PROBE_READ, assert_errno, block_hash, canonical, first_difference, pattern,
-                       read_block, run_python, write_block)
-import hashlib
+from twfs_util import (Prober, assert_errno, block_hash, canonical, first_difference, pattern, read_block, sha,
+                       write_block)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,39 +25,33 @@ def _path(ns, kind: str, tag: str) -> str:
     return os.path.join(ns, f"{tag}@model@0.pt")
 
 
-def _probe(path) -> dict:
-    r = run_python(PROBE_OPEN, os.fspath(path))
-    assert r.returncode == 0, r.stderr
-    return dict(item.split("=") for item in r.stdout.split())
-
-
-def _read_elsewhere(path) -> tuple[int, str]:
-    r = run_python(PROBE_READ, os.fspath(path))
-    assert r.returncode == 0, r.stderr
-    size, digest = r.stdout.split()
-    return int(size), digest
+@pytest.fixture
+def other():
+    """Another process to look through; started before the test opens anything on the mount."""
+    with Prober() as p:
+        yield p
 
 
 # -------------------------------------------------------------------------------------- atomic commit
 
 @pytest.mark.parametrize("kind", ["canonical", "compat"])
-def test_block_is_enoent_to_other_processes_until_close_then_whole(ns, kind):
+def test_block_is_enoent_to_other_processes_until_close_then_whole(ns, other, kind):
     path = _path(ns, kind, "atomic-" + kind)
     data = pattern(path, 3 * MiB)
     fd = os.open(path, CREATE, 0o644)
     try:
         os.write(fd, data[:MiB])
-        seen = _probe(path)
+        seen = other.probe(path)
         assert seen == {"stat": "ENOENT", "open": "ENOENT"}, f"after 1 of 3 MiB written: {seen}"
         os.write(fd, data[MiB:])
-        seen = _probe(path)
+        seen = other.probe(path)
         assert seen == {"stat": "ENOENT", "open": "ENOENT"}, f"after all bytes, before close: {seen}"
     finally:
         os.close(fd)
-    assert _read_elsewhere(path) == (len(data), hashlib.sha256(data).hexdigest())
+    assert other.read(path) == sha(data)
 
 
-def test_writer_killed_mid_block_leaves_nothing_visible(warehouse, ns):
+def test_writer_killed_mid_block_leaves_nothing_visible(warehouse, ns, other):
     path = _path(ns, "canonical", "dies")
     child = subprocess.Popen([sys.executable, "-c", r"""
 import os, signal, sys
@@ -77,7 +70,7 @@ os.kill(os.getpid(), signal.SIGKILL)
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert _probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
+    assert other.probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
     assert_errno(errno.ENOENT, os.stat, path)
     # The name is still free: a later writer commits it normally.
     data = pattern(path, 200000)
@@ -101,19 +94,18 @@ def test_o_excl_create_of_existing_block_is_eexist(ns):
 
 
 @pytest.mark.parametrize("new_size", [50000, 300000, 2 * MiB])
-def test_open_wb_on_existing_block_is_accepted_and_writes_are_discarded(ns, new_size):
+def test_open_wb_on_existing_block_is_accepted_and_writes_are_discarded(ns, other, new_size):
     path = _path(ns, "compat", f"wb-{new_size}")
     original = os.urandom(300000)
     write_block(path, original)
     replacement = b"\xee" * new_size
     with open(path, "wb") as f:   # O_CREAT|O_TRUNC|O_WRONLY, as torch.save does
-        assert _read_elsewhere(path) == (len(original), hashlib.sha256(original).hexdigest()), \
-            "O_TRUNC open of a committed block changed what readers see"
+        assert other.read(path) == sha(original), "O_TRUNC open of a committed block changed what readers see"
         f.write(replacement)
     got = read_block(path)
     assert got == original, first_difference(got, original)
     assert os.stat(path).st_size == len(original)
-    assert _read_elsewhere(path) == (len(original), hashlib.sha256(original).hexdigest())
+    assert other.read(path) == sha(original)
 
 
 def test_second_writer_closing_first_commits_and_the_other_is_discarded(ns):
@@ -144,26 +136,33 @@ def test_racing_writer_threads_commit_exactly_one_writers_bytes(ns):
         path = _path(ns, "canonical", f"race-{round_}")
         payloads = [pattern(f"race-{round_}-{i}", MiB + i * 123457) for i in range(2)]
         barrier = threading.Barrier(2)
-        errors = []
+        errors, close_errors = [], []
 
         def writer(data):
             try:
                 fd = os.open(path, CREATE, 0o644)
+            except OSError as e:
+                barrier.abort()
+                errors.append(("open", e))
+                return
+            try:
                 barrier.wait(timeout=10)
-                try:
-                    for off in range(0, len(data), 128 * 1024):
-                        os.pwrite(fd, data[off:off + 128 * 1024], off)
-                finally:
-                    os.close(fd)
+                for off in range(0, len(data), 128 * 1024):
+                    os.pwrite(fd, data[off:off + 128 * 1024], off)
+            except (OSError, threading.BrokenBarrierError) as e:
+                errors.append(("write", e))
+            try:
+                os.close(fd)
             except OSError as e:    # the spec does not promise the loser's close succeeds
-                errors.append(e)
+                close_errors.append(e)
 
         threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
-        assert len(errors) < 2, f"round {round_}: both writers failed: {errors}"
+        assert not errors, f"round {round_}: {errors}"
+        assert len(close_errors) < 2, f"round {round_}: both closes failed: {close_errors}"
         got = read_block(path)
         assert got in payloads, f"round {round_}: mixed block: " + \
             "; ".join(first_difference(got, p) for p in payloads)
@@ -204,7 +203,7 @@ def test_racing_writer_processes_commit_exactly_one_writers_bytes(ns):
 # ----------------------------------------------------------------------------------- write-then-rename
 
 @pytest.mark.parametrize("final_kind", ["canonical", "compat"])
-def test_rename_of_temporary_name_commits_block_under_final_name(ns, final_kind):
+def test_rename_of_temporary_name_commits_block_under_final_name(ns, other, final_kind):
     final = _path(ns, final_kind, "renamed-" + final_kind)
     tmp = os.path.join(ns, f".tmp-{os.getpid()}-{final_kind}")
     data = pattern(final, 1234567)
@@ -215,7 +214,41 @@ def test_rename_of_temporary_name_commits_block_under_final_name(ns, final_kind)
     assert_errno(errno.ENOENT, os.stat, tmp)
     assert os.stat(final).st_size == len(data)
     assert os.stat(final).st_mode & 0o777 == 0o444
-    assert _read_elsewhere(final) == (len(data), hashlib.sha256(data).hexdigest())
+    assert other.read(final) == sha(data)
+
+
+def test_rename_while_still_open_commits_at_the_rename(ns, other):
+    # What safetensors' save_file does: O_RDWR|O_CREAT|O_EXCL a temporary name in the target directory,
+    # ftruncate to the final size, write, rename onto the final name, and only then close.
+    final = os.path.join(ns, "layer-7.safetensors")
+    tmp = os.path.join(ns, ".tmpAbC123")
+    data = pattern(final, 777777)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, len(data))
+        assert os.write(fd, data) == len(data)
+        os.rename(tmp, final)
+        assert other.read(final) == sha(data), "block not whole right after the rename that commits it"
+    finally:
+        os.close(fd)
+    got = read_block(final)
+    assert got == data, first_difference(got, data)
+    assert_errno(errno.ENOENT, os.stat, tmp)
+    assert other.probe(tmp) == {"stat": "ENOENT", "open": "ENOENT"}
+
+
+def test_ftruncate_of_an_uncommitted_block_sets_its_size(ns):
+    path = canonical(ns, block_hash("ftruncate"))
+    fd = os.open(path, CREATE, 0o644)
+    try:
+        os.ftruncate(fd, 100000)
+        os.pwrite(fd, b"tail", 100000 - 4)
+        os.pwrite(fd, b"head", 0)
+    finally:
+        os.close(fd)
+    want = b"head" + b"\0" * (100000 - 8) + b"tail"
+    got = read_block(path)
+    assert got == want, first_difference(got, want)
 
 
 def test_rename_across_namespaces_is_exdev(warehouse):
@@ -257,19 +290,19 @@ def test_rename_onto_an_existing_block_leaves_one_whole_block(ns):
 # ----------------------------------------------------------------------------------------------- unlink
 
 @pytest.mark.parametrize("kind", ["canonical", "compat"])
-def test_unlink_deletes_block_and_name_can_be_written_again(ns, kind):
+def test_unlink_deletes_block_and_name_can_be_written_again(ns, other, kind):
     path = _path(ns, kind, "unlink-" + kind)
     write_block(path, pattern("first", 400000))
     os.unlink(path)
     assert_errno(errno.ENOENT, os.stat, path)
     assert_errno(errno.ENOENT, os.open, path, os.O_RDONLY)
-    assert _probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
+    assert other.probe(path) == {"stat": "ENOENT", "open": "ENOENT"}
     assert os.path.basename(path) not in os.listdir(os.path.dirname(path))
     second = pattern("second", 300000)
     write_block(path, second)
     got = read_block(path)
     assert got == second, first_difference(got, second)
-    assert _read_elsewhere(path) == (len(second), hashlib.sha256(second).hexdigest())
+    assert other.read(path) == sha(second)
 
 
 def test_unlink_of_missing_block_is_enoent(ns):

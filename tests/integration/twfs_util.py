@@ -127,40 +127,81 @@ def assert_errno(expected, fn, *args, **kwargs) -> None:
     )
 
 
-def run_python(code: str, *args: str, timeout: float = 30, user: int | None = None) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a separate process (another process than the test's own)."""
-    kwargs = {}
-    if user is not None:
-        def demote():
-            os.setgroups([])
-            os.setgid(user)
-            os.setuid(user)
-        kwargs["preexec_fn"] = demote
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-
-
-# Prints, from another process, "ok", or the errno name of what open/stat of argv[1] raised.
-PROBE_OPEN = r"""
-import errno, os, sys
-p = sys.argv[1]
-res = []
-for what, fn in (("stat", lambda: os.stat(p)), ("open", lambda: os.close(os.open(p, os.O_RDONLY)))):
-    try:
-        fn()
-        res.append(what + "=ok")
-    except OSError as e:
-        res.append(what + "=" + errno.errorcode.get(e.errno, str(e.errno)))
-print(" ".join(res))
+_PROBER_LOOP = r"""
+import errno, hashlib, os, sys
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+for line in sys.stdin:
+    cmd, path = line.rstrip("\n").split(" ", 1)
+    if cmd == "probe":
+        res = []
+        for what, fn in (("stat", lambda: os.stat(path)), ("open", lambda: os.close(os.open(path, os.O_RDONLY)))):
+            try:
+                fn()
+                res.append(what + "=ok")
+            except OSError as e:
+                res.append(what + "=" + name(e))
+        out = " ".join(res)
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            out = "%d %s" % (len(data), hashlib.sha256(data).hexdigest())
+        except OSError as e:
+            out = "error " + name(e)
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
 """
 
-# Prints the sha256 of the contents of argv[1] and its size, read from another process.
-PROBE_READ = r"""
-import hashlib, os, sys
-with open(sys.argv[1], "rb") as f:
-    data = f.read()
-print(len(data), hashlib.sha256(data).hexdigest())
-"""
+
+class Prober:
+    """A helper process that stats, opens and reads paths on request: "another process" for visibility checks.
+
+    Start it before opening the file under test: a process started later (fork + exec) would inherit the
+    writer's descriptor, and closing it at exec sends the daemon a FUSE_FLUSH for that file.
+    """
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBER_LOOP], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, close_fds=True)
+
+    def _ask(self, cmd: str, path) -> str:
+        self.proc.stdin.write(f"{cmd} {os.fspath(path)}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "prober process died"
+        return line.strip()
+
+    def probe(self, path) -> dict:
+        """{"stat": "ok"|ERRNO, "open": "ok"|ERRNO} as seen from the helper process."""
+        return dict(item.split("=") for item in self._ask("probe", path).split())
+
+    def read(self, path) -> tuple[int, str]:
+        """(size, sha256 hex) of the file as read by the helper process; raises AssertionError on errors."""
+        out = self._ask("read", path)
+        assert not out.startswith("error"), f"another process reading {path}: {out}"
+        size, digest = out.split()
+        return int(size), digest
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def sha(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def wait_until(pred, timeout: float, interval: float = 0.05):

@@ -1,0 +1,333 @@
+import BlockStore
+import CFuse
+import Platform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The libfuse low-level operations table: each callback decodes its arguments, calls
+/// `WarehouseFileSystem`, and sends exactly one reply.
+enum FuseAdapter {
+    static func fs(_ req: fuse_req_t?) -> WarehouseFileSystem {
+        Unmanaged<WarehouseFileSystem>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+    }
+
+    static func caller(_ req: fuse_req_t?) -> Caller {
+        let ctx = fuse_req_ctx(req)!.pointee
+        return Caller(uid: ctx.uid, gid: ctx.gid, pid: ctx.pid, umask: ctx.umask)
+    }
+
+    static func handle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Handle? {
+        guard let fh = fi?.pointee.fh, fh != 0, let raw = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
+        return Unmanaged<Handle>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    static func attach(_ handle: Handle, to fi: UnsafeMutablePointer<fuse_file_info>?) {
+        fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+    }
+
+    static func detach(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Handle? {
+        guard let fh = fi?.pointee.fh, fh != 0, let raw = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
+        return Unmanaged<Handle>.fromOpaque(raw).takeRetainedValue()
+    }
+
+    static func name(_ p: UnsafePointer<CChar>?) -> [UInt8] {
+        guard let p else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: strlen(p)))
+    }
+
+    static func replyEntry(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<WarehouseFileSystem.Entry>) {
+        switch result {
+        case .success(let e):
+            var param = fuse_entry_param()
+            param.ino = UInt64(e.attributes.st_ino)
+            param.generation = 1
+            param.attr = e.attributes
+            param.attr_timeout = e.attributeTimeout
+            param.entry_timeout = e.entryTimeout
+            fuse_reply_entry(req, &param)
+        case .failure(let e):
+            fuse_reply_err(req, e.code)
+        }
+    }
+
+    static func replyAttributes(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<stat>, timeout: Double) {
+        switch result {
+        case .success(var st): fuse_reply_attr(req, &st, timeout)
+        case .failure(let e): fuse_reply_err(req, e.code)
+        }
+    }
+
+    static func replyVoid(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<Void>) {
+        switch result {
+        case .success: fuse_reply_err(req, 0)
+        case .failure(let e): fuse_reply_err(req, e.code)
+        }
+    }
+
+    /// Replies to getxattr/listxattr: the size when asked for it, ERANGE when the buffer is short.
+    static func replyXattr(_ req: fuse_req_t?, _ value: [UInt8], size: Int) {
+        if size == 0 {
+            _ = fuse_reply_xattr(req, value.count)
+        } else if size < value.count {
+            _ = fuse_reply_err(req, ERANGE)
+        } else {
+            _ = value.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), value.count) }
+        }
+    }
+
+    static func makeOperations() -> fuse_lowlevel_ops {
+        var ops = fuse_lowlevel_ops()
+        ops.`init` = { userdata, conn in
+            guard let conn else { return }
+            conn.pointee.max_write = 1 << 20
+            conn.pointee.max_readahead = 1 << 20
+            conn.pointee.max_background = 64
+            conn.pointee.congestion_threshold = 48
+            conn.pointee.want |= UInt32(FUSE_CAP_ATOMIC_O_TRUNC)
+            if conn.pointee.capable & UInt32(FUSE_CAP_PARALLEL_DIROPS) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_PARALLEL_DIROPS) }
+            if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO) }
+            conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS)
+        }
+        ops.lookup = { req, parent, name in
+            FuseAdapter.replyEntry(req, FuseAdapter.fs(req).lookup(parent: parent, name: FuseAdapter.name(name), caller: FuseAdapter.caller(req)))
+        }
+        ops.forget = { req, ino, n in
+            FuseAdapter.fs(req).forget(ino, count: n)
+            fuse_reply_none(req)
+        }
+        ops.forget_multi = { req, count, forgets in
+            let fs = FuseAdapter.fs(req)
+            for i in 0..<count { fs.forget(forgets![i].ino, count: forgets![i].nlookup) }
+            fuse_reply_none(req)
+        }
+        ops.getattr = { req, ino, _ in
+            let fs = FuseAdapter.fs(req)
+            let timeout = InodeNumber.kind(ino) == .file ? fs.settings.attributeTimeout : 1
+            FuseAdapter.replyAttributes(req, fs.attributes(of: ino), timeout: timeout)
+        }
+        ops.setattr = { req, ino, attr, toSet, fi in
+            let fs = FuseAdapter.fs(req)
+            let set = Int32(toSet)
+            var result: WarehouseFileSystem.Outcome<stat> = fs.attributes(of: ino)
+            if set & FUSE_SET_ATTR_SIZE != 0 {
+                result = fs.setSize(ino: ino, size: Int(attr!.pointee.st_size))
+            } else if set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+                result = fs.setOwnerAndMode(ino: ino, mode: set & FUSE_SET_ATTR_MODE != 0 ? attr!.pointee.st_mode : nil,
+                                            uid: set & FUSE_SET_ATTR_UID != 0 ? attr!.pointee.st_uid : nil,
+                                            gid: set & FUSE_SET_ATTR_GID != 0 ? attr!.pointee.st_gid : nil)
+            }
+            // Time changes (touch, cp -p) are accepted and ignored: a block's mtime is its commit time.
+            FuseAdapter.replyAttributes(req, result, timeout: 0)
+        }
+        ops.mkdir = { req, parent, name, mode in
+            FuseAdapter.replyEntry(req, FuseAdapter.fs(req).makeDirectory(parent: parent, name: FuseAdapter.name(name), mode: UInt32(mode), caller: FuseAdapter.caller(req)))
+        }
+        ops.rmdir = { req, parent, name in
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).removeDirectory(parent: parent, name: FuseAdapter.name(name)))
+        }
+        ops.unlink = { req, parent, name in
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).unlink(parent: parent, name: FuseAdapter.name(name), caller: FuseAdapter.caller(req)))
+        }
+        ops.rename = { req, parent, name, newParent, newName, flags in
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).rename(parent: parent, name: FuseAdapter.name(name), newParent: newParent,
+                                          newName: FuseAdapter.name(newName), flags: UInt32(flags), caller: FuseAdapter.caller(req)))
+        }
+        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.create = { req, parent, name, _, fi in
+            let fs = FuseAdapter.fs(req)
+            switch fs.create(parent: parent, name: FuseAdapter.name(name), flags: fi!.pointee.flags, caller: FuseAdapter.caller(req)) {
+            case .success(let (entry, handle, directIO)):
+                var param = fuse_entry_param()
+                param.ino = UInt64(entry.attributes.st_ino)
+                param.generation = 1
+                param.attr = entry.attributes
+                param.attr_timeout = entry.attributeTimeout
+                param.entry_timeout = entry.entryTimeout
+                FuseAdapter.attach(handle, to: fi)
+                fi!.pointee.direct_io = directIO ? 1 : 0
+                if fuse_reply_create(req, &param, fi) != 0 {
+                    // The caller went away: undo the open.
+                    if let h = FuseAdapter.detach(fi) { fs.release(h) }
+                }
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            }
+        }
+        ops.open = { req, ino, fi in
+            let fs = FuseAdapter.fs(req)
+            switch fs.open(ino: ino, flags: fi!.pointee.flags, caller: FuseAdapter.caller(req)) {
+            case .success(let (handle, keepCache, directIO)):
+                FuseAdapter.attach(handle, to: fi)
+                fi!.pointee.keep_cache = keepCache ? 1 : 0
+                fi!.pointee.direct_io = directIO ? 1 : 0
+                if fuse_reply_open(req, fi) != 0, let h = FuseAdapter.detach(fi) { fs.release(h) }
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            }
+        }
+        ops.read = { req, _, size, offset, fi in
+            guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
+            var replied = false
+            let error = FuseAdapter.fs(req).read(h, size: size, offset: Int(offset)) { bytes in
+                fuse_reply_buf(req, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+                replied = true
+            }
+            if !replied { fuse_reply_err(req, error?.code ?? EIO) }
+        }
+        ops.write = { req, _, buf, size, offset, fi in
+            guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
+            switch FuseAdapter.fs(req).write(h, bytes: UnsafeRawBufferPointer(start: buf, count: size), offset: Int(offset)) {
+            case .success(let n): fuse_reply_write(req, n)
+            case .failure(let e): fuse_reply_err(req, e.code)
+            }
+        }
+        ops.flush = { req, _, fi in
+            guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, 0); return }
+            fuse_reply_err(req, FuseAdapter.fs(req).flush(h)?.code ?? 0)
+        }
+        ops.release = { req, _, fi in
+            if let h = FuseAdapter.detach(fi) { FuseAdapter.fs(req).release(h) }
+            fuse_reply_err(req, 0)
+        }
+        ops.fsync = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.opendir = { req, ino, fi in
+            switch FuseAdapter.fs(req).openDirectory(ino: ino) {
+            case .success(let h):
+                FuseAdapter.attach(h, to: fi)
+                _ = fuse_reply_open(req, fi)
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            }
+        }
+        ops.readdir = { req, _, size, offset, fi in
+            guard let dir = FuseAdapter.handle(fi) as? DirectoryHandle else { fuse_reply_err(req, EBADF); return }
+            let fs = FuseAdapter.fs(req)
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+            defer { buffer.deallocate() }
+            var used = 0
+            var index = Int(offset)
+            let total = dir.fixed.count + dir.blocks.count
+            while index < total {
+                let name: String, ino: UInt64, isDirectory: Bool
+                if index < dir.fixed.count {
+                    (name, ino, isDirectory) = (dir.fixed[index].name, dir.fixed[index].ino, dir.fixed[index].isDirectory)
+                } else {
+                    let locator = dir.blocks[index - dir.fixed.count]
+                    guard let n = fs.store.name(of: locator) else { index += 1; continue }
+                    (name, ino, isDirectory) = (n, InodeNumber.firstFile | (locator.key.low >> 4), false)
+                }
+                var st = stat()
+                st.st_ino = UInt(ino)
+                st.st_mode = isDirectory ? S_IFDIR : S_IFREG
+                let n = name.withCString { fuse_add_direntry(req, buffer + used, size - used, $0, &st, off_t(index + 1)) }
+                if n > size - used { break }
+                used += n
+                index += 1
+            }
+            fuse_reply_buf(req, buffer, used)
+        }
+        ops.releasedir = { req, _, fi in
+            _ = FuseAdapter.detach(fi)
+            fuse_reply_err(req, 0)
+        }
+        ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
+        ops.statfs = { req, _ in
+            var st = FuseAdapter.fs(req).filesystemStatistics()
+            fuse_reply_statfs(req, &st)
+        }
+        ops.setxattr = { req, ino, name, value, size, _ in
+            let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: bytes))
+        }
+        ops.removexattr = { req, ino, name in
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: [], remove: true))
+        }
+        ops.getxattr = { req, ino, name, size in
+            switch FuseAdapter.fs(req).getExtendedAttribute(ino: ino, name: String(cString: name!)) {
+            case .success(let value):
+                FuseAdapter.replyXattr(req, value, size: size)
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            }
+        }
+        ops.listxattr = { req, ino, size in
+            switch FuseAdapter.fs(req).listExtendedAttributes(ino: ino) {
+            case .success(let names):
+                var bytes: [UInt8] = []
+                for n in names { bytes += Array(n.utf8) + [0] }
+                FuseAdapter.replyXattr(req, bytes, size: size)
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            }
+        }
+        return ops
+    }
+}
+
+/// A mounted warehouse: the FUSE session around a `WarehouseFileSystem`.
+public final class FuseSession {
+    private let session: OpaquePointer
+    private let filesystem: WarehouseFileSystem
+    private let unmanaged: Unmanaged<WarehouseFileSystem>
+    public let mountpoint: String
+
+    /// Creates the session with libfuse options (`-o` style, e.g. ["allow_other", "fsname=twfs"]) and mounts it.
+    public init(filesystem: WarehouseFileSystem, mountpoint: String, options: [String], debug: Bool) throws {
+        self.filesystem = filesystem
+        self.mountpoint = mountpoint
+        let unmanaged = Unmanaged.passRetained(filesystem)
+        self.unmanaged = unmanaged
+        var argv = ["twfs"]
+        if !options.isEmpty { argv += ["-o", options.joined(separator: ",")] }
+        if debug { argv.append("-d") }
+        var cStrings = argv.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        var ops = FuseAdapter.makeOperations()
+        let created: OpaquePointer? = cStrings.withUnsafeMutableBufferPointer { buf in
+            var args = fuse_args(argc: Int32(buf.count), argv: buf.baseAddress, allocated: 0)
+            defer { fuse_opt_free_args(&args) }
+            return fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, unmanaged.toOpaque())
+        }
+        guard let created else {
+            unmanaged.release()
+            throw SystemError(EINVAL, "fuse_session_new (bad mount options: \(options.joined(separator: ",")))")
+        }
+        session = created
+        if fuse_set_signal_handlers(session) != 0 {
+            fuse_session_destroy(session)
+            unmanaged.release()
+            throw SystemError(EIO, "fuse_set_signal_handlers")
+        }
+        if fuse_session_mount(session, mountpoint) != 0 {
+            fuse_remove_signal_handlers(session)
+            fuse_session_destroy(session)
+            unmanaged.release()
+            throw SystemError(EIO, "mount", path: mountpoint)
+        }
+    }
+
+    /// Detaches from the terminal unless `foreground` (libfuse's fuse_daemonize).
+    public func daemonize(foreground: Bool) {
+        _ = fuse_daemonize(foreground ? 1 : 0)
+    }
+
+    /// Serves requests on up to `threads` worker threads until unmounted or signalled.
+    public func run(threads: Int) -> Int32 {
+        let config = fuse_loop_cfg_create()
+        defer { fuse_loop_cfg_destroy(config) }
+        fuse_loop_cfg_set_max_threads(config, UInt32(threads))
+        fuse_loop_cfg_set_idle_threads(config, UInt32(max(2, threads / 2)))
+        return tw_fuse_session_loop_mt(session, config)
+    }
+
+    /// Unmounts and frees the session.
+    public func close() {
+        fuse_session_unmount(session)
+        fuse_remove_signal_handlers(session)
+        fuse_session_destroy(session)
+        unmanaged.release()
+    }
+}

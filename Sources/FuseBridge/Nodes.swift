@@ -1,0 +1,137 @@
+import BlockStore
+import Platform
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Inode numbers. Directories are computed from what they name, so they need no table; files get
+/// numbers from a counter when first looked up and keep them until the kernel forgets them.
+enum InodeNumber {
+    static let root: UInt64 = 1
+    static let controlDirectory: UInt64 = 2
+    static let statusFile: UInt64 = 3
+    private static let namespaceTag: UInt64 = 1 << 60
+    private static let fanoutTag: UInt64 = 2 << 60
+    static let firstFile: UInt64 = 3 << 60
+
+    static func namespace(_ id: UInt16) -> UInt64 { namespaceTag | UInt64(id) }
+    static func fanout(_ id: UInt16, _ byte: UInt8) -> UInt64 { fanoutTag | UInt64(id) << 8 | UInt64(byte) }
+
+    /// What an inode number names.
+    enum Kind: Equatable {
+        case root, controlDirectory, statusFile
+        case namespace(UInt16)
+        case fanout(UInt16, UInt8)
+        case file
+    }
+
+    static func kind(_ ino: UInt64) -> Kind {
+        switch ino {
+        case root: return .root
+        case controlDirectory: return .controlDirectory
+        case statusFile: return .statusFile
+        default:
+            switch ino >> 60 {
+            case 1: return .namespace(UInt16(truncatingIfNeeded: ino))
+            case 2: return .fanout(UInt16(truncatingIfNeeded: ino >> 8), UInt8(truncatingIfNeeded: ino))
+            default: return .file
+            }
+        }
+    }
+}
+
+/// The bytes of a block being written: a reserved region the size of the largest block, written at any
+/// offsets by any number of threads, committed to the store when the last writer closes.
+///
+/// Thread-safety: `state` guards length, metadata and the open count; payload bytes are written
+/// outside the lock (the region never moves, and writers of one block write disjoint ranges or
+/// accept POSIX's unspecified result for overlapping ones).
+final class PendingWrite: Sendable {
+    let region: ReservedRegion
+    /// Thread group of the creating process: only it sees the name before commit.
+    let creator: Int32
+    let state: Mutex<State>
+
+    struct State {
+        var length = 0
+        var metadata = BlockMetadata()
+        var openHandles = 0
+        /// Set once the block has been committed, discarded or failed; later writes are refused.
+        var finished = false
+        var failure: Int32 = 0
+    }
+
+    init(region: ReservedRegion, creator: Int32) {
+        self.region = region
+        self.creator = creator
+        state = Mutex(State())
+    }
+}
+
+/// A file inode: a committed block, or a block being written.
+final class FileNode: Sendable {
+    let ino: UInt64
+    let namespaceID: UInt16
+    let namespace: String
+    /// Directory it was looked up in (a namespace or a fan-out directory).
+    let state: Mutex<State>
+
+    struct State {
+        var key: String
+        var parent: UInt64
+        var lookups: UInt64 = 0
+        var pending: PendingWrite?
+        /// Sequence of the committed record this inode shows; a rewritten name gets a new inode so
+        /// cached pages of the old bytes are never shown for it.
+        var sequence: UInt64 = 0
+        var unlinked = false
+    }
+
+    init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, parent: UInt64, pending: PendingWrite?) {
+        self.ino = ino
+        self.namespaceID = namespaceID
+        self.namespace = namespace
+        state = Mutex(State(key: key, parent: parent, pending: pending))
+    }
+
+    var key: String { state.withLock { $0.key } }
+}
+
+/// The table of file inodes. Thread-safety: one mutex; never held while calling the store.
+struct NodeTable: ~Copyable {
+    var nodes: [UInt64: FileNode] = [:]
+    /// Committed blocks by key, to give a name the same inode on each lookup.
+    var committed: [BlockKey: UInt64] = [:]
+    /// Blocks being written, by directory and name; one per creating process.
+    var pending: [PendingName: [FileNode]] = [:]
+    var nextIno: UInt64 = InodeNumber.firstFile
+
+    struct PendingName: Hashable {
+        var parent: UInt64
+        var name: String
+    }
+
+    mutating func allocate() -> UInt64 {
+        nextIno += 1
+        return nextIno
+    }
+}
+
+/// The thread group id of a thread (FUSE reports the calling thread's id).
+func threadGroup(of tid: Int32) -> Int32 {
+    guard let bytes = try? FileSystem.readFile("/proc/\(tid)/status") else { return tid }
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
+        return Int32(line.dropFirst(5).trimmingWhitespace()) ?? tid
+    }
+    return tid
+}
+
+extension Substring {
+    func trimmingWhitespace() -> Substring {
+        var s = self
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return s
+    }
+}

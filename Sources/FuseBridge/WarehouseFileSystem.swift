@@ -1,0 +1,735 @@
+import BlockStore
+import Platform
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who is calling, from the FUSE request context.
+struct Caller {
+    var uid: UInt32
+    var gid: UInt32
+    var pid: Int32
+    var umask: UInt32
+}
+
+/// Settings of the mount that the filesystem logic needs.
+public struct MountSettings: Sendable {
+    /// How long the kernel may cache names and attributes of committed blocks (they are immutable).
+    public var entryTimeout: Double = 60
+    public var attributeTimeout: Double = 60
+    /// Mode of committed block files.
+    public var blockMode: UInt32 = 0o444
+    public var storeDirectory: String = ""
+    public var syncPolicy: String = "batch"
+
+    public init() {}
+}
+
+/// The filesystem of DESIGN.md ("Naming", "Block file semantics") over a `BlockStore`: every handler
+/// returns a value or an errno; `FuseAdapter` sends exactly one reply per request.
+///
+/// Thread-safety: handlers run on libfuse's worker threads. `nodes` is the only shared mutable state
+/// here; it is never held while calling the store (lock order: nodes, then nothing).
+public final class WarehouseFileSystem: Sendable {
+    public let store: BlockStore
+    let settings: MountSettings
+    let nodes = Mutex(NodeTable())
+    let staging: StagingPool
+    let startedSeconds = wallClockNanoseconds() / 1_000_000_000
+
+    public init(store: BlockStore, settings: MountSettings) {
+        self.store = store
+        self.settings = settings
+        staging = StagingPool(regionSize: store.configuration.maxBlockSize)
+    }
+
+    typealias Outcome<T> = Result<T, Errno>
+
+    struct Errno: Error {
+        let code: Int32
+        init(_ code: Int32) { self.code = code }
+        init(_ error: any Error) {
+            if let e = error as? StoreError { code = e.errnoCode } else if let e = error as? SystemError { code = e.code } else { code = EIO }
+        }
+    }
+
+    struct Entry {
+        var attributes: stat
+        var entryTimeout: Double
+        var attributeTimeout: Double
+    }
+
+    // MARK: Attributes
+
+    func directoryAttributes(ino: UInt64, mode: UInt32, uid: UInt32, gid: UInt32, seconds: UInt64, links: Int = 2) -> stat {
+        var st = stat()
+        st.st_ino = UInt(ino)
+        st.st_mode = S_IFDIR | mode
+        st.st_nlink = UInt(links)
+        st.st_uid = uid
+        st.st_gid = gid
+        st.st_size = 4096
+        st.st_blksize = 4096
+        st.st_mtim.tv_sec = Int(seconds)
+        st.st_ctim.tv_sec = Int(seconds)
+        st.st_atim.tv_sec = Int(seconds)
+        return st
+    }
+
+    func fileAttributes(ino: UInt64, size: Int, stored: Int, seconds: UInt64, ns: NamespaceInfo?, mode: UInt32) -> stat {
+        var st = stat()
+        st.st_ino = UInt(ino)
+        st.st_mode = S_IFREG | mode
+        st.st_nlink = 1
+        st.st_uid = ns?.owner ?? 0
+        st.st_gid = ns?.group ?? 0
+        st.st_size = size
+        st.st_blocks = (stored + 511) / 512
+        st.st_blksize = 1 << 20
+        st.st_mtim.tv_sec = Int(seconds)
+        st.st_ctim.tv_sec = Int(seconds)
+        st.st_atim.tv_sec = Int(seconds)
+        return st
+    }
+
+    func attributes(of ino: UInt64) -> Outcome<stat> {
+        switch InodeNumber.kind(ino) {
+        case .root:
+            return .success(directoryAttributes(ino: ino, mode: 0o755, uid: 0, gid: 0, seconds: startedSeconds))
+        case .controlDirectory:
+            return .success(directoryAttributes(ino: ino, mode: 0o555, uid: 0, gid: 0, seconds: startedSeconds))
+        case .statusFile:
+            return .success(fileAttributes(ino: ino, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: 0o444))
+        case .namespace(let id):
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            return .success(directoryAttributes(ino: ino, mode: ns.mode, uid: ns.owner, gid: ns.group, seconds: ns.createdSeconds, links: 258))
+        case .fanout(let id, _):
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            return .success(directoryAttributes(ino: ino, mode: ns.mode, uid: ns.owner, gid: ns.group, seconds: ns.createdSeconds))
+        case .file:
+            guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
+            return fileAttributes(of: node)
+        }
+    }
+
+    func fileAttributes(of node: FileNode) -> Outcome<stat> {
+        let (key, pending) = node.state.withLock { ($0.key, $0.pending) }
+        let ns = store.namespace(id: node.namespaceID)
+        if let pending {
+            let length = pending.state.withLock { $0.length }
+            return .success(fileAttributes(ino: node.ino, size: length, stored: length, seconds: wallClockNanoseconds() / 1_000_000_000, ns: ns, mode: 0o644))
+        }
+        guard let a = store.attributes(namespace: node.namespace, key: key) else { return .failure(Errno(ENOENT)) }
+        return .success(fileAttributes(ino: node.ino, size: a.logicalLength, stored: a.storedLength, seconds: UInt64(a.commitSeconds), ns: ns, mode: settings.blockMode))
+    }
+
+    // MARK: Names
+
+    /// The namespace a directory inode belongs to, and whether it is a fan-out directory.
+    func directoryContext(_ parent: UInt64) -> Outcome<(NamespaceInfo, fanout: UInt8?)> {
+        switch InodeNumber.kind(parent) {
+        case .namespace(let id):
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            return .success((ns, nil))
+        case .fanout(let id, let byte):
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            return .success((ns, byte))
+        case .root, .controlDirectory: return .failure(Errno(EPERM))
+        case .statusFile, .file: return .failure(Errno(ENOTDIR))
+        }
+    }
+
+    /// Checks that `name` may name a block in the directory: a canonical hash of the right fan-out in
+    /// a fan-out directory, any valid name directly in a namespace.
+    func validateBlockName(_ name: [UInt8], fanout: UInt8?) -> Errno? {
+        if name.count > 255 { return Errno(ENAMETOOLONG) }
+        if let fanout {
+            guard BlockName.isCanonicalHash(name), BlockName.fanout(of: name) == fanout else { return Errno(EINVAL) }
+            return nil
+        }
+        return BlockName.isValidKey(name) ? nil : Errno(EINVAL)
+    }
+
+    func lookup(parent: UInt64, name: [UInt8], caller: Caller) -> Outcome<Entry> {
+        let text = String(decoding: name, as: UTF8.self)
+        switch InodeNumber.kind(parent) {
+        case .root:
+            if text == ".tw" { return entry(for: InodeNumber.controlDirectory, timeout: settings.entryTimeout) }
+            guard let ns = store.namespace(named: text) else { return .failure(Errno(ENOENT)) }
+            return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+        case .controlDirectory:
+            guard text == "status" else { return .failure(Errno(ENOENT)) }
+            return .success(Entry(attributes: fileAttributes(ino: InodeNumber.statusFile, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: 0o444),
+                                  entryTimeout: settings.entryTimeout, attributeTimeout: 0))
+        case .statusFile, .file:
+            return .failure(Errno(ENOTDIR))
+        case .namespace, .fanout:
+            break
+        }
+        let context: (NamespaceInfo, fanout: UInt8?)
+        switch directoryContext(parent) {
+        case .success(let c): context = c
+        case .failure(let e): return .failure(e)
+        }
+        let (ns, fanout) = context
+        if fanout == nil && BlockName.isFanout(name) {
+            return entry(for: InodeNumber.fanout(ns.id, BlockName.fanout(of: name + Array("00000000000000".utf8))!), timeout: 1)
+        }
+        if let e = validateBlockName(name, fanout: fanout) { return .failure(e) }
+        if let node = pendingNode(parent: parent, name: text, caller: caller) {
+            node.state.withLock { $0.lookups += 1 }
+            return fileAttributes(of: node).map { Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0) }
+        }
+        return committedEntry(ns: ns, key: text, parent: parent)
+    }
+
+    private func entry(for ino: UInt64, timeout: Double) -> Outcome<Entry> {
+        attributes(of: ino).map { Entry(attributes: $0, entryTimeout: timeout, attributeTimeout: timeout) }
+    }
+
+    /// The node of a committed block, creating it on first lookup (one lookup reference is taken).
+    func committedEntry(ns: NamespaceInfo, key: String, parent: UInt64) -> Outcome<Entry> {
+        guard let a = store.attributes(namespace: ns.name, key: key) else { return .failure(Errno(ENOENT)) }
+        let blockKey = BlockKey(namespace: ns.name, key: key)
+        let node = nodes.withLock { table -> FileNode in
+            if let ino = table.committed[blockKey], let node = table.nodes[ino],
+               node.state.withLock({ $0.sequence == a.sequence && !$0.unlinked && $0.pending == nil }) {
+                node.state.withLock { $0.lookups += 1 }
+                return node
+            }
+            let node = FileNode(ino: table.allocate(), namespaceID: ns.id, namespace: ns.name, key: key, parent: parent, pending: nil)
+            node.state.withLock {
+                $0.lookups = 1
+                $0.sequence = a.sequence
+            }
+            table.nodes[node.ino] = node
+            table.committed[blockKey] = node.ino
+            return node
+        }
+        let st = fileAttributes(ino: node.ino, size: a.logicalLength, stored: a.storedLength, seconds: UInt64(a.commitSeconds), ns: ns, mode: settings.blockMode)
+        return .success(Entry(attributes: st, entryTimeout: settings.entryTimeout, attributeTimeout: settings.attributeTimeout))
+    }
+
+    /// The block being written under this name by the caller's process, if any.
+    func pendingNode(parent: UInt64, name: String, caller: Caller) -> FileNode? {
+        let candidates = nodes.withLock { $0.pending[NodeTable.PendingName(parent: parent, name: name)] ?? [] }
+        guard !candidates.isEmpty else { return nil }
+        let group = threadGroup(of: caller.pid)
+        return candidates.first { $0.state.withLock { $0.pending?.creator == group } }
+    }
+
+    func forget(_ ino: UInt64, count: UInt64) {
+        guard InodeNumber.kind(ino) == .file else { return }
+        nodes.withLock { table in
+            guard let node = table.nodes[ino] else { return }
+            let gone = node.state.withLock { s -> Bool in
+                s.lookups = s.lookups > count ? s.lookups - count : 0
+                return s.lookups == 0 && s.pending == nil
+            }
+            if gone {
+                table.nodes[ino] = nil
+                let key = BlockKey(namespace: node.namespace, key: node.key)
+                if table.committed[key] == ino { table.committed[key] = nil }
+            }
+        }
+    }
+
+    // MARK: Namespaces
+
+    func makeDirectory(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller) -> Outcome<Entry> {
+        let text = String(decoding: name, as: UTF8.self)
+        switch InodeNumber.kind(parent) {
+        case .root:
+            if name.count > 255 { return .failure(Errno(ENAMETOOLONG)) }
+            do {
+                let ns = try store.createNamespace(text, owner: caller.uid, group: caller.gid, mode: mode & 0o7777)
+                return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+            } catch {
+                return .failure(Errno(error))
+            }
+        case .namespace:
+            return .failure(Errno(BlockName.isFanout(name) ? EEXIST : EPERM))
+        case .fanout, .controlDirectory: return .failure(Errno(EPERM))
+        case .statusFile, .file: return .failure(Errno(ENOTDIR))
+        }
+    }
+
+    func removeDirectory(parent: UInt64, name: [UInt8]) -> Outcome<Void> {
+        guard InodeNumber.kind(parent) == .root else { return .failure(Errno(EPERM)) }
+        do {
+            try store.removeNamespace(String(decoding: name, as: UTF8.self))
+            return .success(())
+        } catch {
+            return .failure(Errno(error))
+        }
+    }
+
+    // MARK: Create, open, write, commit
+
+    /// `open(O_CREAT)` of a name the kernel did not find.
+    func create(parent: UInt64, name: [UInt8], flags: Int32, caller: Caller) -> Outcome<(Entry, Handle, directIO: Bool)> {
+        let context: (NamespaceInfo, fanout: UInt8?)
+        switch directoryContext(parent) {
+        case .success(let c): context = c
+        case .failure(let e): return .failure(e)
+        }
+        let (ns, fanout) = context
+        if fanout == nil && BlockName.isFanout(name) { return .failure(Errno(EISDIR)) }
+        if let e = validateBlockName(name, fanout: fanout) { return .failure(e) }
+        let key = String(decoding: name, as: UTF8.self)
+        let exclusive = flags & O_EXCL != 0
+        // A block that exists (committed since the kernel's lookup): first write wins.
+        if store.contains(namespace: ns.name, key: key) {
+            if exclusive { return .failure(Errno(EEXIST)) }
+            switch committedEntry(ns: ns, key: key, parent: parent) {
+            case .failure(let e): return .failure(e)
+            case .success(let entry):
+                guard let node = nodes.withLock({ $0.nodes[UInt64(entry.attributes.st_ino)] }) else { return .failure(Errno(ENOENT)) }
+                return .success((entry, DiscardHandle(node: node), true))
+            }
+        }
+        if let node = pendingNode(parent: parent, name: key, caller: caller), let pending = node.state.withLock({ $0.pending }) {
+            if exclusive { return .failure(Errno(EEXIST)) }
+            pending.state.withLock { $0.openHandles += 1 }
+            node.state.withLock { $0.lookups += 1 }
+            return fileAttributes(of: node).map { (Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0), WriteHandle(node: node, pending: pending), true) }
+        }
+        let region: ReservedRegion
+        do { region = try staging.take() } catch { return .failure(Errno(ENOMEM)) }
+        let pending = PendingWrite(region: region, creator: threadGroup(of: caller.pid))
+        pending.state.withLock { $0.openHandles = 1 }
+        let node = nodes.withLock { table -> FileNode in
+            let node = FileNode(ino: table.allocate(), namespaceID: ns.id, namespace: ns.name, key: key, parent: parent, pending: pending)
+            node.state.withLock { $0.lookups = 1 }
+            table.nodes[node.ino] = node
+            table.pending[NodeTable.PendingName(parent: parent, name: key), default: []].append(node)
+            return node
+        }
+        let st = fileAttributes(ino: node.ino, size: 0, stored: 0, seconds: wallClockNanoseconds() / 1_000_000_000, ns: ns, mode: 0o644)
+        return .success((Entry(attributes: st, entryTimeout: 0, attributeTimeout: 0), WriteHandle(node: node, pending: pending), true))
+    }
+
+    /// `open` of an existing inode. Committed blocks are read-only: write access without O_TRUNC is
+    /// refused (EACCES); with O_TRUNC (as `open(p, "wb")` sends) writes are accepted and discarded.
+    func open(ino: UInt64, flags: Int32, caller: Caller) -> Outcome<(Handle, keepCache: Bool, directIO: Bool)> {
+        switch InodeNumber.kind(ino) {
+        case .statusFile:
+            if flags & O_ACCMODE != O_RDONLY { return .failure(Errno(EACCES)) }
+            return .success((GeneratedHandle(bytes: Array(statusJSON().utf8)), false, true))
+        case .file: break
+        default: return .failure(Errno(EISDIR))
+        }
+        guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
+        let writing = flags & O_ACCMODE != O_RDONLY || flags & O_APPEND != 0
+        if let pending = node.state.withLock({ $0.pending }) {
+            guard pending.creator == threadGroup(of: caller.pid) else { return .failure(Errno(ENOENT)) }
+            let ok = pending.state.withLock { s -> Bool in
+                if s.finished { return false }
+                s.openHandles += 1
+                if flags & O_TRUNC != 0 { s.length = 0 }
+                return true
+            }
+            guard ok else { return .failure(Errno(ENOENT)) }
+            return .success((WriteHandle(node: node, pending: pending), false, true))
+        }
+        guard store.contains(namespace: node.namespace, key: node.key) else { return .failure(Errno(ENOENT)) }
+        if writing {
+            guard flags & O_TRUNC != 0, flags & O_APPEND == 0 else { return .failure(Errno(EACCES)) }
+            return .success((DiscardHandle(node: node), false, true))
+        }
+        return .success((ReadHandle(node: node), true, false))
+    }
+
+    func write(_ handle: Handle, bytes: UnsafeRawBufferPointer, offset: Int) -> Outcome<Int> {
+        if handle is DiscardHandle { return .success(bytes.count) }
+        guard let w = handle as? WriteHandle else { return .failure(Errno(EBADF)) }
+        let end = offset + bytes.count
+        let limit = w.pending.region.capacity
+        guard offset >= 0, end <= store.configuration.maxBlockSize, end <= limit else { return .failure(Errno(EFBIG)) }
+        let ok = w.pending.state.withLock { s -> Bool in
+            if s.finished { return false }
+            s.length = max(s.length, end)
+            return true
+        }
+        guard ok else { return .failure(Errno(EBADF)) }
+        if bytes.count > 0 { (w.pending.region.pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        return .success(bytes.count)
+    }
+
+    func read(_ handle: Handle, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> Errno? {
+        if let g = handle as? GeneratedHandle {
+            let start = min(offset, g.bytes.count), end = min(offset + size, g.bytes.count)
+            g.bytes.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+            return nil
+        }
+        if let w = handle as? WriteHandle {
+            let length = w.pending.state.withLock { $0.length }
+            let start = min(offset, length), end = min(offset + size, length)
+            reply(UnsafeRawBufferPointer(start: w.pending.region.pointer + start, count: end - start))
+            return nil
+        }
+        let r: ReadHandle
+        if let d = handle as? DiscardHandle { r = d.read } else if let h = handle as? ReadHandle { r = h } else { return Errno(EBADF) }
+        let loaded: BlockData
+        if let b = r.block.withLock({ $0 }) {
+            loaded = b
+        } else {
+            do {
+                loaded = try store.read(namespace: r.node.namespace, key: r.node.key)
+            } catch let e as StoreError {
+                if case .corruption(let why) = e { log("twfs: refusing to serve \(r.node.namespace)/\(r.node.key): \(why)") }
+                // A block evicted or deleted after open no longer has bytes to give.
+                return Errno(e == .notFound ? EIO : e.errnoCode)
+            } catch {
+                return Errno(error)
+            }
+            r.block.withLock { $0 = loaded }
+        }
+        loaded.withBytes { bytes in
+            let start = min(offset, bytes.count), end = min(offset + size, bytes.count)
+            reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        }
+        return nil
+    }
+
+    /// `close` of a descriptor: commits the block when this is its only open handle, so the error
+    /// (EFBIG, ENOSPC, EIO) reaches the closing process and the block is visible when close returns.
+    func flush(_ handle: Handle) -> Errno? {
+        guard let w = handle as? WriteHandle else { return nil }
+        let last = w.pending.state.withLock { $0.openHandles <= 1 && !$0.finished }
+        return last ? commit(w.node, w.pending) : w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil }
+    }
+
+    func release(_ handle: Handle) {
+        guard let w = handle as? WriteHandle else { return }
+        let commitNow = w.pending.state.withLock { s -> Bool in
+            s.openHandles -= 1
+            return s.openHandles == 0 && !s.finished
+        }
+        if commitNow {
+            if let e = commit(w.node, w.pending) { log("twfs: block \(w.node.namespace)/\(w.node.key) not committed: \(String(cString: strerror(e.code)))") }
+        }
+        let done = w.pending.state.withLock { $0.openHandles == 0 && $0.finished }
+        if done { detachPending(w.node, w.pending) }
+    }
+
+    /// Commits a block being written; first write wins, so a name that exists keeps its bytes.
+    func commit(_ node: FileNode, _ pending: PendingWrite) -> Errno? {
+        let (length, metadata, proceed) = pending.state.withLock { s -> (Int, BlockMetadata, Bool) in
+            if s.finished { return (0, s.metadata, false) }
+            s.finished = true
+            return (s.length, s.metadata, true)
+        }
+        guard proceed else { return nil }
+        let (key, unlinked) = node.state.withLock { ($0.key, $0.unlinked) }
+        if unlinked { return nil }
+        do {
+            _ = try store.put(namespace: node.namespace, key: key,
+                              payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata)
+            return nil
+        } catch {
+            let e = Errno(error)
+            if let s = error as? StoreError, case .tooLarge = s {} else { log("twfs: commit of \(node.namespace)/\(key) failed: \(error)") }
+            pending.state.withLock { $0.failure = e.code }
+            return e
+        }
+    }
+
+    /// After the last handle of a written block closed: the node now shows the committed block (or is
+    /// gone), and the staging region goes back to the pool.
+    func detachPending(_ node: FileNode, _ pending: PendingWrite) {
+        let (key, parent) = node.state.withLock { s -> (String, UInt64) in
+            s.pending = nil
+            return (s.key, s.parent)
+        }
+        let sequence = store.attributes(namespace: node.namespace, key: key)?.sequence ?? 0
+        node.state.withLock { $0.sequence = sequence }
+        nodes.withLock { table in
+            let name = NodeTable.PendingName(parent: parent, name: key)
+            table.pending[name]?.removeAll { $0 === node }
+            if table.pending[name]?.isEmpty == true { table.pending[name] = nil }
+            if node.state.withLock({ $0.lookups == 0 }) { table.nodes[node.ino] = nil }
+        }
+        staging.give(pending.region, used: pending.state.withLock { $0.length })
+    }
+
+    func setSize(ino: UInt64, size: Int) -> Outcome<stat> {
+        guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
+        guard let pending = node.state.withLock({ $0.pending }) else { return .failure(Errno(EPERM)) }
+        guard size <= store.configuration.maxBlockSize else { return .failure(Errno(EFBIG)) }
+        pending.state.withLock { s in
+            if size < s.length { pending.region.zero(size, count: s.length - size) }
+            s.length = size
+        }
+        return fileAttributes(of: node)
+    }
+
+    /// chmod/chown of a namespace directory change its owner and mode; of a block file they are refused.
+    func setOwnerAndMode(ino: UInt64, mode: UInt32?, uid: UInt32?, gid: UInt32?) -> Outcome<stat> {
+        switch InodeNumber.kind(ino) {
+        case .namespace(let id):
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            do {
+                _ = try store.updateNamespace(ns.name) { n in
+                    if let mode { n.mode = mode & 0o7777 }
+                    if let uid { n.owner = uid }
+                    if let gid { n.group = gid }
+                }
+            } catch { return .failure(Errno(error)) }
+            return attributes(of: ino)
+        case .file:
+            guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
+            if node.state.withLock({ $0.pending != nil }) { return fileAttributes(of: node) }
+            return .failure(Errno(EPERM))
+        default:
+            return .failure(Errno(EPERM))
+        }
+    }
+
+    // MARK: Unlink and rename
+
+    func unlink(parent: UInt64, name: [UInt8], caller: Caller) -> Outcome<Void> {
+        let context: (NamespaceInfo, fanout: UInt8?)
+        switch directoryContext(parent) {
+        case .success(let c): context = c
+        case .failure(let e): return .failure(e)
+        }
+        let key = String(decoding: name, as: UTF8.self)
+        if let node = pendingNode(parent: parent, name: key, caller: caller) {
+            node.state.withLock { $0.unlinked = true }
+            nodes.withLock { $0.pending[NodeTable.PendingName(parent: parent, name: key)]?.removeAll { $0 === node } }
+            return .success(())
+        }
+        if context.fanout == nil && BlockName.isFanout(name) { return .failure(Errno(EISDIR)) }
+        do {
+            try store.remove(namespace: context.0.name, key: key)
+        } catch {
+            return .failure(Errno(error))
+        }
+        let blockKey = BlockKey(namespace: context.0.name, key: key)
+        nodes.withLock { table in
+            if let ino = table.committed.removeValue(forKey: blockKey) { table.nodes[ino]?.state.withLock { $0.unlinked = true } }
+        }
+        return .success(())
+    }
+
+    func rename(parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8], flags: UInt32, caller: Caller) -> Outcome<Void> {
+        if InodeNumber.kind(parent) == .root || InodeNumber.kind(newParent) == .root { return .failure(Errno(EPERM)) }
+        let from: (NamespaceInfo, fanout: UInt8?), to: (NamespaceInfo, fanout: UInt8?)
+        switch (directoryContext(parent), directoryContext(newParent)) {
+        case (.success(let a), .success(let b)): (from, to) = (a, b)
+        case (.failure(let e), _), (_, .failure(let e)): return .failure(e)
+        }
+        guard from.0.id == to.0.id else { return .failure(Errno(EXDEV)) }
+        if let e = validateBlockName(newName, fanout: to.fanout) { return .failure(e) }
+        if flags & 2 != 0 { return .failure(Errno(EINVAL)) }  // RENAME_EXCHANGE
+        let oldKey = String(decoding: name, as: UTF8.self), newKey = String(decoding: newName, as: UTF8.self)
+        let ns = from.0.name
+        let targetExists = store.contains(namespace: ns, key: newKey)
+        if targetExists && flags & 1 != 0 { return .failure(Errno(EEXIST)) }  // RENAME_NOREPLACE
+        if let node = pendingNode(parent: parent, name: oldKey, caller: caller) {
+            // Still open for writing: the block will be committed under the new name at close.
+            nodes.withLock { table in
+                table.pending[NodeTable.PendingName(parent: parent, name: oldKey)]?.removeAll { $0 === node }
+                table.pending[NodeTable.PendingName(parent: newParent, name: newKey), default: []].append(node)
+            }
+            node.state.withLock {
+                $0.key = newKey
+                $0.parent = newParent
+            }
+            return .success(())
+        }
+        do {
+            try store.rename(namespace: ns, from: oldKey, to: newKey)
+        } catch {
+            return .failure(Errno(error))
+        }
+        let sequence = store.attributes(namespace: ns, key: newKey)?.sequence ?? 0
+        nodes.withLock { table in
+            guard let ino = table.committed.removeValue(forKey: BlockKey(namespace: ns, key: oldKey)), let node = table.nodes[ino] else { return }
+            node.state.withLock {
+                $0.key = newKey
+                $0.parent = newParent
+                $0.sequence = sequence
+            }
+            table.committed[BlockKey(namespace: ns, key: newKey)] = ino
+        }
+        return .success(())
+    }
+
+    // MARK: Extended attributes
+
+    static let parentAttribute = "user.tw.parent"
+    static let tokensAttribute = "user.tw.tokens"
+    static let tierAttribute = "user.tw.tier"
+    static let storedSizeAttribute = "user.tw.stored_size"
+
+    func getExtendedAttribute(ino: UInt64, name: String) -> Outcome<[UInt8]> {
+        guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENODATA)) }
+        if let pending = node.state.withLock({ $0.pending }) {
+            let meta = pending.state.withLock { $0.metadata }
+            switch name {
+            case Self.parentAttribute: return meta.parent.map { .success(Array($0.utf8)) } ?? .failure(Errno(ENODATA))
+            case Self.tokensAttribute: return meta.tokens.map { .success(Array($0.utf8)) } ?? .failure(Errno(ENODATA))
+            default: return .failure(Errno(ENODATA))
+            }
+        }
+        let key = node.key
+        switch name {
+        case Self.tierAttribute:
+            return store.contains(namespace: node.namespace, key: key) ? .success(Array("nvme".utf8)) : .failure(Errno(ENOENT))
+        case Self.storedSizeAttribute:
+            guard let a = store.attributes(namespace: node.namespace, key: key) else { return .failure(Errno(ENOENT)) }
+            return .success(Array(String(a.storedLength).utf8))
+        case Self.parentAttribute, Self.tokensAttribute:
+            do {
+                let meta = try store.metadata(namespace: node.namespace, key: key)
+                let value = name == Self.parentAttribute ? meta.parent : meta.tokens
+                return value.map { .success(Array($0.utf8)) } ?? .failure(Errno(ENODATA))
+            } catch {
+                return .failure(Errno(error))
+            }
+        default:
+            return .failure(Errno(ENODATA))
+        }
+    }
+
+    func listExtendedAttributes(ino: UInt64) -> Outcome<[String]> {
+        guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .success([]) }
+        var names: [String] = []
+        let meta: BlockMetadata
+        if let pending = node.state.withLock({ $0.pending }) {
+            meta = pending.state.withLock { $0.metadata }
+        } else {
+            names = [Self.tierAttribute, Self.storedSizeAttribute]
+            meta = (try? store.metadata(namespace: node.namespace, key: node.key)) ?? BlockMetadata()
+        }
+        if meta.parent != nil { names.append(Self.parentAttribute) }
+        if meta.tokens != nil { names.append(Self.tokensAttribute) }
+        return .success(names)
+    }
+
+    /// Writers set `user.tw.parent` (a prefix hash) and `user.tw.tokens` before close; everything of a
+    /// committed block is read-only.
+    func setExtendedAttribute(ino: UInt64, name: String, value: [UInt8], remove: Bool = false) -> Outcome<Void> {
+        guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOTSUP)) }
+        switch name {
+        case Self.tierAttribute, Self.storedSizeAttribute: return .failure(Errno(EPERM))
+        case Self.parentAttribute, Self.tokensAttribute: break
+        default: return .failure(Errno(ENOTSUP))
+        }
+        guard let pending = node.state.withLock({ $0.pending }) else { return .failure(Errno(EPERM)) }
+        if name == Self.parentAttribute && !remove && !BlockName.isCanonicalHash(value) { return .failure(Errno(EINVAL)) }
+        if value.count > 8192 { return .failure(Errno(E2BIG)) }
+        let text = String(decoding: value, as: UTF8.self)
+        return pending.state.withLock { s -> Outcome<Void> in
+            if s.finished { return .failure(Errno(EPERM)) }
+            if name == Self.parentAttribute { s.metadata.parent = remove ? nil : text } else { s.metadata.tokens = remove ? nil : text }
+            return .success(())
+        }
+    }
+
+    // MARK: Directories
+
+    func openDirectory(ino: UInt64) -> Outcome<DirectoryHandle> {
+        typealias E = DirectoryHandle.Entry
+        switch InodeNumber.kind(ino) {
+        case .root:
+            let ns = store.namespaces().map { E(name: $0.name, ino: InodeNumber.namespace($0.id), isDirectory: true) }
+            return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: ino, isDirectory: true)] + ns, blocks: []))
+        case .controlDirectory:
+            return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.root, isDirectory: true),
+                                                    E(name: "status", ino: InodeNumber.statusFile, isDirectory: false)], blocks: []))
+        case .namespace(let id):
+            guard store.namespace(id: id) != nil else { return .failure(Errno(ENOENT)) }
+            let hex = Array("0123456789abcdef")
+            var fixed = [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.root, isDirectory: true)]
+            for b in 0..<256 {
+                fixed.append(E(name: String([hex[b >> 4], hex[b & 15]]), ino: InodeNumber.fanout(id, UInt8(b)), isDirectory: true))
+            }
+            return .success(DirectoryHandle(fixed: fixed, blocks: store.list(namespaceID: id, fanout: nil)))
+        case .fanout(let id, let byte):
+            guard store.namespace(id: id) != nil else { return .failure(Errno(ENOENT)) }
+            return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.namespace(id), isDirectory: true)],
+                                            blocks: store.list(namespaceID: id, fanout: byte)))
+        case .statusFile, .file:
+            return .failure(Errno(ENOTDIR))
+        }
+    }
+
+    // MARK: statfs and status
+
+    func filesystemStatistics() -> statvfs {
+        let s = store.statistics()
+        var st = statvfs()
+        let block: UInt64 = 4096
+        let space = store.deviceSpace()
+        let capacity = store.configuration.capacity
+        let free = min(capacity > s.usedBytes ? capacity - s.usedBytes : 0, space.available)
+        st.f_bsize = UInt(block)
+        st.f_frsize = UInt(block)
+        st.f_blocks = fsblkcnt_t(capacity / block)
+        st.f_bfree = fsblkcnt_t(free / block)
+        st.f_bavail = fsblkcnt_t(free / block)
+        st.f_files = fsfilcnt_t(s.blocks + 1_000_000_000)
+        st.f_ffree = fsfilcnt_t(1_000_000_000)
+        st.f_favail = fsfilcnt_t(1_000_000_000)
+        st.f_namemax = 255
+        return st
+    }
+
+    /// The control area's status, one JSON object.
+    public func statusJSON() -> String {
+        let s = store.statistics()
+        let r = store.recovery
+        let c = store.configuration
+        var ns: [String] = []
+        var usage: [String] = []
+        for (info, u) in s.namespaces {
+            ns.append(jsonString(info.name))
+            usage.append("\(jsonString(info.name)): {\"blocks\": \(u.blocks), \"logical_bytes\": \(u.logicalBytes), \"stored_bytes\": \(u.storedBytes), \"compression\": \(jsonString(info.compression.rawValue))}")
+        }
+        let dead = s.usedBytes > 0 ? Double(s.deadBytes) / Double(s.usedBytes) : 0
+        return """
+        {"store": \(jsonString(settings.storeDirectory)), "sync": \(jsonString(c.sync.rawValue)), "blocks": \(s.blocks), \
+        "capacity_bytes": \(c.capacity), "used_bytes": \(s.usedBytes), "live_bytes": \(s.liveBytes), "dead_bytes": \(s.deadBytes), \
+        "dead_ratio": \(dead), "segments": \(s.segments), "segment_bytes": \(c.segmentSize), "max_block_bytes": \(c.maxBlockSize), \
+        "namespaces": [\(ns.joined(separator: ", "))], "namespace_usage": {\(usage.joined(separator: ", "))}, \
+        "puts": \(s.puts), "duplicate_puts": \(s.duplicatePuts), "bytes_written": \(s.bytesWritten), "gets": \(s.gets), \
+        "bytes_read": \(s.bytesRead), "corrupt_reads": \(s.corruptReads), "removes": \(s.removes), \
+        "evicted_segments": \(s.evictedSegments), "evicted_blocks": \(s.evictedBlocks), "reinserted_blocks": \(s.reinsertedBlocks), \
+        "compacted_segments": \(s.compactedSegments), "reclaimed_bytes": \(s.reclaimedBytes), \
+        "dram_tier": {"enabled": false}, \
+        "recovery": {"segments_from_summary": \(r.segmentsFromSummary), "segments_scanned": \(r.segmentsScanned), \
+        "blocks": \(r.blocks), "corrupt_records": \(r.corruptRecords), "torn_tail_bytes": \(r.tornTailBytes), \
+        "bytes_scanned": \(r.bytesScanned), "seconds": \(Double(r.nanoseconds) / 1e9)}}
+
+        """
+    }
+}
+
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        default:
+            if scalar.value < 0x20 {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out + "\""
+}
+
+/// Writes a line to standard error (the daemon's log).
+func log(_ message: String) {
+    let line = message + "\n"
+    _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+}
