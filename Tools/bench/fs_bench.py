@@ -724,7 +724,7 @@ def main() -> int:
     if args.no_twfs:
         skip.add("twfs")
     args.dir = args.dir.resolve()
-    args.twfs = args.twfs.resolve()
+    args.twfs = Path(os.path.abspath(args.twfs))  # keep .build/release as given (a symlink)
 
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable] + sys.argv))
     total = args.blocks * args.block_size

@@ -6,7 +6,7 @@
  * (docs: /work/shared/DESIGN.md, "Performance targets"). Tools/bench/fs_bench.py builds and runs it.
  *
  * Build:  cc -O2 -o memfs Tools/bench/memfs.c $(pkg-config --cflags --libs fuse3) -lpthread
- * Run:    memfs MOUNT [-f] [--direct-io] [--keep-cache] [--threads N] [--no-clone-fd]
+ * Run:    memfs MOUNT [-f] [-d] [--direct-io] [--keep-cache] [--threads N] [--no-clone-fd]
  *         (unmount with `fusermount3 -u MOUNT`, `umount MOUNT`, or SIGTERM/SIGINT to the process)
  *
  * What it serves: a flat root directory. Files can be created and written (create, open+O_TRUNC,

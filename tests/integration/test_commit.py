@@ -108,6 +108,31 @@ def test_open_wb_on_existing_block_is_accepted_and_writes_are_discarded(ns, othe
     assert other.read(path) == sha(original)
 
 
+def test_discarded_overwrite_never_reaches_readers_page_cache(ns, other):
+    # Blocks are immutable, so a daemon may let the kernel cache their pages; the bytes of a discarded
+    # open(p, "wb") must not end up in those pages (held open, mapped, or opened afterwards).
+    import mmap
+    path = _path(ns, "canonical", "cached-pages")
+    original = pattern(path, 2 * MiB)
+    write_block(path, original)
+    rfd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(rfd, 2 * MiB, 0) == original      # pull every page into the cache
+        m = mmap.mmap(rfd, 0, access=mmap.ACCESS_READ)
+        try:
+            with open(path, "wb") as f:
+                f.write(b"\xee" * (2 * MiB))
+            assert os.pread(rfd, 2 * MiB, 0) == original, "reader's open fd sees the discarded bytes"
+            assert m[:] == original, "reader's mapping sees the discarded bytes"
+        finally:
+            m.close()
+    finally:
+        os.close(rfd)
+    got = read_block(path)
+    assert got == original, first_difference(got, original)
+    assert other.read(path) == sha(original)
+
+
 def test_second_writer_closing_first_commits_and_the_other_is_discarded(ns):
     path = _path(ns, "canonical", "two-writers-ordered")
     a = pattern("writer-a", MiB)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system and Python packages the project builds and tests with (Debian 12). Idempotent.
+set -euo pipefail
+need=()
+for p in libfuse3-dev fuse3 liblz4-dev libxxhash-dev pkg-config fio attr; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+python3 - <<'PY' || python3 -m pip install -q --disable-pip-version-check pytest pytest-timeout numpy safetensors
+import importlib, sys
+for m in ("pytest", "pytest_timeout", "numpy", "safetensors"):
+    importlib.import_module(m)
+PY
