@@ -196,9 +196,11 @@ public final class BlockStore: Sendable {
             st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
             st.nextSequence = max(st.nextSequence, e.sequence + 1)
         }
-        for seg in st.segments.values {
+        for (id, seg) in st.segments {
             st.usedBytes += seg.length
             for e in seg.summary { st.nextSequence = max(st.nextSequence, e.sequence + 1) }
+            // Sealed segments' entries live in their summary files; memory holds only the index.
+            st.segments[id]!.summary = []
         }
         report.blocks = st.index.count
         st.stats.capacityBytes = configuration.capacity
@@ -274,7 +276,10 @@ public final class BlockStore: Sendable {
                 try device.replaceAtomically(SegmentFormat.summaryFileName(segment.id), bytes: SummaryEntry.encodeFile(segmentID: segment.id, entries: summary))
                 state.withLock { st in
                     // Records may not have been added since (the segment is sealed and had no writes in flight).
-                    if st.segments[segment.id]?.summary.count == summary.count { st.segments[segment.id]?.summaryWritten = true }
+                    if st.segments[segment.id]?.summary.count == summary.count {
+                        st.segments[segment.id]?.summaryWritten = true
+                        st.segments[segment.id]?.summary = []
+                    }
                 }
             } catch {
                 // Left unwritten: the next pass tries again, and recovery scans the segment if it never lands.
@@ -389,8 +394,13 @@ public final class BlockStore: Sendable {
     /// - Returns: `.stored`, or `.alreadyPresent` when the name exists or another writer of it is in flight.
     /// - Throws: `StoreError` (`.tooLarge`, `.invalidName`, `.notFound` for a missing namespace, `.noSpace`, `.io`).
     /// Durability on return follows `configuration.sync` (docs/format.md, "Durability").
+    ///
+    /// - Parameter stagedInPlace: the caller owns writable, page-aligned memory at `payload` with room up
+    ///   to the next page boundary; the store zeroes that tail and writes the payload straight from it
+    ///   with O_DIRECT (no copy). Otherwise the payload is written through the page cache.
     public func put(namespace: String, key: String, payload: UnsafeRawBufferPointer,
-                    metadata: BlockMetadata = BlockMetadata(), commitNanoseconds: UInt64? = nil) throws -> PutOutcome {
+                    metadata: BlockMetadata = BlockMetadata(), commitNanoseconds: UInt64? = nil,
+                    stagedInPlace: Bool = false) throws -> PutOutcome {
         guard payload.count <= configuration.maxBlockSize else { throw StoreError.tooLarge(size: payload.count, limit: configuration.maxBlockSize) }
         let keyBytes = Array(key.utf8)
         guard BlockName.isValidKey(keyBytes) else { throw StoreError.invalidName("block names are 1 to 255 bytes without '/' or NUL") }
@@ -429,9 +439,16 @@ public final class BlockStore: Sendable {
         let area = AlignedBuffer(capacity: areaSize)
         header.encode(into: area.mutableBytes(count: areaSize))
         let padding = RecordFormat.align(stored.count) - stored.count
+        var parts = [area.bytes(count: areaSize), stored, RecordFormat.zeroPage.page.prefix(padding).asBuffer]
+        if let compressedBuffer {
+            compressedBuffer.mutableBytes(stored.count, count: padding).initializeMemory(as: UInt8.self, repeating: 0)
+            parts = [area.bytes(count: areaSize), compressedBuffer.bytes(count: stored.count + padding)]
+        } else if stagedInPlace, let base = payload.baseAddress {
+            UnsafeMutableRawPointer(mutating: base + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
+            parts = [area.bytes(count: areaSize), UnsafeRawBufferPointer(start: base, count: payload.count + padding)]
+        }
         do {
-            try reservation.segment.file.write([area.bytes(count: areaSize), stored, RecordFormat.zeroPage.page.prefix(padding).asBuffer],
-                                                at: reservation.offset)
+            try reservation.segment.file.write(parts, at: reservation.offset)
             let ticket = reservation.segment.commit.writeCompleted()
             if configuration.sync == .always { try reservation.segment.commit.waitDurable(ticket: ticket, file: reservation.segment.file) }
         } catch {
@@ -705,12 +722,22 @@ public final class BlockStore: Sendable {
         return best?.0
     }
 
+    /// Every record of a segment: the in-memory list while it is open, its summary file once sealed.
+    func entries(of seg: SegmentState) -> [SummaryEntry]? {
+        if !seg.summaryWritten || !seg.summary.isEmpty { return seg.summary }
+        guard let bytes = try? device.readWhole(SegmentFormat.summaryFileName(seg.segment.id)) else { return nil }
+        return SummaryEntry.decodeFile(bytes, segmentID: seg.segment.id)
+    }
+
     /// Drops a segment from the index and the table; the caller deletes its files after unlocking.
     private func removeSegment(_ st: inout StoreState, _ id: UInt32) -> SegmentState {
         let seg = st.segments.removeValue(forKey: id)!
-        for e in seg.summary where e.flags & EntryFlags.tombstone == 0 {
-            if let cur = st.index[e.key], cur.segment == id, cur.page == e.page {
-                st.index[e.key] = nil
+        // Normally the summary names the segment's keys; if it cannot be read, search the index.
+        let keys = entries(of: seg)?.filter { $0.flags & EntryFlags.tombstone == 0 }.map(\.key)
+            ?? st.index.filter { $0.value.segment == id }.map(\.key)
+        for key in keys {
+            if let cur = st.index[key], cur.segment == id {
+                st.index[key] = nil
                 st.usage[cur.namespaceID]?.remove(cur)
                 st.stats.evictedBlocks += 1
             }
@@ -799,7 +826,8 @@ public final class BlockStore: Sendable {
     private func relocateLive(of id: UInt32, _ seg: SegmentState, budget: UInt64, onlyAccessed: Bool) throws -> Int {
         var moved = 0
         var spent: UInt64 = 0
-        for e in seg.summary where e.flags & EntryFlags.tombstone == 0 {
+        guard let all = entries(of: seg) else { return 0 }
+        for e in all where e.flags & EntryFlags.tombstone == 0 {
             let current = state.withLock { st -> IndexEntry? in
                 guard let cur = st.index[e.key], cur.segment == id, cur.page == e.page else { return nil }
                 return cur
@@ -817,8 +845,8 @@ public final class BlockStore: Sendable {
     /// Carries the tombstones of segment `id` forward when an older segment exists that they may still mask.
     private func carryTombstones(of id: UInt32, _ seg: SegmentState) throws {
         let older = state.withLock { st in st.segments.keys.contains { $0 < id } }
-        guard older else { return }
-        for e in seg.summary where e.flags & EntryFlags.tombstone != 0 {
+        guard older, let all = entries(of: seg) else { return }
+        for e in all where e.flags & EntryFlags.tombstone != 0 {
             // A newer record of the key (live or tombstone) makes this one irrelevant.
             let superseded = state.withLock { st -> Bool in
                 if let cur = st.index[e.key], cur.sequence > e.sequence { return true }

@@ -87,20 +87,50 @@ public struct DirectoryStorageDevice: StorageDevice {
     }
 }
 
-/// A segment file on disk.
+/// A segment file on disk, open twice: with `O_DIRECT` for page-aligned record reads and writes (no
+/// page-cache copy, as fio's direct I/O), and buffered for everything else. Linux keeps the two coherent
+/// (direct I/O writes back and invalidates cached pages of its range). Filesystems without `O_DIRECT`
+/// (tmpfs) get the buffered descriptor only.
 final class PosixDeviceFile: DeviceFile {
-    let descriptor: FileDescriptor
+    let buffered: FileDescriptor
+    /// Opened with O_DIRECT when `directIO`; otherwise a second buffered descriptor.
+    let direct: FileDescriptor
+    let directIO: Bool
 
     init(path: String, create: Bool) throws {
-        descriptor = try FileDescriptor(open: path, flags: O_RDWR | (create ? O_CREAT : 0), mode: 0o640)
+        buffered = try FileDescriptor(open: path, flags: O_RDWR | (create ? O_CREAT : 0), mode: 0o640)
+        var usable = true
+        var fd = Glibc.open(path, O_RDWR | O_CLOEXEC | openDirectFlag)
+        if fd < 0 {
+            usable = false
+            fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            if fd < 0 { throw SystemError.last("open", path: path) }
+        }
+        direct = FileDescriptor(adopting: fd, path: path)
+        directIO = usable
+    }
+
+    @inline(__always)
+    static func aligned(_ address: UnsafeRawPointer?, _ count: Int) -> Bool {
+        guard let address else { return count == 0 }
+        return UInt(bitPattern: address) % 4096 == 0 && count % 4096 == 0
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
-        try descriptor.read(into: buffer, at: offset)
+        if directIO && offset % 4096 == 0 && Self.aligned(buffer.baseAddress, buffer.count) {
+            return try direct.read(into: buffer, at: offset)
+        }
+        return try buffered.read(into: buffer, at: offset)
     }
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws { try descriptor.write(parts, at: offset) }
-    func synchronize() throws { try descriptor.synchronize() }
-    func truncate(to length: UInt64) throws { try descriptor.truncate(to: length) }
-    func length() throws -> UInt64 { try descriptor.length() }
-}
 
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
+        if directIO && offset % 4096 == 0 && parts.allSatisfy({ Self.aligned($0.baseAddress, $0.count) }) {
+            return try direct.write(parts, at: offset)
+        }
+        try buffered.write(parts, at: offset)
+    }
+
+    func synchronize() throws { try buffered.synchronize() }
+    func truncate(to length: UInt64) throws { try buffered.truncate(to: length) }
+    func length() throws -> UInt64 { try buffered.length() }
+}

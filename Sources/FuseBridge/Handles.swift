@@ -73,11 +73,15 @@ final class StagingPool: Sendable {
         return try ReservedRegion(capacity: regionSize)
     }
 
-    /// Returns a region; its first `used` bytes are zeroed (pages given back) so the next block's
-    /// holes read as zeros.
+    /// Returns a region. Its used bytes are zeroed so the next block's holes read as zeros; pages are
+    /// kept (re-faulting them costs more than zeroing) except beyond `retainedBytes`.
     func give(_ region: ReservedRegion, used: Int) {
-        region.release(beyond: 0)
+        let touched = min(region.capacity, (used + 4095) & ~4095)
+        region.zero(0, count: min(touched, retainedBytes))
+        if touched > retainedBytes { region.release(beyond: retainedBytes) }
         free.withLock { list in if list.count < keep { list.append(region) } }
-        _ = used
     }
+
+    /// Bytes of each pooled region that stay resident between blocks.
+    let retainedBytes = 64 << 20
 }

@@ -426,7 +426,8 @@ public final class WarehouseFileSystem: Sendable {
         if unlinked { return nil }
         do {
             _ = try store.put(namespace: node.namespace, key: key,
-                              payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata)
+                              payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata,
+                              stagedInPlace: true)
             return nil
         } catch {
             let e = Errno(error)

@@ -19,6 +19,12 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         self.path = path
     }
 
+    /// Takes ownership of an open descriptor.
+    public init(adopting fd: Int32, path: String) {
+        rawValue = fd
+        self.path = path
+    }
+
     deinit { _ = Glibc.close(rawValue) }
 
     /// Reads up to `buffer.count` bytes at `offset`; returns how many were read (short only at end of file).
@@ -184,3 +190,10 @@ public enum FileSystem {
         try synchronizeDirectory(directory)
     }
 }
+
+/// `O_DIRECT`, which Glibc's module hides behind _GNU_SOURCE (the value is per architecture).
+#if arch(x86_64) || arch(i386)
+public let openDirectFlag: Int32 = 0o40000
+#else
+public let openDirectFlag: Int32 = 0o200000
+#endif
