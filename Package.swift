@@ -18,7 +18,8 @@ let package = Package(
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         // The one place errno becomes a Swift error; file descriptors, mappings, aligned buffers, locks.
-        .target(name: "Platform"),
+        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
+        .target(name: "Platform", dependencies: ["CSystem"]),
         // The log of segments on NVMe: record codec, index, recovery, eviction, compaction.
         .target(name: "BlockStore", dependencies: ["Platform", "CLZ4", "CXXHash"]),
         // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.

@@ -775,6 +775,22 @@ public final class BlockStore: Sendable {
         }
     }
 
+    /// A segment that compaction at some threshold would rewrite.
+    public struct CompactionCandidate: Sendable {
+        public var id: UInt32
+        public var bytes: UInt64
+        public var deadShare: Double
+    }
+
+    /// Sealed segments whose dead share is at least `threshold`, most dead first.
+    public func compactionCandidates(threshold: Double) -> [CompactionCandidate] {
+        state.withLock { st in
+            st.segments.filter { $0.key != st.activeID && $0.value.sealed && $0.value.deadShare >= threshold }
+                .map { CompactionCandidate(id: $0.key, bytes: $0.value.length, deadShare: $0.value.deadShare) }
+                .sorted { $0.deadShare > $1.deadShare }
+        }
+    }
+
     /// Rewrites sealed segments whose dead share is at least `threshold`: live records are copied
     /// verbatim (same sequence) to the active segment, made durable, then the old segment is deleted.
     @discardableResult

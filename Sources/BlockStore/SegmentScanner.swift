@@ -37,15 +37,53 @@ struct SegmentScanner {
     let file: any DeviceFile
     let segmentID: UInt32
 
+    /// Serves reads of a segment from a large aligned window, so a scan costs a few big sequential
+    /// (O_DIRECT) reads instead of one small read per page.
+    final class WindowReader {
+        let file: any DeviceFile
+        let length: UInt64
+        let window = AlignedBuffer(capacity: 8 << 20)
+        var windowStart: UInt64 = 0
+        var windowCount = 0
+        var bytesRead: UInt64 = 0
+
+        init(file: any DeviceFile, length: UInt64) {
+            self.file = file
+            self.length = length
+        }
+
+        /// The bytes [offset, offset + count) clipped to the file, valid until the next call.
+        func bytes(at offset: UInt64, count: Int) throws -> UnsafeRawBufferPointer {
+            let wanted = Int(min(UInt64(count), length > offset ? length - offset : 0))
+            if offset >= windowStart && offset + UInt64(wanted) <= windowStart + UInt64(windowCount) {
+                return window.bytes(Int(offset - windowStart), count: wanted)
+            }
+            if wanted > window.capacity {
+                let big = AlignedBuffer(capacity: wanted)
+                let n = try file.read(into: big.mutableBytes(count: RecordFormat.align(wanted)), at: offset)
+                bytesRead += UInt64(n)
+                oversized = big
+                return big.bytes(count: min(n, wanted))
+            }
+            windowStart = offset & ~UInt64(RecordFormat.alignment - 1)
+            let span = Int(min(UInt64(window.capacity), length - windowStart))
+            windowCount = try file.read(into: window.mutableBytes(count: RecordFormat.align(span)), at: windowStart)
+            windowCount = min(windowCount, span)
+            bytesRead += UInt64(windowCount)
+            let start = Int(offset - windowStart)
+            return window.bytes(start, count: max(0, min(wanted, windowCount - start)))
+        }
+
+        private var oversized: AlignedBuffer?
+    }
+
     func scan() throws -> Result {
         let length = try file.length()
-        let page = AlignedBuffer(capacity: RecordFormat.alignment)
+        let reader = WindowReader(file: file, length: length)
         var result = Result(headerValid: false, validEnd: UInt64(SegmentFormat.headerSize), tailBytes: 0)
-        let n = try file.read(into: page.mutableBytes(count: SegmentFormat.headerSize), at: 0)
-        result.bytesRead += UInt64(n)
-        result.headerValid = n == SegmentFormat.headerSize && SegmentFormat.decodeHeader(page.bytes(count: n)) == segmentID
+        let head = try reader.bytes(at: 0, count: SegmentFormat.headerSize)
+        result.headerValid = head.count == SegmentFormat.headerSize && SegmentFormat.decodeHeader(head) == segmentID
 
-        var payload = AlignedBuffer(capacity: 1 << 20)
         var offset = UInt64(SegmentFormat.headerSize)
         var pendingDamage: [Damage] = []
         func damaged(_ at: UInt64, _ len: UInt64, _ why: String) {
@@ -56,26 +94,19 @@ struct SegmentScanner {
             }
         }
         while offset < length {
-            let available = Int(min(UInt64(RecordFormat.alignment), length - offset))
-            let got = try file.read(into: page.mutableBytes(count: available), at: offset)
-            result.bytesRead += UInt64(got)
-            let first = page.bytes(count: got)
-            if got == RecordFormat.alignment && first.allSatisfy({ $0 == 0 }) {
+            let first = try reader.bytes(at: offset, count: RecordFormat.alignment)
+            if first.count == RecordFormat.alignment && first.allSatisfy({ $0 == 0 }) {
                 offset += UInt64(RecordFormat.alignment)
                 continue
             }
             // Decode the fixed header to learn the header area size, then the whole area.
             var decoded = RecordHeader.decode(first)
-            var areaSize = RecordFormat.alignment
-            if case .failure(.truncated) = decoded, got >= RecordFormat.fixedHeaderSize {
+            if case .failure(.truncated) = decoded, first.count >= RecordFormat.fixedHeaderSize {
                 let ns = Int(first[6]), key = Int(LittleEndian.load(UInt16.self, at: 8, in: first))
                 let meta = Int(LittleEndian.load(UInt16.self, at: 10, in: first))
-                areaSize = RecordFormat.headerAreaSize(namespaceLength: ns, keyLength: key, metadataLength: min(meta, RecordFormat.maxMetadataLength))
+                let areaSize = RecordFormat.headerAreaSize(namespaceLength: ns, keyLength: key, metadataLength: min(meta, RecordFormat.maxMetadataLength))
                 if offset + UInt64(areaSize) <= length {
-                    let area = AlignedBuffer(capacity: areaSize)
-                    let m = try file.read(into: area.mutableBytes(count: areaSize), at: offset)
-                    result.bytesRead += UInt64(m)
-                    decoded = RecordHeader.decode(area.bytes(count: m))
+                    decoded = RecordHeader.decode(try reader.bytes(at: offset, count: areaSize))
                 }
             }
             guard case .success(let header) = decoded else {
@@ -83,17 +114,15 @@ struct SegmentScanner {
                 offset += UInt64(RecordFormat.alignment)
                 continue
             }
-            areaSize = header.headerAreaSize
+            let areaSize = header.headerAreaSize
             let size = UInt64(header.recordSize)
             if offset + size > length {
                 damaged(offset, length - offset, "record extends past the end of the segment")
                 break
             }
             if header.storedLength > 0 {
-                if payload.capacity < header.storedLength { payload = AlignedBuffer(capacity: header.storedLength) }
-                let m = try file.read(into: payload.mutableBytes(count: header.storedLength), at: offset + UInt64(areaSize))
-                result.bytesRead += UInt64(m)
-                if m != header.storedLength || Checksum.xxh3(payload.bytes(count: m)) != header.payloadChecksum {
+                let payload = try reader.bytes(at: offset + UInt64(areaSize), count: header.storedLength)
+                if payload.count != header.storedLength || Checksum.xxh3(payload) != header.payloadChecksum {
                     damaged(offset, size, "payload checksum mismatch (\(header.namespace)/\(header.key))")
                     offset += size
                     continue
@@ -106,6 +135,7 @@ struct SegmentScanner {
             result.validEnd = offset
         }
         result.tailBytes = length > result.validEnd ? length - result.validEnd : 0
+        result.bytesRead = reader.bytesRead
         return result
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSystem
 
 /// An open file descriptor, closed when its owner goes away.
 ///
@@ -191,9 +192,8 @@ public enum FileSystem {
     }
 }
 
-/// `O_DIRECT`, which Glibc's module hides behind _GNU_SOURCE (the value is per architecture).
-#if arch(x86_64) || arch(i386)
-public let openDirectFlag: Int32 = 0o40000
-#else
-public let openDirectFlag: Int32 = 0o200000
-#endif
+/// `O_DIRECT` (Glibc's module hides it behind _GNU_SOURCE).
+public let openDirectFlag: Int32 = tw_o_direct()
+
+/// Bytes of heap in use, as malloc counts them (without the free pages it keeps).
+public func heapBytesInUse() -> UInt64 { UInt64(tw_heap_in_use()) }

@@ -26,8 +26,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from twfs_util import READY_TIMEOUT_S, lazy_unmount, mounts_at, proc_mounts_types  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_CHARS = 30000
 
@@ -48,65 +49,6 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
-
-
-# --------------------------------------------------------------------------------------------- mounts
-
-def _unescape_mount_path(s: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_at(path: os.PathLike | str) -> list[dict]:
-    """Mount entries (id, fstype, options) whose mount point is `path`, from /proc/self/mountinfo."""
-    target = os.path.realpath(os.fspath(path))
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.rstrip("\n").partition(" - ")
-            fields = left.split(" ")
-            rfields = right.split(" ")
-            if len(fields) < 6 or len(rfields) < 3:
-                continue
-            if _unescape_mount_path(fields[4]) != target:
-                continue
-            found.append({
-                "id": int(fields[0]),
-                "fstype": rfields[0],
-                "source": rfields[1],
-                "options": set(fields[5].split(",")) | set(rfields[2].split(",")),
-            })
-    return found
-
-
-def proc_mounts_types(path: os.PathLike | str) -> list[str]:
-    """Filesystem types listed for `path` in /proc/mounts (the contract's readiness signal)."""
-    target = os.path.realpath(os.fspath(path))
-    types = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and _unescape_mount_path(parts[1]) == target:
-                types.append(parts[2])
-    return types
-
-
-def lazy_unmount(path: os.PathLike | str) -> None:
-    """Detach every mount stacked at `path` (fusermount3 -u -z, falling back to umount -l)."""
-    for _ in range(8):
-        if not mounts_at(path):
-            return
-        r = subprocess.run(["fusermount3", "-u", "-z", os.fspath(path)], capture_output=True, timeout=30)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", os.fspath(path)], capture_output=True, timeout=30)
 
 
 # ------------------------------------------------------------------------------------------ warehouse

@@ -121,7 +121,11 @@ def test_discarded_overwrite_never_reaches_readers_page_cache(ns, other):
         m = mmap.mmap(rfd, 0, access=mmap.ACCESS_READ)
         try:
             with open(path, "wb") as f:
+                assert os.pread(rfd, 2 * MiB, 0) == original, "reader's open fd changed by an O_TRUNC open"
+                assert m[:] == original, "reader's mapping changed by an O_TRUNC open"
                 f.write(b"\xee" * (2 * MiB))
+                f.flush()
+                assert os.pread(rfd, 2 * MiB, 0) == original, "reader's open fd sees discarded bytes before close"
             assert os.pread(rfd, 2 * MiB, 0) == original, "reader's open fd sees the discarded bytes"
             assert m[:] == original, "reader's mapping sees the discarded bytes"
         finally:
@@ -131,6 +135,39 @@ def test_discarded_overwrite_never_reaches_readers_page_cache(ns, other):
     got = read_block(path)
     assert got == original, first_difference(got, original)
     assert other.read(path) == sha(original)
+
+
+def test_concurrent_discarded_overwrites_never_shorten_or_change_reads(ns):
+    # open(p, "wb") on a committed block truncates nothing: readers running at the same time keep
+    # seeing the whole original block (no short read from a kernel size of 0, no foreign bytes).
+    import time
+    path = _path(ns, "compat", "overwritten-while-read")
+    original = pattern(path, 3 * MiB)
+    write_block(path, original)
+    stop = time.monotonic() + 3
+    counts = {"overwrites": 0, "reads": 0}
+    bad: list[str] = []
+
+    def overwrite():
+        while time.monotonic() < stop:
+            with open(path, "wb") as f:
+                f.write(b"\xff" * 1000)
+            counts["overwrites"] += 1
+
+    def read():
+        while time.monotonic() < stop and len(bad) < 10:
+            got = read_block(path)
+            counts["reads"] += 1
+            if got != original:
+                bad.append(first_difference(got, original))
+
+    threads = [threading.Thread(target=overwrite)] + [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not bad, f"{len(bad)}+ of {counts['reads']} reads wrong during {counts['overwrites']} overwrites: {bad[:3]}"
+    assert read_block(path) == original
 
 
 def test_second_writer_closing_first_commits_and_the_other_is_discarded(ns):

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from twfs_util import assert_errno, errno_as_user, errname, write_block
+from twfs_util import assert_errno, errno_as_user, errname, mounts_at, proc_mounts_types, write_block
 
 NOBODY = 65534
 
@@ -15,8 +15,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_mount_is_fuse_twfs_with_allow_other_and_default_permissions(warehouse):
-    from conftest import mounts_at, proc_mounts_types
-
     assert "fuse.twfs" in proc_mounts_types(warehouse.mount)
     (entry,) = [m for m in mounts_at(warehouse.mount) if m["fstype"] == "fuse.twfs"]
     assert "allow_other" in entry["options"], entry

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+READY_TIMEOUT_S = 20.0   # the contract: the daemon mounts within 20 s
+
 # A prime period longer than LZ4's 64 KiB window: a page moved by any multiple of 4 KiB (or 64 KiB)
 # changes the bytes, and the contents do not compress to nothing.
 PATTERN_PERIOD = 65537
@@ -238,3 +240,62 @@ def errno_as_user(uid: int, gid: int, fn, *args) -> int | None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0 and out, f"probe child failed (status {status})"
     return None if out == b"ok" else int(out)
+
+
+# --------------------------------------------------------------------------------------------- mounts
+
+def _unescape_mount_path(s: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_at(path: os.PathLike | str) -> list[dict]:
+    """Mount entries (id, fstype, options) whose mount point is `path`, from /proc/self/mountinfo."""
+    target = os.path.realpath(os.fspath(path))
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            fields = left.split(" ")
+            rfields = right.split(" ")
+            if len(fields) < 6 or len(rfields) < 3:
+                continue
+            if _unescape_mount_path(fields[4]) != target:
+                continue
+            found.append({
+                "id": int(fields[0]),
+                "fstype": rfields[0],
+                "source": rfields[1],
+                "options": set(fields[5].split(",")) | set(rfields[2].split(",")),
+            })
+    return found
+
+
+def proc_mounts_types(path: os.PathLike | str) -> list[str]:
+    """Filesystem types listed for `path` in /proc/mounts (the contract's readiness signal)."""
+    target = os.path.realpath(os.fspath(path))
+    types = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and _unescape_mount_path(parts[1]) == target:
+                types.append(parts[2])
+    return types
+
+
+def lazy_unmount(path: os.PathLike | str) -> None:
+    """Detach every mount stacked at `path` (fusermount3 -u -z, falling back to umount -l)."""
+    for _ in range(8):
+        if not mounts_at(path):
+            return
+        r = subprocess.run(["fusermount3", "-u", "-z", os.fspath(path)], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", os.fspath(path)], capture_output=True, timeout=30)

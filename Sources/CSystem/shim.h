@@ -1,0 +1,14 @@
+// Values and calls of glibc that Swift's Glibc module hides behind _GNU_SOURCE or does not import.
+#ifndef TW_CSYSTEM_SHIM_H
+#define TW_CSYSTEM_SHIM_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <fcntl.h>
+#include <malloc.h>
+#include <stddef.h>
+
+static inline int tw_o_direct(void) { return O_DIRECT; }
+/// Bytes of heap in use, by malloc's own count.
+static inline size_t tw_heap_in_use(void) { return mallinfo2().uordblks; }
+#endif

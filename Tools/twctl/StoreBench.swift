@@ -1,0 +1,178 @@
+import ArgumentParser
+import BlockStore
+import Foundation
+import Platform
+import Synchronization
+
+/// `twctl bench store`: BlockStore put/get throughput beside fio's direct sequential write/read on the
+/// same disk, index memory per block, and restart time with and without the segment summaries.
+struct StoreBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "store", abstract: "Benchmark the BlockStore against fio on the same disk.")
+
+    @Option(help: "Scratch directory on the disk under test (emptied first).") var dir = "/var/tmp/tw-store-bench"
+    @Option(help: "Block sizes, comma-separated.") var sizes = "256K,2M,16M"
+    @Option(help: "Bytes written per size (and per fio run).") var bytes = "2G"
+    @Option(help: "Writer and reader threads (fio jobs).") var threads = 4
+    @Option(help: "Blocks for the index-memory and restart measurement (0 to skip).") var indexBlocks = 1_000_000
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        guard let total = SizeParser.parse(bytes) else { throw failure("--bytes: not a size") }
+        let blockSizes = try sizes.split(separator: ",").map { s -> Int in
+            guard let v = SizeParser.parse(String(s)) else { throw failure("--sizes: '\(s)' is not a size") }
+            return Int(v)
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileSystem.makeDirectories(dir)
+        let command = CommandLine.arguments.joined(separator: " ")
+        if !json { print("$ \(command)\nscratch \(dir), \(threads) threads, \(SizeParser.format(total)) per size, sync=batch\n") }
+        var rows: [[String: Any]] = []
+        if !json { print(pad("block", 7) + pad("fio write", 11) + pad("put", 10) + pad("put/fio", 9) + pad("fio read", 10) + pad("get", 10) + pad("get/fio", 8)) }
+        for size in blockSizes {
+            let fioWrite = try fio(rw: "write", blockSize: size, total: total)
+            let fioRead = try fio(rw: "read", blockSize: size, total: total)
+            try? FileManager.default.removeItem(atPath: dir + "/fio")
+            let (put, get) = try storeRun(blockSize: size, total: total)
+            rows.append(["block_bytes": size, "fio_write_mib_s": fioWrite, "put_mib_s": put, "put_ratio": put / fioWrite,
+                         "fio_read_mib_s": fioRead, "get_mib_s": get, "get_ratio": get / fioRead])
+            if !json {
+                print(pad(SizeParser.format(UInt64(size)), 7) + pad(f(fioWrite), 11) + pad(f(put), 10) + pad(f2(put / fioWrite), 9)
+                      + pad(f(fioRead), 10) + pad(f(get), 10) + pad(f2(get / fioRead), 8))
+            }
+        }
+        var result: [String: Any] = ["command": command, "threads": threads, "bytes_per_size": total, "throughput": rows]
+        if indexBlocks > 0 {
+            let index = try indexRun(count: indexBlocks)
+            result["index"] = index
+            if !json {
+                print("\nindex: \(indexBlocks) blocks, \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, tables, active segment's entry list)")
+                print("restart with summaries:    \(f2(index["restart_with_checkpoint_s"] as! Double)) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
+                print("restart without summaries: \(f2(index["restart_without_checkpoint_s"] as! Double)) s (full scan of \(index["segments_scanned_without_checkpoint"]!) segments, \(SizeParser.format(index["bytes_scanned_without_checkpoint"] as! UInt64)))")
+            }
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+        if json { printJSON(result) }
+    }
+
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+    func f(_ v: Double) -> String { String(format: "%.0f", v) }
+    func f2(_ v: Double) -> String { String(format: "%.2f", v) }
+
+    /// fio direct sequential I/O with `threads` jobs, one file each; returns MiB/s.
+    func fio(rw: String, blockSize: Int, total: UInt64) throws -> Double {
+        try FileSystem.makeDirectories(dir + "/fio")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
+        p.arguments = ["--name=tw", "--directory=\(dir)/fio", "--direct=1", "--rw=\(rw)", "--bs=\(blockSize)",
+                       "--size=\(total / UInt64(threads))", "--numjobs=\(threads)", "--ioengine=psync", "--group_reporting",
+                       "--output-format=json"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let start = data.firstIndex(of: UInt8(ascii: "{")),
+              let object = try JSONSerialization.jsonObject(with: data[start...]) as? [String: Any],
+              let job = (object["jobs"] as? [[String: Any]])?.first, let side = job[rw] as? [String: Any],
+              let bw = (side["bw_bytes"] as? NSNumber)?.doubleValue else {
+            throw failure("fio failed (is fio installed? apt-get install fio)")
+        }
+        return bw / 1_048_576
+    }
+
+    /// Puts `total` bytes of `blockSize` blocks with `threads` writers, then reads them all back.
+    func storeRun(blockSize: Int, total: UInt64) throws -> (put: Double, get: Double) {
+        let path = dir + "/store-\(blockSize)"
+        let store = try BlockStore(directory: path, configuration: StoreConfiguration(capacity: total * 3, sync: .batch, backgroundCompaction: false))
+        _ = try store.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
+        store.startBackgroundWork()
+        let count = max(threads, Int(total / UInt64(blockSize)))
+        let perThread = count / threads
+        let errors = Atomic<Int>(0)
+        let started = monotonicNanoseconds()
+        let writers = (0..<threads).map { t in
+            BackgroundThread(name: "put\(t)") {
+                // One staged, page-aligned buffer per writer, as twfs stages a block being written.
+                let staging = AlignedBuffer(capacity: blockSize + 4096)
+                let bytes = staging.mutableBytes(count: blockSize)
+                for i in 0..<blockSize { bytes[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) }
+                for i in 0..<perThread {
+                    let id = t * perThread + i
+                    bytes.storeBytes(of: UInt64(id), toByteOffset: 0, as: UInt64.self)
+                    do {
+                        _ = try store.put(namespace: "bench", key: key(id), payload: UnsafeRawBufferPointer(bytes), stagedInPlace: true)
+                    } catch { errors.add(1, ordering: .relaxed) }
+                }
+            }
+        }
+        writers.forEach { $0.join() }
+        let putSeconds = Double(monotonicNanoseconds() - started) / 1e9
+        let written = Double(perThread * threads * blockSize) / 1_048_576
+        let readStart = monotonicNanoseconds()
+        let readers = (0..<threads).map { t in
+            BackgroundThread(name: "get\(t)") {
+                for i in 0..<perThread {
+                    do { _ = try store.read(namespace: "bench", key: key(t * perThread + i)) } catch { errors.add(1, ordering: .relaxed) }
+                }
+            }
+        }
+        readers.forEach { $0.join() }
+        let getSeconds = Double(monotonicNanoseconds() - readStart) / 1e9
+        try store.close()
+        try? FileManager.default.removeItem(atPath: path)
+        if errors.load(ordering: .relaxed) > 0 { throw failure("\(errors.load(ordering: .relaxed)) store operations failed") }
+        return (written / putSeconds, written / getSeconds)
+    }
+
+    func key(_ id: Int) -> String {
+        let hex = String(UInt64(id) &* 0x9E37_79B9_7F4A_7C15, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex + "00000000"
+    }
+
+    /// Bytes of heap in use (malloc's own count: what the index and its tables hold, without the
+    /// free pages the allocator keeps).
+    func residentBytes() -> UInt64 {
+        heapBytesInUse()
+    }
+
+    /// Memory per block of the index, and restart times with and without the segment summaries.
+    func indexRun(count: Int) throws -> [String: Any] {
+        let path = dir + "/store-index"
+        let configuration = StoreConfiguration(capacity: UInt64(count) * 8192 * 2, segmentSize: 256 << 20, sync: .none, backgroundCompaction: false)
+        let before = residentBytes()
+        var store: BlockStore? = try BlockStore(directory: path, configuration: configuration)
+        _ = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
+        let s = store!
+        let writers = (0..<threads).map { t in
+            BackgroundThread(name: "idx\(t)") {
+                for i in stride(from: t, to: count, by: threads) { _ = try? s.put(namespace: "bench", key: key(i), payload: UnsafeRawBufferPointer(start: nil, count: 0)) }
+            }
+        }
+        writers.forEach { $0.join() }
+        let after = residentBytes()
+        let blocks = s.statistics().blocks
+        try s.close()
+        store = nil
+        var started = monotonicNanoseconds()
+        var reopened = try BlockStore(directory: path, configuration: configuration)
+        let withCheckpoint = Double(monotonicNanoseconds() - started) / 1e9
+        let r1 = reopened.recovery
+        guard r1.blocks == blocks else { throw failure("restart found \(r1.blocks) of \(blocks) blocks") }
+        try reopened.close()
+        for name in try FileSystem.listDirectory(path) where name.hasSuffix(SegmentFormat.summarySuffix) {
+            try FileSystem.remove(path + "/" + name)
+        }
+        started = monotonicNanoseconds()
+        reopened = try BlockStore(directory: path, configuration: configuration)
+        let withoutCheckpoint = Double(monotonicNanoseconds() - started) / 1e9
+        let r2 = reopened.recovery
+        try reopened.close()
+        try? FileManager.default.removeItem(atPath: path)
+        return ["blocks": blocks, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
+                "restart_with_checkpoint_s": withCheckpoint, "segments_from_summary": r1.segmentsFromSummary,
+                "segments_scanned_with_checkpoint": r1.segmentsScanned,
+                "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,
+                "bytes_scanned_without_checkpoint": r2.bytesScanned]
+    }
+}
