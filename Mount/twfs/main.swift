@@ -136,18 +136,19 @@ func absolute(_ path: String) -> String {
 func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
 /// A mount point left by a daemon that died answers ENOTCONN; unmount it so we can mount again.
+/// statfs always reaches the daemon (stat may be answered from the kernel's attribute cache).
 func replaceStaleMount(_ mountpoint: String) {
-    var st = stat()
-    if stat(mountpoint, &st) == 0 {
-        if isMounted(mountpoint) { fail("\(mountpoint) is already mounted; unmount it first (fusermount3 -u \(mountpoint))", code: 2) }
+    var sv = statvfs()
+    if statvfs(mountpoint, &sv) == 0 {
+        if isMounted(mountpoint) { fail("\(mountpoint) is already mounted by a live filesystem; unmount it first (fusermount3 -u \(mountpoint))", code: 2) }
         return
     }
     let e = errno
-    if e == ENOENT {
+    if e == ENOENT && !isMounted(mountpoint) {
         do { try FileSystem.makeDirectories(mountpoint) } catch { fail("cannot create mount point: \(error)") }
         return
     }
-    guard e == ENOTCONN || e == ECONNABORTED else { fail("mount point \(mountpoint): \(String(cString: strerror(e)))") }
+    guard e == ENOTCONN || e == ECONNABORTED || isMounted(mountpoint) else { fail("mount point \(mountpoint): \(String(cString: strerror(e)))") }
     say("twfs: \(mountpoint) is a stale mount left by a daemon that died; unmounting it")
     if umount2(mountpoint, Int32(MNT_DETACH)) != 0 {
         let rc = system("fusermount3 -u -z '\(mountpoint)' 2>/dev/null")
@@ -233,10 +234,12 @@ say("twfs: mounted at \(options.mountpoint)")
 session.daemonize(foreground: options.foreground)
 store.startBackgroundWork()
 let rc = session.run(threads: options.threads)
+// libfuse's loop returns the number of the signal that stopped it (SIGINT, SIGTERM, SIGHUP): a clean stop.
+let cleanExit = rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP
 session.close()
 do {
     try store.close()
 } catch {
     fail("unmounted, but flushing the store failed: \(error)", code: 3)
 }
-exit(rc == 0 ? 0 : 1)
+exit(cleanExit ? 0 : 1)

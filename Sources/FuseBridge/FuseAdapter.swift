@@ -84,7 +84,9 @@ enum FuseAdapter {
             conn.pointee.max_readahead = 1 << 20
             conn.pointee.max_background = 64
             conn.pointee.congestion_threshold = 48
-            conn.pointee.want |= UInt32(FUSE_CAP_ATOMIC_O_TRUNC)
+            // Without atomic O_TRUNC the kernel sends open(O_TRUNC) as a separate truncate, which we can
+            // answer without changing a committed block; with it, the kernel zeroes the size itself.
+            conn.pointee.want &= ~UInt32(FUSE_CAP_ATOMIC_O_TRUNC)
             if conn.pointee.capable & UInt32(FUSE_CAP_PARALLEL_DIROPS) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_PARALLEL_DIROPS) }
             if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO) }
             conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS)
@@ -111,7 +113,7 @@ enum FuseAdapter {
             let set = Int32(toSet)
             var result: WarehouseFileSystem.Outcome<stat> = fs.attributes(of: ino)
             if set & FUSE_SET_ATTR_SIZE != 0 {
-                result = fs.setSize(ino: ino, size: Int(attr!.pointee.st_size))
+                result = fs.setSize(ino: ino, size: Int(attr!.pointee.st_size), caller: FuseAdapter.caller(req))
             } else if set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
                 result = fs.setOwnerAndMode(ino: ino, mode: set & FUSE_SET_ATTR_MODE != 0 ? attr!.pointee.st_mode : nil,
                                             uid: set & FUSE_SET_ATTR_UID != 0 ? attr!.pointee.st_uid : nil,
@@ -186,7 +188,7 @@ enum FuseAdapter {
         }
         ops.flush = { req, _, fi in
             guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, 0); return }
-            fuse_reply_err(req, FuseAdapter.fs(req).flush(h)?.code ?? 0)
+            fuse_reply_err(req, FuseAdapter.fs(req).flush(h, caller: FuseAdapter.caller(req))?.code ?? 0)
         }
         ops.release = { req, _, fi in
             if let h = FuseAdapter.detach(fi) { FuseAdapter.fs(req).release(h) }

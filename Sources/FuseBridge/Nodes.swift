@@ -59,6 +59,8 @@ final class PendingWrite: Sendable {
         var openHandles = 0
         /// Set once the block has been committed, discarded or failed; later writes are refused.
         var finished = false
+        /// The writer died before closing: nothing is committed.
+        var abandoned = false
         var failure: Int32 = 0
     }
 

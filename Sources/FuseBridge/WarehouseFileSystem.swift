@@ -144,6 +144,8 @@ public final class WarehouseFileSystem: Sendable {
     /// a fan-out directory, any valid name directly in a namespace.
     func validateBlockName(_ name: [UInt8], fanout: UInt8?) -> Errno? {
         if name.count > 255 { return Errno(ENAMETOOLONG) }
+        // Names are kept as UTF-8 text; other byte strings are refused rather than altered.
+        if String(validating: name, as: UTF8.self) == nil { return Errno(EINVAL) }
         if let fanout {
             guard BlockName.isCanonicalHash(name), BlockName.fanout(of: name) == fanout else { return Errno(EINVAL) }
             return nil
@@ -177,11 +179,13 @@ public final class WarehouseFileSystem: Sendable {
             return entry(for: InodeNumber.fanout(ns.id, BlockName.fanout(of: name + Array("00000000000000".utf8))!), timeout: 1)
         }
         if let e = validateBlockName(name, fanout: fanout) { return .failure(e) }
+        // A committed block wins over one this process is still writing (that one will be discarded).
+        if case .success(let entry) = committedEntry(ns: ns, key: text, parent: parent) { return .success(entry) }
         if let node = pendingNode(parent: parent, name: text, caller: caller) {
             node.state.withLock { $0.lookups += 1 }
             return fileAttributes(of: node).map { Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0) }
         }
-        return committedEntry(ns: ns, key: text, parent: parent)
+        return .failure(Errno(ENOENT))
     }
 
     private func entry(for ino: UInt64, timeout: Double) -> Outcome<Entry> {
@@ -310,8 +314,10 @@ public final class WarehouseFileSystem: Sendable {
         return .success((Entry(attributes: st, entryTimeout: 0, attributeTimeout: 0), WriteHandle(node: node, pending: pending), true))
     }
 
-    /// `open` of an existing inode. Committed blocks are read-only: write access without O_TRUNC is
-    /// refused (EACCES); with O_TRUNC (as `open(p, "wb")` sends) writes are accepted and discarded.
+    /// `open` of an existing inode. Committed blocks are read-only: write access is refused (EACCES)
+    /// unless the caller's open had O_CREAT (as `open(p, "wb")` and `torch.save` do): then writes are
+    /// accepted and discarded at close, first write wins. FUSE strips O_CREAT from OPEN, so the flags
+    /// are read from the caller's system call.
     func open(ino: UInt64, flags: Int32, caller: Caller) -> Outcome<(Handle, keepCache: Bool, directIO: Bool)> {
         switch InodeNumber.kind(ino) {
         case .statusFile:
@@ -324,10 +330,18 @@ public final class WarehouseFileSystem: Sendable {
         let writing = flags & O_ACCMODE != O_RDONLY || flags & O_APPEND != 0
         if let pending = node.state.withLock({ $0.pending }) {
             guard pending.creator == threadGroup(of: caller.pid) else { return .failure(Errno(ENOENT)) }
+            if let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 {
+                // Another open(O_CREAT) of a name this process is writing (racing writer threads):
+                // an independent writer with its own bytes; the first to close commits, never a mix.
+                let region: ReservedRegion
+                do { region = try staging.take() } catch { return .failure(Errno(ENOMEM)) }
+                let own = PendingWrite(region: region, creator: pending.creator)
+                own.state.withLock { $0.openHandles = 1 }
+                return .success((WriteHandle(node: node, pending: own), false, true))
+            }
             let ok = pending.state.withLock { s -> Bool in
                 if s.finished { return false }
                 s.openHandles += 1
-                if flags & O_TRUNC != 0 { s.length = 0 }
                 return true
             }
             guard ok else { return .failure(Errno(ENOENT)) }
@@ -335,7 +349,9 @@ public final class WarehouseFileSystem: Sendable {
         }
         guard store.contains(namespace: node.namespace, key: node.key) else { return .failure(Errno(ENOENT)) }
         if writing {
-            guard flags & O_TRUNC != 0, flags & O_APPEND == 0 else { return .failure(Errno(EACCES)) }
+            guard flags & O_APPEND == 0, let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 else {
+                return .failure(Errno(EACCES))
+            }
             return .success((DiscardHandle(node: node), false, true))
         }
         return .success((ReadHandle(node: node), true, false))
@@ -346,7 +362,11 @@ public final class WarehouseFileSystem: Sendable {
         guard let w = handle as? WriteHandle else { return .failure(Errno(EBADF)) }
         let end = offset + bytes.count
         let limit = w.pending.region.capacity
-        guard offset >= 0, end <= store.configuration.maxBlockSize, end <= limit else { return .failure(Errno(EFBIG)) }
+        guard offset >= 0, end <= store.configuration.maxBlockSize, end <= limit else {
+            // The block can no longer be whole: close reports EFBIG and nothing is committed.
+            w.pending.state.withLock { $0.failure = EFBIG }
+            return .failure(Errno(EFBIG))
+        }
         let ok = w.pending.state.withLock { s -> Bool in
             if s.finished { return false }
             s.length = max(s.length, end)
@@ -395,10 +415,19 @@ public final class WarehouseFileSystem: Sendable {
 
     /// `close` of a descriptor: commits the block when this is its only open handle, so the error
     /// (EFBIG, ENOSPC, EIO) reaches the closing process and the block is visible when close returns.
-    func flush(_ handle: Handle) -> Errno? {
+    func flush(_ handle: Handle, caller: Caller) -> Errno? {
         guard let w = handle as? WriteHandle else { return nil }
         let last = w.pending.state.withLock { $0.openHandles <= 1 && !$0.finished }
-        return last ? commit(w.node, w.pending) : w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil }
+        guard last else { return w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil } }
+        if CallerProcess.isExiting(caller.pid) {
+            // The writer died with the block open (killed, or exited without closing): leave nothing.
+            w.pending.state.withLock {
+                $0.finished = true
+                $0.abandoned = true
+            }
+            return nil
+        }
+        return commit(w.node, w.pending)
     }
 
     func release(_ handle: Handle) {
@@ -411,17 +440,23 @@ public final class WarehouseFileSystem: Sendable {
             if let e = commit(w.node, w.pending) { log("twfs: block \(w.node.namespace)/\(w.node.key) not committed: \(String(cString: strerror(e.code)))") }
         }
         let done = w.pending.state.withLock { $0.openHandles == 0 && $0.finished }
-        if done { detachPending(w.node, w.pending) }
+        guard done else { return }
+        if w.node.state.withLock({ $0.pending === w.pending }) {
+            detachPending(w.node, w.pending)
+        } else {
+            staging.give(w.pending.region, used: w.pending.state.withLock { $0.length })
+        }
     }
 
     /// Commits a block being written; first write wins, so a name that exists keeps its bytes.
     func commit(_ node: FileNode, _ pending: PendingWrite) -> Errno? {
-        let (length, metadata, proceed) = pending.state.withLock { s -> (Int, BlockMetadata, Bool) in
-            if s.finished { return (0, s.metadata, false) }
+        let (length, metadata, proceed, failure) = pending.state.withLock { s -> (Int, BlockMetadata, Bool, Int32) in
+            if s.finished { return (0, s.metadata, false, s.failure) }
             s.finished = true
-            return (s.length, s.metadata, true)
+            return (s.length, s.metadata, true, s.failure)
         }
-        guard proceed else { return nil }
+        guard proceed else { return failure != 0 ? Errno(failure) : nil }
+        if failure != 0 { return Errno(failure) }
         let (key, unlinked) = node.state.withLock { ($0.key, $0.unlinked) }
         if unlinked { return nil }
         do {
@@ -455,10 +490,23 @@ public final class WarehouseFileSystem: Sendable {
         staging.give(pending.region, used: pending.state.withLock { $0.length })
     }
 
-    func setSize(ino: UInt64, size: Int) -> Outcome<stat> {
+    /// Truncation. A block being written may be resized. A committed block is never changed: the
+    /// truncation the kernel sends for `open(O_CREAT|O_TRUNC)` of it is answered with its unchanged
+    /// attributes (first write wins; readers keep their size and cached pages); any other is EPERM.
+    func setSize(ino: UInt64, size: Int, caller: Caller) -> Outcome<stat> {
         guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
-        guard let pending = node.state.withLock({ $0.pending }) else { return .failure(Errno(EPERM)) }
+        guard let pending = node.state.withLock({ $0.pending }) else {
+            if let flags = CallerProcess.openFlags(of: caller.pid) {
+                return flags & O_CREAT != 0 && flags & O_APPEND == 0 ? fileAttributes(of: node) : .failure(Errno(EACCES))
+            }
+            return .failure(Errno(EPERM))
+        }
         guard size <= store.configuration.maxBlockSize else { return .failure(Errno(EFBIG)) }
+        if let flags = CallerProcess.openFlags(of: caller.pid), flags & O_CREAT != 0 {
+            // The O_TRUNC of another writer's open(O_CREAT|O_TRUNC): it writes its own copy (see
+            // `open`), so the bytes staged here are left alone.
+            return fileAttributes(of: node)
+        }
         pending.state.withLock { s in
             if size < s.length { pending.region.zero(size, count: s.length - size) }
             s.length = size
@@ -529,8 +577,9 @@ public final class WarehouseFileSystem: Sendable {
         let ns = from.0.name
         let targetExists = store.contains(namespace: ns, key: newKey)
         if targetExists && flags & 1 != 0 { return .failure(Errno(EEXIST)) }  // RENAME_NOREPLACE
-        if let node = pendingNode(parent: parent, name: oldKey, caller: caller) {
-            // Still open for writing: the block will be committed under the new name at close.
+        if let node = pendingNode(parent: parent, name: oldKey, caller: caller), let pending = node.state.withLock({ $0.pending }) {
+            // Still open for writing (safetensors renames before it closes): the rename commits the
+            // block under the new name; the name stays visible to its writer until the last close.
             nodes.withLock { table in
                 table.pending[NodeTable.PendingName(parent: parent, name: oldKey)]?.removeAll { $0 === node }
                 table.pending[NodeTable.PendingName(parent: newParent, name: newKey), default: []].append(node)
@@ -539,6 +588,7 @@ public final class WarehouseFileSystem: Sendable {
                 $0.key = newKey
                 $0.parent = newParent
             }
+            if let e = commit(node, pending) { return .failure(e) }
             return .success(())
         }
         do {

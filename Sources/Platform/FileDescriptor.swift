@@ -166,14 +166,20 @@ public enum FileSystem {
         return stat(path, &st) == 0
     }
 
-    /// Reads a whole small file.
+    /// Reads a whole small file, to its end (also /proc files, whose size reads as zero).
     public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
         let fd = try FileDescriptor(open: path, flags: O_RDONLY)
-        let size = Int(try fd.length())
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 16)
+        let chunk = max(4096, Int(try fd.length()) + 1)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
         defer { buffer.deallocate() }
-        let n = try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]), at: 0)
-        return Array(buffer[0..<n])
+        var bytes: [UInt8] = []
+        while true {
+            let n = retryOnInterrupt { Glibc.read(fd.rawValue, buffer.baseAddress!, chunk) }
+            if n < 0 { throw SystemError.last("read", path: path) }
+            if n == 0 { break }
+            bytes.append(contentsOf: buffer[0..<n])
+        }
+        return bytes
     }
 
     /// Replaces a small file atomically: write a temporary, sync it, rename it over, sync the directory.

@@ -120,12 +120,13 @@ def test_compatibility_name_directly_under_namespace_is_a_block(ns, name):
     assert name in os.listdir(ns)
 
 
-def test_compatibility_name_with_non_utf8_bytes_is_a_block(ns):
+def test_compatibility_name_that_is_not_utf8_is_einval(ns):
+    # Names are kept as UTF-8 text (docs/fuse.md); other byte strings are refused, never altered.
     name = b"raw-\xff\xfe-bytes"
     path = os.fsencode(ns) + b"/" + name
-    write_block(path, b"bytes-name")
-    assert read_block(path) == b"bytes-name"
-    assert name in os.listdir(os.fsencode(ns))
+    assert_errno(errno.EINVAL, write_block, path, b"bytes-name")
+    assert name not in os.listdir(os.fsencode(ns))
+    assert warehouse_alive(ns)
 
 
 @pytest.mark.parametrize("nbytes", [256, 300, 1000])
