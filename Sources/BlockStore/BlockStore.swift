@@ -556,18 +556,41 @@ public final class BlockStore: Sendable {
     ///
     /// - Throws: `.notFound`, `.corruption` (checksum mismatch or a record of another name: never served), `.io`.
     public func read(namespace: String, key: String) throws -> BlockData {
+        guard let located = locate(namespace: namespace, key: key) else { throw StoreError.notFound }
+        return try read(located)
+    }
+
+    /// Where a block's record is now. Reading through it works even after the block is unlinked, evicted
+    /// or moved (the segment file stays open while referenced), as an open file outlives its name.
+    public struct LocatedBlock: Sendable {
+        let entry: IndexEntry
+        let segment: Segment
+        public let namespace: String
+        public let key: String
+        public var logicalLength: Int { Int(entry.logicalLength) }
+        public var commitSeconds: UInt32 { entry.commitSeconds }
+        public var storedLength: Int { Int(entry.storedLength) }
+    }
+
+    /// Finds a block and counts the access toward its segment's recency.
+    public func locate(namespace: String, key: String) -> LocatedBlock? {
         let k = BlockKey(namespace: namespace, key: key)
         let now = monotonicNanoseconds()
-        guard let (entry, segment) = state.withLock({ st -> (IndexEntry, Segment)? in
+        return state.withLock { st -> LocatedBlock? in
             guard var e = st.index[k], let seg = st.segments[e.segment] else { return nil }
             if !e.wasAccessed {
                 e.setAccessed(true)
                 st.index[k] = e
             }
             st.segments[e.segment]!.lastAccess = now
-            st.stats.gets += 1
-            return (e, seg.segment)
-        }) else { throw StoreError.notFound }
+            return LocatedBlock(entry: e, segment: seg.segment, namespace: namespace, key: key)
+        }
+    }
+
+    /// Reads and verifies the record `located` points at.
+    public func read(_ located: LocatedBlock) throws -> BlockData {
+        let (entry, segment, namespace, key) = (located.entry, located.segment, located.namespace, located.key)
+        state.withLock { $0.stats.gets += 1 }
         do {
             let data = try readRecord(entry, from: segment, namespace: namespace, key: key)
             state.withLock { $0.stats.bytesRead += UInt64(data.count) }

@@ -11,8 +11,13 @@ class Handle: @unchecked Sendable {
 /// the daemon (with `keep_cache`, repeated reads are served by the kernel's page cache and never come).
 final class ReadHandle: Handle, @unchecked Sendable {
     let node: FileNode
+    /// The record as it was at open: reads keep working after an unlink or eviction, as POSIX wants.
+    let located: BlockStore.LocatedBlock?
     let block = Mutex<BlockData?>(nil)
-    init(node: FileNode) { self.node = node }
+    init(node: FileNode, located: BlockStore.LocatedBlock?) {
+        self.node = node
+        self.located = located
+    }
 }
 
 /// A block being written; shares the node's `PendingWrite` with every other handle of it.
@@ -29,7 +34,7 @@ final class WriteHandle: Handle, @unchecked Sendable {
 /// reads show the committed block.
 final class DiscardHandle: Handle, @unchecked Sendable {
     let read: ReadHandle
-    init(node: FileNode) { read = ReadHandle(node: node) }
+    init(node: FileNode, located: BlockStore.LocatedBlock?) { read = ReadHandle(node: node, located: located) }
 }
 
 /// A generated read-only file of the control area.

@@ -88,6 +88,14 @@ final class FileNode: Sendable {
         /// cached pages of the old bytes are never shown for it.
         var sequence: UInt64 = 0
         var unlinked = false
+        /// A stand-in inode given to `open(O_CREAT)` of an existing block: its writes are dropped, and
+        /// because it is a separate inode they cannot change the size or cached pages readers of the
+        /// block see.
+        var discard = false
+        /// Attributes of the committed block when last seen, for an inode still open after its name went.
+        var lastSize = 0
+        var lastStored = 0
+        var lastSeconds: UInt64 = 0
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, parent: UInt64, pending: PendingWrite?) {

@@ -114,13 +114,22 @@ public final class WarehouseFileSystem: Sendable {
     }
 
     func fileAttributes(of node: FileNode) -> Outcome<stat> {
-        let (key, pending) = node.state.withLock { ($0.key, $0.pending) }
+        let (key, pending, discard) = node.state.withLock { ($0.key, $0.pending, $0.discard) }
         let ns = store.namespace(id: node.namespaceID)
+        if discard {
+            return .success(fileAttributes(ino: node.ino, size: 0, stored: 0, seconds: wallClockNanoseconds() / 1_000_000_000, ns: ns, mode: 0o644))
+        }
         if let pending {
             let length = pending.state.withLock { $0.length }
             return .success(fileAttributes(ino: node.ino, size: length, stored: length, seconds: wallClockNanoseconds() / 1_000_000_000, ns: ns, mode: 0o644))
         }
-        guard let a = store.attributes(namespace: node.namespace, key: key) else { return .failure(Errno(ENOENT)) }
+        let (unlinked, size, stored, seconds) = node.state.withLock { ($0.unlinked, $0.lastSize, $0.lastStored, $0.lastSeconds) }
+        guard !unlinked, let a = store.attributes(namespace: node.namespace, key: key) else {
+            // Gone (unlinked or evicted) while the kernel still holds the inode: show what it was.
+            var st = fileAttributes(ino: node.ino, size: size, stored: stored, seconds: seconds, ns: ns, mode: settings.blockMode)
+            st.st_nlink = 0
+            return .success(st)
+        }
         return .success(fileAttributes(ino: node.ino, size: a.logicalLength, stored: a.storedLength, seconds: UInt64(a.commitSeconds), ns: ns, mode: settings.blockMode))
     }
 
@@ -180,7 +189,14 @@ public final class WarehouseFileSystem: Sendable {
         }
         if let e = validateBlockName(name, fanout: fanout) { return .failure(e) }
         // A committed block wins over one this process is still writing (that one will be discarded).
-        if case .success(let entry) = committedEntry(ns: ns, key: text, parent: parent) { return .success(entry) }
+        if case .success(let entry) = committedEntry(ns: ns, key: text, parent: parent) {
+            if let flags = CallerProcess.openFlags(of: caller.pid), flags & O_CREAT != 0, flags & O_EXCL == 0 {
+                // open(O_CREAT) of an existing block: first write wins, so the writer gets a stand-in.
+                forget(UInt64(entry.attributes.st_ino), count: 1)
+                return .success(discardEntry(ns: ns, key: text, parent: parent))
+            }
+            return .success(entry)
+        }
         if let node = pendingNode(parent: parent, name: text, caller: caller) {
             node.state.withLock { $0.lookups += 1 }
             return fileAttributes(of: node).map { Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0) }
@@ -190,6 +206,21 @@ public final class WarehouseFileSystem: Sendable {
 
     private func entry(for ino: UInt64, timeout: Double) -> Outcome<Entry> {
         attributes(of: ino).map { Entry(attributes: $0, entryTimeout: timeout, attributeTimeout: timeout) }
+    }
+
+    /// A fresh stand-in inode for a writer of an existing block (see `FileNode.State.discard`).
+    func discardEntry(ns: NamespaceInfo, key: String, parent: UInt64) -> Entry {
+        let node = nodes.withLock { table -> FileNode in
+            let node = FileNode(ino: table.allocate(), namespaceID: ns.id, namespace: ns.name, key: key, parent: parent, pending: nil)
+            node.state.withLock {
+                $0.lookups = 1
+                $0.discard = true
+            }
+            table.nodes[node.ino] = node
+            return node
+        }
+        let st = fileAttributes(ino: node.ino, size: 0, stored: 0, seconds: wallClockNanoseconds() / 1_000_000_000, ns: ns, mode: 0o644)
+        return Entry(attributes: st, entryTimeout: 0, attributeTimeout: 0)
     }
 
     /// The node of a committed block, creating it on first lookup (one lookup reference is taken).
@@ -206,6 +237,9 @@ public final class WarehouseFileSystem: Sendable {
             node.state.withLock {
                 $0.lookups = 1
                 $0.sequence = a.sequence
+                $0.lastSize = a.logicalLength
+                $0.lastStored = a.storedLength
+                $0.lastSeconds = UInt64(a.commitSeconds)
             }
             table.nodes[node.ino] = node
             table.committed[blockKey] = node.ino
@@ -290,7 +324,7 @@ public final class WarehouseFileSystem: Sendable {
             case .failure(let e): return .failure(e)
             case .success(let entry):
                 guard let node = nodes.withLock({ $0.nodes[UInt64(entry.attributes.st_ino)] }) else { return .failure(Errno(ENOENT)) }
-                return .success((entry, DiscardHandle(node: node), true))
+                return .success((entry, DiscardHandle(node: node, located: store.locate(namespace: ns.name, key: key)), true))
             }
         }
         if let node = pendingNode(parent: parent, name: key, caller: caller), let pending = node.state.withLock({ $0.pending }) {
@@ -347,14 +381,18 @@ public final class WarehouseFileSystem: Sendable {
             guard ok else { return .failure(Errno(ENOENT)) }
             return .success((WriteHandle(node: node, pending: pending), false, true))
         }
-        guard store.contains(namespace: node.namespace, key: node.key) else { return .failure(Errno(ENOENT)) }
+        let located = store.locate(namespace: node.namespace, key: node.key)
+        if node.state.withLock({ $0.discard }) { return .success((DiscardHandle(node: node, located: located), false, true)) }
+        guard let located else { return .failure(Errno(ENOENT)) }
         if writing {
             guard flags & O_APPEND == 0, let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 else {
                 return .failure(Errno(EACCES))
             }
-            return .success((DiscardHandle(node: node), false, true))
+            // The kernel reused a cached name for this open(O_CREAT): ESTALE makes it look the name up
+            // again, and that lookup gives the writer a stand-in inode (see `lookup`).
+            return .failure(Errno(ESTALE))
         }
-        return .success((ReadHandle(node: node), true, false))
+        return .success((ReadHandle(node: node, located: located), true, false))
     }
 
     func write(_ handle: Handle, bytes: UnsafeRawBufferPointer, offset: Int) -> Outcome<Int> {
@@ -396,7 +434,8 @@ public final class WarehouseFileSystem: Sendable {
             loaded = b
         } else {
             do {
-                loaded = try store.read(namespace: r.node.namespace, key: r.node.key)
+                guard let located = r.located else { return Errno(EIO) }
+                loaded = try store.read(located)
             } catch let e as StoreError {
                 if case .corruption(let why) = e { log("twfs: refusing to serve \(r.node.namespace)/\(r.node.key): \(why)") }
                 // A block evicted or deleted after open no longer has bytes to give.
@@ -479,8 +518,13 @@ public final class WarehouseFileSystem: Sendable {
             s.pending = nil
             return (s.key, s.parent)
         }
-        let sequence = store.attributes(namespace: node.namespace, key: key)?.sequence ?? 0
-        node.state.withLock { $0.sequence = sequence }
+        let attributes = store.attributes(namespace: node.namespace, key: key)
+        node.state.withLock {
+            $0.sequence = attributes?.sequence ?? 0
+            $0.lastSize = attributes?.logicalLength ?? 0
+            $0.lastStored = attributes?.storedLength ?? 0
+            $0.lastSeconds = UInt64(attributes?.commitSeconds ?? 0)
+        }
         nodes.withLock { table in
             let name = NodeTable.PendingName(parent: parent, name: key)
             table.pending[name]?.removeAll { $0 === node }
@@ -495,6 +539,7 @@ public final class WarehouseFileSystem: Sendable {
     /// attributes (first write wins; readers keep their size and cached pages); any other is EPERM.
     func setSize(ino: UInt64, size: Int, caller: Caller) -> Outcome<stat> {
         guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
+        if node.state.withLock({ $0.discard }) { return fileAttributes(of: node) }
         guard let pending = node.state.withLock({ $0.pending }) else {
             if let flags = CallerProcess.openFlags(of: caller.pid) {
                 return flags & O_CREAT != 0 && flags & O_APPEND == 0 ? fileAttributes(of: node) : .failure(Errno(EACCES))
@@ -670,6 +715,7 @@ public final class WarehouseFileSystem: Sendable {
         case Self.parentAttribute, Self.tokensAttribute: break
         default: return .failure(Errno(ENOTSUP))
         }
+        if node.state.withLock({ $0.discard }) { return .success(()) }  // dropped with the writer's bytes
         guard let pending = node.state.withLock({ $0.pending }) else { return .failure(Errno(EPERM)) }
         if name == Self.parentAttribute && !remove && !BlockName.isCanonicalHash(value) { return .failure(Errno(EINVAL)) }
         if value.count > 8192 { return .failure(Errno(E2BIG)) }
