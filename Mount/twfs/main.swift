@@ -175,6 +175,7 @@ func storeBytes(_ directory: String) -> UInt64 {
     return total
 }
 
+keepLargeAllocationsInHeap()
 var options = parse(Array(CommandLine.arguments.dropFirst()))
 options.mountpoint = absolute(options.mountpoint)
 let storeDirectory: String

@@ -28,7 +28,11 @@ public protocol StorageDevice: Sendable {
 /// A file of the store. Positional reads and writes may run concurrently from many threads.
 public protocol DeviceFile: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws
+    /// Writes `parts` one after another at `offset`; with `direct`, bypassing the page cache when
+    /// every part is page-aligned (`O_DIRECT`), otherwise through it.
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct: Bool) throws
+    /// Lets the kernel drop cached pages of the file (after they were synced).
+    func dropCachedPages()
     func synchronize() throws
     func truncate(to length: UInt64) throws
     func length() throws -> UInt64
@@ -87,8 +91,8 @@ public struct DirectoryStorageDevice: StorageDevice {
     }
 }
 
-/// A segment file on disk, open twice: with `O_DIRECT` for page-aligned record reads and writes (no
-/// page-cache copy, as fio's direct I/O), and buffered for everything else. Linux keeps the two coherent
+/// A segment file on disk, open twice: with `O_DIRECT` for page-aligned record reads (and writes under
+/// `--sync always`: no page-cache copy, as fio's direct I/O), and buffered for everything else. Linux keeps the two coherent
 /// (direct I/O writes back and invalidates cached pages of its range). Filesystems without `O_DIRECT`
 /// (tmpfs) get the buffered descriptor only.
 final class PosixDeviceFile: DeviceFile {
@@ -123,12 +127,14 @@ final class PosixDeviceFile: DeviceFile {
         return try buffered.read(into: buffer, at: offset)
     }
 
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
-        if directIO && offset % 4096 == 0 && parts.allSatisfy({ Self.aligned($0.baseAddress, $0.count) }) {
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct useDirect: Bool) throws {
+        if useDirect && directIO && offset % 4096 == 0 && parts.allSatisfy({ Self.aligned($0.baseAddress, $0.count) }) {
             return try direct.write(parts, at: offset)
         }
         try buffered.write(parts, at: offset)
     }
+
+    func dropCachedPages() { buffered.advise(POSIX_FADV_DONTNEED) }
 
     func synchronize() throws { try buffered.synchronize() }
     func truncate(to length: UInt64) throws { try buffered.truncate(to: length) }

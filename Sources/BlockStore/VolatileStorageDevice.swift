@@ -168,7 +168,9 @@ final class VolatileFile: DeviceFile {
         }
     }
 
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
+    func dropCachedPages() {}
+
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct: Bool) throws {
         var bytes: [UInt8] = []
         for p in parts { bytes.append(contentsOf: p) }
         try device.withFile(name) { f in

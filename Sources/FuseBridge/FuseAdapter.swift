@@ -165,6 +165,8 @@ enum FuseAdapter {
                 FuseAdapter.attach(handle, to: fi)
                 fi!.pointee.keep_cache = keepCache ? 1 : 0
                 fi!.pointee.direct_io = directIO ? 1 : 0
+                // Readers have nothing to flush: spare them a FLUSH request on every close.
+                if handle is ReadHandle || handle is GeneratedHandle { fi!.pointee.noflush = 1 }
                 if fuse_reply_open(req, fi) != 0, let h = FuseAdapter.detach(fi) { fs.release(h) }
             case .failure(let e):
                 fuse_reply_err(req, e.code)
@@ -322,6 +324,8 @@ public final class FuseSession {
         defer { fuse_loop_cfg_destroy(config) }
         fuse_loop_cfg_set_max_threads(config, UInt32(threads))
         fuse_loop_cfg_set_idle_threads(config, UInt32(max(2, threads / 2)))
+        // One /dev/fuse descriptor per worker thread: requests are not funnelled through one queue.
+        fuse_loop_cfg_set_clone_fd(config, 1)
         return tw_fuse_session_loop_mt(session, config)
     }
 

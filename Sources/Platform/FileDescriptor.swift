@@ -201,5 +201,8 @@ public enum FileSystem {
 /// `O_DIRECT` (Glibc's module hides it behind _GNU_SOURCE).
 public let openDirectFlag: Int32 = tw_o_direct()
 
+/// Tunes malloc for a daemon that allocates block-sized buffers all the time (see the C shim). Call once at start.
+public func keepLargeAllocationsInHeap() { tw_keep_large_allocations_in_heap() }
+
 /// Bytes of heap in use, as malloc counts them (without the free pages it keeps).
 public func heapBytesInUse() -> UInt64 { UInt64(tw_heap_in_use()) }

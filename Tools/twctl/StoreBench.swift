@@ -14,6 +14,9 @@ struct StoreBench: ParsableCommand {
     @Option(help: "Bytes written per size (and per fio run).") var bytes = "2G"
     @Option(help: "Writer and reader threads (fio jobs).") var threads = 4
     @Option(help: "Blocks for the index-memory and restart measurement (0 to skip).") var indexBlocks = 1_000_000
+    @Option(help: "Sync policy of the puts: always, batch or none.") var sync = "batch"
+    @Option(help: "Rounds per size (fio and store alternate; medians are reported).") var rounds = 3
+    @Option(help: "Milliseconds between the flusher's syncs under batch.") var syncInterval = 5.0
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -25,19 +28,28 @@ struct StoreBench: ParsableCommand {
         try? FileManager.default.removeItem(atPath: dir)
         try FileSystem.makeDirectories(dir)
         let command = CommandLine.arguments.joined(separator: " ")
-        if !json { print("$ \(command)\nscratch \(dir), \(threads) threads, \(SizeParser.format(total)) per size, sync=batch\n") }
+        if !json { print("$ \(command)\nscratch \(dir), \(threads) threads, \(rounds) rounds (medians; put/fio and get/fio are medians of per-round ratios), \(SizeParser.format(total)) per size, sync=\(sync)\(sync == "batch" ? " every \(syncInterval) ms" : "")\n") }
         var rows: [[String: Any]] = []
-        if !json { print(pad("block", 7) + pad("fio write", 11) + pad("put", 10) + pad("put/fio", 9) + pad("fio read", 10) + pad("get", 10) + pad("get/fio", 8)) }
+        if !json { print(pad("block", 9) + pad("fio write", 11) + pad("put", 10) + pad("put/fio", 9) + pad("fio read", 10) + pad("get", 10) + pad("get/fio", 8)) }
+        keepLargeAllocationsInHeap()
         for size in blockSizes {
-            let fioWrite = try fio(rw: "write", blockSize: size, total: total)
-            let fioRead = try fio(rw: "read", blockSize: size, total: total)
-            try? FileManager.default.removeItem(atPath: dir + "/fio")
-            let (put, get) = try storeRun(blockSize: size, total: total)
-            rows.append(["block_bytes": size, "fio_write_mib_s": fioWrite, "put_mib_s": put, "put_ratio": put / fioWrite,
-                         "fio_read_mib_s": fioRead, "get_mib_s": get, "get_ratio": get / fioRead])
+            // The disk is shared and noisy: alternate baseline and store runs and keep the medians.
+            var fw: [Double] = [], fr: [Double] = [], pw: [Double] = [], gr: [Double] = [], wr: [Double] = [], rr: [Double] = []
+            for _ in 0..<max(1, rounds) {
+                let fioWrite = try fio(rw: "write", blockSize: size, total: total)
+                let (put, get) = try storeRun(blockSize: size, total: total)
+                let fioRead = try fio(rw: "read", blockSize: size, total: total)
+                try? FileManager.default.removeItem(atPath: dir + "/fio")
+                fw.append(fioWrite); pw.append(put); fr.append(fioRead); gr.append(get)
+                wr.append(put / fioWrite); rr.append(get / fioRead)
+            }
+            let (fioWrite, put, fioRead, get) = (median(fw), median(pw), median(fr), median(gr))
+            rows.append(["block_bytes": size, "fio_write_mib_s": fioWrite, "put_mib_s": put, "put_ratio": median(wr),
+                         "fio_read_mib_s": fioRead, "get_mib_s": get, "get_ratio": median(rr), "rounds": rounds,
+                         "put_ratios": wr, "get_ratios": rr])
             if !json {
-                print(pad(SizeParser.format(UInt64(size)), 7) + pad(f(fioWrite), 11) + pad(f(put), 10) + pad(f2(put / fioWrite), 9)
-                      + pad(f(fioRead), 10) + pad(f(get), 10) + pad(f2(get / fioRead), 8))
+                print(pad(SizeParser.format(UInt64(size)), 9) + pad(f(fioWrite), 11) + pad(f(put), 10) + pad(f2(median(wr)), 9)
+                      + pad(f(fioRead), 10) + pad(f(get), 10) + pad(f2(median(rr)), 8))
             }
         }
         var result: [String: Any] = ["command": command, "threads": threads, "bytes_per_size": total, "throughput": rows]
@@ -57,6 +69,10 @@ struct StoreBench: ParsableCommand {
     func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
     func f(_ v: Double) -> String { String(format: "%.0f", v) }
     func f2(_ v: Double) -> String { String(format: "%.2f", v) }
+    func median(_ v: [Double]) -> Double {
+        let s = v.sorted()
+        return s.isEmpty ? 0 : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
 
     /// fio direct sequential I/O with `threads` jobs, one file each; returns MiB/s.
     func fio(rw: String, blockSize: Int, total: UInt64) throws -> Double {
@@ -84,7 +100,9 @@ struct StoreBench: ParsableCommand {
     /// Puts `total` bytes of `blockSize` blocks with `threads` writers, then reads them all back.
     func storeRun(blockSize: Int, total: UInt64) throws -> (put: Double, get: Double) {
         let path = dir + "/store-\(blockSize)"
-        let store = try BlockStore(directory: path, configuration: StoreConfiguration(capacity: total * 3, sync: .batch, backgroundCompaction: false))
+        guard let policy = SyncPolicy(rawValue: sync) else { throw failure("--sync must be always, batch or none") }
+        let store = try BlockStore(directory: path, configuration: StoreConfiguration(
+            capacity: total * 3, sync: policy, batchIntervalNanoseconds: UInt64(syncInterval * 1e6), backgroundCompaction: false))
         _ = try store.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
         store.startBackgroundWork()
         let count = max(threads, Int(total / UInt64(blockSize)))
