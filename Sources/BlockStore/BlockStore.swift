@@ -404,9 +404,11 @@ public final class BlockStore: Sendable {
     /// - Parameter stagedInPlace: the caller owns writable, page-aligned memory at `payload` with room up
     ///   to the next page boundary; the store zeroes that tail and writes the payload straight from it
     ///   with O_DIRECT (no copy). Otherwise the payload is written through the page cache.
+    /// - Parameter payloadChecksum: XXH3-64 of `payload` if the caller already has it (must be right:
+    ///   a wrong one makes the block unreadable, never wrong).
     public func put(namespace: String, key: String, payload: UnsafeRawBufferPointer,
                     metadata: BlockMetadata = BlockMetadata(), commitNanoseconds: UInt64? = nil,
-                    stagedInPlace: Bool = false) throws -> PutOutcome {
+                    stagedInPlace: Bool = false, payloadChecksum knownChecksum: UInt64? = nil) throws -> PutOutcome {
         guard payload.count <= configuration.maxBlockSize else { throw StoreError.tooLarge(size: payload.count, limit: configuration.maxBlockSize) }
         let keyBytes = Array(key.utf8)
         guard BlockName.isValidKey(keyBytes) else { throw StoreError.invalidName("block names are 1 to 255 bytes without '/' or NUL") }
@@ -430,7 +432,8 @@ public final class BlockStore: Sendable {
                 flags |= RecordFormat.flagCompressedLZ4
             }
         }
-        let payloadChecksum = Checksum.xxh3(stored)
+        // A checksum the caller computed while the bytes arrived is used when they are stored as given.
+        let payloadChecksum = compressedBuffer == nil ? (knownChecksum ?? Checksum.xxh3(stored)) : Checksum.xxh3(stored)
         var header = RecordHeader(type: .block, flags: flags, namespace: namespace, key: key, metadata: metadata,
                                   storedLength: stored.count, logicalLength: payload.count, sequence: 0,
                                   commitTimeNanoseconds: commitNanoseconds ?? wallClockNanoseconds(), payloadChecksum: payloadChecksum)

@@ -23,3 +23,26 @@ public enum Checksum {
         return (h.low64, h.high64)
     }
 }
+
+/// An XXH3-64 computed piece by piece, for payloads that arrive in order (a block written through the
+/// mount): the checksum is ready when the last piece arrives instead of costing a pass at commit.
+///
+/// Thread-safety: none; the owner serialises `update` calls.
+public final class StreamingChecksum: @unchecked Sendable {
+    // Safe: the state is only touched by the owner under its own lock.
+    private let state: OpaquePointer
+
+    public init() {
+        guard let s = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        state = s
+        XXH3_64bits_reset(state)
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        if bytes.count > 0 { XXH3_64bits_update(state, bytes.baseAddress, bytes.count) }
+    }
+
+    public var digest: UInt64 { XXH3_64bits_digest(state) }
+}

@@ -78,12 +78,11 @@ final class StagingPool: Sendable {
         return try ReservedRegion(capacity: regionSize)
     }
 
-    /// Returns a region. Its used bytes are zeroed so the next block's holes read as zeros; pages are
-    /// kept (re-faulting them costs more than zeroing) except beyond `retainedBytes`.
+    /// Returns a region. Its bytes are not cleared here: the next block zeroes whatever its writers
+    /// leave unwritten before anyone reads it (`PendingWrite.zeroGaps`). Pages past `retainedBytes`
+    /// go back to the kernel.
     func give(_ region: ReservedRegion, used: Int) {
-        let touched = min(region.capacity, (used + 4095) & ~4095)
-        region.zero(0, count: min(touched, retainedBytes))
-        if touched > retainedBytes { region.release(beyond: retainedBytes) }
+        if used > retainedBytes { region.release(beyond: retainedBytes) }
         free.withLock { list in if list.count < keep { list.append(region) } }
     }
 

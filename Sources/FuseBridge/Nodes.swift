@@ -55,6 +55,11 @@ final class PendingWrite: Sendable {
 
     struct State {
         var length = 0
+        /// Byte ranges written so far; the gaps are zeroed before anyone reads the staged bytes.
+        var written = WrittenRanges()
+        /// Checksum of the bytes [0, checksummed) while they arrive in order; nil once they do not.
+        var checksum: StreamingChecksum? = StreamingChecksum()
+        var checksummed = 0
         var metadata = BlockMetadata()
         var openHandles = 0
         /// Set once the block has been committed, discarded or failed; later writes are refused.
@@ -64,10 +69,61 @@ final class PendingWrite: Sendable {
         var failure: Int32 = 0
     }
 
+    /// Zeroes the bytes no writer filled, so readers of the staged block (and the committed record) see
+    /// zeros there and never bytes of the block the region held before. Call with `state` locked.
+    static func zeroGaps(_ s: inout State, region: ReservedRegion) {
+        for gap in s.written.gaps(upTo: s.length) {
+            region.zero(gap.lowerBound, count: gap.count)
+            s.written.insert(gap)
+        }
+    }
+
     init(region: ReservedRegion, creator: Int32) {
         self.region = region
         self.creator = creator
         state = Mutex(State())
+    }
+}
+
+/// Sorted, disjoint byte ranges of a staged block that writers have filled. A block written front to
+/// back is one range; parallel writers of different layers make a few.
+struct WrittenRanges {
+    private(set) var ranges: [Range<Int>] = []
+
+    mutating func insert(_ r: Range<Int>) {
+        guard !r.isEmpty else { return }
+        if let last = ranges.last, last.upperBound == r.lowerBound {
+            ranges[ranges.count - 1] = last.lowerBound..<r.upperBound  // the common, sequential case
+            return
+        }
+        var merged = r
+        var kept: [Range<Int>] = []
+        for x in ranges {
+            if x.upperBound < merged.lowerBound || x.lowerBound > merged.upperBound {
+                kept.append(x)
+            } else {
+                merged = min(x.lowerBound, merged.lowerBound)..<max(x.upperBound, merged.upperBound)
+            }
+        }
+        kept.append(merged)
+        ranges = kept.sorted { $0.lowerBound < $1.lowerBound }
+    }
+
+    /// Drops everything at or past `length` (a truncation).
+    mutating func clip(to length: Int) {
+        ranges = ranges.compactMap { $0.lowerBound >= length ? nil : $0.lowerBound..<min($0.upperBound, length) }
+    }
+
+    /// The parts of [0, length) no writer filled.
+    func gaps(upTo length: Int) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var at = 0
+        for r in ranges where r.lowerBound < length {
+            if r.lowerBound > at { out.append(at..<r.lowerBound) }
+            at = max(at, r.upperBound)
+        }
+        if at < length { out.append(at..<length) }
+        return out
     }
 }
 

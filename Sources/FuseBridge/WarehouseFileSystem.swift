@@ -405,13 +405,26 @@ public final class WarehouseFileSystem: Sendable {
             w.pending.state.withLock { $0.failure = EFBIG }
             return .failure(Errno(EFBIG))
         }
-        let ok = w.pending.state.withLock { s -> Bool in
+        // The range counts as written before the copy, so a concurrent zeroing of gaps never lands on it.
+        let open = w.pending.state.withLock { s -> Bool in
             if s.finished { return false }
             s.length = max(s.length, end)
+            s.written.insert(offset..<end)
             return true
         }
-        guard ok else { return .failure(Errno(EBADF)) }
+        guard open else { return .failure(Errno(EBADF)) }
         if bytes.count > 0 { (w.pending.region.pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        w.pending.state.withLock { s in
+            // Bytes that arrive in order are checksummed now, so the commit needs no pass over them.
+            if let checksum = s.checksum {
+                if offset == s.checksummed {
+                    checksum.update(bytes)
+                    s.checksummed = end
+                } else {
+                    s.checksum = nil
+                }
+            }
+        }
         return .success(bytes.count)
     }
 
@@ -422,7 +435,10 @@ public final class WarehouseFileSystem: Sendable {
             return nil
         }
         if let w = handle as? WriteHandle {
-            let length = w.pending.state.withLock { $0.length }
+            let length = w.pending.state.withLock { s -> Int in
+                PendingWrite.zeroGaps(&s, region: w.pending.region)
+                return s.length
+            }
             let start = min(offset, length), end = min(offset + size, length)
             reply(UnsafeRawBufferPointer(start: w.pending.region.pointer + start, count: end - start))
             return nil
@@ -489,10 +505,12 @@ public final class WarehouseFileSystem: Sendable {
 
     /// Commits a block being written; first write wins, so a name that exists keeps its bytes.
     func commit(_ node: FileNode, _ pending: PendingWrite) -> Errno? {
-        let (length, metadata, proceed, failure) = pending.state.withLock { s -> (Int, BlockMetadata, Bool, Int32) in
-            if s.finished { return (0, s.metadata, false, s.failure) }
+        let (length, metadata, proceed, failure, checksum) = pending.state.withLock { s -> (Int, BlockMetadata, Bool, Int32, UInt64?) in
+            if s.finished { return (0, s.metadata, false, s.failure, nil) }
             s.finished = true
-            return (s.length, s.metadata, true, s.failure)
+            PendingWrite.zeroGaps(&s, region: pending.region)
+            let sum = s.checksummed == s.length ? s.checksum?.digest : nil
+            return (s.length, s.metadata, true, s.failure, sum)
         }
         guard proceed else { return failure != 0 ? Errno(failure) : nil }
         if failure != 0 { return Errno(failure) }
@@ -501,7 +519,7 @@ public final class WarehouseFileSystem: Sendable {
         do {
             _ = try store.put(namespace: node.namespace, key: key,
                               payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata,
-                              stagedInPlace: true)
+                              stagedInPlace: true, payloadChecksum: checksum)
             return nil
         } catch {
             let e = Errno(error)
@@ -553,7 +571,10 @@ public final class WarehouseFileSystem: Sendable {
             return fileAttributes(of: node)
         }
         pending.state.withLock { s in
-            if size < s.length { pending.region.zero(size, count: s.length - size) }
+            if size < s.length {
+                s.written.clip(to: size)
+                if s.checksummed > size { s.checksum = nil }
+            }
             s.length = size
         }
         return fileAttributes(of: node)

@@ -452,3 +452,33 @@ def test_pwrite_past_max_block_is_efbig(warehouse_factory):
         failed = failed or e.errno
     assert failed == errno.EFBIG, errno.errorcode.get(failed, failed)
     assert_errno(errno.ENOENT, os.stat, path)
+
+
+def test_holes_in_a_sparse_block_read_as_zeros_even_after_the_staging_region_is_reused(ns):
+    # A first block fills the staging region with non-zero bytes; the region is reused for the next.
+    full = _path(ns, "canonical", "holes-first")
+    write_block(full, b"\xab" * (3 * MiB))
+    sparse = _path(ns, "canonical", "holes-second")
+    fd = os.open(sparse, CREATE, 0o644)
+    try:
+        os.pwrite(fd, b"\x01" * 4096, MiB)           # bytes [1 MiB, 1 MiB + 4 KiB)
+        os.pwrite(fd, b"\x02" * 100, 2 * MiB + 5)     # a second island
+    finally:
+        os.close(fd)
+    got = read_block(sparse)
+    want = bytearray(2 * MiB + 105)
+    want[MiB:MiB + 4096] = b"\x01" * 4096
+    want[2 * MiB + 5:2 * MiB + 105] = b"\x02" * 100
+    assert got == bytes(want), first_difference(got, bytes(want))
+
+
+def test_block_written_out_of_order_reads_back_exactly(ns):
+    path = _path(ns, "canonical", "out-of-order")
+    data = pattern("out-of-order", 3 * MiB + 17)
+    fd = os.open(path, CREATE, 0o644)
+    try:
+        for off in sorted(range(0, len(data), 256 * 1024), reverse=True):
+            os.pwrite(fd, data[off:off + 256 * 1024], off)
+    finally:
+        os.close(fd)
+    assert read_block(path) == data
