@@ -22,13 +22,16 @@ let package = Package(
         .target(name: "Platform", dependencies: ["CSystem"]),
         // The log of segments on NVMe: record codec, index, recovery, eviction, compaction.
         .target(name: "BlockStore", dependencies: ["Platform", "CLZ4", "CXXHash"]),
+        // The shared-memory DRAM tier: layout, S3-FIFO placement, sequence-locked table.
+        .target(name: "DRAMTier", dependencies: ["BlockStore", "Platform"]),
         // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.
-        .target(name: "FuseBridge", dependencies: ["BlockStore", "Platform", "CFuse"]),
+        .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse"]),
         .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "Platform"], path: "Mount/twfs"),
         .executableTarget(
             name: "twctl",
-            dependencies: ["BlockStore", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["BlockStore", "DRAMTier", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tools/twctl"),
         .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "Platform"]),
+        .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "BlockStore", "Platform"]),
     ]
 )

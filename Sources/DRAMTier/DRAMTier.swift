@@ -1,0 +1,275 @@
+import BlockStore
+import Platform
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Figures of the DRAM tier.
+public struct TierStatistics: Sendable {
+    public var capacityBytes = 0
+    public var residentBlocks = 0
+    public var residentBytes = 0
+    /// Reads through the mount served from the tier.
+    public var mountHits = 0
+    /// Reads through the mount that missed the tier.
+    public var misses = 0
+    /// Hits that clients counted through the map (PATH.hits).
+    public var mapHits = 0
+    public var insertions = 0
+    public var failedInsertions = 0
+    public var evictions = 0
+    public var promotions = 0
+    public var reinsertions = 0
+}
+
+/// A resident block held still for a reply: its bytes are not moved or reused until `release`.
+public final class PinnedBlock: Sendable {
+    let tier: DRAMTier
+    let key: BlockKey
+    nonisolated(unsafe) public let bytes: UnsafeRawBufferPointer
+
+    init(tier: DRAMTier, key: BlockKey, bytes: UnsafeRawBufferPointer) {
+        self.tier = tier
+        self.key = key
+        self.bytes = bytes
+    }
+
+    deinit { tier.unpin(key) }
+}
+
+/// The shared-memory DRAM tier (docs/dram-tier.md): one file in /dev/shm that only this daemon writes and
+/// that clients map read-only. Blocks are placed by `S3FIFOPlacement` and published in an open-addressing
+/// table under per-entry sequence locks.
+///
+/// Thread-safety: one mutex (`state`) guards placement, the table and pins; bytes are copied into the
+/// tier outside it, into space that is reserved and pinned first.
+public final class DRAMTier: Sendable {
+    public let path: String
+    let memory: SharedMemoryMapping
+    let hitCounters: SharedMemoryMapping
+    let tableCapacity: Int
+    let dataOffset: Int
+    let dataSize: Int
+    let state: Mutex<State>
+
+    struct State: ~Copyable {
+        var placement: S3FIFOPlacement<BlockKey>
+        var slots: [BlockKey: Int] = [:]
+        var pins: [BlockKey: Int] = [:]
+        var stats = TierStatistics()
+    }
+
+    /// Map hits read (and reset) from the counters so far.
+    private let mapHitsTaken = Atomic<Int>(0)
+
+    /// Creates the tier file `path` of `size` bytes, readable by `group` (mode 0640) and its hit counters
+    /// (mode 0660).
+    public init(path: String, size: Int, group: gid_t?) throws {
+        let tableCapacity = TierFormat.tableCapacity(dataSize: size)
+        let tableBytes = tableCapacity * TierFormat.entrySize
+        let dataOffset = (TierFormat.superblockSize + tableBytes + TierFormat.alignment - 1) / TierFormat.alignment * TierFormat.alignment
+        guard size > dataOffset + (4 << 20) else {
+            throw SystemError(EINVAL, "--dram \(size) bytes is too small (at least \(dataOffset + (4 << 20)) bytes)")
+        }
+        self.path = path
+        self.tableCapacity = tableCapacity
+        self.dataOffset = dataOffset
+        dataSize = (size - dataOffset) / TierFormat.alignment * TierFormat.alignment
+        memory = try SharedMemoryMapping(creating: path, size: size, mode: 0o640, group: group)
+        hitCounters = try SharedMemoryMapping(creating: path + ".hits", size: max(4096, tableCapacity * 4), mode: 0o660, group: group)
+        var st = State(placement: S3FIFOPlacement(capacity: dataSize, alignment: TierFormat.alignment))
+        st.stats.capacityBytes = dataSize
+        state = Mutex(st)
+        writeSuperblock(size: size)
+    }
+
+    private func writeSuperblock(size: Int) {
+        let sb = UnsafeMutableRawBufferPointer(start: memory.pointer, count: TierFormat.superblockSize)
+        for (i, b) in TierFormat.magic.enumerated() { sb[i] = b }
+        LittleEndian.store(TierFormat.version, at: 8, in: sb)
+        LittleEndian.store(UInt32(TierFormat.superblockSize), at: 12, in: sb)
+        LittleEndian.store(UInt64(size), at: TierFormat.fileSizeOffset, in: sb)
+        LittleEndian.store(UInt64(TierFormat.superblockSize), at: TierFormat.tableOffsetOffset, in: sb)
+        LittleEndian.store(UInt64(tableCapacity), at: TierFormat.tableCapacityOffset, in: sb)
+        LittleEndian.store(UInt32(TierFormat.entrySize), at: TierFormat.entrySizeOffset, in: sb)
+        LittleEndian.store(TierFormat.maxProbe, at: TierFormat.maxProbeOffset, in: sb)
+        LittleEndian.store(UInt64(dataOffset), at: TierFormat.dataOffsetOffset, in: sb)
+        LittleEndian.store(UInt64(dataSize), at: TierFormat.dataSizeOffset, in: sb)
+        var generation: UInt64 = 0
+        while generation == 0 { generation = UInt64.random(in: 1...UInt64.max) }
+        SharedAtomics.storeRelease(memory.word(at: TierFormat.generationOffset), generation)
+    }
+
+    /// Marks the tier stopped (generation 0, so clients remap) and removes its files.
+    public func close() {
+        SharedAtomics.storeRelease(memory.word(at: TierFormat.generationOffset), 0)
+        memory.unlinkFile()
+        hitCounters.unlinkFile()
+    }
+
+    // MARK: Table entries (the only code that writes them)
+
+    private func entry(_ index: Int) -> Int { TierFormat.superblockSize + index * TierFormat.entrySize }
+
+    private func entryState(_ index: Int) -> UInt32 {
+        (memory.pointer + entry(index) + TierFormat.stateOffset).load(as: UInt32.self)
+    }
+
+    /// Runs `change` with the entry's sequence lock odd, so readers that overlap it retry.
+    private func withEntryLocked(_ index: Int, _ change: (UnsafeMutableRawPointer) -> Void) {
+        let seq = memory.word(at: entry(index) + TierFormat.seqOffset)
+        let s = SharedAtomics.loadAcquire(seq)
+        SharedAtomics.storeRelaxed(seq, s + 1)
+        SharedAtomics.releaseFence()
+        change(memory.pointer + entry(index))
+        SharedAtomics.storeRelease(seq, s + 2)
+    }
+
+    private func publish(_ index: Int, key: BlockKey, item: S3FIFOPlacement<BlockKey>.Item, checksum: UInt64) {
+        withEntryLocked(index) { e in
+            e.storeBytes(of: key.low.littleEndian, toByteOffset: TierFormat.keyLowOffset, as: UInt64.self)
+            e.storeBytes(of: key.high.littleEndian, toByteOffset: TierFormat.keyHighOffset, as: UInt64.self)
+            e.storeBytes(of: UInt64(dataOffset + item.offset).littleEndian, toByteOffset: TierFormat.dataOffsetField, as: UInt64.self)
+            e.storeBytes(of: UInt64(item.length).littleEndian, toByteOffset: TierFormat.lengthOffset, as: UInt64.self)
+            e.storeBytes(of: checksum.littleEndian, toByteOffset: TierFormat.checksumOffset, as: UInt64.self)
+            e.storeBytes(of: TierFormat.stateValid.littleEndian, toByteOffset: TierFormat.stateOffset, as: UInt32.self)
+        }
+    }
+
+    private func unpublish(_ index: Int) {
+        withEntryLocked(index) { e in
+            e.storeBytes(of: TierFormat.stateDeleted.littleEndian, toByteOffset: TierFormat.stateOffset, as: UInt32.self)
+        }
+        hitCounters.pointer.storeBytes(of: UInt32(0), toByteOffset: index * 4, as: UInt32.self)
+    }
+
+    /// A free table slot in the key's probe window (empty or deleted), if any.
+    private func freeSlot(for key: BlockKey) -> Int? {
+        let mask = tableCapacity - 1
+        for i in 0..<Int(TierFormat.maxProbe) {
+            let index = (Int(truncatingIfNeeded: key.low) &+ i) & mask
+            if entryState(index) != TierFormat.stateValid { return index }
+        }
+        return nil
+    }
+
+    /// Hits clients counted on entry `index` since last read; resets them.
+    private func takeMapHits(_ index: Int) -> Int {
+        let p = hitCounters.pointer + index * 4
+        let n = Int(UInt32(littleEndian: p.load(as: UInt32.self)))
+        if n > 0 {
+            p.storeBytes(of: UInt32(0), as: UInt32.self)
+            mapHitsTaken.add(n, ordering: .relaxed)
+        }
+        return n
+    }
+
+    /// Applies a placement event: unpublish an evicted block; move a block's bytes and republish.
+    private func apply(_ event: S3FIFOPlacement<BlockKey>.Event, _ st: inout State) {
+        switch event {
+        case .evicted(let key, _):
+            if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
+            st.stats.evictions += 1
+        case .moved(let key, let from, let to):
+            guard let index = st.slots[key] else { return }
+            withEntryLocked(index) { e in
+                memmove(memory.pointer + dataOffset + to.offset, memory.pointer + dataOffset + from.offset, from.length)
+                e.storeBytes(of: UInt64(dataOffset + to.offset).littleEndian, toByteOffset: TierFormat.dataOffsetField, as: UInt64.self)
+            }
+        }
+    }
+
+    // MARK: Use
+
+    /// Whether the block is resident.
+    public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.slots[key] != nil } }
+
+    /// The resident block, pinned until the returned object goes away; counts a hit. Nil on a miss.
+    public func pin(_ key: BlockKey) -> PinnedBlock? {
+        let found = state.withLock { st -> UnsafeRawBufferPointer? in
+            guard st.slots[key] != nil, let item = st.placement.item(key) else {
+                st.stats.misses += 1
+                return nil
+            }
+            st.pins[key, default: 0] += 1
+            st.placement.recordHit(key)
+            st.stats.mountHits += 1
+            return UnsafeRawBufferPointer(start: memory.pointer + dataOffset + item.offset, count: item.length)
+        }
+        return found.map { PinnedBlock(tier: self, key: key, bytes: $0) }
+    }
+
+    func unpin(_ key: BlockKey) {
+        state.withLock { st in
+            if let n = st.pins[key] { st.pins[key] = n > 1 ? n - 1 : nil }
+        }
+    }
+
+    /// Copies a verified block into the tier (S3-FIFO admission). Returns false when it cannot be placed
+    /// now (no free table slot in its probe window, or room only behind a pinned block).
+    @discardableResult
+    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64) -> Bool {
+        // Reserve the space and pin it, copy outside the lock, then publish.
+        let reserved = state.withLock { st -> (Int, S3FIFOPlacement<BlockKey>.Item)? in
+            if st.slots[key] != nil { return nil }
+            guard let slot = freeSlot(for: key) else {
+                st.stats.failedInsertions += 1
+                return nil
+            }
+            let pins = st.pins
+            let slots = st.slots
+            // Events are applied as they happen: the space of an evicted block is reused only after
+            // its entry was unpublished.
+            var placement = st.placement
+            st.placement = S3FIFOPlacement(capacity: 0)
+            let item = placement.insert(key, length: bytes.count, isPinned: { pins[$0] != nil },
+                                        extraHits: { k in slots[k].map { self.takeMapHits($0) } ?? 0 },
+                                        handle: { self.apply($0, &st) })
+            st.placement = placement
+            guard let item else {
+                st.stats.failedInsertions += 1
+                return nil
+            }
+            st.pins[key, default: 0] += 1
+            return (slot, item)
+        }
+        guard let (slot, item) = reserved else { return false }
+        memcpy(memory.pointer + dataOffset + item.offset, bytes.baseAddress!, bytes.count)
+        state.withLock { st in
+            st.pins[key] = (st.pins[key] ?? 1) > 1 ? st.pins[key]! - 1 : nil
+            // The slot was free when reserved; it still is (only insert publishes, under this lock,
+            // and it would have found the key reserved).
+            let index = entryState(slot) == TierFormat.stateValid ? freeSlot(for: key) : slot
+            guard let index, st.placement.item(key) != nil else { return }
+            publish(index, key: key, item: item, checksum: checksum)
+            st.slots[key] = index
+            st.stats.insertions += 1
+        }
+        return true
+    }
+
+    /// Drops a block (unlinked).
+    public func remove(_ key: BlockKey) {
+        state.withLock { st in
+            if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
+            st.placement.remove(key)
+        }
+    }
+
+    public func statistics() -> TierStatistics {
+        state.withLock { st in
+            var s = st.stats
+            s.residentBlocks = st.slots.count
+            s.residentBytes = st.placement.items.values.reduce(0) { $0 + $1.length }
+            s.promotions = st.placement.promotions
+            s.reinsertions = st.placement.reinsertions
+            var pending = 0
+            for index in st.slots.values {
+                pending += Int(UInt32(littleEndian: (hitCounters.pointer + index * 4).load(as: UInt32.self)))
+            }
+            s.mapHits = mapHitsTaken.load(ordering: .relaxed) + pending
+            return s
+        }
+    }
+}

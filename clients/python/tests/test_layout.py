@@ -1,0 +1,904 @@
+"""Unit tests of the Python client against a fake daemon (no twfs needed).
+
+FakeTier below is a small *writer* of the DRAM tier file, built from docs/dram-tier.md alone (layout
+version 1): superblock, open-addressing table of 64-byte entries with seqlocks, 4 KiB-aligned data area,
+PATH.hits. A fake mount directory holds `.tw/dram` (pointing at the tier), `.tw/prefetch` and plain
+block files for the fallback. A C reader built on include/tokenwarehouse.h checks the writer (and so the
+Python reader) against the header, when cc and libxxhash are available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import multiprocessing
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))   # the package from this checkout, also when not pip-installed
+
+from tokenwarehouse import Client, block_key, block_relpath  # noqa: E402
+from tokenwarehouse.layout import (  # noqa: E402
+    ENTRY, ENTRY_SIZE, MAGIC, STATE_DELETED, STATE_EMPTY, STATE_VALID, SUPERBLOCK, SUPERBLOCK_SIZE, VERSION,
+)
+
+REPO = HERE.parents[2]
+HEADER_DIR = REPO / "include"
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def _align(n: int, a: int = 4096) -> int:
+    return (n + a - 1) // a * a
+
+
+# ------------------------------------------------------------------------------------------ fake daemon
+
+class FakeTier:
+    """Writes a tier file exactly as docs/dram-tier.md describes, with the daemon's publish/remove steps."""
+
+    def __init__(self, path, capacity: int = 64, data_size: int = 4 * MiB, max_probe: int = 8,
+                 generation: int | None = None, hits: bool = True):
+        assert capacity & (capacity - 1) == 0
+        self.path = os.fspath(path)
+        self.capacity = capacity
+        self.max_probe = max_probe
+        self.table_offset = SUPERBLOCK_SIZE
+        self.data_offset = _align(SUPERBLOCK_SIZE + capacity * ENTRY_SIZE)
+        self.data_size = data_size
+        self.file_size = self.data_offset + data_size
+        self.generation = generation if generation is not None else (int.from_bytes(os.urandom(8), "little") | 1)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.ftruncate(fd, self.file_size)
+            self.mm = mmap.mmap(fd, self.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        SUPERBLOCK.pack_into(self.mm, 0, MAGIC, VERSION, SUPERBLOCK_SIZE, self.generation, self.file_size,
+                             self.table_offset, capacity, ENTRY_SIZE, max_probe, self.data_offset, data_size)
+        self.hits_path = self.path + ".hits"
+        if hits:
+            with open(self.hits_path, "wb") as f:
+                f.write(bytes(4 * capacity))
+            os.chmod(self.hits_path, 0o660)
+        self.cursor = self.data_offset
+
+    # -- raw fields
+    def eo(self, i: int) -> int:
+        return self.table_offset + i * ENTRY_SIZE
+
+    def seq(self, i: int) -> int:
+        return struct.unpack_from("<Q", self.mm, self.eo(i))[0]
+
+    def set_seq(self, i: int, v: int) -> None:
+        struct.pack_into("<Q", self.mm, self.eo(i), v)
+
+    def entry(self, i: int) -> tuple:
+        return ENTRY.unpack_from(self.mm, self.eo(i))
+
+    def set_generation(self, g: int) -> None:
+        struct.pack_into("<Q", self.mm, 16, g)
+
+    def hit_count(self, i: int) -> int:
+        with open(self.hits_path, "rb") as f:
+            return struct.unpack_from("<I", f.read(), 4 * i)[0]
+
+    # -- the daemon's operations
+    def alloc(self, n: int) -> int:
+        off = self.cursor
+        assert off + n <= self.data_offset + self.data_size, "fake tier full"
+        self.cursor = _align(off + max(n, 1))
+        return off
+
+    def publish(self, i: int, key: tuple[int, int], off: int, n: int, checksum: int) -> None:
+        """seq odd, fields, state valid, seq even."""
+        s = self.seq(i)
+        assert s % 2 == 0
+        self.set_seq(i, s + 1)
+        eo = self.eo(i)
+        struct.pack_into("<QQQQQ", self.mm, eo + 16, key[0], key[1], off, n, checksum)
+        struct.pack_into("<I", self.mm, eo + 8, STATE_VALID)
+        self.set_seq(i, s + 2)
+
+    def remove(self, i: int) -> None:
+        """seq odd, state deleted, seq even (only then may the bytes be reused)."""
+        s = self.seq(i)
+        self.set_seq(i, s + 1)
+        struct.pack_into("<I", self.mm, self.eo(i) + 8, STATE_DELETED)
+        self.set_seq(i, s + 2)
+
+    def slot_for(self, key: tuple[int, int]) -> int:
+        i = key[0] & (self.capacity - 1)
+        for _ in range(self.max_probe):
+            state = struct.unpack_from("<I", self.mm, self.eo(i) + 8)[0]
+            if state != STATE_VALID:
+                return i
+            i = (i + 1) & (self.capacity - 1)
+        raise AssertionError("no free slot within max_probe")
+
+    def insert(self, ns: str, name: str, data: bytes, *, key=None, index=None, offset=None, length=None,
+               checksum=None) -> int:
+        """Place a block: bytes into free space first, then publish its entry. Returns the entry index."""
+        key = key or block_key(ns, name)
+        off = offset if offset is not None else self.alloc(len(data))
+        if offset is None:
+            self.mm[off:off + len(data)] = data
+        i = index if index is not None else self.slot_for(key)
+        self.publish(i, key, off, len(data) if length is None else length,
+                     xxhash.xxh3_64_intdigest(data) if checksum is None else checksum)
+        return i
+
+    def close(self) -> None:
+        self.mm.close()
+
+
+class FakeMount:
+    """A directory laid out like a twfs mount: .tw/dram, .tw/prefetch, namespaces with block files."""
+
+    def __init__(self, root: Path, tier_path: str | None):
+        self.root = root
+        (root / ".tw").mkdir(parents=True)
+        self.set_tier(tier_path)
+        (root / ".tw" / "prefetch").write_bytes(b"")
+        (root / "ns").mkdir()
+
+    def set_tier(self, tier_path: str | None) -> None:
+        (self.root / ".tw" / "dram").write_text("" if tier_path is None else tier_path + "\n")
+
+    def write(self, ns: str, name: str, data: bytes) -> Path:
+        p = self.root / block_relpath(ns, name)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        return p
+
+
+def blob(tag: str, n: int) -> bytes:
+    return hashlib.shake_256(tag.encode()).digest(n)
+
+
+def hexname(tag: str, length: int = 32) -> str:
+    return hashlib.sha256(tag.encode()).hexdigest()[:length]
+
+
+@pytest.fixture
+def env(tmp_path):
+    tier = FakeTier(tmp_path / "tokenwarehouse-test")
+    mount = FakeMount(tmp_path / "mnt", tier.path)
+    yield tier, mount
+    tier.close()
+
+
+@pytest.fixture
+def client(env):
+    tier, mount = env
+    c = Client(mount.root, retry_interval=0.2)
+    yield c
+    c.close()
+
+
+# ------------------------------------------------------------------------------------------------- keys
+
+def test_key_is_xxh3_128_low_then_high():
+    ns, name = "llama@tp0", "0123456789abcdef"
+    d = xxhash.xxh3_128(f"{ns}/{name}".encode()).intdigest()
+    assert block_key(ns, name) == (d & (2**64 - 1), d >> 64)
+    # The canonical digest is big-endian: high 64 bits first.
+    raw = xxhash.xxh3_128(f"{ns}/{name}".encode()).digest()
+    assert block_key(ns, name) == (int.from_bytes(raw[8:], "big"), int.from_bytes(raw[:8], "big"))
+
+
+def test_paths_canonical_and_compat():
+    h = "ab" + "0" * 30
+    assert block_relpath("ns", h) == f"ns/ab/{h}"
+    assert block_relpath("ns", "x" * 16) == "ns/" + "x" * 16            # not hex
+    assert block_relpath("ns", "AB" + "0" * 30) == "ns/AB" + "0" * 30   # upper case: compatibility name
+    assert block_relpath("ns", "ab" * 7) == "ns/" + "ab" * 7             # 14 hex chars: too short
+    assert block_relpath("ns", "a" * 128) == "ns/aa/" + "a" * 128
+    assert block_relpath("ns", "a" * 129) == "ns/" + "a" * 129
+    assert block_relpath("ns", "layer_0.safetensors") == "ns/layer_0.safetensors"
+    for bad in ("", ".", "..", "a/b", "a\0b"):
+        with pytest.raises(ValueError):
+            block_relpath("ns", bad)
+    with pytest.raises(ValueError):
+        block_relpath("a/b", "x")
+
+
+# ------------------------------------------------------------------------------------------------ reads
+
+def test_hit_returns_exact_bytes_without_the_file(env, client):
+    tier, mount = env
+    data = blob("hit", 300 * KiB + 7)
+    name = hexname("hit")
+    tier.insert("ns", name, data)
+    assert client.mapped and client.generation == tier.generation
+    assert client.get("ns", name) == data      # no block file exists: it came from the map
+    assert client.stats["map_hits"] == 1 and client.stats["file_reads"] == 0
+
+
+def test_empty_block_hit(env, client):
+    tier, mount = env
+    tier.insert("ns", "empty", b"")
+    assert client.get("ns", "empty") == b""
+    assert client.stats["map_hits"] == 1
+
+
+def test_miss_falls_back_to_the_file(env, client):
+    tier, mount = env
+    data = blob("miss", 5000)
+    mount.write("ns", hexname("miss"), data)
+    assert client.get("ns", hexname("miss")) == data
+    assert client.stats["map_misses"] == 1 and client.stats["file_reads"] == 1
+    with pytest.raises(FileNotFoundError):
+        client.get("ns", hexname("absent"))
+    mount.write("ns", "compat-name.bin", b"compat")
+    assert client.get("ns", "compat-name.bin") == b"compat"
+
+
+def test_odd_seq_falls_back(env, client):
+    tier, mount = env
+    name = hexname("odd")
+    i = tier.insert("ns", name, blob("stale", 8192))
+    mount.write("ns", name, blob("file", 8192))
+    tier.set_seq(i, tier.seq(i) + 1)           # the daemon is changing this entry
+    assert client.get("ns", name) == blob("file", 8192)
+    assert client.stats["map_retries"] == 1 and client.stats["map_hits"] == 0
+    tier.set_seq(i, tier.seq(i) + 1)           # stable again
+    assert client.get("ns", name) == blob("stale", 8192)
+    assert client.stats["map_hits"] == 1
+
+
+class _HookMmap(mmap.mmap):
+    """An mmap of the same tier file whose slicing (the client's copy) runs a hook first: the daemon
+    evicting the block and refilling its bytes while the reader copies them."""
+    hook = None
+
+    def __getitem__(self, item):
+        if self.hook is not None:
+            self.hook()
+        return super().__getitem__(item)
+
+
+def _hooked_map(client, tier, hook):
+    m = client._map
+    fd = os.open(tier.path, os.O_RDONLY)
+    try:
+        hm = _HookMmap(fd, tier.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    hm.hook = hook
+    m.mm = hm
+    return hm
+
+
+def test_seq_change_during_copy_falls_back(env, client):
+    tier, mount = env
+    a, b = hexname("a"), hexname("b")
+    data_a, data_b = blob("A", 64 * KiB), blob("B", 64 * KiB)
+    ia = tier.insert("ns", a, data_a)
+    mount.write("ns", a, data_a)
+    off = tier.entry(ia)[5]
+
+    def evict_and_refill():   # evict A, reuse its bytes for B: what a racing reader would copy
+        tier.remove(ia)
+        tier.mm[off:off + len(data_b)] = data_b
+        tier.insert("ns", b, data_b, offset=off)
+
+    hm = _hooked_map(client, tier, evict_and_refill)
+    got = client.get("ns", a)
+    hm.hook = None
+    assert got == data_a
+    assert client.stats["map_retries"] == 1 and client.stats["file_reads"] == 1 and client.stats["map_hits"] == 0
+    assert client.get("ns", b) == data_b       # B is resident now
+    assert client.stats["map_hits"] == 1
+
+
+def test_seq_bump_with_same_bytes_still_falls_back(env, client):
+    """Even if the bytes look right, a changed seq means the copy may be torn: never a hit."""
+    tier, mount = env
+    name = hexname("same")
+    i = tier.insert("ns", name, blob("same", 4096))
+    mount.write("ns", name, blob("same", 4096))
+
+    def bump():
+        tier.set_seq(i, tier.seq(i) + 2)
+    hm = _hooked_map(client, tier, bump)
+    assert client.get("ns", name) == blob("same", 4096)
+    hm.hook = None
+    assert client.stats["map_retries"] == 1 and client.stats["map_hits"] == 0
+    assert tier.hit_count(i) == 0
+
+
+def test_get_into_seq_change_falls_back(env, client):
+    tier, mount = env
+    name = hexname("into-race")
+    data, other = blob("X", 10000), blob("Y", 10000)
+    i = tier.insert("ns", name, data)
+    mount.write("ns", name, data)
+    off = tier.entry(i)[5]
+    real = client._map.mv
+
+    class Racing:
+        def __getitem__(self, item):
+            tier.remove(i)
+            tier.mm[off:off + len(other)] = other
+            return real[item]
+    client._map.mv = Racing()
+    buf = bytearray(20000)
+    assert client.get_into("ns", name, buf) == len(data)
+    client._map.mv = real
+    assert bytes(buf[:len(data)]) == data
+    assert client.stats["map_retries"] == 1 and client.stats["file_reads"] == 1
+
+
+def test_key_mismatch_never_returns_another_block(env, client):
+    tier, mount = env
+    name = hexname("wanted")
+    lo, hi = block_key("ns", name)
+    # Another block whose key shares the low 64 bits (same home slot) but not the high ones.
+    tier.insert("ns", "other", blob("other", 4096), key=(lo, hi ^ 1))
+    with pytest.raises(FileNotFoundError):
+        client.get("ns", name)
+    mount.write("ns", name, blob("wanted-file", 4096))
+    assert client.get("ns", name) == blob("wanted-file", 4096)
+    # And the real one, published after the impostor, is found by probing past it.
+    tier.insert("ns", name, blob("wanted-tier", 4096))
+    assert client.get("ns", name) == blob("wanted-tier", 4096)
+    assert client.stats["map_hits"] == 1
+    # Same key in another namespace is another key.
+    with pytest.raises(FileNotFoundError):
+        client.get("ns2", name)
+
+
+def test_deleted_entries_keep_probing_empty_ends(env, client):
+    tier, mount = env
+    name = hexname("probe")
+    lo, hi = block_key("ns", name)
+    home = lo & (tier.capacity - 1)
+    i0 = tier.insert("ns", "x", blob("x", 100), key=(lo, hi ^ 5))
+    tier.remove(i0)                                        # deleted at the home slot
+    i1 = tier.insert("ns", name, blob("probe", 100), index=(home + 1) & (tier.capacity - 1))
+    assert client.get("ns", name) == blob("probe", 100)
+    assert client.stats["map_hits"] == 1
+    # An empty slot before the entry ends the lookup: a miss.
+    name2 = hexname("gap")
+    lo2, _ = block_key("ns", name2)
+    assert tier.entry(lo2 & (tier.capacity - 1))[1] == STATE_EMPTY
+    tier.insert("ns", name2, blob("gap", 100), index=(lo2 + 2) & (tier.capacity - 1))
+    mount.write("ns", name2, b"file")
+    assert client.get("ns", name2) == b"file"
+    assert client.stats["map_misses"] == 1
+    assert i1 != i0
+
+
+def test_probe_limit(tmp_path):
+    tier = FakeTier(tmp_path / "t", capacity=16, max_probe=2)
+    mount = FakeMount(tmp_path / "mnt", tier.path)
+    name = hexname("far")
+    lo, hi = block_key("ns", name)
+    for k in range(2):
+        tier.insert("ns", f"filler{k}", b"f", key=(lo, hi ^ (k + 1)), index=(lo + k) & 15)
+    tier.insert("ns", name, b"beyond", index=(lo + 2) & 15)  # beyond max_probe: not found
+    mount.write("ns", name, b"file")
+    with Client(mount.root) as c:
+        assert c.get("ns", name) == b"file"
+        assert c.stats["map_misses"] == 1
+
+
+@pytest.mark.parametrize("where", ["before", "after", "overflow"])
+def test_out_of_bounds_entry_falls_back(env, client, where):
+    tier, mount = env
+    name = hexname("oob" + where)
+    mount.write("ns", name, b"from-file")
+    if where == "before":                     # inside the table, not the data area
+        tier.insert("ns", name, b"x" * 64, offset=tier.table_offset, length=64)
+    elif where == "after":
+        tier.insert("ns", name, b"x" * 64, offset=tier.data_offset + tier.data_size - 4096, length=8192)
+    else:
+        tier.insert("ns", name, b"x", offset=tier.data_offset, length=2**64 - 1)
+    assert client.get("ns", name) == b"from-file"
+    assert client.stats["map_retries"] == 1 and client.stats["map_hits"] == 0
+    buf = bytearray(100)
+    assert client.get_into("ns", name, buf) == len(b"from-file")
+
+
+def test_generation_change_remaps_to_new_file(tmp_path, env, client):
+    tier, mount = env
+    name = hexname("gen")
+    tier.insert("ns", name, blob("old", 1000))
+    assert client.get("ns", name) == blob("old", 1000)
+    tier2 = FakeTier(tmp_path / "tokenwarehouse-second", generation=tier.generation + 1)
+    tier2.insert("ns", name, blob("new-tier", 1000))     # (same name, other bytes: tells the maps apart)
+    mount.set_tier(tier2.path)
+    tier.set_generation(0)                                # the old daemon stopped
+    assert client.get("ns", name) == blob("new-tier", 1000)
+    assert client.stats["remaps"] == 1 and client.generation == tier2.generation
+    assert client.tier_path == tier2.path
+    tier2.close()
+
+
+def test_generation_changed_in_place_remaps(env, client):
+    """A different non-zero generation in the same file (the path is reused) is also a new tier."""
+    tier, mount = env
+    name = hexname("inplace")
+    tier.insert("ns", name, b"abc")
+    assert client.get("ns", name) == b"abc"
+    tier.set_generation(tier.generation + 2)
+    assert client.get("ns", name) == b"abc"
+    assert client.stats["remaps"] == 1 and client.generation == tier.generation + 2
+
+
+def test_generation_zero_and_file_gone_uses_files(tmp_path, env, client):
+    tier, mount = env
+    name = hexname("gone")
+    tier.insert("ns", name, blob("tier", 100))
+    mount.write("ns", name, blob("file", 100))
+    assert client.get("ns", name) == blob("tier", 100)
+    tier.set_generation(0)
+    os.unlink(tier.path)
+    mount.set_tier(None)
+    assert client.get("ns", name) == blob("file", 100)
+    assert not client.mapped and client.stats["file_reads"] == 1 and client.stats["remaps"] == 0
+    assert client.get("ns", name) == blob("file", 100)
+    # The tier reappears: the client maps it again, but tries at most once per retry_interval (0.2 s).
+    tier3 = FakeTier(tmp_path / "tokenwarehouse-third")
+    tier3.insert("ns", name, blob("tier3", 100))
+    mount.set_tier(tier3.path)
+    deadline = time.monotonic() + 5
+    while client.get("ns", name) != blob("tier3", 100):
+        assert time.monotonic() < deadline, "the client never remapped the new tier"
+        time.sleep(0.02)
+    assert client.stats["remaps"] == 1 and client.mapped
+    tier3.close()
+
+
+def test_generation_zero_file_still_there_not_remapped(env, client):
+    """A stopped daemon's file (generation 0) left in place is not mapped again."""
+    tier, mount = env
+    name = hexname("zero")
+    tier.insert("ns", name, b"tier")
+    mount.write("ns", name, b"file")
+    tier.set_generation(0)
+    assert client.get("ns", name) == b"file"
+    assert not client.mapped and "generation 0" in client.tier_error
+
+
+def test_retry_at_most_once_per_interval(tmp_path):
+    mount = FakeMount(tmp_path / "mnt", None)
+    mount.write("ns", "b", b"file")
+    calls = []
+    c = Client(mount.root, retry_interval=3600)
+    orig = c._connect
+
+    def counting():
+        calls.append(1)
+        return orig()
+    c._connect = counting
+    for _ in range(100):
+        assert c.get("ns", "b") == b"file"
+    assert calls == []                        # not before the interval
+    c._next_try = 0
+    for _ in range(100):
+        c.get("ns", "b")
+    assert len(calls) == 1
+    c.close()
+
+
+def test_no_tier_files_only(tmp_path):
+    mount = FakeMount(tmp_path / "mnt", None)
+    mount.write("ns", hexname("f"), b"data")
+    with Client(mount.root) as c:
+        assert not c.mapped
+        assert c.get("ns", hexname("f")) == b"data"
+        assert c.stats["file_reads"] == 1 and c.stats["map_misses"] == 0
+    os.unlink(mount.root / ".tw" / "dram")    # older daemon: no control file at all
+    with Client(mount.root) as c:
+        assert not c.mapped and c.get("ns", hexname("f")) == b"data"
+
+
+@pytest.mark.parametrize("field,value", [("magic", b"TWDRAM02"), ("version", 2), ("entry_size", 32),
+                                         ("capacity", 48), ("table", 1 << 40), ("data", 1 << 40)])
+def test_bad_superblock_not_mapped(tmp_path, field, value):
+    tier = FakeTier(tmp_path / "t")
+    off, fmt = {"magic": (0, "8s"), "version": (8, "<I"), "entry_size": (48, "<I"), "capacity": (40, "<Q"),
+                "table": (32, "<Q"), "data": (64, "<Q")}[field]
+    struct.pack_into(fmt, tier.mm, off, value)
+    mount = FakeMount(tmp_path / "mnt", tier.path)
+    mount.write("ns", "b", b"file")
+    with Client(mount.root) as c:
+        assert not c.mapped and c.tier_error
+        assert c.get("ns", "b") == b"file"
+    tier.close()
+
+
+def test_truncated_file_not_mapped(tmp_path):
+    p = tmp_path / "short"
+    p.write_bytes(b"TWDRAM01")
+    mount = FakeMount(tmp_path / "mnt", str(p))
+    with Client(mount.root) as c:
+        assert not c.mapped
+
+
+def test_hits_counter_incremented(env, client):
+    tier, mount = env
+    name = hexname("hits")
+    i = tier.insert("ns", name, blob("h", 1000))
+    for k in range(3):
+        client.get("ns", name)
+    assert tier.hit_count(i) == 3
+    client.get_into("ns", name, bytearray(1000))
+    assert tier.hit_count(i) == 4
+    client.exists("ns", name)                  # not a read
+    assert tier.hit_count(i) == 4
+    mount.write("ns", hexname("nohit"), b"f")
+    client.get("ns", hexname("nohit"))
+    assert sum(tier.hit_count(j) for j in range(tier.capacity)) == 4
+
+
+def test_hits_file_missing_skips_counting(tmp_path):
+    tier = FakeTier(tmp_path / "t", hits=False)
+    mount = FakeMount(tmp_path / "mnt", tier.path)
+    tier.insert("ns", "b", b"bytes")
+    with Client(mount.root) as c:
+        assert c._map.hits is None
+        assert c.get("ns", "b") == b"bytes"
+
+
+def test_hits_file_read_only_skips_counting(tmp_path):
+    tier = FakeTier(tmp_path / "t")
+    os.chmod(tier.hits_path, 0o440)
+    mount = FakeMount(tmp_path / "mnt", tier.path)
+    tier.insert("ns", "b", b"bytes")
+    if os.geteuid() == 0:
+        pytest.skip("root opens a 0440 file read-write anyway")
+    with Client(mount.root) as c:
+        assert c._map.hits is None and c.get("ns", "b") == b"bytes"
+
+
+def test_verify_checks_xxh3_64(env, tmp_path):
+    tier, mount = env
+    name = hexname("verify")
+    data = blob("v", 20000)
+    tier.insert("ns", name, data, checksum=xxhash.xxh3_64_intdigest(data) ^ 1)  # wrong checksum
+    mount.write("ns", name, data)
+    with Client(mount.root, verify=True) as c:
+        assert c.get("ns", name) == data
+        assert c.stats["checksum_errors"] == 1 and c.stats["map_hits"] == 0 and c.stats["file_reads"] == 1
+        assert c.get_into("ns", name, bytearray(len(data))) == len(data)
+        assert c.stats["checksum_errors"] == 2
+    good = hexname("verify-good")
+    tier.insert("ns", good, data)
+    with Client(mount.root, verify=True) as c:
+        assert c.get("ns", good) == data and c.stats["map_hits"] == 1
+    with Client(mount.root, verify=False) as c:   # without verify the entry is trusted
+        assert c.get("ns", name) == data and c.stats["map_hits"] == 1
+
+
+def test_get_into(env, client):
+    np = pytest.importorskip("numpy")
+    tier, mount = env
+    name = hexname("into")
+    data = blob("into", 100 * KiB)
+    tier.insert("ns", name, data)
+    buf = bytearray(200 * KiB)
+    assert client.get_into("ns", name, buf) == len(data) and buf[:len(data)] == data
+    arr = np.zeros(len(data) // 2, dtype=np.float16)
+    assert client.get_into("ns", name, arr) == len(data)
+    assert arr.tobytes() == data
+    assert client.get_into("ns", name, memoryview(buf)[10:]) == len(data) and buf[10:10 + len(data)] == data
+    with pytest.raises(ValueError):
+        client.get_into("ns", name, bytearray(len(data) - 1))
+    with pytest.raises(TypeError):
+        client.get_into("ns", name, data)     # read-only
+    # From the file.
+    fname = hexname("into-file")
+    mount.write("ns", fname, blob("f", 3000))
+    assert client.get_into("ns", fname, buf) == 3000 and buf[:3000] == blob("f", 3000)
+    with pytest.raises(ValueError):
+        client.get_into("ns", fname, bytearray(2999))
+    with pytest.raises(FileNotFoundError):
+        client.get_into("ns", hexname("nothing"), buf)
+    assert client.stats["map_hits"] == 3
+
+
+# ----------------------------------------------------------------------------------------------- writes
+
+def test_put_writes_the_block_file(env, client):
+    tier, mount = env
+    name = hexname("put")
+    data = blob("put", 70000)
+    parent = hexname("parent", 64)
+    assert client.put("ns", name, data, parent=parent, tokens=512) is True
+    p = mount.root / "ns" / name[:2] / name
+    assert p.read_bytes() == data
+    assert os.getxattr(p, "user.tw.parent") == parent.encode()
+    assert os.getxattr(p, "user.tw.tokens") == b"512"
+    assert client.put("ns", name, b"other") is False          # first write wins
+    assert p.read_bytes() == data
+    assert client.get("ns", name) == data
+    assert client.put("ns", "compat.bin", memoryview(b"xyz")) is True
+    assert (mount.root / "ns" / "compat.bin").read_bytes() == b"xyz"
+
+
+def test_put_numpy_array(env, client):
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1000, dtype=np.float32)
+    assert client.put("ns", "arr", arr)
+    assert client.get("ns", "arr") == arr.tobytes()
+
+
+def test_put_needs_the_namespace(env, client):
+    tier, mount = env
+    with pytest.raises(FileNotFoundError, match="ensure_namespace"):
+        client.put("missing", hexname("x"), b"data")
+    path = client.ensure_namespace("missing")
+    assert os.path.isdir(path)
+    assert client.ensure_namespace("missing") == path          # idempotent
+    assert client.put("missing", hexname("x"), b"data")
+    assert client.get("missing", hexname("x")) == b"data"
+
+
+def test_put_failure_leaves_nothing(env, client):
+    tier, mount = env
+    with pytest.raises(TypeError):
+        client.put("ns", "bad-tokens", b"data", tokens=[1, 2])
+    assert not client.exists("ns", "bad-tokens")
+
+
+def test_exists(env, client):
+    tier, mount = env
+    tier.insert("ns", hexname("resident"), b"r")
+    mount.write("ns", hexname("on-disk"), b"d")
+    assert client.exists("ns", hexname("resident"))      # only in the map
+    assert client.exists("ns", hexname("on-disk"))
+    assert not client.exists("ns", hexname("nowhere"))
+    assert not client.exists("other-ns", hexname("resident"))
+
+
+def test_prefetch_writes_the_control_file(env, client):
+    tier, mount = env
+    names = [hexname(f"p{i}") for i in range(3)] + ["compat.bin"]
+    assert client.prefetch("ns", names) is True
+    lines = (mount.root / ".tw" / "prefetch").read_bytes()
+    assert lines == b"".join(f"ns\t{n}\n".encode() for n in names)
+    (mount.root / ".tw" / "prefetch").write_bytes(b"")
+    assert client.prefetch("ns", hexname("single")) is True   # one name as a str
+    assert (mount.root / ".tw" / "prefetch").read_bytes() == f"ns\t{hexname('single')}\n".encode()
+    with pytest.raises(ValueError):
+        client.prefetch("ns", ["bad\tname"])
+    os.unlink(mount.root / ".tw" / "prefetch")
+    assert client.prefetch("ns", names) is False            # older daemon
+
+
+def test_prefetch_large_batches_split_at_lines(env, client, monkeypatch):
+    tier, mount = env
+    writes = []
+    real_write = os.write
+
+    def spy(fd, data):
+        writes.append(bytes(data))
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", spy)
+    names = [hexname(f"many{i}", 64) for i in range(3000)]    # ~ 210 KB of hints
+    assert client.prefetch("ns", names)
+    monkeypatch.undo()
+    assert len(writes) > 1 and all(w.endswith(b"\n") and len(w) <= 64 << 10 for w in writes)
+    assert b"".join(writes) == b"".join(f"ns\t{n}\n".encode() for n in names)
+    writes.clear()
+    assert client.prefetch("ns", names[:10]) and len(writes) == 0   # (spy removed) small: one write
+
+
+def test_tier_xattr(env, client):
+    tier, mount = env
+    p = mount.write("ns", hexname("t"), b"x")
+    try:
+        os.setxattr(p, "user.tw.tier", b"nvme")
+    except OSError:
+        pytest.skip("no user xattrs here")
+    assert client.tier("ns", hexname("t")) == "nvme"
+    with pytest.raises(FileNotFoundError):
+        client.tier("ns", hexname("none"))
+
+
+def test_close_and_context_manager(env):
+    tier, mount = env
+    tier.insert("ns", "b", b"x")
+    with Client(mount.root) as c:
+        assert c.get("ns", "b") == b"x"
+    assert c.closed and not c.mapped
+    with pytest.raises(ValueError):
+        c.get("ns", "b")
+    c.close()   # twice is fine
+    assert "closed" in repr(c)
+
+
+def test_tier_file_mapped_read_only(env, client):
+    tier, mount = env
+    with pytest.raises(TypeError):
+        client._map.mm[0:1] = b"X"
+    if sys.version_info < (3, 13):
+        return   # mmap keeps a duplicate descriptor before Python 3.13 (trackfd)
+    fd_dir = Path("/proc/self/fd")
+    assert not any(os.readlink(fd_dir / fd) == tier.path for fd in os.listdir(fd_dir)
+                   if os.path.exists(fd_dir / fd)), "the tier's descriptor is closed after mapping"
+
+
+# ---------------------------------------------------------------------------------- concurrent writer
+
+def _churn(path: str, names: list[str], datas: list[bytes], stop, ready) -> None:
+    """A fake daemon process that evicts and refills one data slot with alternating blocks, as fast as it
+    can, while readers copy from it."""
+    tier = _reopen(path)
+    off = tier.data_offset
+    slots = [tier.slot_for(block_key("ns", n)) for n in names]
+    ready.set()
+    k = 0
+    while not stop.is_set():
+        j = k % len(names)
+        tier.mm[off:off + len(datas[j])] = datas[j]
+        tier.publish(slots[j], block_key("ns", names[j]), off, len(datas[j]), xxhash.xxh3_64_intdigest(datas[j]))
+        for _ in range(50):
+            pass
+        tier.remove(slots[j])
+        k += 1
+
+
+def _reopen(path: str) -> FakeTier:
+    t = FakeTier.__new__(FakeTier)
+    fd = os.open(path, os.O_RDWR)
+    size = os.fstat(fd).st_size
+    t.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    os.close(fd)
+    (_, _, _, t.generation, t.file_size, t.table_offset, t.capacity, _, t.max_probe, t.data_offset,
+     t.data_size) = SUPERBLOCK.unpack_from(t.mm, 0)
+    t.path = path
+    return t
+
+
+def test_concurrent_evict_refill_never_returns_wrong_bytes(env):
+    tier, mount = env
+    names = [hexname(f"churn{i}") for i in range(3)]
+    datas = [blob(f"churn{i}", 256 * KiB) for i in range(3)]
+    for n, d in zip(names, datas):
+        mount.write("ns", n, d)
+    ctx = multiprocessing.get_context("fork")
+    stop, ready = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_churn, args=(tier.path, names, datas, stop, ready), daemon=True)
+    proc.start()
+    try:
+        assert ready.wait(10)
+        with Client(mount.root) as c:
+            wrong = 0
+            deadline = time.monotonic() + float(os.environ.get("TW_UNIT_CHURN_SECONDS", "3"))
+            buf = bytearray(256 * KiB)
+            k = 0
+            while time.monotonic() < deadline:
+                j = k % 3
+                if k & 1:
+                    n = c.get_into("ns", names[j], buf)
+                    wrong += n != len(datas[j]) or buf != datas[j]
+                else:
+                    wrong += c.get("ns", names[j]) != datas[j]
+                k += 1
+            stats = dict(c.stats)
+    finally:
+        stop.set()
+        proc.join(10)
+    print(f"churn: {k} reads, {stats}")
+    assert wrong == 0, f"{wrong} wrong reads of {k}; {stats}"
+    assert stats["map_hits"] > 0, stats
+    assert stats["map_retries"] + stats["map_misses"] > 0, stats
+
+
+# ------------------------------------------------------------------------------- C reader cross-check
+
+C_READER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include "tokenwarehouse.h"
+
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDONLY);
+    struct stat st; fstat(fd, &st);
+    void *map = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED || !tw_map_is_valid(map, st.st_size)) { puts("invalid"); return 1; }
+    printf("gen %llx\n", (unsigned long long)tw_generation(map));
+    static char buf[1 << 22];
+    for (int i = 2; i < argc; i++) {
+        XXH128_hash_t h = XXH3_128bits(argv[i], strlen(argv[i]));
+        uint64_t len = sizeof buf, idx = 0;
+        int r = tw_lookup_copy(map, h.low64, h.high64, buf, &len, &idx);
+        if (r == TW_HIT) printf("hit %llu %llu %016llx\n", (unsigned long long)idx, (unsigned long long)len,
+                                (unsigned long long)XXH3_64bits(buf, len));
+        else printf("result %d\n", r);
+    }
+    return 0;
+}
+"""
+
+
+def test_c_reader_agrees_with_fake_writer(env, tmp_path):
+    tier, mount = env
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc or not (HEADER_DIR / "tokenwarehouse.h").exists():
+        pytest.skip("needs cc and include/tokenwarehouse.h")
+    src = tmp_path / "reader.c"
+    src.write_text(C_READER)
+    exe = tmp_path / "reader"
+    r = subprocess.run([cc, "-O2", "-std=c11", "-D_GNU_SOURCE", f"-I{HEADER_DIR}", str(src), "-o", str(exe),
+                        "-lxxhash"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot build the C reader (libxxhash-dev?): {r.stderr[-500:]}")
+    names = [hexname(f"c{i}") for i in range(5)] + ["compat name.bin"]
+    datas = [blob(f"c{i}", 1000 * (i + 1)) for i in range(6)]
+    idx = [tier.insert("ns", n, d) for n, d in zip(names, datas)]
+    out = subprocess.run([str(exe), tier.path] + [f"ns/{n}" for n in names] + ["ns/absent"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == f"gen {tier.generation:x}"
+    for line, i, d in zip(out[1:], idx, datas):
+        assert line == f"hit {i} {len(d)} {xxhash.xxh3_64_intdigest(d):016x}"
+    assert out[-1] == "result 1"   # TW_MISS
+    with Client(mount.root) as c:
+        for n, d in zip(names, datas):
+            assert c.get("ns", n) == d
+        assert c.stats["map_hits"] == len(names)
+
+
+def test_threads_share_a_client_across_remaps(tmp_path):
+    import threading
+    mount = FakeMount(tmp_path / "mnt", None)
+    names = [hexname(f"t{i}") for i in range(8)]
+    datas = {n: blob(n, 50000) for n in names}
+    for n in names:
+        mount.write("ns", n, datas[n])
+    tiers = []
+    for k in range(2):
+        t = FakeTier(tmp_path / f"tier{k}", generation=100 + k)
+        for n in names[k::2]:
+            t.insert("ns", n, datas[n])
+        tiers.append(t)
+    mount.set_tier(tiers[0].path)
+    c = Client(mount.root, retry_interval=0)
+    errors, stop = [], threading.Event()
+
+    def reader(seed):
+        import random
+        rnd = random.Random(seed)
+        try:
+            while not stop.is_set():
+                n = rnd.choice(names)
+                if c.get("ns", n) != datas[n]:
+                    errors.append(f"wrong bytes for {n}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for k in range(40):   # flip between the two tiers: a new generation each time
+        cur = tiers[k % 2]
+        mount.set_tier(cur.path)
+        cur.set_generation(1000 + k)
+        tiers[(k + 1) % 2].set_generation(0)
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert c.stats["remaps"] >= 10 and c.stats["map_hits"] > 0, c.stats
+    c.close()
+    for t in tiers:
+        t.close()

@@ -1,0 +1,711 @@
+"""The shared-memory DRAM tier and its clients (DESIGN.md "DRAM tier", docs/dram-tier.md,
+include/tokenwarehouse.h), against the real daemon.
+
+- a C reader built on include/tokenwarehouse.h and libxxhash finds the blocks the daemon holds and
+  copies exactly their bytes (its XXH3-64 equals Python's of the expected bytes);
+- 4 reader processes using the Python client (verify=True) while the daemon evicts and refills a 64M tier
+  as fast as it can: never a wrong byte, some map hits and some fallbacks;
+- a process outside the tier file's group cannot open it, and still reads through the files;
+  a member of --dram-group maps it;
+- a running client survives a daemon restart (clean and crash): correct bytes, and it maps the new tier;
+- --dram 0 disables the tier; the tier file's name, modes and superblock; prefetch hints.
+
+Environment: TW_DRAM_STRESS_SECONDS (default 60), and those of conftest.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from twfs_util import block_hash, canonical, errno_as_user, errname, pattern, read_block, size_for, wait_until, \
+    write_block
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT_DIR = REPO / "clients" / "python"
+
+# The Python client: the installed package if there is one (pip install ./clients/python), else the
+# checkout's copy.
+try:
+    import tokenwarehouse  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.fspath(CLIENT_DIR))
+    sys.modules.pop("tokenwarehouse", None)
+    try:
+        import tokenwarehouse  # noqa: F401
+    except ImportError as e:   # most likely xxhash is missing
+        if os.environ.get("TWFS_REQUIRE_BINARY") == "1":
+            raise
+        pytest.skip(f"the tokenwarehouse client cannot be imported ({e}); pip install ./clients/python",
+                    allow_module_level=True)
+
+import xxhash  # noqa: E402  (a dependency of the client)
+from tokenwarehouse import Client  # noqa: E402
+from tokenwarehouse.layout import MAGIC, SUPERBLOCK, VERSION  # noqa: E402
+
+# Subprocesses import the same copy of the package as this module.
+CLIENT_PATH = os.path.dirname(os.path.dirname(os.path.abspath(tokenwarehouse.__file__)))
+STRESS_SECONDS = float(os.environ.get("TW_DRAM_STRESS_SECONDS", "60"))
+NOBODY, NOGROUP = 65534, 65534
+KiB, MiB = 1 << 10, 1 << 20
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = CLIENT_PATH + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def dram_control(wh) -> str:
+    with open(wh.mount / ".tw" / "dram", "rb") as f:
+        return f.read().decode()
+
+
+def tier_path(wh) -> str:
+    text = dram_control(wh)
+    assert text.count("\n") <= 1 and "\n" not in text.rstrip("\n"), \
+        f"MOUNT/.tw/dram should read as one line (the tier's path), got {text!r}"
+    path = text.strip()
+    assert path, f"MOUNT/.tw/dram is empty: no DRAM tier ({text!r})"
+    return path
+
+
+def superblock(path: str) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read(SUPERBLOCK.size)
+    names = ("magic", "version", "superblock_size", "generation", "file_size", "table_offset", "table_capacity",
+             "entry_size", "max_probe", "data_offset", "data_size")
+    return dict(zip(names, SUPERBLOCK.unpack(raw)))
+
+
+def default_tier_path(mount: Path) -> str:
+    """docs/dram-tier.md: /dev/shm/tokenwarehouse-NAME, NAME = the mount point with '/' turned into '-'."""
+    return "/dev/shm/tokenwarehouse-" + os.fspath(mount).strip("/").replace("/", "-")
+
+
+def make_blocks(ns: Path, tag: str, count: int, lo: int, hi: int) -> dict[str, bytes]:
+    """Write `count` blocks of lo..hi bytes at canonical paths; returns name -> bytes."""
+    blocks = {}
+    for i in range(count):
+        h = block_hash(tag, i)
+        data = pattern(h, size_for(h, lo, hi))
+        write_block(canonical(ns, h), data)
+        blocks[h] = data
+    return blocks
+
+
+def tier_of(path) -> str:
+    return os.getxattr(path, "user.tw.tier").decode()
+
+
+def make_resident(ns: Path, names, timeout: float = 15.0) -> None:
+    """Read each block once through the mount (the miss loads it into the tier) and wait until
+    user.tw.tier says dram for all of them."""
+    for h in names:
+        read_block(canonical(ns, h))
+    pending = set(names)
+
+    def done():
+        for h in list(pending):
+            if tier_of(canonical(ns, h)) == "dram":
+                pending.discard(h)
+        return not pending
+    assert wait_until(done, timeout, 0.1), \
+        f"{len(pending)} of {len(names)} blocks read through the mount are not resident after {timeout}s " \
+        f"(user.tw.tier: {sorted({tier_of(canonical(ns, h)) for h in pending})})"
+
+
+def run_as_user(uid: int, gid: int, fn, groups: list[int] | None = None):
+    """fn() in a forked child that dropped to uid/gid; returns its JSON-able result (or raises)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 255
+        try:
+            os.close(r)
+            os.setgroups(groups or [])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                out = {"ok": fn()}
+            except BaseException as e:  # noqa: BLE001
+                out = {"error": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        raw = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, f"child as {uid}:{gid} failed (status {status})"
+    out = json.loads(raw)
+    assert "error" not in out, f"child as {uid}:{gid}: {out['error']}"
+    return out["ok"]
+
+
+def sha(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# A Client in another process, driven line by line: a SIGBUS from a mapping the daemon truncated kills
+# that process, not pytest.
+_CLIENT_LOOP = r"""
+import errno, hashlib, json, sys
+from tokenwarehouse import Client
+c = Client(sys.argv[1], verify=True)
+for line in sys.stdin:
+    cmd, _, arg = line.rstrip("\n").partition(" ")
+    if cmd == "get":
+        ns, name = arg.split(" ", 1)
+        try:
+            d = c.get(ns, name)
+            out = "%d %s" % (len(d), hashlib.sha256(d).hexdigest())
+        except OSError as e:
+            out = "error " + errno.errorcode.get(e.errno, str(e.errno))
+    elif cmd == "watch":            # map a tier file ourselves, to read its generation later
+        import mmap, os
+        fd = os.open(arg, os.O_RDONLY)
+        watched = mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        os.close(fd)
+        out = "ok"
+    elif cmd == "watched-generation":
+        out = str(int.from_bytes(watched[16:24], "little"))
+    elif cmd == "stats":
+        out = json.dumps(dict(c.stats, mapped=c.mapped, generation=c.generation, tier_path=c.tier_path,
+                              tier_error=c.tier_error))
+    else:
+        out = "unknown command"
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+"""
+
+
+class ClientProcess:
+    def __init__(self, mount: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", _CLIENT_LOOP, os.fspath(mount)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, close_fds=True, env=child_env())
+
+    def _ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline()
+        if not out:
+            rc = self.proc.wait(timeout=10)
+            raise AssertionError(f"client process died (exit {rc}"
+                                 f"{', SIGBUS: its mapping was truncated under it' if rc == -signal.SIGBUS else ''})")
+        return out.rstrip("\n")
+
+    def get(self, ns: str, name: str) -> tuple[int, str]:
+        out = self._ask(f"get {ns} {name}")
+        assert not out.startswith("error"), f"client get {ns}/{name}: {out}"
+        size, digest = out.split()
+        return int(size), digest
+
+    def stats(self) -> dict:
+        return json.loads(self._ask("stats"))
+
+    def watch(self, path: str) -> None:
+        assert self._ask(f"watch {path}") == "ok"
+
+    def watched_generation(self) -> int:
+        return int(self._ask("watched-generation"))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+# ---------------------------------------------------------------------------------- name, modes, layout
+
+def test_tier_file_default_name_modes_and_superblock(warehouse_factory):
+    wh = warehouse_factory("--dram", "256M")
+    path = tier_path(wh)
+    assert path == default_tier_path(wh.mount), path
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
+    assert st.st_uid == os.geteuid() and st.st_gid == os.getegid(), (st.st_uid, st.st_gid)
+    hst = os.stat(path + ".hits")
+    assert stat.S_IMODE(hst.st_mode) == 0o660, oct(hst.st_mode)
+    sb = superblock(path)
+    assert sb["magic"] == MAGIC and sb["version"] == VERSION, sb
+    assert sb["superblock_size"] == 4096 and sb["entry_size"] == 64 and sb["table_offset"] == 4096, sb
+    assert sb["generation"] != 0, sb
+    assert sb["file_size"] == st.st_size, (sb, st.st_size)
+    cap = sb["table_capacity"]
+    assert cap > 0 and cap & (cap - 1) == 0 and sb["max_probe"] > 0, sb
+    assert sb["data_offset"] % 4096 == 0 and sb["data_offset"] >= 4096 + 64 * cap, sb
+    assert 0 < sb["data_size"] and sb["data_offset"] + sb["data_size"] <= sb["file_size"], sb
+    assert sb["file_size"] <= 256 * MiB + 64 * cap + 8192, f"a tier of --dram 256M is {sb['file_size']} bytes"
+    assert hst.st_size >= 4 * cap, (hst.st_size, cap)
+    # The control area is hidden, the file reads as one line.
+    assert ".tw" not in os.listdir(wh.mount)
+    assert dram_control(wh).rstrip("\n") == path
+
+
+def test_dram_name_option(warehouse_factory):
+    name = f"it-{os.getpid()}-{random.randrange(1 << 30):x}"
+    wh = warehouse_factory("--dram", "64M", "--dram-name", name)
+    path = tier_path(wh)
+    assert path == f"/dev/shm/tokenwarehouse-{name}", path
+    assert os.path.exists(path)
+    with Client(wh.mount) as c:
+        assert c.mapped and c.tier_path == path, c.tier_error
+
+
+# ------------------------------------------------------------------------------------- a. C reader
+
+C_READER = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include "tokenwarehouse.h"
+
+/* usage: reader TIER_PATH NS/NAME... ; prints "gen G" then per key "hit LEN XXH3_64" | "miss" | "retry" */
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) { perror("open"); return 2; }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { perror("fstat"); return 2; }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) { perror("mmap"); return 2; }
+    if (!tw_map_is_valid(map, (uint64_t)st.st_size)) { puts("invalid"); return 3; }
+    printf("gen %llx\n", (unsigned long long)tw_generation(map));
+    uint64_t cap = 64u << 20;
+    char *buf = malloc(cap);
+    for (int i = 2; i < argc; i++) {
+        XXH128_hash_t h = XXH3_128bits(argv[i], strlen(argv[i]));
+        int r = TW_RETRY;
+        uint64_t len = 0, index = 0;
+        for (int tries = 0; tries < 1000 && r == TW_RETRY; tries++) {
+            len = cap;
+            r = tw_lookup_copy(map, h.low64, h.high64, buf, &len, &index);
+        }
+        if (r == TW_HIT)
+            printf("hit %llu %016llx\n", (unsigned long long)len, (unsigned long long)XXH3_64bits(buf, len));
+        else
+            puts(r == TW_MISS ? "miss" : r == TW_RETRY ? "retry" : "too-small");
+    }
+    return 0;
+}
+"""
+
+
+def build_c_reader(tmp: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp / "tw_reader.c"
+    src.write_text(C_READER)
+    exe = tmp / "tw_reader"
+    r = subprocess.run([cc, "-O2", "-std=c11", "-Wall", "-Werror", f"-I{REPO / 'include'}", os.fspath(src), "-o",
+                        os.fspath(exe), "-lxxhash"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"building the C reader against include/tokenwarehouse.h failed:\n{r.stderr}"
+    return exe
+
+
+def test_c_reader_finds_resident_blocks(warehouse_factory, tmp_path):
+    exe = build_c_reader(tmp_path)
+    wh = warehouse_factory("--dram", "256M")
+    ns = wh.namespace("ns")
+    blocks = make_blocks(ns, "c-reader", 16, 4 * KiB, 768 * KiB)
+    compat = {"layer.0.kv": pattern("compat-0", 300 * KiB), "k@1.pt": pattern("compat-1", 5000)}
+    for name, data in compat.items():
+        write_block(os.fspath(ns / name), data)
+    make_resident(ns, list(blocks))
+    for name in compat:
+        read_block(os.fspath(ns / name))
+    assert wait_until(lambda: all(tier_of(ns / n) == "dram" for n in compat), 15, 0.1), \
+        "compatibility-named blocks read through the mount are not resident"
+    blocks.update(compat)
+    names = list(blocks)
+    path = tier_path(wh)
+
+    r = subprocess.run([os.fspath(exe), path] + [f"ns/{n}" for n in names] + ["ns/" + block_hash("absent"),
+                                                                                "other/" + names[0]],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    gen = int(lines[0].split()[1], 16)
+    assert gen == superblock(path)["generation"] != 0
+    for name, line in zip(names, lines[1:]):
+        want = f"hit {len(blocks[name])} {xxhash.xxh3_64_intdigest(blocks[name]):016x}"
+        assert line == want, f"C reader on ns/{name}: {line!r}, expected {want!r}"
+    assert lines[-2:] == ["miss", "miss"], lines[-2:]   # an absent block; a name of another namespace
+
+    with Client(wh.mount, verify=True) as c:
+        assert c.mapped and c.generation == gen, c.tier_error
+        assert c._map.hits is not None, "root could not open PATH.hits read-write"
+        for name in names:
+            assert c.get("ns", name) == blocks[name]
+            buf = bytearray(len(blocks[name]))
+            assert c.get_into("ns", name, buf) == len(buf) and buf == blocks[name]
+            assert c.exists("ns", name) and c.tier("ns", name) == "dram"
+        assert c.stats["map_hits"] >= len(names), c.stats   # (a block evicted meanwhile would be a fallback)
+        assert c.stats["checksum_errors"] == 0, c.stats
+
+
+# ------------------------------------------------------------------------------------- b. stress
+
+_STRESS_READER = r"""
+import errno, hashlib, json, random, sys, time
+from tokenwarehouse import Client
+mount, ns, seconds, seed, manifest = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+with open(manifest) as f:
+    m = json.load(f)
+expected, hot = m["blocks"], m["hot"]
+names = sorted(expected)
+rnd = random.Random(seed)
+buf = bytearray(max(size for size, _ in expected.values()))
+wrong, errors, reads, nbytes = [], [], 0, 0
+with Client(mount, verify=True) as c:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        name = rnd.choice(hot) if rnd.random() < 0.7 else rnd.choice(names)
+        size, digest = expected[name]
+        try:
+            if rnd.random() < 0.25:
+                n = c.get_into(ns, name, buf)
+                data = memoryview(buf)[:n]
+            else:
+                data = c.get(ns, name)
+                n = len(data)
+        except OSError as e:
+            errors.append("%s: %s" % (name, errno.errorcode.get(e.errno, e.errno)))
+            continue
+        reads += 1
+        nbytes += n
+        if n != size or hashlib.sha256(data).hexdigest() != digest:
+            wrong.append("%s: %d bytes of %d" % (name, n, size))
+    stats = dict(c.stats, mapped=c.mapped, tier_error=c.tier_error)
+print(json.dumps({"reads": reads, "bytes": nbytes, "wrong": wrong[:20], "n_wrong": len(wrong),
+                  "errors": errors[:20], "n_errors": len(errors), "stats": stats}))
+"""
+
+_STRESS_CHURN = r"""
+import errno, hashlib, json, os, random, sys, time
+from tokenwarehouse import Client
+mount, ns, seconds, manifest = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+with open(manifest) as f:
+    m = json.load(f)
+expected = m["blocks"]
+cold = sorted(set(expected) - set(m["hot"]))
+rnd = random.Random(99)
+reads = hints = wrong = errs = 0
+msgs = []
+with Client(mount) as c:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        batch = rnd.sample(cold, min(8, len(cold)))
+        if c.prefetch(ns, batch):       # load these into the tier: evicts others
+            hints += len(batch)
+        for name in rnd.sample(cold, min(2, len(cold))):   # misses through the mount load blocks too
+            path = c.path(ns, name)
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    data = f.readall()
+            except OSError as e:
+                errs += 1
+                msgs.append("%s: %s" % (name, errno.errorcode.get(e.errno, e.errno)))
+                continue
+            reads += 1
+            size, digest = expected[name]
+            if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+                wrong += 1
+                msgs.append("%s: wrong bytes through the mount" % name)
+print(json.dumps({"reads": reads, "hints": hints, "wrong": wrong, "errors": errs, "msgs": msgs[:20]}))
+"""
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(int(STRESS_SECONDS) + 600)
+def test_stress_map_readers_while_the_tier_churns(warehouse_factory, tmp_path):
+    wh = warehouse_factory("--dram", "64M", capacity="4G")
+    ns = wh.namespace("stress")
+    rnd = random.Random(7)
+    expected = {}
+    for i in range(200):
+        h = block_hash("dram-stress", i)
+        data = pattern(h, rnd.randint(1 * MiB, 2 * MiB))
+        write_block(canonical(ns, h), data)
+        expected[h] = [len(data), sha(data)]
+    names = sorted(expected)
+    hot = names[:16]                       # ~24 MiB read 70% of the time: stays resident, mostly
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"blocks": expected, "hot": hot}))
+    for h in hot:
+        read_block(canonical(ns, h))
+
+    mount = os.fspath(wh.mount)
+    env = child_env()
+    procs = [subprocess.Popen([sys.executable, "-c", _STRESS_READER, mount, "stress", str(STRESS_SECONDS), str(r),
+                               os.fspath(manifest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for r in range(4)]
+    churn = subprocess.Popen([sys.executable, "-c", _STRESS_CHURN, mount, "stress", str(STRESS_SECONDS),
+                              os.fspath(manifest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    results = []
+    for p in procs + [churn]:
+        out, err = p.communicate(timeout=STRESS_SECONDS + 300)
+        assert p.returncode == 0, f"stress process exited {p.returncode}:\n{err[-3000:]}"
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    readers, churned = results[:4], results[4]
+
+    total = {k: sum(r["stats"][k] for r in readers) for k in
+             ("map_hits", "map_misses", "map_retries", "file_reads", "remaps", "checksum_errors")}
+    reads = sum(r["reads"] for r in readers)
+    gib = sum(r["bytes"] for r in readers) / (1 << 30)
+    try:
+        status = wh.status()
+    except (OSError, ValueError) as e:
+        status = f"<{e}>"
+    print(f"\ndram stress {STRESS_SECONDS:.0f}s: {reads} reads ({gib:.2f} GiB) by 4 map readers: {total}; "
+          f"churn: {churned}; daemon status: {status}")
+    for r in readers:
+        assert r["n_wrong"] == 0, f"WRONG BYTES from the client: {r['wrong']}"
+        assert r["n_errors"] == 0, f"reader errors: {r['errors']}"
+        assert r["stats"]["mapped"], f"a reader ended without the tier mapped: {r['stats']['tier_error']}"
+    assert churned["wrong"] == 0 and churned["errors"] == 0, churned["msgs"]
+    assert total["checksum_errors"] == 0, f"map copies whose XXH3-64 did not match the entry: {total}"
+    assert reads > 0 and churned["reads"] > 0 and churned["hints"] > 0
+    assert total["map_hits"] > 0, f"no reads were served by the map: {total}"
+    assert total["map_misses"] + total["map_retries"] > 0 and total["file_reads"] > 0, \
+        f"no fallbacks: the tier did not churn: {total}"
+    assert wh.alive()
+
+
+# ------------------------------------------------------------------------------------- c. permissions
+
+def _open_ro(path):
+    os.close(os.open(path, os.O_RDONLY))
+
+
+def _open_rw(path):
+    os.close(os.open(path, os.O_RDWR))
+
+
+def test_other_users_cannot_open_the_tier_but_read_files(warehouse_factory):
+    wh = warehouse_factory("--dram", "64M")
+    ns = wh.namespace("ns", 0o755)
+    blocks = make_blocks(ns, "perm", 4, 64 * KiB, 256 * KiB)
+    make_resident(ns, list(blocks))
+    path = tier_path(wh)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    got = errno_as_user(NOBODY, NOGROUP, _open_ro, path)
+    assert got in (errno.EACCES, errno.EPERM), f"nobody opening the tier: {errname(got)}"
+    got = errno_as_user(NOBODY, NOGROUP, _open_rw, path + ".hits")
+    assert got in (errno.EACCES, errno.EPERM), f"nobody opening PATH.hits: {errname(got)}"
+
+    mount = os.fspath(wh.mount)
+
+    def as_nobody():
+        with Client(mount, verify=True) as c:
+            ok = {h: sha(c.get("ns", h)) for h in blocks}
+            return {"ok": ok, "mapped": c.mapped, "error": c.tier_error, "stats": c.stats}
+
+    out = run_as_user(NOBODY, NOGROUP, as_nobody)
+    assert not out["mapped"], out
+    assert "Permission" in (out["error"] or ""), out
+    assert out["ok"] == {h: sha(d) for h, d in blocks.items()}
+    assert out["stats"]["file_reads"] == len(blocks) and out["stats"]["map_hits"] == 0, out
+
+
+def test_dram_group_members_map_the_tier_read_only(warehouse_factory):
+    wh = warehouse_factory("--dram", "64M", "--dram-group", "nogroup")
+    ns = wh.namespace("ns", 0o755)
+    blocks = make_blocks(ns, "group", 4, 64 * KiB, 256 * KiB)
+    make_resident(ns, list(blocks))
+    path = tier_path(wh)
+    st = os.stat(path)
+    assert st.st_gid == NOGROUP and stat.S_IMODE(st.st_mode) == 0o640, (st.st_gid, oct(st.st_mode))
+    assert os.stat(path + ".hits").st_gid == NOGROUP
+    assert errno_as_user(NOBODY, NOGROUP, _open_ro, path) is None
+    assert errno_as_user(NOBODY, NOGROUP, _open_rw, path) in (errno.EACCES, errno.EPERM)
+    assert errno_as_user(NOBODY, NOGROUP, _open_rw, path + ".hits") is None
+
+    mount = os.fspath(wh.mount)
+
+    def as_member():
+        with Client(mount, verify=True) as c:
+            ok = {h: sha(c.get("ns", h)) for h in blocks}
+            return {"ok": ok, "mapped": c.mapped, "error": c.tier_error, "stats": c.stats,
+                    "hits": c._map is not None and c._map.hits is not None}
+
+    out = run_as_user(NOBODY, NOGROUP, as_member)
+    assert out["mapped"] and out["hits"], out
+    assert out["ok"] == {h: sha(d) for h, d in blocks.items()}
+    assert out["stats"]["map_hits"] > 0, out
+
+
+def test_setpriv_outsider_reads_through_files(warehouse_factory):
+    """The same from a separate process started with setpriv (no shared state with pytest)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv missing")
+    wh = warehouse_factory("--dram", "64M")
+    ns = wh.namespace("ns", 0o755)
+    blocks = make_blocks(ns, "setpriv", 2, 64 * KiB, 128 * KiB)
+    make_resident(ns, list(blocks))
+    # The child must be able to import the client: copy it where nobody can read it.
+    tmp = Path(tempfile.mkdtemp(prefix="tw-client-"))
+    try:
+        os.chmod(tmp, 0o755)
+        shutil.copytree(os.path.join(CLIENT_PATH, "tokenwarehouse"), tmp / "tokenwarehouse")
+        for root, dirs, files in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        code = ("import hashlib, json, sys; from tokenwarehouse import Client\n"
+                "c = Client(sys.argv[1])\n"
+                "print(json.dumps({'mapped': c.mapped, 'error': c.tier_error,"
+                " 'sha': {n: hashlib.sha256(c.get('ns', n)).hexdigest() for n in sys.argv[2:]}}))")
+        env = dict(os.environ, PYTHONPATH=os.fspath(tmp))
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code,
+                            os.fspath(wh.mount), *blocks], capture_output=True, text=True, env=env, timeout=60)
+        if r.returncode != 0 and ("No module named" in r.stderr or "Permission denied" in r.stderr):
+            pytest.skip(f"nobody cannot import the client's dependencies here: {r.stderr[-300:]}")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert not out["mapped"] and out["sha"] == {h: sha(d) for h, d in blocks.items()}, out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- d. restart
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
+def test_client_survives_daemon_restart(warehouse_factory, crash):
+    wh = warehouse_factory("--dram", "128M")
+    ns = wh.namespace("ns")
+    blocks = make_blocks(ns, f"restart-{crash}", 8, 64 * KiB, 512 * KiB)
+    make_resident(ns, list(blocks))
+    path1 = tier_path(wh)
+    gen1 = superblock(path1)["generation"]
+    client = ClientProcess(wh.mount)
+    try:
+        client.watch(path1)   # the old tier file, as a client that mapped it sees it after the restart
+        for h, d in blocks.items():
+            assert client.get("ns", h) == (len(d), sha(d))
+        s = client.stats()
+        assert s["mapped"] and s["generation"] == gen1 and s["map_hits"] > 0, s
+
+        wh.restart(kill=crash)
+        old_gen = client.watched_generation()
+        if not crash:
+            assert old_gen == 0, "the stopped daemon left its tier's generation non-zero"
+
+        path2 = tier_path(wh)
+        gen2 = superblock(path2)["generation"]
+        assert gen2 not in (0, gen1), (gen1, gen2)
+        # Right after the restart: correct bytes, from the new map or from the files.
+        for h, d in blocks.items():
+            assert client.get("ns", h) == (len(d), sha(d))
+        make_resident(ns, list(blocks))
+
+        def remapped():
+            for h, d in blocks.items():
+                assert client.get("ns", h) == (len(d), sha(d))
+            st = client.stats()
+            return st if st["mapped"] and st["generation"] == gen2 and st["remaps"] >= 1 else None
+        st = wait_until(remapped, 10, 0.2)
+        assert st, (
+            f"the client did not map the new tier (gen {gen2:#x} at {path2}; the old file it mapped now has "
+            f"generation {client.watched_generation():#x}"
+            + ("; after a crash the new daemon must set the stale tier file's generation to 0 before it replaces "
+               "it, or clients keep the dead tier mapped" if crash else "") + f"): {client.stats()}")
+        hits_before = st["map_hits"]
+        for h, d in blocks.items():
+            assert client.get("ns", h) == (len(d), sha(d))
+        assert client.stats()["map_hits"] > hits_before
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------- e. --dram 0
+
+def test_dram_zero_disables_the_tier(warehouse_factory):
+    wh = warehouse_factory("--dram", "0")
+    assert dram_control(wh).strip() == "", dram_control(wh)
+    assert not os.path.exists(default_tier_path(wh.mount))
+    ns = wh.namespace("ns")
+    blocks = make_blocks(ns, "nodram", 3, 4 * KiB, 64 * KiB)
+    with Client(wh.mount, verify=True) as c:
+        assert not c.mapped
+        for h, d in blocks.items():
+            assert c.get("ns", h) == d
+            assert c.tier("ns", h) == "nvme"
+        assert c.put("ns", block_hash("nodram-put"), b"x" * 5000, parent=next(iter(blocks)), tokens=16)
+        assert c.get("ns", block_hash("nodram-put")) == b"x" * 5000
+        assert c.stats["file_reads"] == 4 and c.stats["map_hits"] == 0, c.stats
+
+
+# ------------------------------------------------------------------------------ client writes, prefetch
+
+def test_client_put_and_get_through_the_daemon(warehouse_factory):
+    wh = warehouse_factory("--dram", "64M")
+    with Client(wh.mount, verify=True) as c:
+        assert c.mapped, c.tier_error
+        with pytest.raises(FileNotFoundError):
+            c.put("model-x", block_hash("p0"), b"data")
+        c.ensure_namespace("model-x")
+        parent = None
+        for i in range(4):
+            h = block_hash("chain", i)
+            data = pattern(h, 100 * KiB + i)
+            assert c.put("model-x", h, data, parent=parent, tokens=512) is True
+            assert c.put("model-x", h, b"other bytes") is False
+            assert c.get("model-x", h) == data
+            p = canonical(wh.mount / "model-x", h)
+            if parent is not None:
+                assert os.getxattr(p, "user.tw.parent") == parent.encode()
+            assert os.getxattr(p, "user.tw.tokens") == b"512"
+            assert c.exists("model-x", h)
+            parent = h
+        assert not c.exists("model-x", block_hash("nope"))
+        assert c.put("model-x", "compat.kv", b"abc") and c.get("model-x", "compat.kv") == b"abc"
+
+
+@pytest.mark.timeout(180)
+def test_prefetch_hint_loads_blocks_into_the_tier(warehouse_factory):
+    wh = warehouse_factory("--dram", "64M")
+    ns = wh.namespace("ns")
+    # Twice the tier's size, written but never read: most of these are not resident.
+    blocks = make_blocks(ns, "prefetch", 64, 2 * MiB, 2 * MiB)
+    cold = [h for h in blocks if tier_of(canonical(ns, h)) != "dram"]
+    assert len(cold) >= 5, "128 MiB of blocks written into a 64 MiB tier are all resident?"
+    want = cold[:5]
+    with Client(wh.mount, verify=True) as c:
+        assert c.prefetch("ns", want) is True
+        ok = wait_until(lambda: all(tier_of(canonical(ns, h)) == "dram" for h in want), 15, 0.1)
+        assert ok, f"hinted blocks not loaded: {[tier_of(canonical(ns, h)) for h in want]}"
+        for h in want:
+            assert c.get("ns", h) == blocks[h]
+        assert c.stats["map_hits"] >= 1, c.stats
