@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "twfs", targets: ["twfs"]),
         .executable(name: "twctl", targets: ["twctl"]),
         .library(name: "BlockStore", targets: ["BlockStore"]),
+        // Swift clients read the DRAM tier with `TierReader` (no system call per block).
+        .library(name: "DRAMTier", targets: ["DRAMTier"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

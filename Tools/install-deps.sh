@@ -10,8 +10,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
-python3 - <<'PY' || python3 -m pip install -q --disable-pip-version-check pytest pytest-timeout numpy safetensors
+python3 - <<'PY' || python3 -m pip install -q --disable-pip-version-check pytest pytest-timeout numpy safetensors xxhash
 import importlib, sys
-for m in ("pytest", "pytest_timeout", "numpy", "safetensors"):
+for m in ("pytest", "pytest_timeout", "numpy", "safetensors", "xxhash"):
     importlib.import_module(m)
 PY
+# The Python client (clients/python), installed from this checkout.
+python3 -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./clients/python

@@ -7,6 +7,7 @@ Tools/install-deps.sh
 swift build -c release --product twfs
 swift build -c release --product twctl
 swift test
+python3 -m pytest -q -p no:cacheprovider clients/python/tests
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/integration "$@"
 else

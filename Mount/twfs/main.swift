@@ -1,5 +1,6 @@
 // twfs: mounts a token warehouse (DESIGN.md) — KV-cache blocks as files, kept in a log of segments.
 import BlockStore
+import DRAMTier
 import FuseBridge
 import Platform
 #if canImport(Glibc)
@@ -14,7 +15,10 @@ options:
   --store DIR          where the segments live (default: $XDG_DATA_HOME/tokenwarehouse/default,
                        or ~/.local/share/tokenwarehouse/default)
   --capacity SIZE      bytes of segments to keep before evicting (default: 90% of the store's disk)
-  --dram SIZE          size of the shared-memory DRAM tier (accepted; the tier is not built yet)
+  --dram SIZE          size of the shared-memory DRAM tier in /dev/shm (default: 1G, at most half of
+                       /dev/shm's free space; 0 disables it)
+  --dram-name NAME     its file is /dev/shm/tokenwarehouse-NAME (default: from the mount point)
+  --dram-group GROUP   the group that may map it read-only (default: the daemon's group)
   --sync POLICY        always | batch | none: what close() promises (default: batch; docs/format.md)
   --max-block SIZE     largest block accepted, larger writes fail with EFBIG (default: 256M)
   --segment-size SIZE  size at which a segment is sealed (default: capacity/16, 16M to 256M)
@@ -39,7 +43,9 @@ struct Options {
     var mountpoint = ""
     var store: String?
     var capacity: UInt64?
-    var dram: UInt64 = 0
+    var dram: UInt64 = 1 << 30
+    var dramName: String?
+    var dramGroup: String?
     var sync = SyncPolicy.batch
     var maxBlock = StoreConfiguration.defaultMaxBlockSize
     var segmentSize: UInt64?
@@ -62,6 +68,8 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
     case "store": o.store = value
     case "capacity": o.capacity = size(value, "capacity")
     case "dram": o.dram = size(value, "dram")
+    case "dram_name": o.dramName = value
+    case "dram_group": o.dramGroup = value
     case "sync":
         guard let p = SyncPolicy(rawValue: value) else { fail("sync must be always, batch or none, not '\(value)'") }
         o.sync = p
@@ -186,7 +194,6 @@ if let s = options.store {
     storeDirectory = base + "/tokenwarehouse/default"
     say("twfs: no --store given; using \(storeDirectory)")
 }
-if options.dram > 0 { say("twfs: note: the DRAM tier is not built yet; --dram \(options.dram) is ignored") }
 
 replaceStaleMount(options.mountpoint)
 do { try FileSystem.makeDirectories(storeDirectory, mode: 0o750) } catch { fail("cannot create the store directory: \(error)") }
@@ -220,24 +227,54 @@ if getuid() == 0 {
     fuseOptions.append("default_permissions")
 }
 
+var tier: DRAMTier? = nil
+if options.dram > 0 {
+    let name = options.dramName ?? String(options.mountpoint.split(separator: "/").joined(separator: "-"))
+    guard BlockName.isValidNamespace(name) || name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@+".contains($0) }) else {
+        fail("--dram-name '\(name)' may only hold letters, digits and -_.@+")
+    }
+    var size = Int(options.dram)
+    let shm = (try? FileSystem.space(of: "/dev/shm"))?.available ?? 0
+    if UInt64(size) > shm / 2 {
+        size = Int(shm / 2)
+        say("twfs: /dev/shm has \(SizeParser.format(shm)) free; the DRAM tier gets \(SizeParser.format(UInt64(size)))")
+    }
+    var group: gid_t? = nil
+    if let g = options.dramGroup {
+        guard let id = groupID(named: g) else { fail("--dram-group: no group named '\(g)'") }
+        group = id
+    }
+    do {
+        tier = try DRAMTier(path: "/dev/shm/tokenwarehouse-" + name, size: size, group: group)
+        say("twfs: DRAM tier \(tier!.path), \(SizeParser.format(UInt64(size)))")
+    } catch {
+        try? store.close()
+        fail("cannot create the DRAM tier: \(error) (use --dram 0 to run without it)", code: 2)
+    }
+}
+
 var settings = MountSettings()
 settings.storeDirectory = storeDirectory
 settings.syncPolicy = options.sync.rawValue
-let filesystem = WarehouseFileSystem(store: store, settings: settings)
+let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings)
 let session: FuseSession
 do {
     session = try FuseSession(filesystem: filesystem, mountpoint: options.mountpoint, options: fuseOptions, debug: options.debug)
 } catch {
+    tier?.close()
     try? store.close()
     fail("cannot mount \(options.mountpoint): \(error)", code: 2)
 }
 say("twfs: mounted at \(options.mountpoint)")
 session.daemonize(foreground: options.foreground)
 store.startBackgroundWork()
+filesystem.hints?.start()
 let rc = session.run(threads: options.threads)
 // libfuse's loop returns the number of the signal that stopped it (SIGINT, SIGTERM, SIGHUP): a clean stop.
 let cleanExit = rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP
 session.close()
+filesystem.hints?.stop()
+tier?.close()
 do {
     try store.close()
 } catch {

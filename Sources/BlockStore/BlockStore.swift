@@ -10,6 +10,8 @@ public struct BlockData: Sendable {
     public let offset: Int
     public let count: Int
     public let commitSeconds: UInt32
+    /// XXH3-64 of the bytes, when known without another pass (uncompressed records).
+    public var checksum: UInt64? = nil
 
     /// Calls `body` with the block's bytes; the pointer is valid only inside it.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
@@ -639,7 +641,8 @@ public final class BlockStore: Sendable {
             }
             return BlockData(buffer: out, offset: 0, count: header.logicalLength, commitSeconds: entry.commitSeconds)
         }
-        return BlockData(buffer: buffer, offset: areaSize, count: header.storedLength, commitSeconds: entry.commitSeconds)
+        return BlockData(buffer: buffer, offset: areaSize, count: header.storedLength, commitSeconds: entry.commitSeconds,
+                         checksum: header.payloadChecksum)
     }
 
     /// The metadata (xattrs) stored with a block.

@@ -72,6 +72,7 @@ public final class DRAMTier: Sendable {
         guard size > dataOffset + (4 << 20) else {
             throw SystemError(EINVAL, "--dram \(size) bytes is too small (at least \(dataOffset + (4 << 20)) bytes)")
         }
+        Self.retireStaleTier(at: path)
         self.path = path
         self.tableCapacity = tableCapacity
         self.dataOffset = dataOffset
@@ -82,6 +83,18 @@ public final class DRAMTier: Sendable {
         st.stats.capacityBytes = dataSize
         state = Mutex(st)
         writeSuperblock(size: size)
+    }
+
+    /// A tier file left by a daemon that died still has a non-zero generation, and clients that map it
+    /// would keep reading it: set its generation to 0 (they remap) before it is replaced.
+    static func retireStaleTier(at path: String) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { _ = Glibc.close(fd) }
+        var magic = [UInt8](repeating: 0, count: 8)
+        guard pread(fd, &magic, 8, 0) == 8, magic == TierFormat.magic else { return }
+        var zero: UInt64 = 0
+        _ = pwrite(fd, &zero, 8, off_t(TierFormat.generationOffset))
     }
 
     private func writeSuperblock(size: Int) {
@@ -206,13 +219,15 @@ public final class DRAMTier: Sendable {
         }
     }
 
-    /// Copies a verified block into the tier (S3-FIFO admission). Returns false when it cannot be placed
+    /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
+    /// soon and goes to the main ring). Returns false when it cannot be placed
     /// now (no free table slot in its probe window, or room only behind a pinned block).
     @discardableResult
-    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64) -> Bool {
+    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64, hinted: Bool = false) -> Bool {
         // Reserve the space and pin it, copy outside the lock, then publish.
         let reserved = state.withLock { st -> (Int, S3FIFOPlacement<BlockKey>.Item)? in
-            if st.slots[key] != nil { return nil }
+            // Resident, or being copied in by another thread right now: one copy, one table entry.
+            if st.slots[key] != nil || st.placement.item(key) != nil { return nil }
             guard let slot = freeSlot(for: key) else {
                 st.stats.failedInsertions += 1
                 return nil
@@ -223,7 +238,7 @@ public final class DRAMTier: Sendable {
             // its entry was unpublished.
             var placement = st.placement
             st.placement = S3FIFOPlacement(capacity: 0)
-            let item = placement.insert(key, length: bytes.count, isPinned: { pins[$0] != nil },
+            let item = placement.insert(key, length: bytes.count, expected: hinted, isPinned: { pins[$0] != nil },
                                         extraHits: { k in slots[k].map { self.takeMapHits($0) } ?? 0 },
                                         handle: { self.apply($0, &st) })
             st.placement = placement
@@ -241,7 +256,7 @@ public final class DRAMTier: Sendable {
             // The slot was free when reserved; it still is (only insert publishes, under this lock,
             // and it would have found the key reserved).
             let index = entryState(slot) == TierFormat.stateValid ? freeSlot(for: key) : slot
-            guard let index, st.placement.item(key) != nil else { return }
+            guard let index, st.placement.item(key) != nil, st.slots[key] == nil else { return }
             publish(index, key: key, item: item, checksum: checksum)
             st.slots[key] = index
             st.stats.insertions += 1

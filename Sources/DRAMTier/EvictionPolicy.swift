@@ -112,12 +112,14 @@ public struct S3FIFOPlacement<Key: Hashable>: ResidencyPolicy {
     ///   - extraHits: hits counted outside the policy (the map's counters), read when a block reaches a
     ///     ring's tail.
     ///   - handle: called for each eviction and move, in order, before the space is reused.
-    public mutating func insert(_ key: Key, length: Int, isPinned: (Key) -> Bool = { _ in false },
+    ///   - expected: the block was asked for ahead of its use (a prefetch hint): it goes to the main
+    ///     ring, where only blocks not read since they were placed make room for it.
+    public mutating func insert(_ key: Key, length: Int, expected: Bool = false, isPinned: (Key) -> Bool = { _ in false },
                                 extraHits: (Key) -> Int = { _ in 0 }, handle: (Event) -> Void = { _ in }) -> Item? {
         if let existing = items[key] { return existing }
         let size = aligned(length)
         var queue: Queue = .small
-        if ghostSet.contains(key) || size > small.end - small.start { queue = .main }
+        if expected || ghostSet.contains(key) || size > small.end - small.start { queue = .main }
         if size > main.end - main.start { return nil }
         guard let offset = makeRoom(queue, size: size, isPinned: isPinned, extraHits: extraHits, handle: handle) else { return nil }
         if queue == .main, ghostSet.remove(key) != nil {}

@@ -1,4 +1,5 @@
 import BlockStore
+import DRAMTier
 import Platform
 import Synchronization
 
@@ -13,11 +14,19 @@ final class ReadHandle: Handle, @unchecked Sendable {
     let node: FileNode
     /// The record as it was at open: reads keep working after an unlink or eviction, as POSIX wants.
     let located: BlockStore.LocatedBlock?
+    /// The block in the DRAM tier, pinned until this handle is released (replies come straight from it).
+    let pinned: PinnedBlock?
     let block = Mutex<BlockData?>(nil)
-    init(node: FileNode, located: BlockStore.LocatedBlock?) {
+    init(node: FileNode, located: BlockStore.LocatedBlock?, pinned: PinnedBlock? = nil) {
         self.node = node
         self.located = located
+        self.pinned = pinned
     }
+}
+
+/// `MOUNT/.tw/prefetch` opened for writing: collects hint lines, handed to the loader at close.
+final class HintHandle: Handle, @unchecked Sendable {
+    let bytes = Mutex<[UInt8]>([])
 }
 
 /// A block being written; shares the node's `PendingWrite` with every other handle of it.

@@ -11,6 +11,8 @@ enum InodeNumber {
     static let root: UInt64 = 1
     static let controlDirectory: UInt64 = 2
     static let statusFile: UInt64 = 3
+    static let dramFile: UInt64 = 4
+    static let prefetchFile: UInt64 = 5
     private static let namespaceTag: UInt64 = 1 << 60
     private static let fanoutTag: UInt64 = 2 << 60
     static let firstFile: UInt64 = 3 << 60
@@ -20,7 +22,8 @@ enum InodeNumber {
 
     /// What an inode number names.
     enum Kind: Equatable {
-        case root, controlDirectory, statusFile
+        case root, controlDirectory
+        case control(ControlFile)
         case namespace(UInt16)
         case fanout(UInt16, UInt8)
         case file
@@ -30,7 +33,9 @@ enum InodeNumber {
         switch ino {
         case root: return .root
         case controlDirectory: return .controlDirectory
-        case statusFile: return .statusFile
+        case statusFile: return .control(.status)
+        case dramFile: return .control(.dram)
+        case prefetchFile: return .control(.prefetch)
         default:
             switch ino >> 60 {
             case 1: return .namespace(UInt16(truncatingIfNeeded: ino))
@@ -39,6 +44,26 @@ enum InodeNumber {
             }
         }
     }
+}
+
+/// Files of the hidden control area `MOUNT/.tw/`.
+enum ControlFile: String, CaseIterable {
+    /// Figures of the warehouse, one JSON object (read).
+    case status
+    /// The DRAM tier's path, one line; empty when there is none (read).
+    case dram
+    /// Prefetch hints: lines `NAMESPACE<TAB>NAME` load blocks into the DRAM tier (write).
+    case prefetch
+
+    var ino: UInt64 {
+        switch self {
+        case .status: return InodeNumber.statusFile
+        case .dram: return InodeNumber.dramFile
+        case .prefetch: return InodeNumber.prefetchFile
+        }
+    }
+
+    var mode: UInt32 { self == .prefetch ? 0o222 : 0o444 }
 }
 
 /// The bytes of a block being written: a reserved region the size of the largest block, written at any

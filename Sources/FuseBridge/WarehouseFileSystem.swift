@@ -1,4 +1,5 @@
 import BlockStore
+import DRAMTier
 import Platform
 import Synchronization
 #if canImport(Glibc)
@@ -33,13 +34,19 @@ public struct MountSettings: Sendable {
 /// here; it is never held while calling the store (lock order: nodes, then nothing).
 public final class WarehouseFileSystem: Sendable {
     public let store: BlockStore
+    /// The shared-memory DRAM tier, when the mount has one.
+    public let tier: DRAMTier?
+    /// Background loader of prefetch hints into the tier.
+    public let hints: HintLoader?
     let settings: MountSettings
     let nodes = Mutex(NodeTable())
     let staging: StagingPool
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
 
-    public init(store: BlockStore, settings: MountSettings) {
+    public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings) {
         self.store = store
+        self.tier = tier
+        hints = tier.map { HintLoader(store: store, tier: $0) }
         self.settings = settings
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
     }
@@ -99,8 +106,8 @@ public final class WarehouseFileSystem: Sendable {
             return .success(directoryAttributes(ino: ino, mode: 0o755, uid: 0, gid: 0, seconds: startedSeconds))
         case .controlDirectory:
             return .success(directoryAttributes(ino: ino, mode: 0o555, uid: 0, gid: 0, seconds: startedSeconds))
-        case .statusFile:
-            return .success(fileAttributes(ino: ino, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: 0o444))
+        case .control(let f):
+            return .success(fileAttributes(ino: ino, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: f.mode))
         case .namespace(let id):
             guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
             return .success(directoryAttributes(ino: ino, mode: ns.mode, uid: ns.owner, gid: ns.group, seconds: ns.createdSeconds, links: 258))
@@ -145,7 +152,7 @@ public final class WarehouseFileSystem: Sendable {
             guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
             return .success((ns, byte))
         case .root, .controlDirectory: return .failure(Errno(EPERM))
-        case .statusFile, .file: return .failure(Errno(ENOTDIR))
+        case .control, .file: return .failure(Errno(ENOTDIR))
         }
     }
 
@@ -170,10 +177,10 @@ public final class WarehouseFileSystem: Sendable {
             guard let ns = store.namespace(named: text) else { return .failure(Errno(ENOENT)) }
             return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
         case .controlDirectory:
-            guard text == "status" else { return .failure(Errno(ENOENT)) }
-            return .success(Entry(attributes: fileAttributes(ino: InodeNumber.statusFile, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: 0o444),
+            guard let f = ControlFile(rawValue: text) else { return .failure(Errno(ENOENT)) }
+            return .success(Entry(attributes: fileAttributes(ino: f.ino, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: f.mode),
                                   entryTimeout: settings.entryTimeout, attributeTimeout: 0))
-        case .statusFile, .file:
+        case .control, .file:
             return .failure(Errno(ENOTDIR))
         case .namespace, .fanout:
             break
@@ -289,7 +296,7 @@ public final class WarehouseFileSystem: Sendable {
         case .namespace:
             return .failure(Errno(BlockName.isFanout(name) ? EEXIST : EPERM))
         case .fanout, .controlDirectory: return .failure(Errno(EPERM))
-        case .statusFile, .file: return .failure(Errno(ENOTDIR))
+        case .control, .file: return .failure(Errno(ENOTDIR))
         }
     }
 
@@ -354,9 +361,15 @@ public final class WarehouseFileSystem: Sendable {
     /// are read from the caller's system call.
     func open(ino: UInt64, flags: Int32, caller: Caller) -> Outcome<(Handle, keepCache: Bool, directIO: Bool)> {
         switch InodeNumber.kind(ino) {
-        case .statusFile:
+        case .control(.status):
             if flags & O_ACCMODE != O_RDONLY { return .failure(Errno(EACCES)) }
             return .success((GeneratedHandle(bytes: Array(statusJSON().utf8)), false, true))
+        case .control(.dram):
+            if flags & O_ACCMODE != O_RDONLY { return .failure(Errno(EACCES)) }
+            return .success((GeneratedHandle(bytes: Array(((tier?.path).map { $0 + "\n" } ?? "").utf8)), false, true))
+        case .control(.prefetch):
+            if flags & O_ACCMODE == O_RDONLY { return .failure(Errno(EACCES)) }
+            return .success((HintHandle(), false, true))
         case .file: break
         default: return .failure(Errno(EISDIR))
         }
@@ -392,11 +405,16 @@ public final class WarehouseFileSystem: Sendable {
             // again, and that lookup gives the writer a stand-in inode (see `lookup`).
             return .failure(Errno(ESTALE))
         }
-        return .success((ReadHandle(node: node, located: located), true, false))
+        let pinned = tier?.pin(BlockKey(namespace: node.namespace, key: node.key))
+        return .success((ReadHandle(node: node, located: located, pinned: pinned), true, false))
     }
 
     func write(_ handle: Handle, bytes: UnsafeRawBufferPointer, offset: Int) -> Outcome<Int> {
         if handle is DiscardHandle { return .success(bytes.count) }
+        if let h = handle as? HintHandle {
+            h.bytes.withLock { $0.append(contentsOf: bytes) }
+            return .success(bytes.count)
+        }
         guard let w = handle as? WriteHandle else { return .failure(Errno(EBADF)) }
         let end = offset + bytes.count
         let limit = w.pending.region.capacity
@@ -445,6 +463,12 @@ public final class WarehouseFileSystem: Sendable {
         }
         let r: ReadHandle
         if let d = handle as? DiscardHandle { r = d.read } else if let h = handle as? ReadHandle { r = h } else { return Errno(EBADF) }
+        if let pinned = r.pinned {
+            let bytes = pinned.bytes
+            let start = min(offset, bytes.count), end = min(offset + size, bytes.count)
+            reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            return nil
+        }
         let loaded: BlockData
         if let b = r.block.withLock({ $0 }) {
             loaded = b
@@ -460,6 +484,14 @@ public final class WarehouseFileSystem: Sendable {
                 return Errno(error)
             }
             r.block.withLock { $0 = loaded }
+            // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
+            // reader, through the mount or the map, finds it there.
+            if let tier {
+                loaded.withBytes { bytes in
+                    _ = tier.insert(BlockKey(namespace: r.node.namespace, key: r.node.key), bytes: bytes,
+                                    checksum: loaded.checksum ?? Checksum.xxh3(bytes))
+                }
+            }
         }
         loaded.withBytes { bytes in
             let start = min(offset, bytes.count), end = min(offset + size, bytes.count)
@@ -471,6 +503,14 @@ public final class WarehouseFileSystem: Sendable {
     /// `close` of a descriptor: commits the block when this is its only open handle, so the error
     /// (EFBIG, ENOSPC, EIO) reaches the closing process and the block is visible when close returns.
     func flush(_ handle: Handle, caller: Caller) -> Errno? {
+        if let h = handle as? HintHandle {
+            let lines = h.bytes.withLock { b -> [UInt8] in
+                defer { b = [] }
+                return b
+            }
+            if !lines.isEmpty { hints?.hint(HintLoader.parse(lines)) }
+            return nil
+        }
         guard let w = handle as? WriteHandle else { return nil }
         let last = w.pending.state.withLock { $0.openHandles <= 1 && !$0.finished }
         guard last else { return w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil } }
@@ -623,6 +663,7 @@ public final class WarehouseFileSystem: Sendable {
             return .failure(Errno(error))
         }
         let blockKey = BlockKey(namespace: context.0.name, key: key)
+        tier?.remove(blockKey)
         nodes.withLock { table in
             if let ino = table.committed.removeValue(forKey: blockKey) { table.nodes[ino]?.state.withLock { $0.unlinked = true } }
         }
@@ -662,6 +703,7 @@ public final class WarehouseFileSystem: Sendable {
         } catch {
             return .failure(Errno(error))
         }
+        tier?.remove(BlockKey(namespace: ns, key: oldKey))
         let sequence = store.attributes(namespace: ns, key: newKey)?.sequence ?? 0
         nodes.withLock { table in
             guard let ino = table.committed.removeValue(forKey: BlockKey(namespace: ns, key: oldKey)), let node = table.nodes[ino] else { return }
@@ -695,6 +737,7 @@ public final class WarehouseFileSystem: Sendable {
         let key = node.key
         switch name {
         case Self.tierAttribute:
+            if tier?.contains(BlockKey(namespace: node.namespace, key: key)) == true { return .success(Array("dram".utf8)) }
             return store.contains(namespace: node.namespace, key: key) ? .success(Array("nvme".utf8)) : .failure(Errno(ENOENT))
         case Self.storedSizeAttribute:
             guard let a = store.attributes(namespace: node.namespace, key: key) else { return .failure(Errno(ENOENT)) }
@@ -757,8 +800,8 @@ public final class WarehouseFileSystem: Sendable {
             let ns = store.namespaces().map { E(name: $0.name, ino: InodeNumber.namespace($0.id), isDirectory: true) }
             return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: ino, isDirectory: true)] + ns, blocks: []))
         case .controlDirectory:
-            return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.root, isDirectory: true),
-                                                    E(name: "status", ino: InodeNumber.statusFile, isDirectory: false)], blocks: []))
+            return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.root, isDirectory: true)]
+                                                + ControlFile.allCases.map { E(name: $0.rawValue, ino: $0.ino, isDirectory: false) }, blocks: []))
         case .namespace(let id):
             guard store.namespace(id: id) != nil else { return .failure(Errno(ENOENT)) }
             let hex = Array("0123456789abcdef")
@@ -771,7 +814,7 @@ public final class WarehouseFileSystem: Sendable {
             guard store.namespace(id: id) != nil else { return .failure(Errno(ENOENT)) }
             return .success(DirectoryHandle(fixed: [E(name: ".", ino: ino, isDirectory: true), E(name: "..", ino: InodeNumber.namespace(id), isDirectory: true)],
                                             blocks: store.list(namespaceID: id, fanout: byte)))
-        case .statusFile, .file:
+        case .control, .file:
             return .failure(Errno(ENOTDIR))
         }
     }
@@ -818,12 +861,32 @@ public final class WarehouseFileSystem: Sendable {
         "bytes_read": \(s.bytesRead), "corrupt_reads": \(s.corruptReads), "removes": \(s.removes), \
         "evicted_segments": \(s.evictedSegments), "evicted_blocks": \(s.evictedBlocks), "reinserted_blocks": \(s.reinsertedBlocks), \
         "compacted_segments": \(s.compactedSegments), "reclaimed_bytes": \(s.reclaimedBytes), \
-        "dram_tier": {"enabled": false}, \
+        "dram_tier": \(dramJSON()), "prefetch": \(prefetchJSON()), \
         "recovery": {"segments_from_summary": \(r.segmentsFromSummary), "segments_scanned": \(r.segmentsScanned), \
         "blocks": \(r.blocks), "corrupt_records": \(r.corruptRecords), "torn_tail_bytes": \(r.tornTailBytes), \
         "bytes_scanned": \(r.bytesScanned), "seconds": \(Double(r.nanoseconds) / 1e9)}}
 
         """
+    }
+}
+
+extension WarehouseFileSystem {
+    func dramJSON() -> String {
+        guard let tier else { return "{\"enabled\": false}" }
+        let t = tier.statistics()
+        let lookups = t.mountHits + t.misses
+        return "{\"enabled\": true, \"path\": \(jsonString(tier.path)), \"capacity_bytes\": \(t.capacityBytes), "
+            + "\"resident_blocks\": \(t.residentBlocks), \"resident_bytes\": \(t.residentBytes), \"mount_hits\": \(t.mountHits), "
+            + "\"mount_misses\": \(t.misses), \"mount_hit_ratio\": \(lookups > 0 ? Double(t.mountHits) / Double(lookups) : 0), "
+            + "\"map_hits\": \(t.mapHits), \"insertions\": \(t.insertions), \"failed_insertions\": \(t.failedInsertions), "
+            + "\"evictions\": \(t.evictions), \"promotions\": \(t.promotions), \"reinsertions\": \(t.reinsertions), \"policy\": \"S3-FIFO\"}"
+    }
+
+    func prefetchJSON() -> String {
+        guard let hints else { return "{\"enabled\": false}" }
+        let h = hints.statistics()
+        return "{\"enabled\": true, \"hinted\": \(h.hinted), \"loaded\": \(h.loaded), \"already_resident\": \(h.alreadyResident), "
+            + "\"missing\": \(h.missing), \"dropped\": \(h.dropped), \"failed\": \(h.failed)}"
     }
 }
 

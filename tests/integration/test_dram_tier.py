@@ -703,7 +703,7 @@ def test_prefetch_hint_loads_blocks_into_the_tier(warehouse_factory):
     assert len(cold) >= 5, "128 MiB of blocks written into a 64 MiB tier are all resident?"
     want = cold[:5]
     with Client(wh.mount, verify=True) as c:
-        assert c.prefetch("ns", want) is True
+        assert c.prefetch("ns", want) is True, "MOUNT/.tw/prefetch is missing"
         ok = wait_until(lambda: all(tier_of(canonical(ns, h)) == "dram" for h in want), 15, 0.1)
         assert ok, f"hinted blocks not loaded: {[tier_of(canonical(ns, h)) for h in want]}"
         for h in want:
