@@ -85,8 +85,19 @@ public struct S3FIFOPlacement<Key: Hashable>: ResidencyPolicy {
     public private(set) var evictions = 0
 
     /// - Parameters: capacity: bytes to place in; smallShare: the small ring's part (10% in the paper).
-    public init(capacity: Int, smallShare: Double = 0.1, alignment: Int = 1) {
+    /// Ghost entries kept, as a multiple of the resident blocks.
+    public let ghostFactor: Double
+
+    /// Defaults measured on ../shared/traces with `twctl bench dram-policy` (docs/benchmarks.md): the
+    /// paper's 10% small queue and 1x ghost lose to LRU on KV-cache traces, whose blocks come back
+    /// after a whole conversation turn rather than soon.
+    public static var defaultSmallShare: Double { 0.3 }
+    public static var defaultGhostFactor: Double { 4 }
+
+    public init(capacity: Int, smallShare: Double = Self.defaultSmallShare, alignment: Int = 1,
+                ghostFactor: Double = Self.defaultGhostFactor) {
         self.alignment = alignment
+        self.ghostFactor = ghostFactor
         self.capacity = capacity
         let smallSize = max(alignment, (Int(Double(capacity) * smallShare) / alignment) * alignment)
         small = Ring(start: 0, end: smallSize)
@@ -189,7 +200,7 @@ public struct S3FIFOPlacement<Key: Hashable>: ResidencyPolicy {
                     evictions += 1
                     ghost.append(key)
                     ghostSet.insert(key)
-                    while ghost.count > max(1024, items.count) { ghostSet.remove(ghost.removeFirst()) }
+                    while ghost.count > max(1024, Int(Double(items.count) * ghostFactor)) { ghostSet.remove(ghost.removeFirst()) }
                 }
             } else {
                 if frequency > 0, let to = freeOffset(.main, size: item.size) {

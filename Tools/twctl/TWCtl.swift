@@ -140,5 +140,5 @@ struct Compact: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks that print ratios against baselines measured in the same run.",
-                                                    subcommands: [StoreBench.self])
+                                                    subcommands: [StoreBench.self, PolicyBench.self])
 }
