@@ -33,6 +33,15 @@ echo "\$ xattrs"; getfattr -d -m 'user.tw' "$BLOCK" | sed 1d
 echo "\$ writing it again with O_EXCL:"; python3 -c "import os,sys
 try: os.open(sys.argv[1], os.O_CREAT|os.O_EXCL|os.O_WRONLY)
 except FileExistsError: print('EEXIST: an engine can skip the duplicate upload')" "$BLOCK"
+echo "\$ read it from the shared-memory DRAM tier with the Python client (no system call per block)"
+python3 - "$MNT" "$NS" "$HASH" "$SRC" <<'PY'
+import sys
+from tokenwarehouse import Client
+mount, ns, name, src = sys.argv[1:]
+with Client(mount) as c:
+    data = c.get(ns, name)
+    print(f"Client.get: {len(data)} bytes, identical: {data == open(src, 'rb').read()}, stats: {c.stats}")
+PY
 echo "\$ df -h $MNT"; df -h "$MNT"
 echo "\$ cat $MNT/.tw/status"; cat "$MNT/.tw/status"
 rm -f "$SRC"

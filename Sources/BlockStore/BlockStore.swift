@@ -1,5 +1,4 @@
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -99,13 +98,13 @@ public final class BlockStore: Sendable {
     public let configuration: StoreConfiguration
     public let recovery: RecoveryReport
     let device: any StorageDevice
-    private let lockToken: Mutex<AnyObject?>
-    let state: Mutex<StoreState>
-    private let stopping = Atomic<Bool>(false)
+    private let lockToken: Locked<AnyObject?>
+    let state: Locked<StoreState>
+    private let stopping = Locked(false)
     private let wakeup = ConditionLock()
-    private let threads = Mutex<[BackgroundThread]>([])
+    private let threads = Locked<[BackgroundThread]>([])
 
-    struct StoreState: ~Copyable {
+    struct StoreState {
         var index: [BlockKey: IndexEntry] = [:]
         var pending: Set<BlockKey> = []
         var segments: [UInt32: SegmentState] = [:]
@@ -209,8 +208,8 @@ public final class BlockStore: Sendable {
 
         try Self.startActiveSegment(&st, id: (dataIDs.last ?? 0) + 1, device: device)
         report.nanoseconds = monotonicNanoseconds() - started
-        self.lockToken = Mutex(token)
-        self.state = Mutex(st)
+        self.lockToken = Locked(token)
+        self.state = Locked(st)
         self.recovery = report
     }
 
@@ -246,15 +245,15 @@ public final class BlockStore: Sendable {
     /// (eviction above the high watermark, compaction of dead segments). Call once.
     public func startBackgroundWork() {
         let flusher = BackgroundThread(name: "tw-flush") { [self] in
-            while !stopping.load(ordering: .acquiring) {
+            while !stopping.withLock { $0 } {
                 wakeup.withLock { wakeup.wait(nanoseconds: configuration.batchIntervalNanoseconds) }
                 flushOnce()
             }
         }
         let maintenance = BackgroundThread(name: "tw-maintain") { [self] in
-            while !stopping.load(ordering: .acquiring) {
+            while !stopping.withLock { $0 } {
                 wakeup.withLock { wakeup.wait(nanoseconds: 50_000_000) }
-                if stopping.load(ordering: .acquiring) { break }
+                if stopping.withLock { $0 } { break }
                 maintainOnce()
             }
         }
@@ -305,7 +304,7 @@ public final class BlockStore: Sendable {
 
     /// Stops background work, syncs everything, seals the active segment and writes every summary.
     public func close() throws {
-        if stopping.exchange(true, ordering: .acquiringAndReleasing) { return }
+        if stopping.withLock({ s -> Bool in defer { s = true }; return s }) { return }
         wakeup.withLock { wakeup.broadcast() }
         for t in threads.withLock({ $0 }) { t.join() }
         let segments = state.withLock { st -> [SegmentState] in
@@ -324,12 +323,12 @@ public final class BlockStore: Sendable {
     }
 
     deinit {
-        if !stopping.load(ordering: .acquiring) { try? close() }
+        if !stopping.withLock { $0 } { try? close() }
     }
 
     /// Stops without syncing or sealing anything, as a killed process would (for crash tests).
     func abandonAsIfCrashed() {
-        if stopping.exchange(true, ordering: .acquiringAndReleasing) { return }
+        if stopping.withLock({ s -> Bool in defer { s = true }; return s }) { return }
         wakeup.withLock { wakeup.broadcast() }
         for t in threads.withLock({ $0 }) { t.join() }
         state.withLock { $0.closed = true }
@@ -751,7 +750,7 @@ public final class BlockStore: Sendable {
     // MARK: Eviction and compaction
 
     /// Picks the sealed, idle segment to evict next, by the configured order.
-    private func chooseVictim(_ st: borrowing StoreState) -> UInt32? {
+    private func chooseVictim(_ st: StoreState) -> UInt32? {
         var best: (UInt32, UInt64)? = nil
         for (id, s) in st.segments where id != st.activeID && s.sealed && s.inflight == 0 && !s.busy {
             let rank = configuration.eviction == .oldest ? UInt64(id) : s.lastAccess

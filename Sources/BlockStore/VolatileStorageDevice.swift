@@ -1,5 +1,4 @@
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,8 +20,8 @@ public final class VolatileStorageDevice: StorageDevice {
         var bytesRead = 0
     }
 
-    private let files = Mutex<[String: FileState]>([:])
-    private let locked = Mutex(false)
+    private let files = Locked<[String: FileState]>([:])
+    private let locked = Locked(false)
     public let capacity: UInt64
 
     public init(capacity: UInt64 = 1 << 40) { self.capacity = capacity }

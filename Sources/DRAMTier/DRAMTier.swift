@@ -1,6 +1,5 @@
 import BlockStore
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -51,9 +50,9 @@ public final class DRAMTier: Sendable {
     let tableCapacity: Int
     let dataOffset: Int
     let dataSize: Int
-    let state: Mutex<State>
+    let state: Locked<State>
 
-    struct State: ~Copyable {
+    struct State {
         var placement: S3FIFOPlacement<BlockKey>
         var slots: [BlockKey: Int] = [:]
         var pins: [BlockKey: Int] = [:]
@@ -61,7 +60,7 @@ public final class DRAMTier: Sendable {
     }
 
     /// Map hits read (and reset) from the counters so far.
-    private let mapHitsTaken = Atomic<Int>(0)
+    private let mapHitsTaken = Locked(0)
 
     /// Creates the tier file `path` of `size` bytes, readable by `group` (mode 0640) and its hit counters
     /// (mode 0660).
@@ -81,7 +80,7 @@ public final class DRAMTier: Sendable {
         hitCounters = try SharedMemoryMapping(creating: path + ".hits", size: max(4096, tableCapacity * 4), mode: 0o660, group: group)
         var st = State(placement: S3FIFOPlacement(capacity: dataSize, alignment: TierFormat.alignment))
         st.stats.capacityBytes = dataSize
-        state = Mutex(st)
+        state = Locked(st)
         writeSuperblock(size: size)
     }
 
@@ -173,7 +172,7 @@ public final class DRAMTier: Sendable {
         let n = Int(UInt32(littleEndian: p.load(as: UInt32.self)))
         if n > 0 {
             p.storeBytes(of: UInt32(0), as: UInt32.self)
-            mapHitsTaken.add(n, ordering: .relaxed)
+            mapHitsTaken.withLock { $0 += n }
         }
         return n
     }
@@ -283,7 +282,7 @@ public final class DRAMTier: Sendable {
             for index in st.slots.values {
                 pending += Int(UInt32(littleEndian: (hitCounters.pointer + index * 4).load(as: UInt32.self)))
             }
-            s.mapHits = mapHitsTaken.load(ordering: .relaxed) + pending
+            s.mapHits = mapHitsTaken.withLock { $0 } + pending
             return s
         }
     }

@@ -1,7 +1,6 @@
 import BlockStore
 import DRAMTier
 import Platform
-import Synchronization
 
 /// An open file or directory. The kernel holds it as `fi->fh` (a retained pointer) until release.
 class Handle: @unchecked Sendable {
@@ -16,7 +15,7 @@ final class ReadHandle: Handle, @unchecked Sendable {
     let located: BlockStore.LocatedBlock?
     /// The block in the DRAM tier, pinned until this handle is released (replies come straight from it).
     let pinned: PinnedBlock?
-    let block = Mutex<BlockData?>(nil)
+    let block = Locked<BlockData?>(nil)
     init(node: FileNode, located: BlockStore.LocatedBlock?, pinned: PinnedBlock? = nil) {
         self.node = node
         self.located = located
@@ -26,7 +25,7 @@ final class ReadHandle: Handle, @unchecked Sendable {
 
 /// `MOUNT/.tw/prefetch` opened for writing: collects hint lines, handed to the loader at close.
 final class HintHandle: Handle, @unchecked Sendable {
-    let bytes = Mutex<[UInt8]>([])
+    let bytes = Locked<[UInt8]>([])
 }
 
 /// A block being written; shares the node's `PendingWrite` with every other handle of it.
@@ -74,7 +73,7 @@ final class DirectoryHandle: Handle, @unchecked Sendable {
 /// Thread-safety: the free list is behind a mutex.
 final class StagingPool: Sendable {
     let regionSize: Int
-    private let free = Mutex<[ReservedRegion]>([])
+    private let free = Locked<[ReservedRegion]>([])
     private let keep: Int
 
     init(regionSize: Int, keep: Int = 16) {

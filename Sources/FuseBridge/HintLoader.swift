@@ -1,7 +1,6 @@
 import BlockStore
 import DRAMTier
 import Platform
-import Synchronization
 
 /// Loads hinted blocks (`MOUNT/.tw/prefetch`, `Client.prefetch`, `twctl prefetch`) from NVMe into the
 /// DRAM tier in the background, before engines read them.
@@ -22,9 +21,9 @@ public final class HintLoader: Sendable {
     let tier: DRAMTier
     let queueLimit: Int
     private let lock = ConditionLock()
-    private let queue = Mutex<(items: [(String, String)], head: Int, stopping: Bool)>(([], 0, false))
-    private let stats = Mutex(Statistics())
-    private let threads = Mutex<[BackgroundThread]>([])
+    private let queue = Locked<(items: [(String, String)], head: Int, stopping: Bool)>(([], 0, false))
+    private let stats = Locked(Statistics())
+    private let threads = Locked<[BackgroundThread]>([])
 
     let workers: Int
 

@@ -1,6 +1,5 @@
 import BlockStore
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -76,7 +75,7 @@ final class PendingWrite: Sendable {
     let region: ReservedRegion
     /// Thread group of the creating process: only it sees the name before commit.
     let creator: Int32
-    let state: Mutex<State>
+    let state: Locked<State>
 
     struct State {
         var length = 0
@@ -106,7 +105,7 @@ final class PendingWrite: Sendable {
     init(region: ReservedRegion, creator: Int32) {
         self.region = region
         self.creator = creator
-        state = Mutex(State())
+        state = Locked(State())
     }
 }
 
@@ -158,7 +157,7 @@ final class FileNode: Sendable {
     let namespaceID: UInt16
     let namespace: String
     /// Directory it was looked up in (a namespace or a fan-out directory).
-    let state: Mutex<State>
+    let state: Locked<State>
 
     struct State {
         var key: String
@@ -183,14 +182,14 @@ final class FileNode: Sendable {
         self.ino = ino
         self.namespaceID = namespaceID
         self.namespace = namespace
-        state = Mutex(State(key: key, parent: parent, pending: pending))
+        state = Locked(State(key: key, parent: parent, pending: pending))
     }
 
     var key: String { state.withLock { $0.key } }
 }
 
 /// The table of file inodes. Thread-safety: one mutex; never held while calling the store.
-struct NodeTable: ~Copyable {
+struct NodeTable {
     var nodes: [UInt64: FileNode] = [:]
     /// Committed blocks by key, to give a name the same inode on each lookup.
     var committed: [BlockKey: UInt64] = [:]

@@ -1,7 +1,6 @@
 import BlockStore
 import DRAMTier
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -39,7 +38,7 @@ public final class WarehouseFileSystem: Sendable {
     /// Background loader of prefetch hints into the tier.
     public let hints: HintLoader?
     let settings: MountSettings
-    let nodes = Mutex(NodeTable())
+    let nodes = Locked(NodeTable())
     let staging: StagingPool
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
 

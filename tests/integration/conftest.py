@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
+import glob
 import shutil
 import signal
 import subprocess
@@ -197,12 +199,24 @@ class Warehouse:
             except Exception as e:  # keep going: the daemon must still be killed
                 problems.append(f"unmount {mnt}: {e!r}")
         for p in self.all_procs:
+            # Unmounted, the daemon flushes and exits on its own (removing its DRAM tier file); give it
+            # a moment before the SIGKILL that guarantees it is gone.
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
             if p.poll() is None:
                 p.kill()
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 problems.append(f"twfs pid {p.pid} did not die after SIGKILL")
+        # A killed daemon leaves its tier file in /dev/shm (memory): remove this test's.
+        tag = self.mount.parent.name
+        for leftover in glob.glob("/dev/shm/tokenwarehouse-*"):
+            if tag in leftover:
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
         return problems
 
 
