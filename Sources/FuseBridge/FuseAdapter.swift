@@ -244,7 +244,8 @@ enum FuseAdapter {
         }
         ops.setxattr = { req, ino, name, value, size, _ in
             let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
-            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: bytes))
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: bytes,
+                                                                                 caller: FuseAdapter.caller(req)))
         }
         ops.removexattr = { req, ino, name in
             FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: [], remove: true))

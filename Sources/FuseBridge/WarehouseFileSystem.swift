@@ -723,7 +723,14 @@ public final class WarehouseFileSystem: Sendable {
     static let tierAttribute = "user.tw.tier"
     static let storedSizeAttribute = "user.tw.stored_size"
 
+    /// `user.tw.compression` of a namespace directory: `off`, `lz4` or `auto` for blocks written from now on.
+    static let compressionAttribute = "user.tw.compression"
+
     func getExtendedAttribute(ino: UInt64, name: String) -> Outcome<[UInt8]> {
+        if case .namespace(let id) = InodeNumber.kind(ino) {
+            guard name == Self.compressionAttribute, let ns = store.namespace(id: id) else { return .failure(Errno(ENODATA)) }
+            return .success(Array(ns.compression.rawValue.utf8))
+        }
         guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENODATA)) }
         if let pending = node.state.withLock({ $0.pending }) {
             let meta = pending.state.withLock { $0.metadata }
@@ -755,6 +762,7 @@ public final class WarehouseFileSystem: Sendable {
     }
 
     func listExtendedAttributes(ino: UInt64) -> Outcome<[String]> {
+        if case .namespace = InodeNumber.kind(ino) { return .success([Self.compressionAttribute]) }
         guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .success([]) }
         var names: [String] = []
         let meta: BlockMetadata
@@ -771,7 +779,18 @@ public final class WarehouseFileSystem: Sendable {
 
     /// Writers set `user.tw.parent` (a prefix hash) and `user.tw.tokens` before close; everything of a
     /// committed block is read-only.
-    func setExtendedAttribute(ino: UInt64, name: String, value: [UInt8], remove: Bool = false) -> Outcome<Void> {
+    func setExtendedAttribute(ino: UInt64, name: String, value: [UInt8], remove: Bool = false, caller: Caller? = nil) -> Outcome<Void> {
+        if case .namespace(let id) = InodeNumber.kind(ino) {
+            guard name == Self.compressionAttribute else { return .failure(Errno(ENOTSUP)) }
+            guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
+            // Like chmod: the namespace's owner (or root) decides.
+            if let caller, caller.uid != 0, caller.uid != ns.owner { return .failure(Errno(EPERM)) }
+            guard let policy = remove ? .off : CompressionPolicy(rawValue: String(decoding: value, as: UTF8.self)) else {
+                return .failure(Errno(EINVAL))
+            }
+            do { _ = try store.updateNamespace(ns.name) { $0.compression = policy } } catch { return .failure(Errno(error)) }
+            return .success(())
+        }
         guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOTSUP)) }
         switch name {
         case Self.tierAttribute, Self.storedSizeAttribute: return .failure(Errno(EPERM))

@@ -4,7 +4,8 @@ from Redis, each against its baseline, in one run with the same blocks.
 
 One run (see Tools/bench/README.md, "DRAM tier"):
   0. writes N blocks (default 256 x 2 MiB) through a fresh twfs mount (`--dram 2G`), sends a prefetch hint
-     for each (MOUNT/.tw/prefetch) and waits until every block is resident (xattr user.tw.tier == "dram");
+     for each (MOUNT/.tw/prefetch; or, with --load reads, reads each twice through the mount) and checks that
+     every block is resident (xattr user.tw.tier == "dram");
   1. map, Python: tokenwarehouse.Client.get_into(ns, name, preallocated numpy buffer) over all blocks (every
      call must be a map hit: Client.stats is checked) against numpy.copyto of the same bytes from a
      preallocated array into the same buffer;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import random
@@ -66,6 +68,78 @@ def series(passes_s: list[float], nbytes: int, **extra) -> dict:
          "best_seconds": round(min(passes_s), 6)}
     d.update(extra)
     return d
+
+
+def run_threads(n_items: int, threads: int, fn) -> float:
+    """Runs fn(thread_index, indices) on `threads` threads over a strided split (as fs_bench.run_threads).
+    Returns the seconds from the first thread's start to the last thread's end, read by the workers
+    themselves after a common barrier: with more threads than CPUs the main thread may run late after the
+    barrier, and its own clock would then miss the start of the work."""
+    errors: list[BaseException] = []
+    starts = [0.0] * threads
+    ends = [0.0] * threads
+    barrier = threading.Barrier(threads)
+
+    def body(t: int) -> None:
+        try:
+            barrier.wait()
+            starts[t] = time.perf_counter()
+            fn(t, range(t, n_items, threads))
+            ends[t] = time.perf_counter()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            barrier.abort()
+
+    workers = [threading.Thread(target=body, args=(t,), daemon=True) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise BenchError(f"{len(errors)} worker(s) failed; first: {errors[0]!r}")
+    return max(ends) - min(starts)
+
+
+def read_files(blocks: fb.Blocks, path_of, threads: int) -> float:
+    """Reads every block file as fs_bench's Blocks.read does (open, readv into one preallocated 1 MiB buffer
+    until EOF, close; the size and the 16-byte header are checked) and returns the seconds (run_threads)."""
+    size = blocks.size
+    paths = [path_of(i) for i in range(blocks.n)]
+    headers = [fb.block_header(i) for i in range(blocks.n)]
+
+    def worker(t: int, indices) -> None:
+        buf = bytearray(fb.READ_CHUNK)
+        mv = memoryview(buf)
+        for i in indices:
+            fd = os.open(paths[i], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                got = n = os.readv(fd, [mv])
+                if n >= 16 and buf[0:16] != headers[i]:
+                    raise BenchError(f"{paths[i]}: wrong content (header {bytes(buf[0:16])!r})")
+                while n:
+                    n = os.readv(fd, [mv])
+                    got += n
+            finally:
+                os.close(fd)
+            if got != size:
+                raise BenchError(f"{paths[i]}: read {got} bytes, expected {size}")
+
+    return run_threads(blocks.n, threads, worker)
+
+
+def open_close(paths: list[str], threads: int) -> float:
+    def worker(t: int, indices) -> None:
+        for i in indices:
+            os.close(os.open(paths[i], os.O_RDONLY | os.O_CLOEXEC))
+
+    return run_threads(len(paths), threads, worker)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def read_status(mnt: Path) -> dict:
@@ -162,41 +236,70 @@ def twfs_daemon(args, work: Path) -> tuple[Daemon, Path, Path]:
     return Daemon("twfs", cmd, mnt, logp, args.mount_timeout), mnt, base
 
 
-def make_resident(args, blocks: fb.Blocks, mnt: Path, ns_dir: Path) -> dict:
-    """Prefetch hints for every block, wait for the hint loader, check every block's tier; blocks still not
-    resident get two reads through the mount (page cache dropped before each, so they reach the daemon)."""
+def read_through_mount(paths: list[str], passes: int) -> list[str]:
+    """Reads each file `passes` times through the mount, its pages dropped before each pass so that every
+    read reaches the daemon (twfs opens blocks with keep_cache: a repeat read would stay in the kernel).
+    Returns how the pages were dropped, per pass."""
+    methods = []
+    for _ in range(passes):
+        methods.append(drop_file_pages(paths))
+        for p in paths:
+            with open(p, "rb", buffering=0) as f:
+                while f.read(fb.READ_CHUNK):
+                    pass
+    return methods
+
+
+def send_hints(blocks: fb.Blocks, indices: list[int], mnt: Path, timeout: float) -> dict:
+    """Prefetch hints (MOUNT/.tw/prefetch) for these blocks; waits until the hint loader has handled them."""
     from tokenwarehouse import Client
 
-    info: dict = {"method": "prefetch hints"}
     before = read_status(mnt).get("prefetch", {})
     done_keys = ("loaded", "already_resident", "missing", "dropped", "failed")
     with Client(mnt) as c:
-        if not c.prefetch(NS, blocks.names):
+        if not c.prefetch(NS, [blocks.names[i] for i in indices]):
             raise BenchError("the mount has no MOUNT/.tw/prefetch")
-    deadline = time.monotonic() + args.resident_timeout
+    deadline = time.monotonic() + timeout
     status = read_status(mnt)
     while time.monotonic() < deadline:
         status = read_status(mnt)
         p = status.get("prefetch", {})
-        if sum(p.get(k, 0) - before.get(k, 0) for k in done_keys) >= blocks.n:
+        if sum(p.get(k, 0) - before.get(k, 0) for k in done_keys) >= len(indices):
             break
         time.sleep(0.05)
-    info["prefetch"] = {k: status.get("prefetch", {}).get(k, 0) - before.get(k, 0)
-                        for k in ("hinted",) + done_keys}
+    return {k: status.get("prefetch", {}).get(k, 0) - before.get(k, 0) for k in ("hinted",) + done_keys}
+
+
+def make_resident(args, blocks: fb.Blocks, mnt: Path, ns_dir: Path) -> dict:
+    """Loads every block into the DRAM tier and checks each one's tier (xattr user.tw.tier).
+
+    --load hints: one prefetch hint per block (hinted blocks go to the main ring); blocks still not
+    resident then get two reads through the mount. --load reads: every block read twice through the mount
+    (the first read admits it to the small FIFO, the second counts as a reuse); blocks still not resident
+    then get a hint. Both figures are kept, so a block that did not become resident the first way shows."""
+    info: dict = {"load": args.load}
+    everything = list(range(blocks.n))
+    if args.load == "hints":
+        info["prefetch"] = send_hints(blocks, everything, mnt, args.resident_timeout)
+    else:
+        info["page_cache_drop"] = read_through_mount([blocks.canonical(ns_dir, i) for i in everything], 2)
     tiers = tiers_of(blocks, ns_dir)
     missing = [i for i, t in enumerate(tiers) if t != "dram"]
-    info["resident_after_hints"] = blocks.n - len(missing)
+    info[f"resident_after_{args.load}"] = blocks.n - len(missing)
+    info["dram_tier_after_load"] = read_status(mnt).get("dram_tier", {})
+    info["method"] = "prefetch hints" if args.load == "hints" else "two reads through the mount"
     if missing:
-        log(f"warning: {len(missing)} of {blocks.n} blocks not resident after prefetch hints "
-            f"({info['prefetch']}); reading them twice through the mount")
-        info["method"] = "prefetch hints + two reads through the mount"
-        paths = [blocks.canonical(ns_dir, i) for i in missing]
-        for _ in range(2):
-            drop_file_pages(paths)
-            for p in paths:
-                with open(p, "rb", buffering=0) as f:
-                    while f.read(fb.READ_CHUNK):
-                        pass
+        info["not_resident_first_way"] = [blocks.names[i] for i in missing][:50]
+        if args.load == "hints":
+            log(f"warning: {len(missing)} of {blocks.n} blocks not resident after prefetch hints "
+                f"({info['prefetch']}); reading them twice through the mount")
+            info["method"] += " + two reads through the mount"
+            read_through_mount([blocks.canonical(ns_dir, i) for i in missing], 2)
+        else:
+            log(f"warning: {len(missing)} of {blocks.n} blocks not resident after two reads through the mount "
+                f"(dram_tier: {info['dram_tier_after_load']}); sending prefetch hints for them")
+            info["method"] += " + prefetch hints"
+            info["prefetch"] = send_hints(blocks, missing, mnt, args.resident_timeout)
         tiers = tiers_of(blocks, ns_dir)
         missing = [i for i, t in enumerate(tiers) if t != "dram"]
     info["resident"] = blocks.n - len(missing)
@@ -205,7 +308,22 @@ def make_resident(args, blocks: fb.Blocks, mnt: Path, ns_dir: Path) -> dict:
     return info
 
 
-def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict) -> None:
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _anon_huge_kb() -> int:
+    """AnonHugePages of this process (kB): whether numpy's arrays got transparent huge pages."""
+    for line in _read_text("/proc/self/smaps_rollup").splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return -1
+
+
+def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict, info: dict) -> None:
     """Client.get_into of every block into one preallocated numpy buffer per thread, against numpy.copyto of the
     same bytes (and, for information, a memoryview slice assignment: the copy the client itself does)."""
     import numpy as np
@@ -213,6 +331,16 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict) -> None:
 
     n, size, names = blocks.n, blocks.size, blocks.names
     src = block_array(blocks)
+    # numpy asks for transparent huge pages for large arrays (madvise), while the tier's shared memory has
+    # 4 KiB pages unless /dev/shm gives it huge ones: a second source with 4 KiB pages, for information.
+    small_mm = mmap.mmap(-1, n * size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        small_mm.madvise(mmap.MADV_NOHUGEPAGE)
+    src4k = np.frombuffer(small_mm, dtype=np.uint8).reshape(n, size)
+    np.copyto(src4k, src)
+    info["python_source_pages"] = {"numpy_src_huge_kb": _anon_huge_kb(), "shmem_thp": _read_text(
+        "/sys/kernel/mm/transparent_hugepage/shmem_enabled"), "thp": _read_text(
+        "/sys/kernel/mm/transparent_hugepage/enabled")}
     # Verification pass (not timed): every block a map hit, with the right bytes. It also faults the tier's
     # pages into this process's mapping, as any long-lived reader has them.
     with Client(mnt) as c:
@@ -229,12 +357,17 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict) -> None:
         dsts = [touched_buffer(size) for _ in range(threads)]
         dst_views = [memoryview(d) for d in dsts]
         src_rows = [memoryview(src[i]) for i in range(n)]
-        base_s, map_s, mv_s = [], [], []
+        base_s, map_s, mv_s, small_s = [], [], [], []
 
         def copy_pass(t, idx):
             d = dsts[t]
             for i in idx:
                 np.copyto(d, src[i])
+
+        def small_pass(t, idx):
+            d = dsts[t]
+            for i in idx:
+                np.copyto(d, src4k[i])
 
         def mv_pass(t, idx):
             d = dst_views[t]
@@ -248,9 +381,10 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict) -> None:
 
         try:
             for _ in range(args.repeat):
-                base_s.append(fb.run_threads(n, threads, copy_pass))
-                map_s.append(fb.run_threads(n, threads, map_pass))
-                mv_s.append(fb.run_threads(n, threads, mv_pass))
+                base_s.append(run_threads(n, threads, copy_pass))
+                map_s.append(run_threads(n, threads, map_pass))
+                mv_s.append(run_threads(n, threads, mv_pass))
+                small_s.append(run_threads(n, threads, small_pass))
             stats = {k: sum(c.stats[k] for c in clients) for k in clients[0].stats}
         finally:
             for v in dst_views + src_rows:
@@ -263,11 +397,14 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict) -> None:
         total = n * size
         results[f"py_memcpy_t{threads}"] = series(base_s, total, what="numpy.copyto(dst, src[i])")
         results[f"py_mvcopy_t{threads}"] = series(mv_s, total, what="memoryview dst[:] = src_row")
+        results[f"py_memcpy4k_t{threads}"] = series(small_s, total, what="numpy.copyto(dst, src4k[i]), 4 KiB pages")
         results[f"py_map_t{threads}"] = series(map_s, total, what="Client.get_into", client_stats=stats)
         log(f"Python, {threads} thread(s): map {results[f'py_map_t{threads}']['gb_s']:.2f} GB/s, numpy.copyto "
             f"{results[f'py_memcpy_t{threads}']['gb_s']:.2f} GB/s, memoryview copy "
-            f"{results[f'py_mvcopy_t{threads}']['gb_s']:.2f} GB/s")
-    del src
+            f"{results[f'py_mvcopy_t{threads}']['gb_s']:.2f} GB/s, numpy.copyto from 4 KiB pages "
+            f"{results[f'py_memcpy4k_t{threads}']['gb_s']:.2f} GB/s")
+    del src, src4k
+    small_mm.close()
 
 
 def build_reader(args, work: Path) -> Path:
@@ -303,26 +440,39 @@ def c_map_phase(args, blocks: fb.Blocks, mnt: Path, work: Path, reader: Path, re
         results[f"c_map_t{threads}"] = {"gb_s": doc["map"]["best_gb_s"], "passes_gb_s": doc["map"]["passes_gb_s"],
                                         "bytes_per_pass": total, "what": "tw_lookup_copy in dram_reader",
                                         "hit_counters": doc["hit_counters"], "command": shlex.join(cmd)}
+        results[f"c_tiercopy_t{threads}"] = {"gb_s": doc["tier_memcpy"]["best_gb_s"],
+                                             "passes_gb_s": doc["tier_memcpy"]["passes_gb_s"], "bytes_per_pass": total,
+                                             "what": "memcpy straight from the tier's pages, no lookup"}
         log(f"C, {threads} thread(s): map {doc['map']['best_gb_s']:.2f} GB/s, memcpy {doc['memcpy']['best_gb_s']:.2f} GB/s")
 
 
 def mount_reads(args, blocks: fb.Blocks, path_of, key: str, results: dict, *, dropped_too: bool,
-                daemon: Daemon) -> None:
-    """For each thread count: a warm-up pass, R passes as the kernel serves them (page cache, if the open
-    mode keeps it), and when dropped_too, R passes with the files' pages dropped before each."""
+                daemon: Daemon, page_cache: bool = True) -> None:
+    """For each thread count: a warm-up pass (after dropping the files' pages), R passes as the kernel serves
+    them (page cache, if the open mode keeps it), and when dropped_too, R passes with the files' pages dropped
+    before each. page_cache=False (a direct_io mount: nothing cached, and mmap may be refused): no drops."""
     paths = [path_of(i) for i in range(blocks.n)]
     total = blocks.n * blocks.size
     for threads in args.threads:
         with Watchdog(daemon, args.phase_timeout, f"{key} reads, {threads} threads"):
-            first = blocks.read(path_of, threads)
-            cached = [blocks.read(path_of, threads).seconds for _ in range(args.repeat)]
-            results[f"{key}_cached_t{threads}"] = series(cached, total, first_pass_gb_s=round(gb_s(total, first.seconds), 4))
+            # Start from no cached pages, so that on every mount the page cache is filled the same way, by
+            # reads (memfs's blocks were written through the page cache; twfs's were not).
+            if page_cache:
+                drop_file_pages(paths)
+            first = read_files(blocks, path_of, threads)
+            cached = [read_files(blocks, path_of, threads) for _ in range(args.repeat)]
+            results[f"{key}_cached_t{threads}"] = series(cached, total, first_pass_gb_s=round(gb_s(total, first), 4))
             msg = f"{key}, {threads} thread(s): as served {results[f'{key}_cached_t{threads}']['gb_s']:.2f} GB/s"
+            # Open and close only (no read): the per-file cost of the FUSE round trips an open-read-close pays.
+            oc = [open_close(paths, threads) for _ in range(args.repeat)]
+            results[f"{key}_openclose_t{threads}"] = {"us_per_file": round(min(oc) / blocks.n * 1e6, 2),
+                                                      "passes_us_per_file": [round(x / blocks.n * 1e6, 2) for x in oc],
+                                                      "threads": threads}
             if dropped_too:
                 dropped, methods = [], set()
                 for _ in range(args.repeat):
                     methods.add(drop_file_pages(paths))
-                    dropped.append(blocks.read(path_of, threads).seconds)
+                    dropped.append(read_files(blocks, path_of, threads))
                 results[f"{key}_dropped_t{threads}"] = series(dropped, total, page_cache_drop=sorted(methods))
                 msg += f", pages dropped {results[f'{key}_dropped_t{threads}']['gb_s']:.2f} GB/s"
         log(msg)
@@ -340,7 +490,8 @@ def twfs_phase(args, blocks: fb.Blocks, work: Path, results: dict, info: dict, e
         with Watchdog(daemon, args.phase_timeout, "making blocks resident"):
             res = make_resident(args, blocks, mnt, ns_dir)
         info["residency"] = res
-        log(f"twfs: {res['resident']}/{blocks.n} blocks resident ({res['method']}; prefetch {res['prefetch']})")
+        log(f"twfs: {res['resident']}/{blocks.n} blocks resident ({res['method']}; "
+            f"{res.get(f'resident_after_{args.load}')} after the {args.load}; prefetch {res.get('prefetch')})")
         if res["resident"] != blocks.n:
             raise BenchError(f"only {res['resident']} of {blocks.n} blocks became resident in the DRAM tier: "
                              f"{res['not_resident'][:5]} ... (dram_tier: {res['dram_tier']})")
@@ -355,7 +506,7 @@ def twfs_phase(args, blocks: fb.Blocks, work: Path, results: dict, info: dict, e
                 errors.append(f"{name}: {e}")
 
         if "py-map" not in args.skip:
-            guarded("Python map", lambda: python_map_phase(args, blocks, mnt, results))
+            guarded("Python map", lambda: python_map_phase(args, blocks, mnt, results, info))
         if "c-map" not in args.skip:
             guarded("C map", lambda: c_map_phase(args, blocks, mnt, work, build_reader(args, work), results))
         if "mount" not in args.skip:
@@ -413,7 +564,7 @@ def memfs_phase(args, blocks: fb.Blocks, work: Path, memfs: Path, mode: str, res
         if probe.get("mode") != mode:
             log(f"warning: memfs {mode}: open-mode probe says {probe}")
         mount_reads(args, blocks, lambda i: blocks.flat(mnt, i), f"memfs_{mode}", results,
-                    dropped_too=(mode == "keep_cache"), daemon=daemon)
+                    dropped_too=(mode == "keep_cache"), daemon=daemon, page_cache=(mode != "direct_io"))
         for k in list(results):
             if k.startswith(f"memfs_{mode}_"):
                 results[k]["open_mode"] = probe
@@ -526,7 +677,7 @@ def redis_phase(args, blocks: fb.Blocks, work: Path, results: dict, info: dict) 
                     if len(v) != size:
                         raise BenchError(f"redis GET of block {i}: {len(v)} bytes")
 
-            with_timer = [fb.run_threads(blocks.n, threads, get_pass) for _ in range(args.repeat)]
+            with_timer = [run_threads(blocks.n, threads, get_pass) for _ in range(args.repeat)]
             for c in conns:
                 c.close()
             results[f"redis_get_t{threads}"] = series(with_timer, total, what="redis-py get, one connection per thread")
@@ -546,7 +697,10 @@ def build_rows(args, results: dict, info: dict) -> list[dict]:
         spec += [
             (f"map, Python get_into{th}", f"py_map_t{t}", f"numpy.copyto, same bytes{th}", f"py_memcpy_t{t}", 0.90),
             (f"map, Python get_into{th}", f"py_map_t{t}", f"memoryview copy (client's op){th}", f"py_mvcopy_t{t}", None),
+            (f"map, Python get_into{th}", f"py_map_t{t}", f"numpy.copyto, 4 KiB-page source{th}", f"py_memcpy4k_t{t}",
+             None),
             (f"map, C tw_lookup_copy{th}", f"c_map_t{t}", f"memcpy in dram_reader{th}", f"c_memcpy_t{t}", 0.90),
+            (f"map, C tw_lookup_copy{th}", f"c_map_t{t}", f"memcpy from the tier's pages{th}", f"c_tiercopy_t{t}", None),
             (f"mount twfs, page cache{th}", f"twfs_cached_t{t}", f"memfs {mflag}, page cache{th}",
              f"memfs_{mode}_cached_t{t}", 0.80),
             (f"mount twfs, pages dropped{th}", f"twfs_dropped_t{t}", f"memfs {mflag}, pages dropped{th}",
@@ -629,11 +783,13 @@ def main() -> int:
     ap.add_argument("--block-size", type=fb.parse_size, default=2 * MiB, help="block size (default 2M)")
     ap.add_argument("--blocks", type=int, help="number of blocks (default 256; --quick: 32)")
     ap.add_argument("--threads", type=parse_threads, default=[1, 4], help="reader thread counts (default 1,4)")
-    ap.add_argument("--repeat", type=int, help="timed passes per measurement, the best counts (default 5; --quick: 2)")
+    ap.add_argument("--repeat", type=int, help="timed passes per measurement, the best counts (default 9; --quick: 2)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 32 blocks, 2 passes")
     ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--skip", default="", help="comma list of phases to leave out: py-map,c-map,mount,memfs,redis")
     ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")
+    ap.add_argument("--load", choices=("hints", "reads"), default="hints",
+                    help="how blocks are made resident: prefetch hints (default) or two reads through the mount")
     ap.add_argument("--resident-timeout", type=float, default=120.0,
                     help="seconds to wait for hinted blocks to load (default 120)")
     ap.add_argument("--phase-timeout", type=float, default=600.0,
@@ -644,7 +800,7 @@ def main() -> int:
     if args.blocks is None:
         args.blocks = 32 if args.quick else 256
     if args.repeat is None:
-        args.repeat = 2 if args.quick else 5
+        args.repeat = 2 if args.quick else 9
     if args.blocks <= 0 or args.repeat <= 0:
         ap.error("--blocks and --repeat must be positive")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -664,7 +820,8 @@ def main() -> int:
     print(f"command: {command}")
     print(f"data: {args.blocks} blocks x {fb.fmt_size(args.block_size)} = {total / MiB:.0f} MiB, threads "
           f"{','.join(map(str, args.threads))}, {args.repeat} passes (best counts), twfs --dram {args.dram}; "
-          f"{cpu_model()}, {os.cpu_count()} CPUs, kernel {platform.release()}", flush=True)
+          f"{cpu_model()}, {os.cpu_count()} CPUs, kernel {platform.release()}, load average {loadavg()}", flush=True)
+    load_start = loadavg()
     if os.geteuid() != 0:
         log("warning: not root: mounting and dropping the page cache may fail")
 
@@ -716,11 +873,24 @@ def main() -> int:
                      f"every byte comes from the daemon's DRAM tier")
     res = info.get("residency")
     if res:
-        notes.append(f"residency: {res['resident']}/{blocks.n} blocks in the DRAM tier via {res['method']}; "
+        notes.append(f"residency: {res['resident']}/{blocks.n} blocks in the DRAM tier via {res['method']} "
+                     f"({res.get(f'resident_after_{args.load}')} after the {args.load} alone); "
                      f"{info.get('resident_at_end', '?')}/{blocks.n} at the end")
+    oc = [f"{name} {results[f'{key}_openclose_t{t}']['us_per_file']:.0f} us ({t}T)"
+          for name, key in (("twfs", "twfs"), ("memfs --keep-cache", "memfs_keep_cache"))
+          for t in args.threads if f"{key}_openclose_t{t}" in results]
+    if oc:
+        notes.append("open+close only, per file: " + ", ".join(oc))
+    pages = info.get("python_source_pages")
+    if pages:
+        notes.append(f"Python baseline source: numpy array, {pages['numpy_src_huge_kb'] // 1024} MiB of this process in "
+                     f"transparent huge pages (THP {pages['thp']}); the tier is shared memory, shmem THP "
+                     f"{pages['shmem_thp']} (4 KiB pages unless the selected value allows huge ones)")
     if "redis" in info:
         notes.append(f"redis {info['redis']['version']}, redis-py {info['redis']['redis_py']}, hiredis parser "
                      f"{'yes' if info['redis']['hiredis_parser'] else 'no'}")
+    notes.append(f"load average: {load_start} at the start, {loadavg()} at the end (other work on the machine "
+                 f"skews every figure; compare ratios within one run)")
     if notes:
         print()
         print("\n".join(notes))
@@ -735,9 +905,10 @@ def main() -> int:
                "duration_s": round(time.time() - t_start, 1),
                "config": {"dir": str(args.dir), "block_size": args.block_size, "blocks": args.blocks, "bytes": total,
                           "threads": args.threads, "repeat": args.repeat, "quick": args.quick, "twfs": str(args.twfs),
-                          "dram": args.dram, "capacity": args.capacity, "twfs_args": args.twfs_args,
+                          "dram": args.dram, "capacity": args.capacity, "load": args.load, "twfs_args": args.twfs_args,
                           "read_chunk": fb.READ_CHUNK, "gb": "1e9 bytes", "kernel": platform.release(),
-                          "cpus": os.cpu_count(), "cpu": cpu_model()},
+                          "cpus": os.cpu_count(), "cpu": cpu_model(), "load_average_start": load_start,
+                          "load_average_end": loadavg()},
                "results": results, "info": info, "rows": rows, "errors": errors}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

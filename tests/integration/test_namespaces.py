@@ -136,3 +136,20 @@ def test_creating_a_regular_file_in_the_root_fails_without_crashing(warehouse):
         write_block(os.fspath(warehouse.mount / "stray-file"), b"data")
     assert warehouse.alive()
     assert "stray-file" not in os.listdir(warehouse.mount)
+
+
+def test_namespace_compression_is_set_with_an_xattr_and_blocks_read_back(warehouse):
+    ns = os.path.join(warehouse.mount, "zipped")
+    os.mkdir(ns)
+    assert os.getxattr(ns, "user.tw.compression") == b"off"
+    os.setxattr(ns, "user.tw.compression", b"lz4")
+    assert os.getxattr(ns, "user.tw.compression") == b"lz4"
+    data = (b"KV" * 512 + bytes(range(256))) * 1024     # compressible
+    path = os.path.join(ns, "0123456789abcdef0123456789abcdef")
+    with open(path, "wb") as f:
+        f.write(data)
+    assert open(path, "rb").read() == data
+    assert int(os.getxattr(path, "user.tw.stored_size")) < len(data) // 2
+    with pytest.raises(OSError) as e:
+        os.setxattr(ns, "user.tw.compression", b"zstd")
+    assert e.value.errno == errno.EINVAL

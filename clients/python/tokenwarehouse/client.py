@@ -22,6 +22,21 @@ import time
 
 import xxhash
 
+try:  # numpy's copy releases the GIL, so threads copying blocks run in parallel; optional.
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy is not required
+    _np = None
+
+_PARALLEL_COPY_MIN = 64 * 1024
+
+
+def _copy(dst, src) -> None:
+    """dst[:] = src for two byte memoryviews of equal length, without holding the GIL for large ones."""
+    if _np is not None and src.nbytes >= _PARALLEL_COPY_MIN:
+        _np.copyto(_np.frombuffer(dst, dtype=_np.uint8), _np.frombuffer(src, dtype=_np.uint8))
+    else:
+        dst[:] = src
+
 from .layout import (
     ENTRY_BODY, ENTRY_SIZE, GENERATION_OFFSET, HITS_SUFFIX, MAGIC, STATE_EMPTY, STATE_VALID, SUPERBLOCK,
     SUPERBLOCK_SIZE, VERSION,
@@ -356,7 +371,7 @@ class Client:
                         raise ValueError(f"buffer of {cap} bytes is too small for block {ns}/{name} of {n} bytes")
                     self.stats["map_retries"] += 1
                 else:
-                    dst[:n] = m.mv[off:off + n]
+                    _copy(dst[:n], m.mv[off:off + n])
                     if m.q[eo >> 3] == s1:
                         if not self.verify or _xxh3_64(dst[:n]) == csum:
                             self.stats["map_hits"] += 1
