@@ -36,15 +36,20 @@ enum FuseAdapter {
         return Array(UnsafeRawBufferPointer(start: p, count: strlen(p)))
     }
 
+    static func entryParameters(_ e: WarehouseFileSystem.Entry) -> fuse_entry_param {
+        var param = fuse_entry_param()
+        param.ino = UInt64(e.attributes.st_ino)
+        param.generation = 1
+        param.attr = e.attributes
+        param.attr_timeout = e.attributeTimeout
+        param.entry_timeout = e.entryTimeout
+        return param
+    }
+
     static func replyEntry(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<WarehouseFileSystem.Entry>) {
         switch result {
         case .success(let e):
-            var param = fuse_entry_param()
-            param.ino = UInt64(e.attributes.st_ino)
-            param.generation = 1
-            param.attr = e.attributes
-            param.attr_timeout = e.attributeTimeout
-            param.entry_timeout = e.entryTimeout
+            var param = entryParameters(e)
             fuse_reply_entry(req, &param)
         case .failure(let e):
             fuse_reply_err(req, e.code)
@@ -142,12 +147,7 @@ enum FuseAdapter {
             let fs = FuseAdapter.fs(req)
             switch fs.create(parent: parent, name: FuseAdapter.name(name), flags: fi!.pointee.flags, caller: FuseAdapter.caller(req)) {
             case .success(let (entry, handle, directIO)):
-                var param = fuse_entry_param()
-                param.ino = UInt64(entry.attributes.st_ino)
-                param.generation = 1
-                param.attr = entry.attributes
-                param.attr_timeout = entry.attributeTimeout
-                param.entry_timeout = entry.entryTimeout
+                var param = FuseAdapter.entryParameters(entry)
                 FuseAdapter.attach(handle, to: fi)
                 fi!.pointee.direct_io = directIO ? 1 : 0
                 if fuse_reply_create(req, &param, fi) != 0 {
