@@ -20,12 +20,14 @@ options:
   --dram-name NAME     its file is /dev/shm/tokenwarehouse-NAME (default: from the mount point)
   --dram-group GROUP   the group that may map it read-only (default: the daemon's group)
   --sync POLICY        always | batch | none: what close() promises (default: batch; docs/format.md)
+  --sync-interval MS   under batch, milliseconds between the flusher's syncs (default: 5)
   --max-block SIZE     largest block accepted, larger writes fail with EFBIG (default: 256M)
   --segment-size SIZE  size at which a segment is sealed (default: capacity/16, 16M to 256M)
   --threads N          FUSE worker threads (default: 16)
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
-  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, max_block=, segment_size=, threads= as above;
+  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=
+                       as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
 SIZE accepts 4096, 512K, 512M, 20G, 1T.
 """
@@ -47,6 +49,7 @@ struct Options {
     var dramName: String?
     var dramGroup: String?
     var sync = SyncPolicy.batch
+    var syncIntervalMilliseconds = 5.0
     var maxBlock = StoreConfiguration.defaultMaxBlockSize
     var segmentSize: UInt64?
     var threads = 16
@@ -74,6 +77,9 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
         guard let p = SyncPolicy(rawValue: value) else { fail("sync must be always, batch or none, not '\(value)'") }
         o.sync = p
     case "max_block", "max-block": o.maxBlock = Int(size(value, "max-block"))
+    case "sync_interval":
+        guard let ms = Double(value), ms > 0, ms <= 10_000 else { fail("sync-interval must be 0.1 to 10000 milliseconds") }
+        o.syncIntervalMilliseconds = ms
     case "segment_size", "segment-size": o.segmentSize = size(value, "segment-size")
     case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { fail("threads must be 1 to 256") }
@@ -203,7 +209,8 @@ let capacity = options.capacity ?? {
 }()
 if capacity < 64 << 20 { fail("capacity \(SizeParser.format(capacity)) is too small; give --capacity of at least 64M") }
 
-let configuration = StoreConfiguration(capacity: capacity, segmentSize: options.segmentSize, maxBlockSize: options.maxBlock, sync: options.sync)
+let configuration = StoreConfiguration(capacity: capacity, segmentSize: options.segmentSize, maxBlockSize: options.maxBlock,
+                                       sync: options.sync, batchIntervalNanoseconds: UInt64(options.syncIntervalMilliseconds * 1e6))
 let store: BlockStore
 do {
     store = try BlockStore(directory: storeDirectory, configuration: configuration)

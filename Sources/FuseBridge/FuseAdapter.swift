@@ -94,6 +94,7 @@ enum FuseAdapter {
             conn.pointee.want &= ~UInt32(FUSE_CAP_ATOMIC_O_TRUNC)
             if conn.pointee.capable & UInt32(FUSE_CAP_PARALLEL_DIROPS) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_PARALLEL_DIROPS) }
             if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO) }
+            if conn.pointee.capable & UInt32(FUSE_CAP_SPLICE_READ) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_SPLICE_READ) }
             conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS)
         }
         ops.lookup = { req, parent, name in
@@ -180,6 +181,22 @@ enum FuseAdapter {
                 replied = true
             }
             if !replied { fuse_reply_err(req, error?.code ?? EIO) }
+        }
+        // WRITE payloads arrive spliced into a pipe (splice_read): one copy, pipe to staging region,
+        // instead of two (kernel to libfuse's buffer, buffer to staging region).
+        ops.write_buf = { req, _, bufv, offset, fi in
+            guard let h = FuseAdapter.handle(fi), let bufv else { fuse_reply_err(req, EBADF); return }
+            let size = fuse_buf_size(bufv)
+            let result = FuseAdapter.fs(req).write(h, count: size, offset: Int(offset)) { destination in
+                var dst = fuse_bufvec(count: 1, idx: 0, off: 0,
+                                      buf: (fuse_buf(size: size, flags: fuse_buf_flags(0), mem: destination, fd: -1, pos: 0)))
+                let n = fuse_buf_copy(&dst, bufv, fuse_buf_copy_flags(0))
+                return n < 0 ? 0 : n
+            }
+            switch result {
+            case .success(let n): fuse_reply_write(req, n)
+            case .failure(let e): fuse_reply_err(req, e.code)
+            }
         }
         ops.write = { req, _, buf, size, offset, fi in
             guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }

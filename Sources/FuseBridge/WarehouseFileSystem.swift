@@ -260,7 +260,12 @@ public final class WarehouseFileSystem: Sendable {
         let candidates = nodes.withLock { $0.pending[NodeTable.PendingName(parent: parent, name: name)] ?? [] }
         guard !candidates.isEmpty else { return nil }
         let group = threadGroup(of: caller.pid)
-        return candidates.first { $0.state.withLock { $0.pending?.creator == group } }
+        // A block already committed (or dropped) at close is no longer "being written", even though its
+        // staging region is only released later (RELEASE arrives after close returns).
+        return candidates.first { node in
+            guard let pending = node.state.withLock({ $0.pending }), pending.creator == group else { return false }
+            return !pending.state.withLock { $0.finished }
+        }
     }
 
     func forget(_ ino: UInt64, count: UInt64) {
@@ -409,13 +414,27 @@ public final class WarehouseFileSystem: Sendable {
     }
 
     func write(_ handle: Handle, bytes: UnsafeRawBufferPointer, offset: Int) -> Outcome<Int> {
-        if handle is DiscardHandle { return .success(bytes.count) }
+        write(handle, count: bytes.count, offset: offset) { destination in
+            if bytes.count > 0 { destination.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+            return bytes.count
+        }
+    }
+
+    /// Writes `count` bytes at `offset`: `fill` copies them to the destination it is given (the staging
+    /// region, or scratch memory for writes that are discarded) and returns how many it copied.
+    func write(_ handle: Handle, count: Int, offset: Int, fill: (UnsafeMutableRawPointer) -> Int) -> Outcome<Int> {
+        if handle is DiscardHandle {
+            let scratch = AlignedBuffer(capacity: max(count, 1))
+            return .success(fill(scratch.pointer))
+        }
         if let h = handle as? HintHandle {
-            h.bytes.withLock { $0.append(contentsOf: bytes) }
-            return .success(bytes.count)
+            let scratch = AlignedBuffer(capacity: max(count, 1))
+            let n = fill(scratch.pointer)
+            h.bytes.withLock { $0.append(contentsOf: scratch.bytes(count: n)) }
+            return .success(n)
         }
         guard let w = handle as? WriteHandle else { return .failure(Errno(EBADF)) }
-        let end = offset + bytes.count
+        let end = offset + count
         let limit = w.pending.region.capacity
         guard offset >= 0, end <= store.configuration.maxBlockSize, end <= limit else {
             // The block can no longer be whole: close reports EFBIG and nothing is committed.
@@ -430,19 +449,23 @@ public final class WarehouseFileSystem: Sendable {
             return true
         }
         guard open else { return .failure(Errno(EBADF)) }
-        if bytes.count > 0 { (w.pending.region.pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        let copied = fill(w.pending.region.pointer + offset)
+        guard copied == count else {
+            w.pending.state.withLock { $0.failure = EIO }
+            return .failure(Errno(EIO))
+        }
         w.pending.state.withLock { s in
             // Bytes that arrive in order are checksummed now, so the commit needs no pass over them.
             if let checksum = s.checksum {
                 if offset == s.checksummed {
-                    checksum.update(bytes)
+                    checksum.update(UnsafeRawBufferPointer(start: w.pending.region.pointer + offset, count: count))
                     s.checksummed = end
                 } else {
                     s.checksum = nil
                 }
             }
         }
-        return .success(bytes.count)
+        return .success(count)
     }
 
     func read(_ handle: Handle, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> Errno? {
