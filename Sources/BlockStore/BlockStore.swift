@@ -245,15 +245,15 @@ public final class BlockStore: Sendable {
     /// (eviction above the high watermark, compaction of dead segments). Call once.
     public func startBackgroundWork() {
         let flusher = BackgroundThread(name: "tw-flush") { [self] in
-            while !stopping.withLock { $0 } {
+            while !stopping.withLock({ $0 }) {
                 wakeup.withLock { wakeup.wait(nanoseconds: configuration.batchIntervalNanoseconds) }
                 flushOnce()
             }
         }
         let maintenance = BackgroundThread(name: "tw-maintain") { [self] in
-            while !stopping.withLock { $0 } {
+            while !stopping.withLock({ $0 }) {
                 wakeup.withLock { wakeup.wait(nanoseconds: 50_000_000) }
-                if stopping.withLock { $0 } { break }
+                if stopping.withLock({ $0 }) { break }
                 maintainOnce()
             }
         }
@@ -319,11 +319,11 @@ public final class BlockStore: Sendable {
             try s.segment.commit.synchronizeAll(file: s.segment.file)
             try device.replaceAtomically(SegmentFormat.summaryFileName(s.segment.id), bytes: SummaryEntry.encodeFile(segmentID: s.segment.id, entries: s.summary))
         }
-        _ = lockToken.withLock { $0 = nil }
+        lockToken.withLock { $0 = nil }
     }
 
     deinit {
-        if !stopping.withLock { $0 } { try? close() }
+        if !stopping.withLock({ $0 }) { try? close() }
     }
 
     /// Stops without syncing or sealing anything, as a killed process would (for crash tests).
@@ -332,7 +332,7 @@ public final class BlockStore: Sendable {
         wakeup.withLock { wakeup.broadcast() }
         for t in threads.withLock({ $0 }) { t.join() }
         state.withLock { $0.closed = true }
-        _ = lockToken.withLock { $0 = nil }
+        lockToken.withLock { $0 = nil }
     }
 
     /// Whether records are written with O_DIRECT (all policies but `none`).
