@@ -200,6 +200,7 @@ public final class BlockStore: Sendable {
         for (id, seg) in st.segments {
             st.usedBytes += seg.length
             for e in seg.summary { st.nextSequence = max(st.nextSequence, e.sequence + 1) }
+            st.segments[id]!.tombstones = seg.summary.filter { $0.flags & EntryFlags.tombstone != 0 }.count
             // Sealed segments' entries live in their summary files; memory holds only the index.
             st.segments[id]!.summary = []
         }
@@ -305,10 +306,15 @@ public final class BlockStore: Sendable {
     /// Stops background work, syncs everything, seals the active segment and writes every summary.
     public func close() throws {
         if stopping.withLock({ s -> Bool in defer { s = true }; return s }) { return }
+        // No new writes from here on; the ones already reserved finish before the summaries are written.
+        state.withLock { $0.closed = true }
         wakeup.withLock { wakeup.broadcast() }
         for t in threads.withLock({ $0 }) { t.join() }
+        for _ in 0..<30_000 {
+            if state.withLock({ st in st.segments.values.allSatisfy { $0.inflight == 0 } }) { break }
+            usleep(1000)
+        }
         let segments = state.withLock { st -> [SegmentState] in
-            st.closed = true
             if var active = st.segments[st.activeID] {
                 active.sealed = true
                 st.segments[st.activeID] = active
@@ -486,38 +492,46 @@ public final class BlockStore: Sendable {
         var doomed: [SegmentState] = []
         defer { deleteEvicted(doomed) }
         return try state.withLock { st -> Reservation? in
-            if st.closed { throw StoreError.io(SystemError(ESHUTDOWN, "store is closed")) }
-            if let key {
-                if st.index[key] != nil || st.pending.contains(key) { return nil }
-            }
-            let size = UInt64(recordSize)
-            // Evict synchronously when the record would not fit the capacity; the background thread
-            // normally keeps usage under the high watermark so this path is rare.
-            while st.usedBytes + size + UInt64(SegmentFormat.headerSize) > configuration.capacity {
-                guard let victim = chooseVictim(st) else {
-                    if force { break }
-                    throw StoreError.noSpace("the store is full (capacity \(configuration.capacity) bytes) and nothing more can be evicted")
-                }
-                doomed.append(removeSegment(&st, victim))
-            }
-            var active = st.segments[st.activeID]!
-            if active.length > UInt64(SegmentFormat.headerSize) && active.length + size > configuration.segmentSize {
-                active.sealed = true
-                st.segments[st.activeID] = active
-                try Self.startActiveSegment(&st, id: st.activeID + 1, device: device)
-                wakeup.withLock { wakeup.broadcast() }
-                active = st.segments[st.activeID]!
-            }
-            let offset = active.length
-            active.length += size
-            active.inflight += 1
-            st.segments[st.activeID] = active
-            st.usedBytes += size
-            let sequence = st.nextSequence
-            st.nextSequence += 1
-            if let key { st.pending.insert(key) }
-            return Reservation(segment: active.segment, offset: offset, sequence: sequence)
+            try reserveLocked(&st, recordSize: recordSize, key: key, force: force, doomed: &doomed)
         }
+    }
+
+    /// `reserve` with the lock held; evicted segments go to `doomed` for deletion after unlocking.
+    private func reserveLocked(_ st: inout StoreState, recordSize: Int, key: BlockKey?, force: Bool,
+                               doomed: inout [SegmentState]) throws -> Reservation? {
+        if st.closed { throw StoreError.io(SystemError(ESHUTDOWN, "store is closed")) }
+        if let key {
+            if st.index[key] != nil || st.pending.contains(key) { return nil }
+        }
+        let size = UInt64(recordSize)
+        // Evict synchronously when the record would not fit the capacity; the background thread
+        // normally keeps usage under the high watermark so this path is rare. It cannot carry
+        // tombstones forward (that is I/O), so it prefers segments that hold none.
+        while st.usedBytes + size + UInt64(SegmentFormat.headerSize) > configuration.capacity {
+            guard let victim = chooseVictim(st, avoidingTombstones: true) ?? chooseVictim(st) else {
+                if force { break }
+                throw StoreError.noSpace("the store is full (capacity \(configuration.capacity) bytes) and nothing more can be evicted")
+            }
+            doomed.append(removeSegment(&st, victim))
+        }
+        if let active = st.segments[st.activeID], active.length > UInt64(SegmentFormat.headerSize),
+           active.length + size > configuration.segmentSize {
+            // Seal the old segment only once the new one exists: if creating it fails, appends go on.
+            let old = st.activeID
+            try Self.startActiveSegment(&st, id: old + 1, device: device)
+            st.segments[old]?.sealed = true
+            wakeup.withLock { wakeup.broadcast() }
+        }
+        var active = st.segments[st.activeID]!
+        let offset = active.length
+        active.length += size
+        active.inflight += 1
+        st.segments[st.activeID] = active
+        st.usedBytes += size
+        let sequence = st.nextSequence
+        st.nextSequence += 1
+        if let key { st.pending.insert(key) }
+        return Reservation(segment: active.segment, offset: offset, sequence: sequence)
     }
 
     /// A write that failed: its bytes stay a hole in the segment (dead bytes; recovery skips zero pages).
@@ -536,6 +550,7 @@ public final class BlockStore: Sendable {
             seg.inflight -= 1
             seg.summary.append(entry)
             let indexEntry = IndexEntry(segment: r.segment.id, summary: entry)
+            if entry.flags & EntryFlags.tombstone != 0 { seg.tombstones += 1 }
             if entry.flags & EntryFlags.tombstone == 0 {
                 seg.liveBytes += UInt64(size)
                 st.index[key] = indexEntry
@@ -667,24 +682,28 @@ public final class BlockStore: Sendable {
     }
 
     /// Deletes a block: it disappears from the index at once and a tombstone goes to the log.
+    ///
+    /// The tombstone's sequence is taken in the same critical section that removes the index entry, so
+    /// a put of the same name that follows the unlink always gets a higher sequence and survives restart.
     public func remove(namespace: String, key: String) throws {
         let k = BlockKey(namespace: namespace, key: key)
-        let removed = state.withLock { st -> IndexEntry? in
-            guard let e = st.index.removeValue(forKey: k) else { return nil }
+        var header = RecordHeader(type: .tombstone, flags: 0, namespace: namespace, key: key, metadata: BlockMetadata(),
+                                  storedLength: 0, logicalLength: 0, sequence: 0, commitTimeNanoseconds: wallClockNanoseconds(),
+                                  payloadChecksum: Checksum.xxh3(UnsafeRawBufferPointer(start: nil, count: 0)))
+        let size = header.headerAreaSize
+        var doomed: [SegmentState] = []
+        defer { deleteEvicted(doomed) }
+        let found = try state.withLock { st -> (IndexEntry, Reservation?)? in
+            guard let e = st.index[k] else { return nil }
+            let r = try reserveLocked(&st, recordSize: size, key: nil, force: true, doomed: &doomed)
+            st.index[k] = nil
             st.segments[e.segment]?.liveBytes -= UInt64(e.recordSize)
             st.usage[e.namespaceID]?.remove(e)
             st.stats.removes += 1
-            return e
+            return (e, r)
         }
-        guard let removed else { throw StoreError.notFound }
-        try appendTombstone(namespace: namespace, key: key, namespaceID: removed.namespaceID)
-    }
-
-    private func appendTombstone(namespace: String, key: String, namespaceID: UInt16) throws {
-        var header = RecordHeader(type: .tombstone, flags: 0, namespace: namespace, key: key, metadata: BlockMetadata(),
-                                  storedLength: 0, logicalLength: 0, sequence: 0, commitTimeNanoseconds: wallClockNanoseconds(), payloadChecksum: Checksum.xxh3(UnsafeRawBufferPointer(start: nil, count: 0)))
-        let size = header.headerAreaSize
-        guard let r = try reserve(recordSize: size, key: nil, force: true) else { return }
+        guard let (removed, reservation) = found else { throw StoreError.notFound }
+        guard let r = reservation else { return }
         header.sequence = r.sequence
         let area = AlignedBuffer(capacity: size)
         header.encode(into: area.mutableBytes(count: size))
@@ -696,8 +715,8 @@ public final class BlockStore: Sendable {
             abandon(r, key: nil, size: size)
             throw StoreError.wrap(error)
         }
-        let entry = Self.summaryEntry(for: header, namespaceID: namespaceID, page: UInt32(r.offset / UInt64(RecordFormat.alignment)))
-        finish(r, key: BlockKey(namespace: namespace, key: key), entry: entry, size: size)
+        let entry = Self.summaryEntry(for: header, namespaceID: removed.namespaceID, page: UInt32(r.offset / UInt64(RecordFormat.alignment)))
+        finish(r, key: k, entry: entry, size: size)
     }
 
     /// Gives block `from` the name `to` in the same namespace (a copy under the new name, then a tombstone
@@ -750,9 +769,12 @@ public final class BlockStore: Sendable {
     // MARK: Eviction and compaction
 
     /// Picks the sealed, idle segment to evict next, by the configured order.
-    private func chooseVictim(_ st: StoreState) -> UInt32? {
+    private func chooseVictim(_ st: StoreState, avoidingTombstones: Bool = false) -> UInt32? {
         var best: (UInt32, UInt64)? = nil
+        let oldest = st.segments.keys.min() ?? 0
         for (id, s) in st.segments where id != st.activeID && s.sealed && s.inflight == 0 && !s.busy {
+            // Dropping a segment's tombstones while an older segment exists could bring deleted blocks back.
+            if avoidingTombstones && s.tombstones > 0 && id != oldest { continue }
             let rank = configuration.eviction == .oldest ? UInt64(id) : s.lastAccess
             if best == nil || rank < best!.1 || (rank == best!.1 && id < best!.0) { best = (id, rank) }
         }
@@ -801,12 +823,16 @@ public final class BlockStore: Sendable {
                 st.segments[id]!.busy = true
                 return (id, st.segments[id]!)
             }) else { return }
+            var wroteTo = Set<ObjectIdentifier>()
+            var written: [Segment] = []
             if reinsert {
                 let budget = UInt64(configuration.reinsertionShare * Double(seg.length))
-                let moved = (try? relocateLive(of: id, seg, budget: budget, onlyAccessed: true)) ?? 0
+                let moved = (try? relocateLive(of: id, seg, budget: budget, onlyAccessed: true, wroteTo: &wroteTo, segments: &written)) ?? 0
                 state.withLock { $0.stats.reinsertedBlocks += moved }
             }
-            try? carryTombstones(of: id, seg)
+            try? carryTombstones(of: id, seg, wroteTo: &wroteTo, segments: &written)
+            // Copies and carried tombstones must be durable before the segment they came from goes.
+            for w in written { try? w.commit.synchronizeAll(file: w.file) }
             let doomed = state.withLock { st -> SegmentState? in st.segments[id] == nil ? nil : removeSegment(&st, id) }
             if let doomed { deleteEvicted([doomed]) }
         }
@@ -845,11 +871,18 @@ public final class BlockStore: Sendable {
             }) else { break }
             tried.insert(id)
             let before = seg.length
-            let moved = try relocateLive(of: id, seg, budget: .max, onlyAccessed: false)
-            try carryTombstones(of: id, seg)
-            // The copies must be durable before the originals go away.
-            let active = state.withLock { $0.segments[$0.activeID]!.segment }
-            try active.commit.synchronizeAll(file: active.file)
+            var wroteTo = Set<ObjectIdentifier>()
+            var written: [Segment] = []
+            let moved: Int
+            do {
+                moved = try relocateLive(of: id, seg, budget: .max, onlyAccessed: false, wroteTo: &wroteTo, segments: &written)
+                try carryTombstones(of: id, seg, wroteTo: &wroteTo, segments: &written)
+                // The copies must be durable before the originals go away.
+                for w in written { try w.commit.synchronizeAll(file: w.file) }
+            } catch {
+                state.withLock { $0.segments[id]?.busy = false }
+                throw error
+            }
             let still = state.withLock { st -> Int in st.index.values.filter { $0.segment == id }.count }
             if still > 0 {
                 state.withLock { $0.segments[id]?.busy = false }
@@ -875,8 +908,10 @@ public final class BlockStore: Sendable {
     }
 
     /// Copies the live block records of segment `id` to the active segment, verbatim, and repoints the
-    /// index when it still points at the old copy. Returns how many moved.
-    private func relocateLive(of id: UInt32, _ seg: SegmentState, budget: UInt64, onlyAccessed: Bool) throws -> Int {
+    /// index when it still points at the old copy. Returns how many moved; `segments` collects the
+    /// segments written into, which must be synced before the original goes.
+    private func relocateLive(of id: UInt32, _ seg: SegmentState, budget: UInt64, onlyAccessed: Bool,
+                              wroteTo: inout Set<ObjectIdentifier>, segments: inout [Segment]) throws -> Int {
         var moved = 0
         var spent: UInt64 = 0
         guard let all = entries(of: seg) else { return 0 }
@@ -888,31 +923,30 @@ public final class BlockStore: Sendable {
             guard let current, !onlyAccessed || current.wasAccessed else { continue }
             let size = current.recordSize
             if spent + UInt64(size) > budget { break }
-            guard try copyRecord(current, key: e.key, from: seg.segment) else { continue }
+            guard let written = try copyRecord(current, key: e.key, from: seg.segment) else { continue }
+            if wroteTo.insert(ObjectIdentifier(written)).inserted { segments.append(written) }
             spent += UInt64(size)
             moved += 1
         }
         return moved
     }
 
-    /// Carries the tombstones of segment `id` forward when an older segment exists that they may still mask.
-    private func carryTombstones(of id: UInt32, _ seg: SegmentState) throws {
+    /// Carries the tombstones of segment `id` forward when an older segment exists that they may still
+    /// mask. (Every tombstone is carried: a newer live record of its key may itself be evicted later.)
+    private func carryTombstones(of id: UInt32, _ seg: SegmentState, wroteTo: inout Set<ObjectIdentifier>, segments: inout [Segment]) throws {
         let older = state.withLock { st in st.segments.keys.contains { $0 < id } }
         guard older, let all = entries(of: seg) else { return }
         for e in all where e.flags & EntryFlags.tombstone != 0 {
-            // A newer record of the key (live or tombstone) makes this one irrelevant.
-            let superseded = state.withLock { st -> Bool in
-                if let cur = st.index[e.key], cur.sequence > e.sequence { return true }
-                return false
+            if let written = try copyRecord(IndexEntry(segment: id, summary: e), key: e.key, from: seg.segment),
+               wroteTo.insert(ObjectIdentifier(written)).inserted {
+                segments.append(written)
             }
-            if superseded { continue }
-            _ = try copyRecord(IndexEntry(segment: id, summary: e), key: e.key, from: seg.segment)
         }
     }
 
-    /// Copies one record verbatim to the active segment after verifying it. Returns false when the record
-    /// is damaged (it is then dropped, and counted) or no longer current.
-    private func copyRecord(_ entry: IndexEntry, key: BlockKey, from segment: Segment) throws -> Bool {
+    /// Copies one record verbatim to the active segment after verifying it. Returns the segment written
+    /// into, or nil when the record is damaged (it is then dropped, and counted).
+    private func copyRecord(_ entry: IndexEntry, key: BlockKey, from segment: Segment) throws -> Segment? {
         let size = entry.recordSize
         let buffer = AlignedBuffer(capacity: size)
         let n = try segment.file.read(into: buffer.mutableBytes(count: size), at: entry.offset)
@@ -922,9 +956,9 @@ public final class BlockStore: Sendable {
               header.type == .tombstone || Checksum.xxh3(buffer.bytes(area, count: header.storedLength)) == header.payloadChecksum
         else {
             state.withLock { $0.stats.corruptReads += 1 }
-            return false
+            return nil
         }
-        guard let r = try reserve(recordSize: size, key: nil, force: false) else { return false }
+        guard let r = try reserve(recordSize: size, key: nil, force: false) else { return nil }
         do {
             try r.segment.file.write([buffer.bytes(count: size)], at: r.offset, direct: writesDirect)
             _ = r.segment.commit.writeCompleted()
@@ -939,6 +973,7 @@ public final class BlockStore: Sendable {
             var summary = entry.summary(key: key)
             summary.page = newPage
             seg.summary.append(summary)
+            if entry.isTombstone { seg.tombstones += 1 }
             if !entry.isTombstone, let cur = st.index[key], cur.segment == entry.segment, cur.page == entry.page {
                 var moved = cur
                 moved.segment = r.segment.id
@@ -950,7 +985,7 @@ public final class BlockStore: Sendable {
             }
             st.segments[r.segment.id] = seg
         }
-        return true
+        return r.segment
     }
 }
 

@@ -82,7 +82,11 @@ struct SegmentState {
     var inflight = 0
     /// Every record of the segment in log order, blocks and tombstones: the summary to be written at seal.
     var summary: [SummaryEntry] = []
-    var lastAccess: UInt64 = 0
+    /// When a block of the segment was last read (monotonic ns); starts at the segment's creation or
+    /// load, so a fresh segment is not taken for the coldest.
+    var lastAccess: UInt64 = monotonicNanoseconds()
+    /// Tombstones the segment holds: dropping it unseen could bring deleted blocks back.
+    var tombstones = 0
     /// Being compacted or evicted: not a candidate for either.
     var busy = false
 
