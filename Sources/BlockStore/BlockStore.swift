@@ -598,6 +598,8 @@ public final class BlockStore: Sendable {
         public var logicalLength: Int { Int(entry.logicalLength) }
         public var commitSeconds: UInt32 { entry.commitSeconds }
         public var storedLength: Int { Int(entry.storedLength) }
+        /// The record's sequence: a name deleted and written again gets a higher one.
+        public var sequence: UInt64 { entry.sequence }
     }
 
     /// Finds a block and counts the access toward its segment's recency.

@@ -46,7 +46,10 @@ public final class PinnedBlock: Sendable {
 public final class DRAMTier: Sendable {
     public let path: String
     let memory: SharedMemoryMapping
+    /// The clients' hit counters (PATH.hits), read and reset with pread/pwrite: a client may truncate
+    /// the file, and a mapping of it would then fault (SIGBUS) in the daemon; a short read is zero hits.
     let hitCounters: SharedMemoryMapping
+    let hitsDescriptor: Int32
     let tableCapacity: Int
     let dataOffset: Int
     let dataSize: Int
@@ -56,6 +59,8 @@ public final class DRAMTier: Sendable {
         var placement: S3FIFOPlacement<BlockKey>
         var slots: [BlockKey: Int] = [:]
         var pins: [BlockKey: Int] = [:]
+        /// Removed while pinned (a reply or an insert copy is using its bytes): freed at the last unpin.
+        var doomed: Set<BlockKey> = []
         var stats = TierStatistics()
     }
 
@@ -78,6 +83,7 @@ public final class DRAMTier: Sendable {
         dataSize = (size - dataOffset) / TierFormat.alignment * TierFormat.alignment
         memory = try SharedMemoryMapping(creating: path, size: size, mode: 0o640, group: group)
         hitCounters = try SharedMemoryMapping(creating: path + ".hits", size: max(4096, tableCapacity * 4), mode: 0o660, group: group)
+        hitsDescriptor = open(path + ".hits", O_RDWR | O_CLOEXEC)
         var st = State(placement: S3FIFOPlacement(capacity: dataSize, alignment: TierFormat.alignment))
         st.stats.capacityBytes = dataSize
         state = Locked(st)
@@ -115,6 +121,7 @@ public final class DRAMTier: Sendable {
 
     /// Marks the tier stopped (generation 0, so clients remap) and removes its files.
     public func close() {
+        if hitsDescriptor >= 0 { _ = Glibc.close(hitsDescriptor) }
         SharedAtomics.storeRelease(memory.word(at: TierFormat.generationOffset), 0)
         memory.unlinkFile()
         hitCounters.unlinkFile()
@@ -153,7 +160,18 @@ public final class DRAMTier: Sendable {
         withEntryLocked(index) { e in
             e.storeBytes(of: TierFormat.stateDeleted.littleEndian, toByteOffset: TierFormat.stateOffset, as: UInt32.self)
         }
-        hitCounters.pointer.storeBytes(of: UInt32(0), toByteOffset: index * 4, as: UInt32.self)
+        writeHits(index, 0)
+    }
+
+    private func readHits(_ index: Int) -> Int {
+        var value: UInt32 = 0
+        guard hitsDescriptor >= 0, pread(hitsDescriptor, &value, 4, off_t(index * 4)) == 4 else { return 0 }
+        return Int(UInt32(littleEndian: value))
+    }
+
+    private func writeHits(_ index: Int, _ n: UInt32) {
+        var value = n.littleEndian
+        if hitsDescriptor >= 0 { _ = pwrite(hitsDescriptor, &value, 4, off_t(index * 4)) }
     }
 
     /// A free table slot in the key's probe window (empty or deleted), if any.
@@ -168,13 +186,13 @@ public final class DRAMTier: Sendable {
 
     /// Hits clients counted on entry `index` since last read; resets them.
     private func takeMapHits(_ index: Int) -> Int {
-        let p = hitCounters.pointer + index * 4
-        let n = Int(UInt32(littleEndian: p.load(as: UInt32.self)))
+        let n = readHits(index)
         if n > 0 {
-            p.storeBytes(of: UInt32(0), as: UInt32.self)
+            writeHits(index, 0)
             mapHitsTaken.withLock { $0 += n }
         }
-        return n
+        // One hit is all the policy needs; a client cannot buy a block more laps by writing large counts.
+        return min(n, 1)
     }
 
     /// Applies a placement event: unpublish an evicted block; move a block's bytes and republish.
@@ -213,9 +231,17 @@ public final class DRAMTier: Sendable {
     }
 
     func unpin(_ key: BlockKey) {
-        state.withLock { st in
-            if let n = st.pins[key] { st.pins[key] = n > 1 ? n - 1 : nil }
+        state.withLock { st in Self.release(key, &st) }
+    }
+
+    private static func release(_ key: BlockKey, _ st: inout State) {
+        guard let n = st.pins[key] else { return }
+        if n > 1 {
+            st.pins[key] = n - 1
+            return
         }
+        st.pins[key] = nil
+        if st.doomed.remove(key) != nil { st.placement.remove(key) }
     }
 
     /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
@@ -251,11 +277,13 @@ public final class DRAMTier: Sendable {
         guard let (slot, item) = reserved else { return false }
         memcpy(memory.pointer + dataOffset + item.offset, bytes.baseAddress!, bytes.count)
         state.withLock { st in
-            st.pins[key] = (st.pins[key] ?? 1) > 1 ? st.pins[key]! - 1 : nil
-            // The slot was free when reserved; it still is (only insert publishes, under this lock,
-            // and it would have found the key reserved).
+            // Publish only if the space is still this reservation's: the key may have been removed (and
+            // even reserved again by another insert) while the bytes were copied.
+            let current = !st.doomed.contains(key) && st.placement.item(key)?.offset == item.offset && st.slots[key] == nil
+            Self.release(key, &st)
+            // Another key may have published into the reserved slot meanwhile.
             let index = entryState(slot) == TierFormat.stateValid ? freeSlot(for: key) : slot
-            guard let index, st.placement.item(key) != nil, st.slots[key] == nil else { return }
+            guard current, let index else { return }
             publish(index, key: key, item: item, checksum: checksum)
             st.slots[key] = index
             st.stats.insertions += 1
@@ -267,7 +295,8 @@ public final class DRAMTier: Sendable {
     public func remove(_ key: BlockKey) {
         state.withLock { st in
             if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
-            st.placement.remove(key)
+            // Bytes still in use by a pinned reply or an insert's copy are freed at the last unpin.
+            if st.pins[key] != nil { st.doomed.insert(key) } else { st.placement.remove(key) }
         }
     }
 
@@ -279,9 +308,7 @@ public final class DRAMTier: Sendable {
             s.promotions = st.placement.promotions
             s.reinsertions = st.placement.reinsertions
             var pending = 0
-            for index in st.slots.values {
-                pending += Int(UInt32(littleEndian: (hitCounters.pointer + index * 4).load(as: UInt32.self)))
-            }
+            for index in st.slots.values { pending += readHits(index) }
             s.mapHits = mapHitsTaken.withLock { $0 } + pending
             return s
         }

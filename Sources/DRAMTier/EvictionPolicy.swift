@@ -180,6 +180,9 @@ public struct S3FIFOPlacement<Key: Hashable>: ResidencyPolicy {
 
     private mutating func makeRoom(_ q: Queue, size: Int, isPinned: (Key) -> Bool, extraHits: (Key) -> Int,
                                    handle: (Event) -> Void) -> Int? {
+        // At most one lap of second chances per call: blocks hit on every lap (or counters a client
+        // keeps refilling) must not keep the loop, and the tier's lock, forever.
+        var secondChances = (q == .small ? small.fifo.count : main.fifo.count) + 1
         while true {
             if let offset = freeOffset(q, size: size) { return offset }
             guard let (key, item) = oldest(q), !isPinned(key) else { return nil }
@@ -203,7 +206,8 @@ public struct S3FIFOPlacement<Key: Hashable>: ResidencyPolicy {
                     while ghost.count > max(1024, Int(Double(items.count) * ghostFactor)) { ghostSet.remove(ghost.removeFirst()) }
                 }
             } else {
-                if frequency > 0, let to = freeOffset(.main, size: item.size) {
+                secondChances -= 1
+                if frequency > 0, secondChances > 0, let to = freeOffset(.main, size: item.size) {
                     var moved = item
                     moved.offset = to
                     moved.frequency = UInt8(min(3, frequency) - 1)

@@ -32,6 +32,8 @@ final class HintHandle: Handle, @unchecked Sendable {
 final class WriteHandle: Handle, @unchecked Sendable {
     let node: FileNode
     let pending: PendingWrite
+    /// Whether this handle's descriptor has been closed once (its first FLUSH).
+    let flushed = Locked(false)
     init(node: FileNode, pending: PendingWrite) {
         self.node = node
         self.pending = pending

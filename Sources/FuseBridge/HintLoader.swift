@@ -91,8 +91,11 @@ public final class HintLoader: Sendable {
                 continue
             }
             do {
-                let data = try store.read(namespace: namespace, key: name)
+                guard let located = store.locate(namespace: namespace, key: name) else { throw StoreError.notFound }
+                let data = try store.read(located)
                 let inserted = data.withBytes { tier.insert(key, bytes: $0, checksum: data.checksum ?? Checksum.xxh3($0), hinted: true) }
+                // Unlinked or replaced while it was read: do not keep the old bytes.
+                if store.attributes(namespace: namespace, key: name)?.sequence != located.sequence { tier.remove(key) }
                 stats.withLock { if inserted { $0.loaded += 1 } else { $0.failed += 1 } }
             } catch StoreError.notFound {
                 stats.withLock { $0.missing += 1 }

@@ -86,6 +86,8 @@ final class PendingWrite: Sendable {
         var checksummed = 0
         var metadata = BlockMetadata()
         var openHandles = 0
+        /// Handles not yet closed once (FLUSH): the close that brings this to zero commits.
+        var unflushed = 0
         /// Set once the block has been committed, discarded or failed; later writes are refused.
         var finished = false
         /// The writer died before closing: nothing is committed.

@@ -331,23 +331,27 @@ public final class WarehouseFileSystem: Sendable {
         // A block that exists (committed since the kernel's lookup): first write wins.
         if store.contains(namespace: ns.name, key: key) {
             if exclusive { return .failure(Errno(EEXIST)) }
-            switch committedEntry(ns: ns, key: key, parent: parent) {
-            case .failure(let e): return .failure(e)
-            case .success(let entry):
-                guard let node = nodes.withLock({ $0.nodes[UInt64(entry.attributes.st_ino)] }) else { return .failure(Errno(ENOENT)) }
-                return .success((entry, DiscardHandle(node: node, located: store.locate(namespace: ns.name, key: key)), true))
-            }
+            // Committed since the kernel's lookup: the writer gets a stand-in, as in `lookup`.
+            let entry = discardEntry(ns: ns, key: key, parent: parent)
+            guard let node = nodes.withLock({ $0.nodes[UInt64(entry.attributes.st_ino)] }) else { return .failure(Errno(ENOENT)) }
+            return .success((entry, DiscardHandle(node: node, located: store.locate(namespace: ns.name, key: key)), true))
         }
         if let node = pendingNode(parent: parent, name: key, caller: caller), let pending = node.state.withLock({ $0.pending }) {
             if exclusive { return .failure(Errno(EEXIST)) }
-            pending.state.withLock { $0.openHandles += 1 }
+            pending.state.withLock {
+                $0.openHandles += 1
+                $0.unflushed += 1
+            }
             node.state.withLock { $0.lookups += 1 }
             return fileAttributes(of: node).map { (Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0), WriteHandle(node: node, pending: pending), true) }
         }
         let region: ReservedRegion
         do { region = try staging.take() } catch { return .failure(Errno(ENOMEM)) }
         let pending = PendingWrite(region: region, creator: threadGroup(of: caller.pid))
-        pending.state.withLock { $0.openHandles = 1 }
+        pending.state.withLock {
+            $0.openHandles = 1
+            $0.unflushed = 1
+        }
         let node = nodes.withLock { table -> FileNode in
             let node = FileNode(ino: table.allocate(), namespaceID: ns.id, namespace: ns.name, key: key, parent: parent, pending: pending)
             node.state.withLock { $0.lookups = 1 }
@@ -387,12 +391,16 @@ public final class WarehouseFileSystem: Sendable {
                 let region: ReservedRegion
                 do { region = try staging.take() } catch { return .failure(Errno(ENOMEM)) }
                 let own = PendingWrite(region: region, creator: pending.creator)
-                own.state.withLock { $0.openHandles = 1 }
+                own.state.withLock {
+                    $0.openHandles = 1
+                    $0.unflushed = 1
+                }
                 return .success((WriteHandle(node: node, pending: own), false, true))
             }
             let ok = pending.state.withLock { s -> Bool in
                 if s.finished { return false }
                 s.openHandles += 1
+                s.unflushed += 1
                 return true
             }
             guard ok else { return .failure(Errno(ENOENT)) }
@@ -401,6 +409,10 @@ public final class WarehouseFileSystem: Sendable {
         let located = store.locate(namespace: node.namespace, key: node.key)
         if node.state.withLock({ $0.discard }) { return .success((DiscardHandle(node: node, located: located), false, true)) }
         guard let located else { return .failure(Errno(ENOENT)) }
+        // The name now holds another record than this inode showed (deleted or evicted, then written
+        // again): the kernel's cached pages are of the old bytes, so make it look the name up again.
+        let shown = node.state.withLock { $0.sequence }
+        if shown != 0 && shown != located.sequence { return .failure(Errno(ESTALE)) }
         if writing {
             guard flags & O_APPEND == 0, let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 else {
                 return .failure(Errno(EACCES))
@@ -508,11 +520,13 @@ public final class WarehouseFileSystem: Sendable {
             r.block.withLock { $0 = loaded }
             // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
             // reader, through the mount or the map, finds it there.
-            if let tier {
+            if let tier, let located = r.located {
+                let key = BlockKey(namespace: located.namespace, key: located.key)
                 loaded.withBytes { bytes in
-                    _ = tier.insert(BlockKey(namespace: r.node.namespace, key: r.node.key), bytes: bytes,
-                                    checksum: loaded.checksum ?? Checksum.xxh3(bytes))
+                    _ = tier.insert(key, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
                 }
+                // Unlinked or replaced while we read it: the tier must not keep the old bytes.
+                if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence { tier.remove(key) }
             }
         }
         loaded.withBytes { bytes in
@@ -534,7 +548,19 @@ public final class WarehouseFileSystem: Sendable {
             return nil
         }
         guard let w = handle as? WriteHandle else { return nil }
-        let last = w.pending.state.withLock { $0.openHandles <= 1 && !$0.finished }
+        // A close by another process (a forked child closing inherited descriptors at exec or exit)
+        // neither commits nor abandons the writer's block.
+        if threadGroup(of: caller.pid) != w.pending.creator { return nil }
+        let firstFlush = w.flushed.withLock { f -> Bool in
+            defer { f = true }
+            return !f
+        }
+        // The close that leaves no handle of this writer unclosed commits (RELEASE comes too late: it
+        // arrives after close returned).
+        let last = w.pending.state.withLock { s -> Bool in
+            if firstFlush { s.unflushed -= 1 }
+            return s.unflushed <= 0 && !s.finished
+        }
         guard last else { return w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil } }
         if CallerProcess.isExiting(caller.pid) {
             // The writer died with the block open (killed, or exited without closing): leave nothing.
@@ -729,6 +755,16 @@ public final class WarehouseFileSystem: Sendable {
         let sequence = store.attributes(namespace: ns, key: newKey)?.sequence ?? 0
         nodes.withLock { table in
             guard let ino = table.committed.removeValue(forKey: BlockKey(namespace: ns, key: oldKey)), let node = table.nodes[ino] else { return }
+            if targetExists {
+                // First write wins: the target keeps its bytes. The kernel now names the source's inode
+                // `newKey`, but its cached pages hold the source's bytes: it keeps the source's
+                // sequence, so an open of it answers ESTALE and the kernel looks the target up afresh.
+                node.state.withLock {
+                    $0.key = newKey
+                    $0.parent = newParent
+                }
+                return
+            }
             node.state.withLock {
                 $0.key = newKey
                 $0.parent = newParent

@@ -2,12 +2,8 @@
 import Glibc
 #endif
 
-/// A value behind a pthread mutex: `withLock` gives exclusive access.
-///
-/// Used instead of `Synchronization.Mutex`/`Atomic` as stored properties of classes that other modules
-/// allocate: with Swift 6.3's release builds a client module computed such a class's instance size
-/// without the raw-layout fields, and the initializer then wrote past the allocation (found with
-/// valgrind: "Invalid write of size 8 ... 0 bytes after a block"). A plain class has one layout everywhere.
+/// A value behind a pthread mutex: `withLock` gives exclusive access. A plain class (heap mutex, stored
+/// value), used for the shared state of the store, the tier and the filesystem.
 ///
 /// Thread-safety: the purpose of the type; the mutex lives on the heap and never moves.
 public final class Locked<Value>: @unchecked Sendable {

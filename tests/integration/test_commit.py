@@ -482,3 +482,32 @@ def test_block_written_out_of_order_reads_back_exactly(ns):
     finally:
         os.close(fd)
     assert read_block(path) == data
+
+
+def test_a_forked_child_closing_the_descriptor_neither_commits_nor_drops_the_block(ns, other):
+    path = _path(ns, "canonical", "forked-child")
+    data = pattern("forked-child", 3 * MiB)
+    fd = os.open(path, CREATE, 0o644)
+    os.write(fd, data[:MiB])
+    pid = os.fork()
+    if pid == 0:           # the child closes its copy of the descriptor and exits (as exec or exit would)
+        os.close(fd)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert other.probe(path)["open"] == "ENOENT", "the child's close committed a partial block"
+    os.write(fd, data[MiB:])
+    os.close(fd)
+    assert read_block(path) == data
+
+
+def test_with_two_descriptors_the_last_close_commits_before_it_returns(ns, other):
+    path = _path(ns, "canonical", "two-descriptors")
+    data = pattern("two-descriptors", 2 * MiB)
+    first = os.open(path, CREATE, 0o644)
+    second = os.open(path, os.O_WRONLY)
+    os.pwrite(first, data[:MiB], 0)
+    os.pwrite(second, data[MiB:], MiB)
+    os.close(first)
+    assert other.probe(path)["open"] == "ENOENT", "committed while a descriptor was still open"
+    os.close(second)
+    assert other.read(path) == sha(data), "the block was not whole and visible when the last close returned"
