@@ -159,14 +159,7 @@ def tiers_of(blocks: fb.Blocks, ns_dir: Path) -> list[str]:
 
 def drop_page_cache_global() -> bool:
     """echo 1 > /proc/sys/vm/drop_caches: clean page-cache pages of every file (tmpfs, thus the tier, stays)."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
-        return True
-    except OSError as e:
-        log(f"warning: cannot drop the page cache ({e})")
-        return False
+    return fb.drop_caches(level=1)
 
 
 def drop_file_pages(paths: list[str]) -> str:

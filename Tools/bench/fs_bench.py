@@ -108,11 +108,12 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
-def drop_caches() -> bool:
+def drop_caches(level: int = 3) -> bool:
+    """sync, then echo LEVEL > /proc/sys/vm/drop_caches (1: page cache only; 3: also dentries and inodes)."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
+            f.write(f"{level}\n")
         return True
     except OSError as e:
         log(f"warning: cannot drop the page cache ({e}); 'uncached' reads may hit it")
