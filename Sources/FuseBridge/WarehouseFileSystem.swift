@@ -559,7 +559,10 @@ public final class WarehouseFileSystem: Sendable {
         // arrives after close returned).
         let last = w.pending.state.withLock { s -> Bool in
             if firstFlush { s.unflushed -= 1 }
-            return s.unflushed <= 0 && !s.finished
+            // A close before any byte arrived is almost always the close of a duplicate that the same
+            // process goes on writing through (`cmd > file` and dd open, dup2 and close the original):
+            // FUSE cannot tell which close is the last, so an empty block waits for RELEASE instead.
+            return s.unflushed <= 0 && !s.finished && s.length > 0
         }
         guard last else { return w.pending.state.withLock { $0.failure != 0 ? Errno($0.failure) : nil } }
         if CallerProcess.isExiting(caller.pid) {

@@ -52,6 +52,16 @@ struct Status: ParsableCommand {
                 print("namespace   \(name): \(blocks) blocks, \(SizeParser.format(bytes)), compression \(u["compression"] ?? "off")")
             }
         }
+        if let t = object["dram_tier"] as? [String: Any], (t["enabled"] as? Bool) == true {
+            func tn(_ key: String) -> UInt64 { (t[key] as? NSNumber)?.uint64Value ?? 0 }
+            print("dram tier   \(t["path"] ?? "?"): \(tn("resident_blocks")) blocks, \(SizeParser.format(tn("resident_bytes"))) of \(SizeParser.format(tn("capacity_bytes"))); "
+                  + "\(tn("mount_hits")) mount hits, \(tn("mount_misses")) misses, \(tn("map_hits")) map hits, \(tn("evictions")) evictions (\(t["policy"] ?? "?"))")
+        } else {
+            print("dram tier   off")
+        }
+        if let p = object["prefetch"] as? [String: Any], (p["enabled"] as? Bool) == true {
+            print("prefetch    \(p["hinted"] ?? 0) hinted, \(p["loaded"] ?? 0) loaded, \(p["already_resident"] ?? 0) already resident, \(p["missing"] ?? 0) missing, \(p["dropped"] ?? 0) dropped")
+        }
         if let r = object["recovery"] as? [String: Any] {
             print("recovery    \(r["segments_from_summary"] ?? 0) segments from summaries, \(r["segments_scanned"] ?? 0) scanned, \(r["corrupt_records"] ?? 0) corrupt records, \(r["torn_tail_bytes"] ?? 0) torn-tail bytes, \(r["seconds"] ?? 0) s")
         }

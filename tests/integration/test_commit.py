@@ -511,3 +511,17 @@ def test_with_two_descriptors_the_last_close_commits_before_it_returns(ns, other
     assert other.probe(path)["open"] == "ENOENT", "committed while a descriptor was still open"
     os.close(second)
     assert other.read(path) == sha(data), "the block was not whole and visible when the last close returned"
+
+
+def test_shell_redirection_and_dd_write_whole_blocks(ns, tmp_path):
+    # `cmd > file` and dd open the file, dup2 it onto stdout and close the original before writing:
+    # that first close must not commit an empty block.
+    src = tmp_path / "src"
+    data = pattern("redirect", 1_000_003)
+    src.write_bytes(data)
+    by_shell = _path(ns, "canonical", "shell-redirect")
+    subprocess.run(["bash", "-c", f"cat '{src}' > '{by_shell}'"], check=True, timeout=60)
+    assert read_block(by_shell) == data
+    by_dd = _path(ns, "compat", "dd-output")
+    subprocess.run(["dd", f"if={src}", f"of={by_dd}", "bs=4096", "status=none"], check=True, timeout=60)
+    assert read_block(by_dd) == data
