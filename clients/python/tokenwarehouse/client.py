@@ -315,34 +315,50 @@ class Client:
         """The block file's path: MOUNT/NS/hh/NAME for 16-128 lowercase hex names, else MOUNT/NS/NAME."""
         return os.path.join(self.mount, block_relpath(ns, name))
 
+    def _from_map(self, ns, name, copy, capacity=None):
+        """The sequence-locked lookup of docs/dram-tier.md, shared by get and get_into.
+
+        `copy(m, off, n)` copies the block out and returns (result, copied bytes); the result is returned
+        when the entry did not change meanwhile (and, with verify, the checksum holds). None means: read
+        the file. A block longer than `capacity` raises ValueError."""
+        m = self._map
+        if m is None or m.q[m.gen_index] != m.gen:
+            m = self._tier()
+        if m is None:
+            return None
+        lo, hi = block_key(ns, name)
+        r = m.find(lo, hi)
+        if r.__class__ is not tuple:
+            self.stats["map_misses" if r == _MISS else "map_retries"] += 1
+            return None
+        i, eo, s1, off, n, csum = r
+        if capacity is not None and n > capacity:
+            if m.q[eo >> 3] == s1:
+                raise ValueError(f"buffer of {capacity} bytes is too small for block {ns}/{name} of {n} bytes")
+            self.stats["map_retries"] += 1
+            return None
+        result, copied = copy(m, off, n)
+        if m.q[eo >> 3] != s1:   # changed while we copied: evicted or moved
+            self.stats["map_retries"] += 1
+            return None
+        if self.verify and _xxh3_64(copied) != csum:
+            self.stats["checksum_errors"] += 1
+            return None
+        self.stats["map_hits"] += 1
+        h = m.hits
+        if h is not None:
+            h[i] = (h[i] + 1) & 0xFFFFFFFF
+        return result
+
     def get(self, ns, name) -> bytes:
         """The block's bytes, from the DRAM tier if it is resident, else from its file.
 
         Raises FileNotFoundError when the block does not exist."""
-        m = self._map
-        if m is None or m.q[m.gen_index] != m.gen:
-            m = self._tier()
-        if m is not None:
-            lo, hi = block_key(ns, name)
-            r = m.find(lo, hi)
-            if r.__class__ is tuple:
-                i, eo, s1, off, n, csum = r
-                data = m.mm[off:off + n]
-                if m.q[eo >> 3] == s1:   # unchanged while we copied: a whole, current block
-                    if not self.verify or _xxh3_64(data) == csum:
-                        self.stats["map_hits"] += 1
-                        h = m.hits
-                        if h is not None:
-                            h[i] = (h[i] + 1) & 0xFFFFFFFF
-                        return data
-                    self.stats["checksum_errors"] += 1
-                else:
-                    self.stats["map_retries"] += 1
-            elif r == _MISS:
-                self.stats["map_misses"] += 1
-            else:
-                self.stats["map_retries"] += 1
-        return self._read_file(ns, name)
+        def copy(m, off, n):
+            data = m.mm[off:off + n]
+            return data, data
+        data = self._from_map(ns, name, copy)
+        return data if data is not None else self._read_file(ns, name)
 
     def _read_file(self, ns, name) -> bytes:
         self.stats["file_reads"] += 1
@@ -357,36 +373,12 @@ class Client:
             raise TypeError("get_into needs a writable buffer")
         if dst.ndim != 1 or dst.format != "B":
             dst = dst.cast("B")
-        cap = dst.nbytes
-        m = self._map
-        if m is None or m.q[m.gen_index] != m.gen:
-            m = self._tier()
-        if m is not None:
-            lo, hi = block_key(ns, name)
-            r = m.find(lo, hi)
-            if r.__class__ is tuple:
-                i, eo, s1, off, n, csum = r
-                if n > cap:
-                    if m.q[eo >> 3] == s1:
-                        raise ValueError(f"buffer of {cap} bytes is too small for block {ns}/{name} of {n} bytes")
-                    self.stats["map_retries"] += 1
-                else:
-                    _copy(dst[:n], m.mv[off:off + n])
-                    if m.q[eo >> 3] == s1:
-                        if not self.verify or _xxh3_64(dst[:n]) == csum:
-                            self.stats["map_hits"] += 1
-                            h = m.hits
-                            if h is not None:
-                                h[i] = (h[i] + 1) & 0xFFFFFFFF
-                            return n
-                        self.stats["checksum_errors"] += 1
-                    else:
-                        self.stats["map_retries"] += 1
-            elif r == _MISS:
-                self.stats["map_misses"] += 1
-            else:
-                self.stats["map_retries"] += 1
-        return self._read_file_into(ns, name, dst)
+
+        def copy(m, off, n):
+            _copy(dst[:n], m.mv[off:off + n])
+            return n, dst[:n]
+        n = self._from_map(ns, name, copy, capacity=dst.nbytes)
+        return n if n is not None else self._read_file_into(ns, name, dst)
 
     def _read_file_into(self, ns, name, dst: memoryview) -> int:
         self.stats["file_reads"] += 1
