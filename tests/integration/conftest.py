@@ -8,6 +8,8 @@ Environment:
   TWFS_REQUIRE_BINARY=1 fail instead of skipping when the daemon binary is missing
   TWFS_KEEP=1           keep the temporary directories (store, log) after the tests
   TW_STRESS_SECONDS     length of the stress test (default 60)
+  TWCTL_BIN             the twctl to test (default: twctl beside TWFS_BIN, else <repo>/.build/release/twctl)
+  TW_REL_*              knobs of the reliability tests (test_reliability_*.py; see docs/reliability.md)
 """
 
 from __future__ import annotations

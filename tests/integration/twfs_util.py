@@ -299,3 +299,76 @@ def lazy_unmount(path: os.PathLike | str) -> None:
         r = subprocess.run(["fusermount3", "-u", "-z", os.fspath(path)], capture_output=True, timeout=30)
         if r.returncode != 0:
             subprocess.run(["umount", "-l", os.fspath(path)], capture_output=True, timeout=30)
+
+
+# ------------------------------------------------------------------------------- reliability helpers
+
+def twctl_binary() -> str:
+    """The twctl to test: $TWCTL_BIN, else twctl beside $TWFS_BIN, else <repo>/.build/release/twctl."""
+    env = os.environ.get("TWCTL_BIN")
+    if env:
+        return env
+    twfs = os.environ.get("TWFS_BIN")
+    if twfs and os.access(os.path.join(os.path.dirname(twfs), "twctl"), os.X_OK):
+        return os.path.join(os.path.dirname(twfs), "twctl")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".build", "release", "twctl")
+
+
+def run_twctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run twctl with arguments; returns the completed process (text stdout/stderr)."""
+    return subprocess.run([twctl_binary(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def rss_kib(pid: int) -> dict:
+    """VmRSS, RssAnon, RssFile, RssShmem and VmHWM (KiB) of a process, from /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+SEGMENT_HEADER_SIZE = 4096
+RECORD_MAGIC = b"TWR1"
+RECORD_FIXED_HEADER = 64
+
+
+def _align4k(n: int) -> int:
+    return (n + 4095) & ~4095
+
+
+def segment_records(path: os.PathLike | str) -> list[dict]:
+    """The records of a segment file as docs/format.md lays them out, without checking checksums.
+
+    Each: offset, size (whole record), type (1 block, 2 tombstone), namespace, key, header_area,
+    stored (payload length), and the byte ranges a checksum covers: `checked` = [(start, end), ...]
+    (fixed header, namespace, key, metadata, stored payload). Zero pages are skipped; a page that does
+    not start with the record magic ends the walk (callers parse undamaged files).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    records, off = [], SEGMENT_HEADER_SIZE
+    while off + RECORD_FIXED_HEADER <= len(data):
+        head = data[off:off + RECORD_FIXED_HEADER]
+        if head[:4] != RECORD_MAGIC:
+            if data[off:off + 4096].count(0) == len(data[off:off + 4096]):
+                off += 4096
+                continue
+            break
+        kind, ns_len = head[4], head[6]
+        key_len = int.from_bytes(head[8:10], "little")
+        meta_len = int.from_bytes(head[10:12], "little")
+        stored = int.from_bytes(head[12:16], "little")
+        var_end = off + RECORD_FIXED_HEADER + ns_len + key_len + meta_len
+        area = _align4k(RECORD_FIXED_HEADER + ns_len + key_len + meta_len)
+        size = area + _align4k(stored)
+        records.append({
+            "offset": off, "size": size, "type": kind, "header_area": area, "stored": stored,
+            "namespace": data[off + 64:off + 64 + ns_len].decode("utf-8", "surrogateescape"),
+            "key": data[off + 64 + ns_len:off + 64 + ns_len + key_len].decode("utf-8", "surrogateescape"),
+            "checked": [(off, var_end)] + ([(off + area, off + area + stored)] if stored else []),
+        })
+        off += size
+    return records
