@@ -30,7 +30,7 @@ SECONDS = float(os.environ.get("TW_REL_LOAD_SECONDS", "30"))
 SEED = int(os.environ.get("TW_REL_SEED") or random.SystemRandom().randrange(1 << 32))
 READER_PROCS, READER_THREADS, WRITERS = 4, 16, 8
 KiB, MiB = 1 << 10, 1 << 20
-WRITE_BUDGET = 768 * MiB
+WRITE_BUDGET = 2048 * MiB
 RSS_GROWTH_LIMIT_KIB = 64 * 1024      # index entries and staging buffers of 8 writers fit well inside
 
 _READER = r"""
