@@ -368,17 +368,19 @@ class Client:
     def get_into(self, ns, name, buffer) -> int:
         """Copy the block into `buffer` (anything writable with the buffer protocol: bytearray, memoryview,
         a C-contiguous numpy array...). Returns the block's length; ValueError if the buffer is too small."""
-        dst = memoryview(buffer)
-        if dst.readonly:
-            raise TypeError("get_into needs a writable buffer")
-        if dst.ndim != 1 or dst.format != "B":
-            dst = dst.cast("B")
+        dst = _writable_bytes(buffer)
+        n = self.map_into(ns, name, dst)
+        return n if n is not None else self._read_file_into(ns, name, dst)
+
+    def map_into(self, ns, name, buffer) -> int | None:
+        """Copy the block into `buffer` from the DRAM tier's map only: its length, or None when it is not
+        resident there (or the copy raced with the daemon). No system call; never reads the file."""
+        dst = _writable_bytes(buffer)
 
         def copy(m, off, n):
             _copy(dst[:n], m.mv[off:off + n])
             return n, dst[:n]
-        n = self._from_map(ns, name, copy, capacity=dst.nbytes)
-        return n if n is not None else self._read_file_into(ns, name, dst)
+        return self._from_map(ns, name, copy, capacity=dst.nbytes)
 
     def _read_file_into(self, ns, name, dst: memoryview) -> int:
         self.stats["file_reads"] += 1
@@ -534,6 +536,15 @@ class Client:
     def __repr__(self) -> str:
         where = f"tier {self.tier_path} gen {self.generation:#x}" if self._map else "files only"
         return f"<tokenwarehouse.Client {self.mount!r} {where}{' closed' if self._closed else ''}>"
+
+
+def _writable_bytes(buffer) -> memoryview:
+    dst = memoryview(buffer)
+    if dst.readonly:
+        raise TypeError("get_into needs a writable buffer")
+    if dst.ndim != 1 or dst.format != "B":
+        dst = dst.cast("B")
+    return dst
 
 
 def _attr_bytes(value, what: str) -> bytes:
