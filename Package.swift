@@ -27,13 +27,20 @@ let package = Package(
         // The shared-memory DRAM tier: layout, S3-FIFO placement, sequence-locked table.
         .target(name: "DRAMTier", dependencies: ["BlockStore", "Platform"]),
         // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.
+        // Traces in the Mooncake format, synthetic workloads, offline bounds and the planner's simulation.
+        .target(name: "Traces", dependencies: ["BlockStore", "DRAMTier"]),
+        // Line charts as PNG, without dependencies (the planner's plot).
+        .target(name: "Charts"),
         .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse"]),
         .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "Platform"], path: "Mount/twfs"),
         .executableTarget(
             name: "twctl",
-            dependencies: ["BlockStore", "DRAMTier", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["BlockStore", "DRAMTier", "Platform", "Traces", "Charts", "CSystem",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Tools/twctl"),
         .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "Platform"]),
         .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "BlockStore", "Platform"]),
+        .testTarget(name: "TracesTests", dependencies: ["Traces", "BlockStore", "DRAMTier"]),
+        .testTarget(name: "ChartsTests", dependencies: ["Charts"]),
     ]
 )

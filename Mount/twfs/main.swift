@@ -24,10 +24,13 @@ options:
   --max-block SIZE     largest block accepted, larger writes fail with EFBIG (default: 256M)
   --segment-size SIZE  size at which a segment is sealed (default: capacity/16, 16M to 256M)
   --threads N          FUSE worker threads (default: 16)
+  --prefetch-workers N       threads loading blocks into the DRAM tier ahead of reads (default: 2)
+  --prefetch-bandwidth SIZE  bytes per second they may read from NVMe, 0 for no limit (default: 2G)
+  --prefetch-depth N         blocks followed ahead along chain links and learned order (default: 8)
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
-  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=
-                       as above;
+  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=,
+                       prefetch_workers=, prefetch_bandwidth=, prefetch_depth= as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
 SIZE accepts 4096, 512K, 512M, 20G, 1T.
 """
@@ -53,6 +56,7 @@ struct Options {
     var maxBlock = StoreConfiguration.defaultMaxBlockSize
     var segmentSize: UInt64?
     var threads = 16
+    var prefetch = PrefetchSettings()
     var foreground = false
     var debug = false
     var fuseOptions: [String] = []
@@ -84,6 +88,13 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
     case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { fail("threads must be 1 to 256") }
         o.threads = n
+    case "prefetch_workers":
+        guard let n = Int(value), n > 0, n <= 64 else { fail("prefetch-workers must be 1 to 64") }
+        o.prefetch.workers = n
+    case "prefetch_bandwidth": o.prefetch.bandwidth = size(value, "prefetch-bandwidth")
+    case "prefetch_depth":
+        guard let n = Int(value), n >= 0, n <= 1024 else { fail("prefetch-depth must be 0 to 1024") }
+        o.prefetch.depth = n
     default: return false
     }
     return true
@@ -263,7 +274,7 @@ if options.dram > 0 {
 var settings = MountSettings()
 settings.storeDirectory = storeDirectory
 settings.syncPolicy = options.sync.rawValue
-let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings)
+let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings, prefetch: options.prefetch)
 let session: FuseSession
 do {
     session = try FuseSession(filesystem: filesystem, mountpoint: options.mountpoint, options: fuseOptions, debug: options.debug)
@@ -275,12 +286,12 @@ do {
 say("twfs: mounted at \(options.mountpoint)")
 session.daemonize(foreground: options.foreground)
 store.startBackgroundWork()
-filesystem.hints?.start()
+filesystem.prefetcher?.start()
 let rc = session.run(threads: options.threads)
 // libfuse's loop returns the number of the signal that stopped it (SIGINT, SIGTERM, SIGHUP): a clean stop.
 let cleanExit = rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP
 session.close()
-filesystem.hints?.stop()
+filesystem.prefetcher?.stop()
 tier?.close()
 do {
     try store.close()

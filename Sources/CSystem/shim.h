@@ -9,6 +9,7 @@
 #include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/xattr.h>
 
 static inline int tw_o_direct(void) { return O_DIRECT; }
 

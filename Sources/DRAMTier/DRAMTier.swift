@@ -20,6 +20,12 @@ public struct TierStatistics: Sendable {
     public var evictions = 0
     public var promotions = 0
     public var reinsertions = 0
+    /// Blocks the prefetcher loaded that were read (through the mount or the map) before they left.
+    public var prefetchUsed = 0
+    /// Blocks the prefetcher loaded that left (evicted or unlinked) without being read.
+    public var prefetchWasted = 0
+    /// Prefetched blocks still resident and not read yet.
+    public var prefetchPending = 0
 }
 
 /// A resident block held still for a reply: its bytes are not moved or reused until `release`.
@@ -61,6 +67,8 @@ public final class DRAMTier: Sendable {
         var pins: [BlockKey: Int] = [:]
         /// Removed while pinned (a reply or an insert copy is using its bytes): freed at the last unpin.
         var doomed: Set<BlockKey> = []
+        /// Prefetched blocks not read yet: a read makes them `prefetchUsed`, leaving `prefetchWasted`.
+        var prefetched: Set<BlockKey> = []
         var stats = TierStatistics()
     }
 
@@ -201,7 +209,10 @@ public final class DRAMTier: Sendable {
         case .evicted(let key, _):
             if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
             st.stats.evictions += 1
+            if st.prefetched.remove(key) != nil { st.stats.prefetchWasted += 1 }
         case .moved(let key, let from, let to):
+            // The policy moves a block only when it was read since it was placed.
+            if st.prefetched.remove(key) != nil { st.stats.prefetchUsed += 1 }
             guard let index = st.slots[key] else { return }
             withEntryLocked(index) { e in
                 memmove(memory.pointer + dataOffset + to.offset, memory.pointer + dataOffset + from.offset, from.length)
@@ -225,6 +236,7 @@ public final class DRAMTier: Sendable {
             st.pins[key, default: 0] += 1
             st.placement.recordHit(key)
             st.stats.mountHits += 1
+            if st.prefetched.remove(key) != nil { st.stats.prefetchUsed += 1 }
             return UnsafeRawBufferPointer(start: memory.pointer + dataOffset + item.offset, count: item.length)
         }
         return found.map { PinnedBlock(tier: self, key: key, bytes: $0) }
@@ -247,8 +259,10 @@ public final class DRAMTier: Sendable {
     /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
     /// soon and goes to the main ring). Returns false when it cannot be placed
     /// now (no free table slot in its probe window, or room only behind a pinned block).
+    /// `prefetched` blocks are counted as used or wasted when they are read or leave.
     @discardableResult
-    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64, hinted: Bool = false) -> Bool {
+    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64, hinted: Bool = false,
+                       prefetched: Bool = false) -> Bool {
         // Reserve the space and pin it, copy outside the lock, then publish.
         let reserved = state.withLock { st -> (Int, S3FIFOPlacement<BlockKey>.Item)? in
             // Resident, or being copied in by another thread right now: one copy, one table entry.
@@ -287,6 +301,7 @@ public final class DRAMTier: Sendable {
             publish(index, key: key, item: item, checksum: checksum)
             st.slots[key] = index
             st.stats.insertions += 1
+            if prefetched { st.prefetched.insert(key) }
         }
         return true
     }
@@ -295,6 +310,7 @@ public final class DRAMTier: Sendable {
     public func remove(_ key: BlockKey) {
         state.withLock { st in
             if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
+            if st.prefetched.remove(key) != nil { st.stats.prefetchWasted += 1 }
             // Bytes still in use by a pinned reply or an insert's copy are freed at the last unpin.
             if st.pins[key] != nil { st.doomed.insert(key) } else { st.placement.remove(key) }
         }
@@ -310,6 +326,10 @@ public final class DRAMTier: Sendable {
             var pending = 0
             for index in st.slots.values { pending += readHits(index) }
             s.mapHits = mapHitsTaken.withLock { $0 } + pending
+            // Prefetched blocks that clients have read through the map (counters not yet taken).
+            for key in st.prefetched {
+                if let index = st.slots[key], readHits(index) > 0 { s.prefetchUsed += 1 } else { s.prefetchPending += 1 }
+            }
             return s
         }
     }

@@ -35,17 +35,17 @@ public final class WarehouseFileSystem: Sendable {
     public let store: BlockStore
     /// The shared-memory DRAM tier, when the mount has one.
     public let tier: DRAMTier?
-    /// Background loader of prefetch hints into the tier.
-    public let hints: HintLoader?
+    /// Loads blocks into the tier before they are read (hints, chain links, learned order).
+    public let prefetcher: Prefetcher?
     let settings: MountSettings
     let nodes = Locked(NodeTable())
     let staging: StagingPool
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
 
-    public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings) {
+    public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings, prefetch: PrefetchSettings = PrefetchSettings()) {
         self.store = store
         self.tier = tier
-        hints = tier.map { HintLoader(store: store, tier: $0) }
+        prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch) }
         self.settings = settings
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
     }
@@ -422,6 +422,7 @@ public final class WarehouseFileSystem: Sendable {
             return .failure(Errno(ESTALE))
         }
         let pinned = tier?.pin(BlockKey(namespace: node.namespace, key: node.key))
+        prefetcher?.noteRead(namespace: node.namespace, name: node.key, process: caller.pid)
         return .success((ReadHandle(node: node, located: located, pinned: pinned), true, false))
     }
 
@@ -544,7 +545,7 @@ public final class WarehouseFileSystem: Sendable {
                 defer { b = [] }
                 return b
             }
-            if !lines.isEmpty { hints?.hint(HintLoader.parse(lines)) }
+            if !lines.isEmpty { prefetcher?.hint(Prefetcher.parse(lines)) }
             return nil
         }
         guard let w = handle as? WriteHandle else { return nil }
@@ -611,6 +612,7 @@ public final class WarehouseFileSystem: Sendable {
             _ = try store.put(namespace: node.namespace, key: key,
                               payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata,
                               stagedInPlace: true, payloadChecksum: checksum)
+            prefetcher?.noteCommit(namespace: node.namespace, name: key, parent: metadata.parent)
             return nil
         } catch {
             let e = Errno(error)
@@ -963,10 +965,15 @@ extension WarehouseFileSystem {
     }
 
     func prefetchJSON() -> String {
-        guard let hints else { return "{\"enabled\": false}" }
-        let h = hints.statistics()
-        return "{\"enabled\": true, \"hinted\": \(h.hinted), \"loaded\": \(h.loaded), \"already_resident\": \(h.alreadyResident), "
-            + "\"missing\": \(h.missing), \"dropped\": \(h.dropped), \"failed\": \(h.failed)}"
+        guard let prefetcher, let tier else { return "{\"enabled\": false}" }
+        let h = prefetcher.statistics()
+        let t = tier.statistics()
+        return "{\"enabled\": true, \"hinted\": \(h.hinted), \"loaded\": \(h.loaded), \"loaded_hinted\": \(h.loadedHinted), "
+            + "\"loaded_chain\": \(h.loadedChain), \"loaded_learned\": \(h.loadedLearned), \"already_resident\": \(h.alreadyResident), "
+            + "\"missing\": \(h.missing), \"dropped\": \(h.dropped), \"late\": \(h.late), \"expired\": \(h.expired), "
+            + "\"failed\": \(h.failed), \"used\": \(t.prefetchUsed), \"wasted\": \(t.prefetchWasted), \"pending\": \(t.prefetchPending), "
+            + "\"successor_links\": \(h.successors), \"workers\": \(prefetcher.settings.workers), "
+            + "\"bandwidth_bytes_per_second\": \(prefetcher.settings.bandwidth), \"depth\": \(prefetcher.settings.depth)}"
     }
 }
 

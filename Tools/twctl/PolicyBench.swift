@@ -1,6 +1,7 @@
 import ArgumentParser
 import DRAMTier
 import Foundation
+import Traces
 
 /// `twctl bench dram-policy TRACE`: hit ratios of the DRAM tier's S3-FIFO placement (the code the daemon
 /// runs) against LRU and Belady's optimum on a trace in the Mooncake format, at several capacities.
@@ -42,18 +43,8 @@ struct PolicyBench: ParsableCommand {
         }
     }
 
-    /// Every block id of every request, in arrival order.
     static func loadReferences(_ path: String) throws -> [Int] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw failure("cannot read trace \(path)") }
-        var out: [Int] = []
-        for (n, line) in text.split(separator: "\n").enumerated() where !line.isEmpty {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  let ids = object["hash_ids"] as? [Any] else {
-                throw failure("\(path) line \(n + 1): not a Mooncake trace record (needs hash_ids)")
-            }
-            out.append(contentsOf: ids.compactMap { ($0 as? NSNumber)?.intValue })
-        }
-        return out
+        do { return try Trace.load(path: path).references } catch { throw failure("\(error)") }
     }
 
     static func hitRatio<P: ResidencyPolicy>(_ policy: inout P, _ references: [Int]) -> Double where P.Key == Int {
@@ -62,61 +53,7 @@ struct PolicyBench: ParsableCommand {
         return references.isEmpty ? 0 : Double(hits) / Double(references.count)
     }
 
-    /// Belady's MIN with bypass: evict (or do not admit) the block whose next use is farthest away.
     static func beladyHitRatio(_ references: [Int], capacity: Int) -> Double {
-        var next = [Int](repeating: Int.max, count: references.count)
-        var seen: [Int: Int] = [:]
-        for i in stride(from: references.count - 1, through: 0, by: -1) {
-            next[i] = seen[references[i]] ?? Int.max
-            seen[references[i]] = i
-        }
-        var resident: [Int: Int] = [:]  // block -> its next use
-        var heap = MaxHeap()
-        var hits = 0
-        for (i, r) in references.enumerated() {
-            if resident[r] != nil {
-                hits += 1
-                resident[r] = next[i]
-                heap.push((next[i], r))
-                continue
-            }
-            if resident.count >= capacity {
-                // Farthest next use among residents (skipping stale heap entries).
-                while let top = heap.peek(), resident[top.1] != top.0 { _ = heap.pop() }
-                guard let top = heap.peek() else { continue }
-                if top.0 <= next[i] { continue }  // the new block is needed later than all: bypass
-                _ = heap.pop()
-                resident[top.1] = nil
-            }
-            resident[r] = next[i]
-            heap.push((next[i], r))
-        }
-        return references.isEmpty ? 0 : Double(hits) / Double(references.count)
-    }
-
-    struct MaxHeap {
-        var items: [(Int, Int)] = []
-        func peek() -> (Int, Int)? { items.first }
-        mutating func push(_ x: (Int, Int)) {
-            items.append(x)
-            var i = items.count - 1
-            while i > 0, items[(i - 1) / 2].0 < items[i].0 { items.swapAt(i, (i - 1) / 2); i = (i - 1) / 2 }
-        }
-        mutating func pop() -> (Int, Int)? {
-            guard !items.isEmpty else { return nil }
-            items.swapAt(0, items.count - 1)
-            let top = items.removeLast()
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < items.count, items[l].0 > items[m].0 { m = l }
-                if r < items.count, items[r].0 > items[m].0 { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-            return top
-        }
+        OfflineBounds.beladyHitRatio(references, capacity: capacity)
     }
 }

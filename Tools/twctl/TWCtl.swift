@@ -9,7 +9,7 @@ struct TWCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "twctl",
         abstract: "Operate a TokenWarehouse: status, verify, compact, benchmarks.",
-        subcommands: [Status.self, Verify.self, Compact.self, Bench.self])
+        subcommands: [Status.self, Verify.self, Compact.self, Replay.self, Plan.self, Bench.self])
 }
 
 /// Prints a JSON object on stdout (for --json).

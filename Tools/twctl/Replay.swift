@@ -1,0 +1,299 @@
+import ArgumentParser
+import BlockStore
+import DRAMTier
+import Foundation
+import CSystem
+import Platform
+import Traces
+
+/// `twctl replay MOUNT TRACE`: plays a Mooncake-format trace against a live mount as an engine would
+/// (DESIGN.md "twctl"): hints at arrival, a scheduling lead, prefix reads (the map first, then the block
+/// file), writes of the missing blocks with `user.tw.parent`. Every block read is checked byte for byte.
+struct Replay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replay a trace against a mounted warehouse and report hit ratios by tier beside the ideal and Belady's.")
+
+    @Argument(help: "The mount point.") var mount: String
+    @Argument(help: "A trace in the Mooncake format (JSON lines with hash_ids); omit with --synthetic.") var trace: String?
+    @Option(help: "Generate a trace instead: agentic, chat or rag.") var synthetic: SyntheticWorkload?
+    @Option(help: "Requests of a synthetic trace, or the first N of a file (0: all).") var requests = 0
+    @Option(help: "Seed of a synthetic trace.") var seed: UInt64 = 1
+    @Option(help: "Bytes of each block written (e.g. 64K, 2M).") var blockBytes = "64K"
+    @Option(help: "Replay speed: 1 follows the trace's timestamps, 10 is ten times faster, 0 as fast as possible.") var speed = 0.0
+    @Option(help: "Send each request's blocks as prefetch hints on arrival: on or off.") var hints = "on"
+    @Option(help: "Milliseconds between a request's arrival and its first read (the engine's queueing).") var leadMs = 50.0
+    @Option(help: "Requests in flight at once.") var concurrency = 1
+    @Option(help: "Namespace to replay into (default: a new replay-PID one, removed afterwards).") var namespace: String?
+    @Flag(help: "Keep the replayed blocks.") var keep = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        guard let bytes = SizeParser.parse(blockBytes), bytes > 0, bytes <= 256 << 20 else { throw failure("--block-bytes: '\(blockBytes)' is not a size up to 256M") }
+        guard hints == "on" || hints == "off" else { throw failure("--hints must be on or off") }
+        guard concurrency >= 1, concurrency <= 256 else { throw failure("--concurrency must be 1 to 256") }
+        guard speed >= 0 else { throw failure("--speed must be 0 or more") }
+        var loaded: Trace
+        let source: String
+        if let synthetic {
+            loaded = SyntheticTraceGenerator(workload: synthetic, requests: requests > 0 ? requests : 2000, seed: seed).generate()
+            source = "synthetic \(synthetic.rawValue) (seed \(seed))"
+        } else if let trace {
+            do { loaded = try Trace.load(path: trace) } catch { throw failure("\(error)") }
+            if requests > 0 { loaded.requests = Array(loaded.requests.prefix(requests)) }
+            source = trace
+        } else {
+            throw failure("give a trace file or --synthetic agentic|chat|rag")
+        }
+        guard let before = readStatus(mount) else { throw failure("\(mount) is not a mounted warehouse (cannot read \(mount)/.tw/status)") }
+        let ns = namespace ?? "replay-\(getpid())-\(Int(Date().timeIntervalSince1970))"
+        let nsPath = mount + "/" + ns
+        if mkdir(nsPath, 0o755) != 0 && errno != EEXIST { throw failure("cannot create namespace \(nsPath): \(String(cString: strerror(errno)))") }
+
+        let player = Player(mount: mount, namespace: ns, blockBytes: Int(bytes), hints: hints == "on", leadMilliseconds: leadMs)
+        let started = monotonicNanoseconds()
+        player.play(loaded, speed: speed, concurrency: concurrency)
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        let after = readStatus(mount) ?? before
+        if !keep { player.removeWritten(); _ = rmdir(nsPath) }
+
+        // Bounds from the same trace at the mount's capacities.
+        let references = loaded.references
+        let blocksReferenced = references.count
+        let dramCapacity = ((before["dram_tier"] as? [String: Any])?["capacity_bytes"] as? NSNumber)?.intValue ?? 0
+        let nvmeCapacity = (before["capacity_bytes"] as? NSNumber)?.intValue ?? 0
+        let slot = RecordFormat.align(Int(bytes))
+        let dramBlocks = dramCapacity / slot
+        let nvmeBlocks = nvmeCapacity / (slot + 4096)
+        let ideal = loaded.idealHitRatio
+        let beladyDRAM = OfflineBounds.beladyHitRatio(references, capacity: dramBlocks)
+        let beladyNVMe = OfflineBounds.beladyHitRatio(references, capacity: nvmeBlocks)
+        let r = player.results()
+        func prefetch(_ s: [String: Any], _ key: String) -> Int { ((s["prefetch"] as? [String: Any])?[key] as? NSNumber)?.intValue ?? 0 }
+        let used = prefetch(after, "used") - prefetch(before, "used")
+        let wasted = prefetch(after, "wasted") - prefetch(before, "wasted")
+        let hits = r.dram.count + r.nvme.count
+        let ratio = { (a: Int, b: Int) in b == 0 ? 0 : Double(a) / Double(b) }
+        let all = r.dram + r.nvme
+        let out: [String: Any] = [
+            "trace": source, "requests": loaded.requests.count, "blocks_referenced": blocksReferenced,
+            "unique_blocks": loaded.uniqueBlocks, "block_bytes": Int(bytes), "hints": hints == "on", "lead_ms": leadMs,
+            "speed": speed, "concurrency": concurrency, "seconds": seconds,
+            "prefix_hit_ratio": ratio(hits, blocksReferenced), "ideal_hit_ratio": ideal,
+            "hit_ratio_of_ideal": ideal > 0 ? ratio(hits, blocksReferenced) / ideal : 0,
+            "dram_hit_ratio": ratio(r.dram.count, blocksReferenced), "nvme_hit_ratio": ratio(r.nvme.count, blocksReferenced),
+            "belady_hit_ratio_dram": beladyDRAM, "belady_hit_ratio_nvme": beladyNVMe,
+            "dram_of_belady": beladyDRAM > 0 ? ratio(r.dram.count, blocksReferenced) / beladyDRAM : 0,
+            "dram_capacity_blocks": dramBlocks, "nvme_capacity_blocks": nvmeBlocks,
+            "dram_hits": r.dram.count, "nvme_hits": r.nvme.count, "dram_hit_share": ratio(r.dram.count, hits),
+            "read_p50_us": percentile(all, 0.5), "read_p99_us": percentile(all, 0.99),
+            "dram_read_p50_us": percentile(r.dram, 0.5), "dram_read_p99_us": percentile(r.dram, 0.99),
+            "nvme_read_p50_us": percentile(r.nvme, 0.5), "nvme_read_p99_us": percentile(r.nvme, 0.99),
+            "blocks_written": r.written, "write_conflicts": r.conflicts,
+            "prefetch_used": used, "prefetch_wasted": wasted, "errors": r.errors,
+        ]
+        if json {
+            printJSON(out)
+        } else {
+            let f = { (v: Any?) in String(format: "%.3f", (v as? Double) ?? 0) }
+            print("replayed \(loaded.requests.count) requests (\(blocksReferenced) block references, \(loaded.uniqueBlocks) unique) of \(source)")
+            print("  in \(String(format: "%.1f", seconds)) s, blocks of \(SizeParser.format(bytes)), hints \(hints), lead \(leadMs) ms, concurrency \(concurrency)")
+            print("prefix hit ratio   \(f(out["prefix_hit_ratio"]))   (ideal \(f(ideal)), \(f(out["hit_ratio_of_ideal"])) of it)")
+            print("from DRAM          \(f(out["dram_hit_ratio"]))   (Belady at \(dramBlocks) blocks: \(f(beladyDRAM)); share of hits \(f(out["dram_hit_share"])))")
+            print("from NVMe          \(f(out["nvme_hit_ratio"]))   (Belady at \(nvmeBlocks) blocks: \(f(beladyNVMe)))")
+            print("read latency       DRAM p50 \(f(out["dram_read_p50_us"])) us p99 \(f(out["dram_read_p99_us"])) us; NVMe p50 \(f(out["nvme_read_p50_us"])) us p99 \(f(out["nvme_read_p99_us"])) us")
+            print("prefetch           \(used) used, \(wasted) wasted; \(r.written) blocks written, \(r.conflicts) written by another request first")
+            print("errors             \(r.errors)")
+        }
+        if r.errors > 0 { throw ExitCode(1) }
+    }
+}
+
+extension SyntheticWorkload: ExpressibleByArgument {}
+
+func readStatus(_ mount: String) -> [String: Any]? {
+    guard let data = FileManager.default.contents(atPath: mount + "/.tw/status") else { return nil }
+    return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+}
+
+/// Latencies are kept in nanoseconds; reported in microseconds.
+func percentile(_ values: [UInt64], _ p: Double) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted()
+    return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000
+}
+
+/// The engine side of a replay: one instance, driven by `concurrency` threads.
+final class Player: @unchecked Sendable {
+    // Safe: `shared` is behind a lock; `reader` lookups may run concurrently (TierReader's contract) and
+    // `refresh` is called only under `refreshLock`.
+    let mount: String
+    let namespace: String
+    let blockBytes: Int
+    let hints: Bool
+    let leadNanoseconds: UInt64
+    let reader: TierReader
+    private let refreshLock = Locked(0)
+
+    struct Results {
+        var dram: [UInt64] = []
+        var nvme: [UInt64] = []
+        var written = 0
+        var conflicts = 0
+        var errors = 0
+        var writtenIDs: [Int] = []
+    }
+    private let shared = Locked(Results())
+
+    init(mount: String, namespace: String, blockBytes: Int, hints: Bool, leadMilliseconds: Double) {
+        self.mount = mount
+        self.namespace = namespace
+        self.blockBytes = blockBytes
+        self.hints = hints
+        leadNanoseconds = UInt64(max(0, leadMilliseconds) * 1e6)
+        reader = TierReader(mount: mount)
+    }
+
+    func results() -> Results { shared.withLock { $0 } }
+
+    /// A block's name: a 32-hex-digit hash of the trace id, so names spread over the fan-out directories.
+    func name(_ id: Int) -> String {
+        let key = BlockKey(namespace: "tw-replay", key: String(id))
+        return hex16(key.high) + hex16(key.low)
+    }
+
+    func path(_ name: String) -> String { mount + "/" + namespace + "/" + name.prefix(2) + "/" + name }
+
+    /// The bytes of block `id`: a pattern only that id produces, so a reader can check every byte.
+    func fill(_ buffer: UnsafeMutableRawBufferPointer, id: Int) {
+        var g = SeededGenerator(seed: UInt64(bitPattern: Int64(id)))
+        let words = buffer.count / 8
+        let p = buffer.baseAddress!
+        for i in 0..<words { (p + i * 8).storeBytes(of: g.next(), as: UInt64.self) }
+        let tail = g.next()
+        for i in (words * 8)..<buffer.count { buffer[i] = UInt8(truncatingIfNeeded: tail >> (8 * UInt64(i % 8))) }
+    }
+
+    func play(_ trace: Trace, speed: Double, concurrency: Int) {
+        let next = Locked(0)
+        let start = monotonicNanoseconds()
+        let t0 = trace.requests.first?.timestampMilliseconds ?? 0
+        let threads = (0..<concurrency).map { i in
+            BackgroundThread(name: "replay\(i)") { [self] in
+                let expected = AlignedBuffer(capacity: blockBytes)
+                let got = AlignedBuffer(capacity: blockBytes)
+                var local = Results()
+                while true {
+                    let n = next.withLock { v -> Int in
+                        defer { v += 1 }
+                        return v
+                    }
+                    guard n < trace.requests.count else { break }
+                    let request = trace.requests[n]
+                    if speed > 0 {
+                        let due = start + UInt64(max(0, request.timestampMilliseconds - t0) / speed * 1e6)
+                        let now = monotonicNanoseconds()
+                        if due > now { sleepNanoseconds(due - now) }
+                    }
+                    serve(request, expected: expected, got: got, into: &local)
+                }
+                shared.withLock { s in
+                    s.dram += local.dram
+                    s.nvme += local.nvme
+                    s.written += local.written
+                    s.conflicts += local.conflicts
+                    s.errors += local.errors
+                    s.writtenIDs += local.writtenIDs
+                }
+            }
+        }
+        for t in threads { t.join() }
+    }
+
+    func serve(_ request: TraceRequest, expected: AlignedBuffer, got: AlignedBuffer, into r: inout Results) {
+        let ids = request.hashIDs
+        if hints && !ids.isEmpty {
+            let lines = ids.map { "\(namespace) \(name($0))\n" }.joined()
+            if !writeFile(mount + "/.tw/prefetch", Array(lines.utf8)) { r.errors += 1 }
+        }
+        if leadNanoseconds > 0 { sleepNanoseconds(leadNanoseconds) }
+        if !reader.isMapped { refreshLock.withLock { _ in if !reader.isMapped { reader.refresh() } } }
+        let expectedBytes = UnsafeMutableRawBufferPointer(start: expected.pointer, count: blockBytes)
+        let gotBytes = UnsafeMutableRawBufferPointer(start: got.pointer, count: blockBytes)
+        var missing = ids.count
+        for (i, id) in ids.enumerated() {
+            let blockName = name(id)
+            let t = monotonicNanoseconds()
+            if let n = reader.copy(namespace: namespace, name: blockName, into: gotBytes) {
+                let elapsed = monotonicNanoseconds() - t
+                fill(expectedBytes, id: id)
+                if n != blockBytes || memcmp(expected.pointer, got.pointer, blockBytes) != 0 { r.errors += 1 }
+                r.dram.append(elapsed)
+                continue
+            }
+            let fd = open(path(blockName), O_RDONLY | O_CLOEXEC)
+            if fd < 0 {
+                if errno != ENOENT { r.errors += 1 }
+                missing = i
+                break
+            }
+            var total = 0
+            while total < blockBytes {
+                let n = read(fd, got.pointer + total, blockBytes - total)
+                if n <= 0 { break }
+                total += n
+            }
+            var extra: UInt8 = 0
+            let more = read(fd, &extra, 1)
+            close(fd)
+            let elapsed = monotonicNanoseconds() - t
+            fill(expectedBytes, id: id)
+            if total != blockBytes || more != 0 || memcmp(expected.pointer, got.pointer, blockBytes) != 0 { r.errors += 1 }
+            r.nvme.append(elapsed)
+        }
+        // Prefix semantics: everything from the first missing block on is computed and stored.
+        for i in missing..<ids.count {
+            let id = ids[i]
+            let fd = open(path(name(id)), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if fd < 0 {
+                if errno == EEXIST { r.conflicts += 1 } else { r.errors += 1 }
+                continue
+            }
+            fill(expectedBytes, id: id)
+            var ok = write(fd, expected.pointer, blockBytes) == blockBytes
+            if i > 0 {
+                let parent = Array(name(ids[i - 1]).utf8)
+                ok = ok && fsetxattr(fd, "user.tw.parent", parent, parent.count, 0) == 0
+            }
+            if close(fd) != 0 { ok = false }
+            if ok {
+                r.written += 1
+                r.writtenIDs.append(id)
+            } else {
+                r.errors += 1
+            }
+        }
+    }
+
+    func removeWritten() {
+        for id in shared.withLock({ $0.writtenIDs }) { _ = unlink(path(name(id))) }
+    }
+}
+
+func hex16(_ v: UInt64) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: 16 - s.count) + s
+}
+
+func sleepNanoseconds(_ ns: UInt64) {
+    var ts = timespec(tv_sec: Int(ns / 1_000_000_000), tv_nsec: Int(ns % 1_000_000_000))
+    var left = timespec()
+    while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
+}
+
+/// Writes a whole small file (a control file) and closes it; false on any error.
+func writeFile(_ path: String, _ bytes: [UInt8]) -> Bool {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    return close(fd) == 0 && n == bytes.count
+}
