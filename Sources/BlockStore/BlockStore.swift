@@ -111,6 +111,9 @@ public final class BlockStore: Sendable {
         var activeID: UInt32 = 0
         var nextSequence: UInt64 = 1
         var usedBytes: UInt64 = 0
+        /// Bytes the store may use given the disk's free space (other files share the disk), refreshed
+        /// when a segment is started and after a write failed for lack of space.
+        var spaceLimit: UInt64 = .max
         var namespaces = NamespaceTable()
         var usage: [UInt16: NamespaceUsage] = [:]
         var stats = StoreStatistics()
@@ -447,32 +450,44 @@ public final class BlockStore: Sendable {
         let areaSize = header.headerAreaSize
         let recordSize = header.recordSize
 
-        guard let reservation = try reserve(recordSize: recordSize, key: blockKey) else {
-            state.withLock { $0.stats.duplicatePuts += 1 }
-            return .alreadyPresent
-        }
-        header.sequence = reservation.sequence
-        let area = AlignedBuffer(capacity: areaSize)
-        header.encode(into: area.mutableBytes(count: areaSize))
         let padding = RecordFormat.align(stored.count) - stored.count
-        var parts = [area.bytes(count: areaSize), stored, RecordFormat.zeroPage.page.prefix(padding).asBuffer]
-        if let compressedBuffer {
-            compressedBuffer.mutableBytes(stored.count, count: padding).initializeMemory(as: UInt8.self, repeating: 0)
-            parts = [area.bytes(count: areaSize), compressedBuffer.bytes(count: stored.count + padding)]
-        } else if stagedInPlace, let base = payload.baseAddress {
-            UnsafeMutableRawPointer(mutating: base + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
-            parts = [area.bytes(count: areaSize), UnsafeRawBufferPointer(start: base, count: payload.count + padding)]
-        }
-        do {
-            // Under `always` and `batch` the record goes straight to the device (O_DIRECT: no page-cache
-            // copy; measured faster than buffered writes here, docs/benchmarks.md); `always` then syncs,
-            // `batch` leaves the device-cache flush to the flusher. `none` writes to the page cache.
-            try reservation.segment.file.write(parts, at: reservation.offset, direct: writesDirect)
-            let ticket = reservation.segment.commit.writeCompleted()
-            if configuration.sync == .always { try reservation.segment.commit.waitDurable(ticket: ticket, file: reservation.segment.file) }
-        } catch {
-            abandon(reservation, key: blockKey, size: recordSize)
-            throw StoreError.wrap(error)
+        let area = AlignedBuffer(capacity: areaSize)
+        var reservation: Reservation
+        var attempt = 0
+        while true {
+            guard let r = try reserve(recordSize: recordSize, key: blockKey) else {
+                state.withLock { $0.stats.duplicatePuts += 1 }
+                return .alreadyPresent
+            }
+            reservation = r
+            header.sequence = reservation.sequence
+            header.encode(into: area.mutableBytes(count: areaSize))
+            var parts = [area.bytes(count: areaSize), stored, RecordFormat.zeroPage.page.prefix(padding).asBuffer]
+            if let compressedBuffer {
+                compressedBuffer.mutableBytes(stored.count, count: padding).initializeMemory(as: UInt8.self, repeating: 0)
+                parts = [area.bytes(count: areaSize), compressedBuffer.bytes(count: stored.count + padding)]
+            } else if stagedInPlace, let base = payload.baseAddress {
+                UnsafeMutableRawPointer(mutating: base + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: padding)
+                parts = [area.bytes(count: areaSize), UnsafeRawBufferPointer(start: base, count: payload.count + padding)]
+            }
+            do {
+                // Under `always` and `batch` the record goes straight to the device (O_DIRECT: no page-cache
+                // copy; measured faster than buffered writes here, docs/benchmarks.md); `always` then syncs,
+                // `batch` leaves the device-cache flush to the flusher. `none` writes to the page cache.
+                try reservation.segment.file.write(parts, at: reservation.offset, direct: writesDirect)
+                let ticket = reservation.segment.commit.writeCompleted()
+                if configuration.sync == .always { try reservation.segment.commit.waitDurable(ticket: ticket, file: reservation.segment.file) }
+                break
+            } catch {
+                abandon(reservation, key: blockKey, size: recordSize)
+                // The disk filled up under us (other files share it): evict to what it can hold, once.
+                if attempt == 0, (error as? SystemError)?.code == ENOSPC {
+                    attempt += 1
+                    state.withLock { refreshSpaceLimit(&$0) }
+                    continue
+                }
+                throw StoreError.wrap(error)
+            }
         }
         withExtendedLifetime(compressedBuffer) {}
         let summary = Self.summaryEntry(for: header, namespaceID: ns.id, page: UInt32(reservation.offset / UInt64(RecordFormat.alignment)))
@@ -504,15 +519,34 @@ public final class BlockStore: Sendable {
             if st.index[key] != nil || st.pending.contains(key) { return nil }
         }
         let size = UInt64(recordSize)
-        // Evict synchronously when the record would not fit the capacity; the background thread
-        // normally keeps usage under the high watermark so this path is rare. It cannot carry
+        let header = UInt64(SegmentFormat.headerSize)
+        // A record that could never fit must not empty the store on its way to failing.
+        if size + 2 * header > configuration.capacity {
+            throw StoreError.noSpace("a record of \(size) bytes does not fit the store's capacity of \(configuration.capacity) bytes")
+        }
+        let rollOver = st.segments[st.activeID].map { $0.length > header && $0.length + size > configuration.segmentSize } ?? true
+        if rollOver || st.spaceLimit == .max { refreshSpaceLimit(&st) }
+        // Evict synchronously when the record would not fit the capacity (or the disk); the background
+        // thread normally keeps usage under the high watermark so this path is rare. It cannot carry
         // tombstones forward (that is I/O), so it prefers segments that hold none.
-        while st.usedBytes + size + UInt64(SegmentFormat.headerSize) > configuration.capacity {
+        var refreshed = rollOver
+        while st.usedBytes + size + header > min(configuration.capacity, st.spaceLimit) {
             guard let victim = chooseVictim(st, avoidingTombstones: true) ?? chooseVictim(st) else {
+                // Space may have come back since the last look (another file on the disk shrank).
+                if !refreshed && st.spaceLimit < configuration.capacity {
+                    refreshSpaceLimit(&st)
+                    refreshed = true
+                    continue
+                }
                 if force { break }
-                throw StoreError.noSpace("the store is full (capacity \(configuration.capacity) bytes) and nothing more can be evicted")
+                throw StoreError.noSpace(st.spaceLimit < configuration.capacity
+                    ? "the disk under the store is full and nothing more can be evicted"
+                    : "the store is full (capacity \(configuration.capacity) bytes) and nothing more can be evicted")
             }
-            doomed.append(removeSegment(&st, victim))
+            let evicted = removeSegment(&st, victim)
+            // The evicted segment's files are deleted after unlocking; count their space as free now.
+            if st.spaceLimit != .max { st.spaceLimit += evicted.length }
+            doomed.append(evicted)
         }
         if let active = st.segments[st.activeID], active.length > UInt64(SegmentFormat.headerSize),
            active.length + size > configuration.segmentSize {
@@ -534,8 +568,17 @@ public final class BlockStore: Sendable {
         return Reservation(segment: active.segment, offset: offset, sequence: sequence)
     }
 
-    /// A write that failed: its bytes stay a hole in the segment (dead bytes; recovery skips zero pages).
+    /// The disk's free space as a limit on used bytes, keeping 1 MiB and 1% back for summaries.
+    private func refreshSpaceLimit(_ st: inout StoreState) {
+        let available = device.space().available
+        let reserve = UInt64(1 << 20) + st.usedBytes / 100
+        st.spaceLimit = st.usedBytes + (available > reserve ? available - reserve : 0)
+    }
+
+    /// A write that failed: its bytes become a hole of zeros in the segment (dead bytes; recovery and
+    /// `verify` skip zero pages), so a half-written record never looks like a damaged one.
     private func abandon(_ r: Reservation, key: BlockKey?, size: Int) {
+        try? r.segment.file.zeroRange(at: r.offset, length: UInt64(size))
         state.withLock { st in
             if let key { st.pending.remove(key) }
             st.segments[r.segment.id]?.inflight -= 1

@@ -36,6 +36,9 @@ public protocol DeviceFile: AnyObject, Sendable {
     func synchronize() throws
     func truncate(to length: UInt64) throws
     func length() throws -> UInt64
+    /// Makes a range read as zeros (and frees its space where the filesystem can): what a failed
+    /// write leaves behind must not look like a damaged record.
+    func zeroRange(at offset: UInt64, length: UInt64) throws
 }
 
 /// The real device: files in a directory on local disk.
@@ -139,4 +142,5 @@ final class PosixDeviceFile: DeviceFile {
     func synchronize() throws { try buffered.synchronize() }
     func truncate(to length: UInt64) throws { try buffered.truncate(to: length) }
     func length() throws -> UInt64 { try buffered.length() }
+    func zeroRange(at offset: UInt64, length: UInt64) throws { try buffered.zeroRange(at: offset, length: length) }
 }

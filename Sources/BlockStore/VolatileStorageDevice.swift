@@ -189,6 +189,13 @@ final class VolatileFile: DeviceFile {
         }
     }
 
+    func zeroRange(at offset: UInt64, length: UInt64) throws {
+        try device.withFile(name) { f in
+            let start = min(Int(offset), f.volatile.count), end = min(Int(offset + length), f.volatile.count)
+            if start < end { f.volatile.replaceSubrange(start..<end, with: [UInt8](repeating: 0, count: end - start)) }
+        }
+    }
+
     func truncate(to length: UInt64) throws {
         try device.withFile(name) { f in
             let n = Int(length)

@@ -414,7 +414,8 @@ public final class WarehouseFileSystem: Sendable {
         let shown = node.state.withLock { $0.sequence }
         if shown != 0 && shown != located.sequence { return .failure(Errno(ESTALE)) }
         if writing {
-            guard flags & O_APPEND == 0, let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 else {
+            // O_CREAT without O_EXCL (also with O_APPEND: `open(p, "ab")`) is accepted and discarded.
+            guard let real = CallerProcess.openFlags(of: caller.pid), real & O_CREAT != 0 else {
                 return .failure(Errno(EACCES))
             }
             // The kernel reused a cached name for this open(O_CREAT): ESTALE makes it look the name up

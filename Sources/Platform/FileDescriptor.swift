@@ -86,6 +86,20 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     }
 
     /// Advises the kernel about the access pattern of a range (`posix_fadvise`); failures are ignored.
+    /// Frees the bytes of a range, which then reads as zeros (`fallocate` punching a hole); where the
+    /// filesystem cannot, writes zeros over it.
+    public func zeroRange(at offset: UInt64, length: UInt64) throws(SystemError) {
+        if fallocate(rawValue, 0x02 | 0x01 /* FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE */, off_t(offset), off_t(length)) == 0 { return }
+        let zeros = [UInt8](repeating: 0, count: 1 << 16)
+        var done: UInt64 = 0
+        while done < length {
+            let n = Int(min(UInt64(zeros.count), length - done))
+            let w = zeros.withUnsafeBytes { pwrite(rawValue, $0.baseAddress, n, off_t(offset + done)) }
+            if w <= 0 { throw SystemError.last("pwrite", path: path) }
+            done += UInt64(w)
+        }
+    }
+
     public func advise(_ advice: Int32, offset: UInt64 = 0, length: UInt64 = 0) {
         _ = posix_fadvise(rawValue, off_t(offset), off_t(length), advice)
     }
