@@ -13,6 +13,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System libraries, found by pkg-config. Each has a shim header that pins what Swift can't import.
@@ -31,8 +33,11 @@ let package = Package(
         .target(name: "Traces", dependencies: ["BlockStore", "DRAMTier"]),
         // Line charts as PNG, without dependencies (the planner's plot).
         .target(name: "Charts"),
-        .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse"]),
-        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "Platform"], path: "Mount/twfs"),
+        .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse",
+                                                  .product(name: "Logging", package: "swift-log"),
+                                                  .product(name: "Prometheus", package: "swift-prometheus")]),
+        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "DRAMTier", "Platform",
+                                                      .product(name: "Logging", package: "swift-log")], path: "Mount/twfs"),
         .executableTarget(
             name: "twctl",
             dependencies: ["BlockStore", "DRAMTier", "Platform", "Traces", "Charts", "CSystem",

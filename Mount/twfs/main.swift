@@ -2,6 +2,7 @@
 import BlockStore
 import DRAMTier
 import FuseBridge
+import Logging
 import Platform
 #if canImport(Glibc)
 import Glibc
@@ -27,10 +28,11 @@ options:
   --prefetch-workers N       threads loading blocks into the DRAM tier ahead of reads (default: 2)
   --prefetch-bandwidth SIZE  bytes per second they may read from NVMe, 0 for no limit (default: 2G)
   --prefetch-depth N         blocks followed ahead along chain links and learned order (default: 8)
+  --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, e.g. 127.0.0.1:9464)
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
   -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=,
-                       prefetch_workers=, prefetch_bandwidth=, prefetch_depth= as above;
+                       prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics= as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
 SIZE accepts 4096, 512K, 512M, 20G, 1T.
 """
@@ -57,6 +59,7 @@ struct Options {
     var segmentSize: UInt64?
     var threads = 16
     var prefetch = PrefetchSettings()
+    var metrics: String?
     var foreground = false
     var debug = false
     var fuseOptions: [String] = []
@@ -88,6 +91,7 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
     case "threads":
         guard let n = Int(value), n > 0, n <= 256 else { fail("threads must be 1 to 256") }
         o.threads = n
+    case "metrics": o.metrics = value
     case "prefetch_workers":
         guard let n = Int(value), n > 0, n <= 64 else { fail("prefetch-workers must be 1 to 64") }
         o.prefetch.workers = n
@@ -201,6 +205,11 @@ func storeBytes(_ directory: String) -> UInt64 {
 }
 
 keepLargeAllocationsInHeap()
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .info
+    return handler
+}
 var options = parse(Array(CommandLine.arguments.dropFirst()))
 options.mountpoint = absolute(options.mountpoint)
 let storeDirectory: String
@@ -284,13 +293,30 @@ do {
     fail("cannot mount \(options.mountpoint): \(error)", code: 2)
 }
 say("twfs: mounted at \(options.mountpoint)")
+// Bound before daemonizing so a taken port fails the mount command; served after (threads do not fork).
+var metricsServer: MetricsServer? = nil
+if let address = options.metrics {
+    do {
+        let (fs, st, dram) = (filesystem, store, tier)
+        metricsServer = try MetricsServer(address: address) { fs.metrics.render(store: st, tier: dram, prefetcher: fs.prefetcher) }
+        say("twfs: metrics at http://\(metricsServer!.address):\(metricsServer!.port)/metrics")
+    } catch {
+        session.close()
+        tier?.close()
+        try? store.close()
+        fail("cannot serve metrics at \(address): \(error)", code: 2)
+    }
+}
 session.daemonize(foreground: options.foreground)
 store.startBackgroundWork()
 filesystem.prefetcher?.start()
+metricsServer?.start()
 let rc = session.run(threads: options.threads)
 // libfuse's loop returns the number of the signal that stopped it (SIGINT, SIGTERM, SIGHUP): a clean stop.
 let cleanExit = rc == 0 || rc == SIGINT || rc == SIGTERM || rc == SIGHUP
 session.close()
+metricsServer?.stop()
+filesystem.stopCompaction()
 filesystem.prefetcher?.stop()
 tier?.close()
 do {

@@ -77,11 +77,14 @@ public struct StoreStatistics: Sendable {
     public var reinsertedBlocks = 0
     public var compactedSegments = 0
     public var reclaimedBytes: UInt64 = 0
+    /// Blocks removed because their namespace's time to live passed.
+    public var expiredBlocks = 0
     public var namespaces: [(NamespaceInfo, NamespaceUsage)] = []
 }
 
 /// What a compaction did.
 public struct CompactionReport: Sendable {
+    public init() {}
     public var segmentsCompacted = 0
     public var blocksMoved = 0
     public var bytesMoved: UInt64 = 0
@@ -101,6 +104,10 @@ public final class BlockStore: Sendable {
     private let lockToken: Locked<AnyObject?>
     let state: Locked<StoreState>
     private let stopping = Locked(false)
+    /// Told of blocks removed by the store itself (expiry, `removeBlocks`), so caches drop them too.
+    private let removalObserver = Locked<(@Sendable (String, String) -> Void)?>(nil)
+    /// When maintenance last removed expired blocks (monotonic nanoseconds).
+    private let lastExpiry = Locked<UInt64>(0)
     private let wakeup = ConditionLock()
     private let threads = Locked<[BackgroundThread]>([])
 
@@ -297,6 +304,12 @@ public final class BlockStore: Sendable {
 
     /// One pass of maintenance: evict down to the low watermark, then compact one segment.
     public func maintainOnce() {
+        let now = monotonicNanoseconds()
+        if lastExpiry.withLock({ last in
+            guard now - last >= 1_000_000_000 else { return false }
+            last = now
+            return true
+        }) { expireBlocks() }
         let (used, capacity) = state.withLock { ($0.usedBytes, configuration.capacity) }
         if Double(used) > configuration.highWatermark * Double(capacity) {
             evict(downTo: UInt64(configuration.lowWatermark * Double(capacity)), reinsert: true)
@@ -425,6 +438,12 @@ public final class BlockStore: Sendable {
         guard metadata.encodedLength <= RecordFormat.maxMetadataLength else { throw StoreError.invalidName("metadata longer than \(RecordFormat.maxMetadataLength) bytes") }
         let blockKey = BlockKey(namespace: namespace, key: key)
         guard let ns = state.withLock({ st -> NamespaceInfo? in st.namespaces[namespace] }) else { throw StoreError.notFound }
+        if ns.quotaBytes > 0 {
+            let used = state.withLock { $0.usage[ns.id]?.logicalBytes ?? 0 }
+            if used + UInt64(payload.count) > ns.quotaBytes, state.withLock({ $0.index[blockKey] == nil }) {
+                throw StoreError.quotaExceeded("namespace \(namespace) holds \(used) of its \(ns.quotaBytes) bytes; a block of \(payload.count) bytes does not fit")
+            }
+        }
         if state.withLock({ $0.index[blockKey] != nil }) {
             state.withLock { $0.stats.duplicatePuts += 1 }
             return .alreadyPresent
@@ -605,17 +624,32 @@ public final class BlockStore: Sendable {
         }
     }
 
+    /// Whether an entry's namespace has a time to live that the block has outlived (it then reads as
+    /// missing until maintenance removes it).
+    private static func isExpired(_ e: IndexEntry, _ st: StoreState, now: UInt64) -> Bool {
+        guard let ttl = st.namespaces.byID[e.namespaceID]?.ttlSeconds, ttl > 0 else { return false }
+        return now >= UInt64(e.commitSeconds) + ttl
+    }
+
+    private static func nowSeconds() -> UInt64 { wallClockNanoseconds() / 1_000_000_000 }
+
+    /// The live (not expired) index entry of a key.
+    private static func live(_ k: BlockKey, _ st: StoreState) -> IndexEntry? {
+        guard let e = st.index[k] else { return nil }
+        return isExpired(e, st, now: nowSeconds()) ? nil : e
+    }
+
     /// Whether the block exists.
     public func contains(namespace: String, key: String) -> Bool {
         let k = BlockKey(namespace: namespace, key: key)
-        return state.withLock { $0.index[k] != nil }
+        return state.withLock { Self.live(k, $0) != nil }
     }
 
     /// Size, time and flags of a block, from the index.
     public func attributes(namespace: String, key: String) -> BlockAttributes? {
         let k = BlockKey(namespace: namespace, key: key)
         return state.withLock { st in
-            st.index[k].map {
+            Self.live(k, st).map {
                 BlockAttributes(logicalLength: Int($0.logicalLength), storedLength: Int($0.storedLength),
                                 commitSeconds: $0.commitSeconds, namespaceID: $0.namespaceID, compressed: $0.isCompressed,
                                 sequence: $0.sequence)
@@ -650,7 +684,7 @@ public final class BlockStore: Sendable {
         let k = BlockKey(namespace: namespace, key: key)
         let now = monotonicNanoseconds()
         return state.withLock { st -> LocatedBlock? in
-            guard var e = st.index[k], let seg = st.segments[e.segment] else { return nil }
+            guard var e = Self.live(k, st), let seg = st.segments[e.segment] else { return nil }
             if !e.wasAccessed {
                 e.setAccessed(true)
                 st.index[k] = e
@@ -791,6 +825,54 @@ public final class BlockStore: Sendable {
     }
 
     /// The name of a listed block, read from its record header; nil when it is gone or damaged.
+    /// Calls `observer(namespace, name)` for every block the store removes by itself (expiry,
+    /// `removeBlocks`); unlink callers handle their own.
+    public func observeRemovals(_ observer: @escaping @Sendable (String, String) -> Void) {
+        removalObserver.withLock { $0 = observer }
+    }
+
+    /// Removes the blocks of `namespace` committed before `cutoffSeconds` (wall clock; nil: all of
+    /// them), with tombstones as unlink does. Returns how many blocks and logical bytes went.
+    @discardableResult
+    public func removeBlocks(namespace: String, committedBefore cutoffSeconds: UInt64? = nil) throws -> (blocks: Int, bytes: UInt64) {
+        guard let ns = self.namespace(named: namespace) else { throw StoreError.notFound }
+        let victims = state.withLock { st -> [BlockLocator] in
+            st.index.compactMap { (k, e) -> BlockLocator? in
+                guard e.namespaceID == ns.id, cutoffSeconds.map({ UInt64(e.commitSeconds) < $0 }) ?? true,
+                      let seg = st.segments[e.segment] else { return nil }
+                return BlockLocator(segment: seg.segment, page: e.page, headerPages: e.headerPages, key: k)
+            }
+        }
+        var blocks = 0
+        var bytes: UInt64 = 0
+        for v in victims {
+            // The name is in the record's header; the index keeps only its hash.
+            guard let name = name(of: v) else { continue }
+            let size = state.withLock { st in st.index[v.key].map { UInt64($0.logicalLength) } }
+            do {
+                try remove(namespace: namespace, key: name)
+                blocks += 1
+                bytes += size ?? 0
+                removalObserver.withLock { $0 }?(namespace, name)
+            } catch StoreError.notFound {
+                continue  // removed meanwhile
+            }
+        }
+        return (blocks, bytes)
+    }
+
+    /// Removes blocks that outlived their namespace's time to live. Returns how many went.
+    @discardableResult
+    public func expireBlocks() -> Int {
+        let now = Self.nowSeconds()
+        var removed = 0
+        for ns in namespaces() where ns.ttlSeconds > 0 && now > ns.ttlSeconds {
+            removed += (try? removeBlocks(namespace: ns.name, committedBefore: now - ns.ttlSeconds + 1).blocks) ?? 0
+        }
+        state.withLock { $0.stats.expiredBlocks += removed }
+        return removed
+    }
+
     public func name(of locator: BlockLocator) -> String? {
         guard let header = try? readHeader(page: locator.page, headerPages: locator.headerPages, from: locator.segment),
               BlockKey(namespace: header.namespace, key: header.key) == locator.key else { return nil }
@@ -862,17 +944,22 @@ public final class BlockStore: Sendable {
     /// they were written are first copied forward (up to `reinsertionShare` of each segment), and
     /// tombstones are carried forward while an older segment could still hold what they delete.
     public func evict(downTo target: UInt64, reinsert: Bool) {
-        while true {
-            guard let (id, seg) = state.withLock({ st -> (UInt32, SegmentState)? in
+        // Every segment at most once per call: when pinned blocks fill the store, copying them forward
+        // frees nothing, and the loop must end (new writes then get ENOSPC).
+        var rounds = state.withLock { $0.segments.count }
+        while rounds > 0 {
+            rounds -= 1
+            guard let (id, seg, pinned) = state.withLock({ st -> (UInt32, SegmentState, Set<UInt16>)? in
                 guard st.usedBytes > target, let id = chooseVictim(st) else { return nil }
                 st.segments[id]!.busy = true
-                return (id, st.segments[id]!)
+                return (id, st.segments[id]!, Self.pinnedNamespaces(st))
             }) else { return }
             var wroteTo = Set<ObjectIdentifier>()
             var written: [Segment] = []
-            if reinsert {
-                let budget = UInt64(configuration.reinsertionShare * Double(seg.length))
-                let moved = (try? relocateLive(of: id, seg, budget: budget, onlyAccessed: true, wroteTo: &wroteTo, segments: &written)) ?? 0
+            if reinsert || !pinned.isEmpty {
+                let budget = reinsert ? UInt64(configuration.reinsertionShare * Double(seg.length)) : 0
+                let moved = (try? relocateLive(of: id, seg, budget: budget, onlyAccessed: true, pinned: pinned,
+                                               wroteTo: &wroteTo, segments: &written)) ?? 0
                 state.withLock { $0.stats.reinsertedBlocks += moved }
             }
             try? carryTombstones(of: id, seg, wroteTo: &wroteTo, segments: &written)
@@ -881,6 +968,13 @@ public final class BlockStore: Sendable {
             let doomed = state.withLock { st -> SegmentState? in st.segments[id] == nil ? nil : removeSegment(&st, id) }
             if let doomed { deleteEvicted([doomed]) }
         }
+    }
+
+    /// Namespaces whose blocks eviction keeps: pinned and within their quota.
+    private static func pinnedNamespaces(_ st: StoreState) -> Set<UInt16> {
+        Set(st.namespaces.byID.values.filter { ns in
+            ns.pinned && (ns.quotaBytes == 0 || (st.usage[ns.id]?.logicalBytes ?? 0) <= ns.quotaBytes)
+        }.map(\.id))
     }
 
     /// A segment that compaction at some threshold would rewrite.
@@ -902,11 +996,15 @@ public final class BlockStore: Sendable {
     /// Rewrites sealed segments whose dead share is at least `threshold`: live records are copied
     /// verbatim (same sequence) to the active segment, made durable, then the old segment is deleted.
     @discardableResult
+    ///
+    /// - Parameters: throttle: called with each record's size before it is copied (a rate limit sleeps
+    ///   there, so foreground reads keep the disk); shouldStop: checked between segments.
     public func compact(threshold: Double, maxSegments: Int = .max, maxBytes: UInt64 = .max,
+                        throttle: (Int) -> Void = { _ in }, shouldStop: () -> Bool = { false },
                         progress: (CompactionReport) -> Void = { _ in }) throws -> CompactionReport {
         var report = CompactionReport()
         var tried = Set<UInt32>()
-        while report.segmentsCompacted < maxSegments && report.bytesMoved < maxBytes {
+        while report.segmentsCompacted < maxSegments && report.bytesMoved < maxBytes && !shouldStop() {
             guard let (id, seg) = state.withLock({ st -> (UInt32, SegmentState)? in
                 let candidates = st.segments.filter { $0.key != st.activeID && $0.value.sealed && $0.value.summaryWritten
                     && $0.value.inflight == 0 && !$0.value.busy && !tried.contains($0.key) && $0.value.deadShare >= threshold }
@@ -920,7 +1018,8 @@ public final class BlockStore: Sendable {
             var written: [Segment] = []
             let moved: Int
             do {
-                moved = try relocateLive(of: id, seg, budget: .max, onlyAccessed: false, wroteTo: &wroteTo, segments: &written)
+                moved = try relocateLive(of: id, seg, budget: .max, onlyAccessed: false, throttle: throttle,
+                                         wroteTo: &wroteTo, segments: &written)
                 try carryTombstones(of: id, seg, wroteTo: &wroteTo, segments: &written)
                 // The copies must be durable before the originals go away.
                 for w in written { try w.commit.synchronizeAll(file: w.file) }
@@ -955,7 +1054,9 @@ public final class BlockStore: Sendable {
     /// Copies the live block records of segment `id` to the active segment, verbatim, and repoints the
     /// index when it still points at the old copy. Returns how many moved; `segments` collects the
     /// segments written into, which must be synced before the original goes.
+    /// Blocks of `pinned` namespaces are always copied, outside the budget.
     private func relocateLive(of id: UInt32, _ seg: SegmentState, budget: UInt64, onlyAccessed: Bool,
+                              pinned: Set<UInt16> = [], throttle: (Int) -> Void = { _ in },
                               wroteTo: inout Set<ObjectIdentifier>, segments: inout [Segment]) throws -> Int {
         var moved = 0
         var spent: UInt64 = 0
@@ -965,12 +1066,15 @@ public final class BlockStore: Sendable {
                 guard let cur = st.index[e.key], cur.segment == id, cur.page == e.page else { return nil }
                 return cur
             }
-            guard let current, !onlyAccessed || current.wasAccessed else { continue }
+            guard let current else { continue }
+            let isPinned = pinned.contains(current.namespaceID)
+            guard isPinned || !onlyAccessed || current.wasAccessed else { continue }
             let size = current.recordSize
-            if spent + UInt64(size) > budget { break }
+            if !isPinned && spent + UInt64(size) > budget { continue }
+            throttle(size)
             guard let written = try copyRecord(current, key: e.key, from: seg.segment) else { continue }
             if wroteTo.insert(ObjectIdentifier(written)).inserted { segments.append(written) }
-            spent += UInt64(size)
+            if !isPinned { spent += UInt64(size) }
             moved += 1
         }
         return moved

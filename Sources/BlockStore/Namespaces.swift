@@ -8,9 +8,17 @@ public struct NamespaceInfo: Sendable, Equatable {
     public var mode: UInt32
     public var compression: CompressionPolicy
     public var createdSeconds: UInt64
+    /// Logical bytes the namespace may hold (0: no quota); a write past it fails with EDQUOT.
+    public var quotaBytes: UInt64 = 0
+    /// Blocks older than this many seconds expire (0: never): they read as missing and are removed.
+    public var ttlSeconds: UInt64 = 0
+    /// Blocks of a pinned namespace are kept through eviction while it is within its quota: how an
+    /// operator offers a tier of persistent context.
+    public var pinned = false
 
     public init(id: UInt16, name: String, owner: UInt32, group: UInt32, mode: UInt32,
-                compression: CompressionPolicy = .off, createdSeconds: UInt64) {
+                compression: CompressionPolicy = .off, createdSeconds: UInt64,
+                quotaBytes: UInt64 = 0, ttlSeconds: UInt64 = 0, pinned: Bool = false) {
         self.id = id
         self.name = name
         self.owner = owner
@@ -18,6 +26,9 @@ public struct NamespaceInfo: Sendable, Equatable {
         self.mode = mode
         self.compression = compression
         self.createdSeconds = createdSeconds
+        self.quotaBytes = quotaBytes
+        self.ttlSeconds = ttlSeconds
+        self.pinned = pinned
     }
 }
 
@@ -29,7 +40,9 @@ public struct NamespaceUsage: Sendable, Equatable {
 }
 
 /// The namespace table, persisted as the text file `namespaces` in the store directory: one line per
-/// namespace, `v1 ID NAME UID GID MODE(octal) COMPRESSION CREATED`. Rewritten atomically on change.
+/// namespace, `v1 ID NAME UID GID MODE(octal) COMPRESSION CREATED`, or with a policy
+/// `v2 ID NAME UID GID MODE(octal) COMPRESSION CREATED QUOTA_BYTES TTL_SECONDS PINNED(0/1)`.
+/// Rewritten atomically on change.
 struct NamespaceTable {
     static let fileName = "namespaces"
     private(set) var byID: [UInt16: NamespaceInfo] = [:]
@@ -40,20 +53,35 @@ struct NamespaceTable {
     init(decoding bytes: [UInt8]) throws {
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let f = line.split(separator: " ")
-            guard f.count == 8, f[0] == "v1", let id = UInt16(f[1]), let uid = UInt32(f[3]), let gid = UInt32(f[4]),
+            guard (f.count == 8 && f[0] == "v1") || (f.count == 11 && f[0] == "v2"), let id = UInt16(f[1]), let uid = UInt32(f[3]), let gid = UInt32(f[4]),
                   let mode = UInt32(f[5], radix: 8), let compression = CompressionPolicy(rawValue: String(f[6])),
                   let created = UInt64(f[7]), BlockName.isValidNamespace(String(f[2])) else {
                 throw StoreError.corruption("namespace table line '\(line)' is malformed; fix or remove the file 'namespaces'")
             }
-            insert(NamespaceInfo(id: id, name: String(f[2]), owner: uid, group: gid, mode: mode,
-                                 compression: compression, createdSeconds: created))
+            var ns = NamespaceInfo(id: id, name: String(f[2]), owner: uid, group: gid, mode: mode,
+                                   compression: compression, createdSeconds: created)
+            if f[0] == "v2" {
+                guard let quota = UInt64(f[8]), let ttl = UInt64(f[9]), f[10] == "0" || f[10] == "1" else {
+                    throw StoreError.corruption("namespace table line '\(line)' is malformed; fix or remove the file 'namespaces'")
+                }
+                ns.quotaBytes = quota
+                ns.ttlSeconds = ttl
+                ns.pinned = f[10] == "1"
+            }
+            insert(ns)
         }
     }
 
     func encoded() -> [UInt8] {
         var text = ""
         for ns in byID.values.sorted(by: { $0.id < $1.id }) {
-            text += "v1 \(ns.id) \(ns.name) \(ns.owner) \(ns.group) \(String(ns.mode, radix: 8)) \(ns.compression.rawValue) \(ns.createdSeconds)\n"
+            let base = "\(ns.id) \(ns.name) \(ns.owner) \(ns.group) \(String(ns.mode, radix: 8)) \(ns.compression.rawValue) \(ns.createdSeconds)"
+            // v1 while no policy is set, so a store without policies stays readable by older daemons.
+            if ns.quotaBytes == 0 && ns.ttlSeconds == 0 && !ns.pinned {
+                text += "v1 \(base)\n"
+            } else {
+                text += "v2 \(base) \(ns.quotaBytes) \(ns.ttlSeconds) \(ns.pinned ? 1 : 0)\n"
+            }
         }
         return Array(text.utf8)
     }

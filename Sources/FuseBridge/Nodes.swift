@@ -12,6 +12,7 @@ enum InodeNumber {
     static let statusFile: UInt64 = 3
     static let dramFile: UInt64 = 4
     static let prefetchFile: UInt64 = 5
+    static let controlFile: UInt64 = 6
     private static let namespaceTag: UInt64 = 1 << 60
     private static let fanoutTag: UInt64 = 2 << 60
     static let firstFile: UInt64 = 3 << 60
@@ -35,6 +36,7 @@ enum InodeNumber {
         case statusFile: return .control(.status)
         case dramFile: return .control(.dram)
         case prefetchFile: return .control(.prefetch)
+        case controlFile: return .control(.ctl)
         default:
             switch ino >> 60 {
             case 1: return .namespace(UInt16(truncatingIfNeeded: ino))
@@ -53,16 +55,25 @@ enum ControlFile: String, CaseIterable {
     case dram
     /// Prefetch hints: lines `NAMESPACE<TAB>NAME` load blocks into the DRAM tier (write).
     case prefetch
+    /// twctl's requests: write a command, read the JSON answer on the same descriptor (root only).
+    case ctl
 
     var ino: UInt64 {
         switch self {
         case .status: return InodeNumber.statusFile
         case .dram: return InodeNumber.dramFile
         case .prefetch: return InodeNumber.prefetchFile
+        case .ctl: return InodeNumber.controlFile
         }
     }
 
-    var mode: UInt32 { self == .prefetch ? 0o222 : 0o444 }
+    var mode: UInt32 {
+        switch self {
+        case .prefetch: return 0o222
+        case .ctl: return 0o600
+        default: return 0o444
+        }
+    }
 }
 
 /// The bytes of a block being written: a reserved region the size of the largest block, written at any

@@ -1,5 +1,6 @@
 import BlockStore
 import DRAMTier
+import Logging
 import Platform
 #if canImport(Glibc)
 import Glibc
@@ -40,12 +41,19 @@ public final class WarehouseFileSystem: Sendable {
     let settings: MountSettings
     let nodes = Locked(NodeTable())
     let staging: StagingPool
+    /// Online compaction requested through `.tw/ctl`.
+    let compaction: OnlineCompaction
+    /// Prometheus figures (`twfs --metrics`).
+    public let metrics = WarehouseMetrics()
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
 
     public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings, prefetch: PrefetchSettings = PrefetchSettings()) {
         self.store = store
         self.tier = tier
         prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch) }
+        compaction = OnlineCompaction(store: store)
+        // Blocks the store removes by itself (expiry, `twctl evict`) leave the DRAM tier too.
+        if let tier { store.observeRemovals { ns, name in tier.remove(BlockKey(namespace: ns, key: name)) } }
         self.settings = settings
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
     }
@@ -169,6 +177,7 @@ public final class WarehouseFileSystem: Sendable {
     }
 
     func lookup(parent: UInt64, name: [UInt8], caller: Caller) -> Outcome<Entry> {
+        metrics.count(.lookup)
         let text = String(decoding: name, as: UTF8.self)
         switch InodeNumber.kind(parent) {
         case .root:
@@ -378,6 +387,9 @@ public final class WarehouseFileSystem: Sendable {
         case .control(.prefetch):
             if flags & O_ACCMODE == O_RDONLY { return .failure(Errno(EACCES)) }
             return .success((HintHandle(), false, true))
+        case .control(.ctl):
+            if caller.uid != 0 { return .failure(Errno(EACCES)) }
+            return .success((CommandHandle(), false, true))
         case .file: break
         default: return .failure(Errno(EISDIR))
         }
@@ -447,6 +459,13 @@ public final class WarehouseFileSystem: Sendable {
             h.bytes.withLock { $0.append(contentsOf: scratch.bytes(count: n)) }
             return .success(n)
         }
+        if let c = handle as? CommandHandle {
+            guard count <= 65536 else { return .failure(Errno(E2BIG)) }
+            let scratch = AlignedBuffer(capacity: max(count, 1))
+            let n = fill(scratch.pointer)
+            c.state.withLock { $0.command.append(contentsOf: scratch.bytes(count: n)) }
+            return .success(n)
+        }
         guard let w = handle as? WriteHandle else { return .failure(Errno(EBADF)) }
         let end = offset + count
         let limit = w.pending.region.capacity
@@ -455,6 +474,7 @@ public final class WarehouseFileSystem: Sendable {
             w.pending.state.withLock { $0.failure = EFBIG }
             return .failure(Errno(EFBIG))
         }
+        metrics.wrote(bytes: count)
         // The range counts as written before the copy, so a concurrent zeroing of gaps never lands on it.
         let open = w.pending.state.withLock { s -> Bool in
             if s.finished { return false }
@@ -483,6 +503,18 @@ public final class WarehouseFileSystem: Sendable {
     }
 
     func read(_ handle: Handle, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> Errno? {
+        if let c = handle as? CommandHandle {
+            // The first read runs the command written so far; later reads page through its answer.
+            let pending = c.state.withLock { s -> [UInt8]? in s.answer == nil ? s.command : nil }
+            if let command = pending {
+                let answer = Array((execute(command: command) + "\n").utf8)
+                c.state.withLock { if $0.answer == nil { $0.answer = answer } }
+            }
+            let answer = c.state.withLock { $0.answer ?? [] }
+            let start = min(offset, answer.count), end = min(offset + size, answer.count)
+            answer.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+            return nil
+        }
         if let g = handle as? GeneratedHandle {
             let start = min(offset, g.bytes.count), end = min(offset + size, g.bytes.count)
             g.bytes.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
@@ -499,10 +531,12 @@ public final class WarehouseFileSystem: Sendable {
         }
         let r: ReadHandle
         if let d = handle as? DiscardHandle { r = d.read } else if let h = handle as? ReadHandle { r = h } else { return Errno(EBADF) }
+        let began = monotonicNanoseconds()
         if let pinned = r.pinned {
             let bytes = pinned.bytes
             let start = min(offset, bytes.count), end = min(offset + size, bytes.count)
             reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            metrics.read(tier: .dram, bytes: end - start, nanoseconds: monotonicNanoseconds() - began)
             return nil
         }
         let loaded: BlockData
@@ -531,10 +565,12 @@ public final class WarehouseFileSystem: Sendable {
                 if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence { tier.remove(key) }
             }
         }
-        loaded.withBytes { bytes in
+        let served = loaded.withBytes { bytes -> Int in
             let start = min(offset, bytes.count), end = min(offset + size, bytes.count)
             reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            return end - start
         }
+        metrics.read(tier: .nvme, bytes: served, nanoseconds: monotonicNanoseconds() - began)
         return nil
     }
 
@@ -614,6 +650,7 @@ public final class WarehouseFileSystem: Sendable {
                               payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata,
                               stagedInPlace: true, payloadChecksum: checksum)
             prefetcher?.noteCommit(namespace: node.namespace, name: key, parent: metadata.parent)
+            metrics.count(.commit)
             return nil
         } catch {
             let e = Errno(error)
@@ -699,6 +736,7 @@ public final class WarehouseFileSystem: Sendable {
     // MARK: Unlink and rename
 
     func unlink(parent: UInt64, name: [UInt8], caller: Caller) -> Outcome<Void> {
+        metrics.count(.unlink)
         let context: (NamespaceInfo, fanout: UInt8?)
         switch directoryContext(parent) {
         case .success(let c): context = c
@@ -932,7 +970,8 @@ public final class WarehouseFileSystem: Sendable {
         var usage: [String] = []
         for (info, u) in s.namespaces {
             ns.append(jsonString(info.name))
-            usage.append("\(jsonString(info.name)): {\"blocks\": \(u.blocks), \"logical_bytes\": \(u.logicalBytes), \"stored_bytes\": \(u.storedBytes), \"compression\": \(jsonString(info.compression.rawValue))}")
+            usage.append("\(jsonString(info.name)): {\"blocks\": \(u.blocks), \"logical_bytes\": \(u.logicalBytes), \"stored_bytes\": \(u.storedBytes), \"compression\": \(jsonString(info.compression.rawValue)), "
+                         + "\"quota_bytes\": \(info.quotaBytes), \"ttl_seconds\": \(info.ttlSeconds), \"pinned\": \(info.pinned)}")
         }
         let dead = s.usedBytes > 0 ? Double(s.deadBytes) / Double(s.usedBytes) : 0
         return """
@@ -944,6 +983,7 @@ public final class WarehouseFileSystem: Sendable {
         "bytes_read": \(s.bytesRead), "corrupt_reads": \(s.corruptReads), "removes": \(s.removes), \
         "evicted_segments": \(s.evictedSegments), "evicted_blocks": \(s.evictedBlocks), "reinserted_blocks": \(s.reinsertedBlocks), \
         "compacted_segments": \(s.compactedSegments), "reclaimed_bytes": \(s.reclaimedBytes), \
+        "expired_blocks": \(s.expiredBlocks), "hit_ratios": \(hitRatiosJSON(s)), "compaction": \(compaction.json()), \
         "dram_tier": \(dramJSON()), "prefetch": \(prefetchJSON()), \
         "recovery": {"segments_from_summary": \(r.segmentsFromSummary), "segments_scanned": \(r.segmentsScanned), \
         "blocks": \(r.blocks), "corrupt_records": \(r.corruptRecords), "torn_tail_bytes": \(r.tornTailBytes), \
@@ -963,6 +1003,15 @@ extension WarehouseFileSystem {
             + "\"mount_misses\": \(t.misses), \"mount_hit_ratio\": \(lookups > 0 ? Double(t.mountHits) / Double(lookups) : 0), "
             + "\"map_hits\": \(t.mapHits), \"insertions\": \(t.insertions), \"failed_insertions\": \(t.failedInsertions), "
             + "\"evictions\": \(t.evictions), \"promotions\": \(t.promotions), \"reinsertions\": \(t.reinsertions), \"policy\": \"S3-FIFO\"}"
+    }
+
+    /// Of the block reads that found their block, the share each tier served (DRAM: through the mount
+    /// and the map; NVMe: records read from segments).
+    func hitRatiosJSON(_ s: StoreStatistics) -> String {
+        let t = tier?.statistics()
+        let dram = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
+        let total = Double(dram + s.gets)
+        return "{\"dram\": \(total > 0 ? Double(dram) / total : 0), \"nvme\": \(total > 0 ? Double(s.gets) / total : 0)}"
     }
 
     func prefetchJSON() -> String {
@@ -997,8 +1046,10 @@ func jsonString(_ s: String) -> String {
     return out + "\""
 }
 
-/// Writes a line to standard error (the daemon's log).
+/// The daemon's log (swift-log; `twfs` sends it to standard error, the journal under systemd).
+let daemonLog = Logger(label: "twfs")
+
+/// Logs a problem a person should know about (a refused corrupt block, a failed commit).
 func log(_ message: String) {
-    let line = message + "\n"
-    _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+    daemonLog.warning("\(message)")
 }

@@ -8,8 +8,9 @@ import Platform
 struct TWCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "twctl",
-        abstract: "Operate a TokenWarehouse: status, verify, compact, benchmarks.",
-        subcommands: [Status.self, Verify.self, Compact.self, Replay.self, Plan.self, Bench.self])
+        abstract: "Operate a TokenWarehouse: status, verify, compact, evict, prefetch, namespaces, replay, plan, benchmarks.",
+        subcommands: [Status.self, Verify.self, Compact.self, Evict.self, Prefetch.self, Namespace.self, Replay.self, Plan.self,
+                       TraceCommand.self, Bench.self])
 }
 
 /// Prints a JSON object on stdout (for --json).
@@ -49,7 +50,11 @@ struct Status: ParsableCommand {
             for (name, u) in usage.sorted(by: { $0.key < $1.key }) {
                 let blocks = (u["blocks"] as? NSNumber)?.intValue ?? 0
                 let bytes = (u["logical_bytes"] as? NSNumber)?.uint64Value ?? 0
-                print("namespace   \(name): \(blocks) blocks, \(SizeParser.format(bytes)), compression \(u["compression"] ?? "off")")
+                let quota = (u["quota_bytes"] as? NSNumber)?.uint64Value ?? 0
+                let ttl = (u["ttl_seconds"] as? NSNumber)?.uint64Value ?? 0
+                print("namespace   \(name): \(blocks) blocks, \(SizeParser.format(bytes)), compression \(u["compression"] ?? "off")"
+                      + (quota > 0 ? ", quota \(SizeParser.format(quota))" : "") + (ttl > 0 ? ", ttl \(ttl)s" : "")
+                      + ((u["pinned"] as? Bool) == true ? ", pinned" : ""))
             }
         }
         if let t = object["dram_tier"] as? [String: Any], (t["enabled"] as? Bool) == true {
@@ -59,8 +64,16 @@ struct Status: ParsableCommand {
         } else {
             print("dram tier   off")
         }
+        if let h = object["hit_ratios"] as? [String: Any] {
+            print("hit ratios  \(String(format: "%.3f", (h["dram"] as? Double) ?? 0)) DRAM, \(String(format: "%.3f", (h["nvme"] as? Double) ?? 0)) NVMe (of block reads that found their block)")
+        }
         if let p = object["prefetch"] as? [String: Any], (p["enabled"] as? Bool) == true {
-            print("prefetch    \(p["hinted"] ?? 0) hinted, \(p["loaded"] ?? 0) loaded, \(p["already_resident"] ?? 0) already resident, \(p["missing"] ?? 0) missing, \(p["dropped"] ?? 0) dropped")
+            print("prefetch    \(p["hinted"] ?? 0) hinted, \(p["loaded"] ?? 0) loaded (\(p["loaded_hinted"] ?? 0) hinted, \(p["loaded_chain"] ?? 0) chain, \(p["loaded_learned"] ?? 0) learned), "
+                  + "\(p["used"] ?? 0) used, \(p["wasted"] ?? 0) wasted; \(p["already_resident"] ?? 0) already resident, \(p["missing"] ?? 0) missing, "
+                  + "\(p["late"] ?? 0) late, \(p["dropped"] ?? 0) dropped")
+        }
+        if let c = object["compaction"] as? [String: Any], ((c["runs"] as? NSNumber)?.intValue ?? 0) > 0 {
+            print("compaction \((c["running"] as? Bool) == true ? "running" : "last run"): \(c["segments_compacted"] ?? 0) segments, \(SizeParser.format((c["bytes_reclaimed"] as? NSNumber)?.uint64Value ?? 0)) reclaimed")
         }
         if let r = object["recovery"] as? [String: Any] {
             print("recovery    \(r["segments_from_summary"] ?? 0) segments from summaries, \(r["segments_scanned"] ?? 0) scanned, \(r["corrupt_records"] ?? 0) corrupt records, \(r["torn_tail_bytes"] ?? 0) torn-tail bytes, \(r["seconds"] ?? 0) s")
@@ -94,19 +107,33 @@ struct Verify: ParsableCommand {
 
 struct Compact: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Rewrite segments whose dead share passes a threshold (offline, on a store no daemon holds).")
+        abstract: "Rewrite segments whose dead share passes a threshold: online through a mount's daemon, or offline on a store no daemon holds.")
 
-    @Option(help: "The store directory (the store must not be mounted).") var store: String
+    @Argument(help: "The mount point (online compaction through the daemon).") var mount: String?
+    @Option(help: "The store directory (offline; the store must not be mounted).") var store: String?
     @Option(help: "Compact segments with at least this share of dead bytes (0 to 1).") var threshold: Double = 0.3
     @Option(help: "Stop after moving this many bytes (e.g. 10G).") var maxBytes: String?
+    @Option(help: "Online: bytes per second compaction may read and write, so reads keep their latency (0: no limit).") var rate = "256M"
     @Flag(help: "Only list what would be compacted.") var dryRun = false
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        if (mount == nil) == (store == nil) { throw ValidationError("give a mount point (online) or --store DIR (offline), not both") }
+        if !(0...1).contains(threshold) { throw ValidationError("--threshold must be 0 to 1") }
+    }
 
     func run() throws {
         let limit = try maxBytes.map { text -> UInt64 in
             guard let v = SizeParser.parse(text) else { throw failure("--max-bytes: '\(text)' is not a size") }
             return v
-        } ?? .max
+        }
+        if let mount {
+            guard let r = rate == "0" ? 0 : SizeParser.parse(rate) else { throw failure("--rate: '\(rate)' is not a size per second (256M, 0)") }
+            try compactOnline(mount: mount, threshold: threshold, maxBytes: limit, rate: r, dryRun: dryRun, json: json)
+            return
+        }
+        guard let store else { return }
+        let maxBytesOffline = limit ?? .max
         let space = try FileSystem.space(of: store)
         let configuration = StoreConfiguration(capacity: max(space.total, 1 << 30), sync: .always, backgroundCompaction: false)
         let opened: BlockStore
@@ -129,7 +156,7 @@ struct Compact: ParsableCommand {
         }
         let tty = isatty(1) != 0 && !json
         let total = max(1, candidates.count)
-        let report = try opened.compact(threshold: threshold, maxBytes: limit) { r in
+        let report = try opened.compact(threshold: threshold, maxBytes: maxBytesOffline, progress: { r in
             if tty {
                 let width = 30, filled = width * min(r.segmentsCompacted, total) / total
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
@@ -137,7 +164,7 @@ struct Compact: ParsableCommand {
             } else if !json {
                 print("compacted \(r.segmentsCompacted)/\(total) segments, \(SizeParser.format(r.bytesReclaimed)) reclaimed")
             }
-        }
+        })
         if tty { print("") }
         if json {
             printJSON(["segments_compacted": report.segmentsCompacted, "blocks_moved": report.blocksMoved,
