@@ -30,7 +30,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -276,8 +275,13 @@ def cmd_agentic(args) -> dict:
         for turn in range(args.turns):
             for s in range(args.sessions):
                 prompt = sessions[s]
+                # Best of `repeat` for each path, alternating, so a neighbour's burst of CPU use does not
+                # decide a row; the bytes are those of the first warehouse run.
                 lr, cr, rc = serve_recompute(eng, prompt)
                 lw, cw, wh = serve_with_warehouse(eng, conn, prompt)
+                for _ in range(args.repeat - 1):
+                    rc["ttft_s"] = min(rc["ttft_s"], serve_recompute(eng, prompt)[2]["ttft_s"])
+                    wh["ttft_s"] = min(wh["ttft_s"], serve_with_warehouse(eng, conn, prompt)[2]["ttft_s"])
                 save_prompt_blocks(eng, conn, prompt, cw, skip_blocks=wh["loaded_tokens"] // bs)
                 gen_r, _ = eng.decode(cr, lr, args.answer_tokens)
                 gen_w, _ = eng.decode(cw, lw, args.answer_tokens)
@@ -297,7 +301,7 @@ def cmd_agentic(args) -> dict:
             ttft_with_s=statistics.median(x["ttft_with_s"] for x in rs),
             ttft_without_s=statistics.median(x["ttft_without_s"] for x in rs),
             bytes={k: sum(x["bytes"][k] for x in rs) for k in ("dram_map", "dram_file", "nvme")}))
-    return dict(process="agentic", rows=rows, per_turn=per_turn, answer_mismatches=mismatches,
+    return dict(process="agentic", repeat=args.repeat, rows=rows, per_turn=per_turn, answer_mismatches=mismatches,
                 total_prompt_tokens=sum(x["prompt_tokens"] for x in rows),
                 total_computed_with=sum(x["computed_with"] for x in rows),
                 ttft_with_total_s=sum(x["ttft_with_s"] for x in rows),
@@ -412,12 +416,16 @@ def plot(res: dict, path: str) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     a1.plot(x, [t["ttft_without_s"] * 1000 for t in pt], "o-", label="without warehouse (full prefill)")
     a1.plot(x, [t["ttft_with_s"] * 1000 for t in pt], "o-", label="with warehouse")
+    a1.set_xticks(x)
     a1.set_xlabel("turn")
     a1.set_ylabel("TTFT, median over sessions (ms)")
+    a1.set_title(f"{len(res['rows']) // len(pt)} sessions, best of {res.get('repeat', 1)} runs per request",
+                 fontsize=9)
     a1.set_ylim(bottom=0)
     a1.legend()
     a2.bar(x, [t["prompt_tokens"] for t in pt], label="prompt tokens", color="#bbb")
     a2.bar(x, [t["computed_with"] for t in pt], label="computed with warehouse", color="#d62728")
+    a2.set_xticks(x)
     a2.set_xlabel("turn")
     a2.set_ylabel("tokens (mean over sessions)")
     a2.legend()
@@ -459,7 +467,7 @@ def cmd_demo(args) -> int:
             res = run_child(args, "agentic", [
                 "--sessions", str(args.sessions), "--turns", str(args.turns), "--system-tokens",
                 str(args.system_tokens), "--user-tokens", str(args.user_tokens), "--answer-tokens",
-                str(args.answer_tokens), "--tool-tokens", *map(str, args.tool_tokens)])
+                str(args.answer_tokens), "--repeat", str(args.repeat), "--tool-tokens", *map(str, args.tool_tokens)])
             print_part_b(res)
             results["b"] = res
             if args.plot:
@@ -487,12 +495,13 @@ def main(argv=None) -> int:
     ap.add_argument("--generate", type=int, default=16)
     ap.add_argument("--all-logits", action="store_true", help="compare the logits of every computed position")
     ap.add_argument("--no-prefetch", action="store_true", help="send no prefetch hint at lookup")
-    ap.add_argument("--sessions", type=int, default=4)
-    ap.add_argument("--turns", type=int, default=5)
+    ap.add_argument("--sessions", type=int, default=6)
+    ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--system-tokens", type=int, default=512)
     ap.add_argument("--user-tokens", type=int, default=256)
     ap.add_argument("--answer-tokens", type=int, default=8)
     ap.add_argument("--tool-tokens", type=int, nargs=2, default=(192, 384))
+    ap.add_argument("--repeat", type=int, default=2, help="agentic: best of this many runs per request")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--plot", help="write part B's plot here (PNG)")

@@ -38,7 +38,6 @@ sys.path.insert(0, os.fspath(REPO / "clients" / "python"))
 
 from tokenwarehouse import Client  # noqa: E402
 from tokenwarehouse.engine import prefix_hashes  # noqa: E402
-from tokenwarehouse.layout import SUPERBLOCK  # noqa: E402
 
 NS = "pinned-bench@tp0"
 MiB = 1 << 20
@@ -110,10 +109,10 @@ def bench(args) -> None:
     man = json.loads((src / "manifest.json").read_text())
     shm = "/dev/shm/tokenwarehouse-pinned-bench"
     shutil.copyfile(src / "tier", shm)
-    mount = Path(tempfile.mkdtemp(prefix="tw-fake-mount-"))
+    mount = Path(tempfile.mkdtemp(prefix="tw-tier-only-"))
     (mount / ".tw").mkdir()
     (mount / ".tw" / "dram").write_text(shm + "\n")
-    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__)
+    res = dict(device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch=torch.__version__)
     tw = Client(mount, verify=True)
     assert tw.mapped, tw.tier_error
     # 1. every block through the client's map lookup, checked against the manifest
@@ -141,28 +140,38 @@ def bench(args) -> None:
     res["bytes_per_pass"] = total
     res["block_bytes"] = spans[0][1]
 
+    resident = [m for m in man["blocks"] if man["tiers"].get(m["name"]) == "dram"]
+    if not torch.cuda.is_available():
+        res["cuda"] = False
+        tw.close()
+        os.unlink(shm)
+        print(json.dumps(res, indent=1))
+        return
+    import ctypes
+    import warnings
+    cudart = _cudart()
     dev = torch.device("cuda")
     dst = torch.empty(total, dtype=torch.uint8, device=dev)
-    arr = np.frombuffer(mp.mm, dtype=np.uint8)        # the read-only mapping, no copy
-    base_ptr = arr.ctypes.data
-    mapped = torch.from_numpy(arr.copy())[:0]          # placeholder for type checkers
-    import warnings
+    base_ptr = np.frombuffer(mp.mm, dtype=np.uint8).ctypes.data   # the read-only mapping, no copy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                # torch warns that the buffer is not writable
         mapped = torch.frombuffer(mp.mm, dtype=torch.uint8)
+    data = (mp.data_lo, mp.data_hi - mp.data_lo)
+    big = torch.empty(data[1], dtype=torch.uint8, device=dev)
 
-    def timed(fn, reps=args.reps):
+    def timed(fn, nbytes=total, reps=args.reps):
         fn()
         torch.cuda.synchronize()
-        best = []
+        ts = []
         for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             torch.cuda.synchronize()
-            best.append(time.perf_counter() - t0)
-        best.sort()
-        med = best[len(best) // 2]
-        return dict(median_s=med, gib_s=total / med / (1 << 30), best_gib_s=total / best[0] / (1 << 30))
+            ts.append(time.perf_counter() - t0)
+        ts.sort()
+        med = ts[len(ts) // 2]
+        return dict(median_s=med, gib_s=round(nbytes / med / (1 << 30), 2),
+                    best_gib_s=round(nbytes / ts[0] / (1 << 30), 2))
 
     def copy_blocks(host, non_blocking):
         def f():
@@ -172,54 +181,81 @@ def bench(args) -> None:
                 o += n
         return f
 
+    def copy_area(host, non_blocking):
+        return lambda: big.copy_(host[data[0]:data[0] + data[1]], non_blocking=non_blocking)
+
     pageable = torch.empty(mp.size, dtype=torch.uint8)
     pageable.copy_(mapped)
-    res["pageable_tensor"] = timed(copy_blocks(pageable, False))
-    res["tier_map_unregistered"] = timed(copy_blocks(mapped, False))
+    res["blocks_from_pageable_tensor"] = timed(copy_blocks(pageable, False))
+    res["blocks_from_tier_map_unregistered"] = timed(copy_blocks(mapped, False))
+    res["area_from_pageable_tensor"] = timed(copy_area(pageable, False), data[1])
+    res["area_from_tier_map_unregistered"] = timed(copy_area(mapped, False), data[1])
 
-    cudart = torch.cuda.cudart()
     reg = None
-    for flags, label in ((8, "cudaHostRegisterReadOnly"), (0, "cudaHostRegisterDefault"),
-                         (1, "cudaHostRegisterPortable")):
-        err = cudart.cudaHostRegister(base_ptr, mp.size, flags)
-        code = int(err.value) if hasattr(err, "value") else int(err)
+    for flags, label in ((8, "cudaHostRegisterReadOnly"), (0, "cudaHostRegisterDefault")):
+        code = cudart.cudaHostRegister(ctypes.c_void_p(base_ptr), ctypes.c_size_t(mp.size), ctypes.c_uint(flags))
+        cudart.cudaGetLastError()                      # a failed register must not poison torch's next check
         res.setdefault("register_attempts", []).append(dict(flags=flags, name=label, error=code))
         if code == 0:
             reg = label
             break
-        torch.cuda.synchronize()
     res["registered_with"] = reg
     if reg is not None:
         res["is_pinned_after_register"] = bool(mapped.is_pinned())
-        res["tier_map_registered"] = timed(copy_blocks(mapped, True))
-        # correctness of what the DMA moved: bytes on the GPU equal the manifest's blocks
-        copy_blocks(mapped, True)()
+        res["blocks_from_tier_map_registered"] = timed(copy_blocks(mapped, True))
+        res["area_from_tier_map_registered"] = timed(copy_area(mapped, True), data[1])
+        copy_blocks(mapped, True)()                    # what the DMA moved equals the manifest's blocks
         torch.cuda.synchronize()
         back = dst.cpu().numpy().tobytes()
         o, good = 0, 0
-        for (off, n), m in zip(spans, [m for m in man["blocks"] if man["tiers"].get(m["name"]) == "dram"]):
+        for (off, n), m in zip(spans, resident):
             good += hashlib.sha256(back[o:o + n]).hexdigest() == m["sha256"]
             o += n
         res["gpu_blocks_verified"] = good
 
     pinned = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+    pinned_np = pinned.numpy()
 
     def via_client():
         o = 0
-        for (off, n), m in zip(spans, [m for m in man["blocks"] if man["tiers"].get(m["name"]) == "dram"]):
-            tw.get_into(man["namespace"], m["name"], pinned[o:o + n].numpy())
+        for (off, n), m in zip(spans, resident):
+            tw.get_into(man["namespace"], m["name"], pinned_np[o:o + n])
             o += n
         dst.copy_(pinned, non_blocking=True)
-    res["client_get_into_pinned_then_h2d"] = timed(via_client)
-    pinned.copy_(pageable[:total])
-    res["torch_pinned_alloc"] = timed(lambda: dst.copy_(pinned, non_blocking=True))
+    res["blocks_client_get_into_pinned_then_h2d"] = timed(via_client)
+    pinned.copy_(dst.cpu())
+    res["one_copy_from_torch_pinned_alloc"] = timed(lambda: dst.copy_(pinned, non_blocking=True))
+    pinned_big = torch.empty(data[1], dtype=torch.uint8, pin_memory=True)
+    res["area_from_torch_pinned_alloc"] = timed(lambda: big.copy_(pinned_big, non_blocking=True), data[1])
     if reg is not None:
-        err = cudart.cudaHostUnregister(base_ptr)
-        res["unregister_error"] = int(err.value) if hasattr(err, "value") else int(err)
-    del mapped, arr
+        res["unregister_error"] = cudart.cudaHostUnregister(ctypes.c_void_p(base_ptr))
+    del mapped
     tw.close()
     os.unlink(shm)
     print(json.dumps(res, indent=1))
+
+
+def _cudart():
+    """The CUDA runtime library torch loaded (same process state and context), through ctypes."""
+    import ctypes
+    import torch
+    torch.cuda.init()
+    torch.empty(1, device="cuda")
+    with open("/proc/self/maps") as f:
+        paths = sorted({ln.split()[-1] for ln in f if "libcudart.so" in ln})
+    lib = None
+    for name in paths + ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise RuntimeError(f"no libcudart found (mapped: {paths})")
+    lib.cudaHostRegister.restype = ctypes.c_int
+    lib.cudaHostUnregister.restype = ctypes.c_int
+    lib.cudaGetLastError.restype = ctypes.c_int
+    return lib
 
 
 def main() -> int:

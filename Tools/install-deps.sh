@@ -15,5 +15,9 @@ import importlib, sys
 for m in ("pytest", "pytest_timeout", "numpy", "safetensors", "xxhash"):
     importlib.import_module(m)
 PY
+# The engine demo and its tests (Tools/engine_demo.py, tests/integration/test_engine.py): PyTorch (its
+# PyPI wheel brings CUDA libraries, ~2.5 GB, and runs on CPU), transformers, matplotlib for the plot.
+python3 -c "import torch, transformers, matplotlib" 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check torch transformers matplotlib
 # The Python client (clients/python), installed from this checkout.
 python3 -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./clients/python

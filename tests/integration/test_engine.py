@@ -99,7 +99,7 @@ def test_after_a_restart_the_prefix_comes_from_nvme_and_is_still_exact(warehouse
 
 def test_agentic_turns_load_earlier_turns_and_answer_like_recompute(warehouse):
     res = demo(warehouse, "agentic", "--sessions", "2", "--turns", "3", "--system-tokens", "40",
-               "--user-tokens", "20", "--tool-tokens", "10", "30", "--answer-tokens", "4")
+               "--user-tokens", "20", "--tool-tokens", "10", "30", "--answer-tokens", "4", "--repeat", "1")
     assert res["answer_mismatches"] == 0
     turns = res["per_turn"]
     assert len(turns) == 3
