@@ -687,6 +687,10 @@ public final class WarehouseFileSystem: Sendable {
     /// truncation the kernel sends for `open(O_CREAT|O_TRUNC)` of it is answered with its unchanged
     /// attributes (first write wins; readers keep their size and cached pages); any other is EPERM.
     func setSize(ino: UInt64, size: Int, caller: Caller) -> Outcome<stat> {
+        // The writable control files ignore O_TRUNC (`open(p, "w")` of .tw/prefetch); the others are read-only.
+        if case .control(let f) = InodeNumber.kind(ino) {
+            return f == .prefetch || f == .ctl ? attributes(of: ino) : .failure(Errno(EACCES))
+        }
         guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOENT)) }
         if node.state.withLock({ $0.discard }) { return fileAttributes(of: node) }
         guard let pending = node.state.withLock({ $0.pending }) else {
