@@ -90,8 +90,9 @@ def test_after_a_restart_the_prefix_comes_from_nvme_and_is_still_exact(warehouse
     cold = demo(warehouse, "serve", "--all-logits", "--no-prefetch")
     check_exact(cold, PREFIX)
     b = cold["warehouse"]["bytes"]
-    assert b["dram_map"] == 0, b   # nothing was resident in the new tier
-    assert b["nvme"] > 0, b
+    # The new tier is empty and no hint was sent: at least the first block comes from NVMe (the daemon's
+    # chain prefetch may bring later ones into DRAM while the first is read).
+    assert b["nvme"] >= pre["block_bytes"], b
     assert sum(b.values()) == (PREFIX // BS) * pre["block_bytes"]
     warm = demo(warehouse, "serve", "--all-logits")
     check_exact(warm, PREFIX)
