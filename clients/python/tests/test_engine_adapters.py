@@ -194,3 +194,17 @@ def test_byte_view_refuses_read_only_targets():
     assert byte_view(bytearray(8), writable=True).nbytes == 8
     with pytest.raises(TypeError):
         byte_view(object())
+
+
+def test_connector_takes_cpu_tensors_of_any_dtype(tmp_path):
+    torch = pytest.importorskip("torch")
+    conn = KVConnector(tmp_path, "ns", BS)
+    t = list(range(12))
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(2, 3, 5, generator=g).to(torch.bfloat16) for _ in range(3)]
+    assert conn.save(t, blocks) == 3
+    out = torch.empty(3, 2, 3, 5, dtype=torch.bfloat16)
+    assert conn.load(t, [out[i] for i in range(3)]) == 12
+    assert all(torch.equal(out[i], blocks[i]) for i in range(3))
+    with pytest.raises(ValueError):
+        conn.save(t, [blocks[0].transpose(0, 2)])   # not contiguous: refused rather than copied silently
