@@ -20,6 +20,7 @@ options:
                        /dev/shm's free space; 0 disables it)
   --dram-name NAME     its file is /dev/shm/tokenwarehouse-NAME (default: from the mount point)
   --dram-group GROUP   the group that may map it read-only (default: the daemon's group)
+  --dram-admit-writes on|off  committed blocks also enter the DRAM tier (default: on)
   --sync POLICY        always | batch | none: what close() promises (default: batch; docs/format.md)
   --sync-interval MS   under batch, milliseconds between the flusher's syncs (default: 5)
   --max-block SIZE     largest block accepted, larger writes fail with EFBIG (default: 256M)
@@ -32,7 +33,8 @@ options:
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
   -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=,
-                       prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics= as above;
+                       dram_admit_writes=, prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics=
+                       as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
 SIZE accepts 4096, 512K, 512M, 20G, 1T.
 """
@@ -60,6 +62,7 @@ struct Options {
     var threads = 16
     var prefetch = PrefetchSettings()
     var metrics: String?
+    var admitWrites = true
     var foreground = false
     var debug = false
     var fuseOptions: [String] = []
@@ -92,6 +95,9 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
         guard let n = Int(value), n > 0, n <= 256 else { fail("threads must be 1 to 256") }
         o.threads = n
     case "metrics": o.metrics = value
+    case "dram_admit_writes":
+        guard value == "on" || value == "off" else { fail("dram-admit-writes must be on or off") }
+        o.admitWrites = value == "on"
     case "prefetch_workers":
         guard let n = Int(value), n > 0, n <= 64 else { fail("prefetch-workers must be 1 to 64") }
         o.prefetch.workers = n
@@ -283,6 +289,7 @@ if options.dram > 0 {
 var settings = MountSettings()
 settings.storeDirectory = storeDirectory
 settings.syncPolicy = options.sync.rawValue
+settings.admitWrites = options.admitWrites
 let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings, prefetch: options.prefetch)
 let session: FuseSession
 do {

@@ -814,7 +814,8 @@ public final class BlockStore: Sendable {
     public func list(namespaceID: UInt16, fanout: UInt8?) -> [BlockLocator] {
         state.withLock { st in
             var out: [(UInt32, UInt32, BlockLocator)] = []
-            for (k, e) in st.index where e.namespaceID == namespaceID {
+            let now = Self.nowSeconds()
+            for (k, e) in st.index where e.namespaceID == namespaceID && !Self.isExpired(e, st, now: now) {
                 if let fanout { guard e.isCanonical && e.fanout == fanout else { continue } } else { guard !e.isCanonical else { continue } }
                 guard let seg = st.segments[e.segment] else { continue }
                 out.append((e.segment, e.page, BlockLocator(segment: seg.segment, page: e.page, headerPages: e.headerPages, key: k)))

@@ -329,6 +329,10 @@ public final class FuseSession {
             unmanaged.release()
             throw SystemError(EIO, "mount", path: mountpoint)
         }
+        nonisolated(unsafe) let mounted = session
+        filesystem.entryInvalidator.withLock {
+            $0 = { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
+        }
     }
 
     /// Detaches from the terminal unless `foreground` (libfuse's fuse_daemonize).
@@ -349,6 +353,7 @@ public final class FuseSession {
 
     /// Unmounts and frees the session.
     public func close() {
+        filesystem.entryInvalidator.withLock { $0 = nil }
         fuse_session_unmount(session)
         fuse_remove_signal_handlers(session)
         fuse_session_destroy(session)

@@ -23,6 +23,10 @@ public struct MountSettings: Sendable {
     public var blockMode: UInt32 = 0o444
     public var storeDirectory: String = ""
     public var syncPolicy: String = "batch"
+    /// Committed blocks also enter the DRAM tier (as a miss would: S3-FIFO's small ring, so blocks
+    /// never read again leave without pushing out hot ones). The next turn of a conversation reads
+    /// what the last one wrote.
+    public var admitWrites = true
 
     public init() {}
 }
@@ -46,16 +50,33 @@ public final class WarehouseFileSystem: Sendable {
     /// Prometheus figures (`twfs --metrics`).
     public let metrics = WarehouseMetrics()
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
+    /// Tells the kernel to forget a cached name (set by `FuseSession` once mounted).
+    let entryInvalidator = Locked<(@Sendable (UInt64, String) -> Void)?>(nil)
+
+    /// Makes the kernel look a name up again (after the daemon itself removed the block).
+    func invalidateEntry(namespace: String, name: String) {
+        guard let invalidate = entryInvalidator.withLock({ $0 }), let ns = store.namespace(named: namespace) else { return }
+        let bytes = Array(name.utf8)
+        if BlockName.isCanonicalHash(bytes), let fanout = BlockName.fanout(of: bytes) {
+            invalidate(InodeNumber.fanout(ns.id, fanout), name)
+        } else {
+            invalidate(InodeNumber.namespace(ns.id), name)
+        }
+    }
 
     public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings, prefetch: PrefetchSettings = PrefetchSettings()) {
         self.store = store
         self.tier = tier
         prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch) }
         compaction = OnlineCompaction(store: store)
-        // Blocks the store removes by itself (expiry, `twctl evict`) leave the DRAM tier too.
-        if let tier { store.observeRemovals { ns, name in tier.remove(BlockKey(namespace: ns, key: name)) } }
         self.settings = settings
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
+        // Blocks the store removes by itself (expiry, `twctl evict`) leave the DRAM tier and the kernel's
+        // name cache too (committed names are cached for 60 s).
+        store.observeRemovals { [self] ns, name in
+            tier?.remove(BlockKey(namespace: ns, key: name))
+            invalidateEntry(namespace: ns, name: name)
+        }
     }
 
     typealias Outcome<T> = Result<T, Errno>
@@ -261,7 +282,14 @@ public final class WarehouseFileSystem: Sendable {
             return node
         }
         let st = fileAttributes(ino: node.ino, size: a.logicalLength, stored: a.storedLength, seconds: UInt64(a.commitSeconds), ns: ns, mode: settings.blockMode)
-        return .success(Entry(attributes: st, entryTimeout: settings.entryTimeout, attributeTimeout: settings.attributeTimeout))
+        // A block with a time to live may be cached only until it expires: then the kernel asks again.
+        var entryTimeout = settings.entryTimeout, attributeTimeout = settings.attributeTimeout
+        if ns.ttlSeconds > 0 {
+            let left = Double(UInt64(a.commitSeconds) + ns.ttlSeconds) - Double(wallClockNanoseconds()) / 1e9
+            entryTimeout = max(0, min(entryTimeout, left))
+            attributeTimeout = max(0, min(attributeTimeout, left))
+        }
+        return .success(Entry(attributes: st, entryTimeout: entryTimeout, attributeTimeout: attributeTimeout))
     }
 
     /// The block being written under this name by the caller's process, if any.
@@ -651,6 +679,12 @@ public final class WarehouseFileSystem: Sendable {
                               stagedInPlace: true, payloadChecksum: checksum)
             prefetcher?.noteCommit(namespace: node.namespace, name: key, parent: metadata.parent)
             metrics.count(.commit)
+            if settings.admitWrites, let tier {
+                let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: length)
+                tier.insert(BlockKey(namespace: node.namespace, key: key), bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes))
+                // Unlinked meanwhile: the tier must not keep it.
+                if !store.contains(namespace: node.namespace, key: key) { tier.remove(BlockKey(namespace: node.namespace, key: key)) }
+            }
             return nil
         } catch {
             let e = Errno(error)

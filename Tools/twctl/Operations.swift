@@ -166,7 +166,7 @@ struct Namespace: ParsableCommand {
             }
             if let pin { parts.append("pinned=\(pin ? 1 : 0)") }
             if let compression {
-                guard ["off", "lz4", "auto"].contains(compression) else { throw failure("--compression is off, lz4 or auto") }
+                guard ["off", "lz4", "auto"].contains(compression) else { throw failure("--compression: '\(compression)' is not off, lz4 or auto") }
                 parts.append("compression=\(compression)")
             }
             return parts.isEmpty ? nil : "ns-set ns=\(namespace) " + parts.joined(separator: " ")
@@ -192,12 +192,13 @@ struct Namespace: ParsableCommand {
         func run() throws {
             guard let m = UInt32(mode, radix: 8), m <= 0o7777 else { throw failure("--mode: '\(mode)' is not an octal mode") }
             guard readStatus(mount) != nil else { throw failure("\(mount) is not a mounted warehouse") }
+            let command = try policy.command(namespace)   // bad values are refused before anything is created
             if mkdir(mount + "/" + namespace, mode_t(m)) != 0 {
                 throw failure("cannot create \(mount)/\(namespace): \(String(cString: strerror(errno)))")
             }
             // mkdir applies the umask; the namespace gets the mode asked for.
             _ = chmod(mount + "/" + namespace, mode_t(m))
-            let answer = try policy.command(namespace).map { try control(mount, $0) }
+            let answer = try command.map { try control(mount, $0) }
             let listed = try control(mount, "ns-list")["namespaces"] as? [[String: Any]]
             let info = (answer?["namespace"] as? [String: Any]) ?? listed?.first { ($0["name"] as? String) == namespace } ?? [:]
             if json { printJSON(info) } else { print("created " + Namespace.show(info)) }

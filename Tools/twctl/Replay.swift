@@ -143,6 +143,20 @@ final class Player: @unchecked Sendable {
         var writtenIDs: [Int] = []
     }
     private let shared = Locked(Results())
+    /// Blocks some request is writing now: other requests treat them as missing, as engines in other
+    /// processes would (the writer's own process could open them before they commit).
+    private let writing = Locked<Set<Int>>([])
+    private let reportedErrors = Locked(0)
+
+    /// Counts an error and says what it was (the first few), so a failed replay can be looked into.
+    func fail(_ what: String, _ r: inout Results) {
+        r.errors += 1
+        let n = reportedErrors.withLock { n -> Int in
+            n += 1
+            return n
+        }
+        if n <= 5 { FileHandle.standardError.write(Data("twctl replay: \(what)\n".utf8)) }
+    }
 
     init(mount: String, namespace: String, blockBytes: Int, hints: Bool, leadMilliseconds: Double) {
         self.mount = mount
@@ -213,7 +227,7 @@ final class Player: @unchecked Sendable {
         let ids = request.hashIDs
         if hints && !ids.isEmpty {
             let lines = ids.map { "\(namespace) \(name($0))\n" }.joined()
-            if !writeFile(mount + "/.tw/prefetch", Array(lines.utf8)) { r.errors += 1 }
+            if !writeFile(mount + "/.tw/prefetch", Array(lines.utf8)) { fail("sending hints: \(String(cString: strerror(errno)))", &r) }
         }
         if leadNanoseconds > 0 { sleepNanoseconds(leadNanoseconds) }
         if !reader.isMapped { refreshLock.withLock { _ in if !reader.isMapped { reader.refresh() } } }
@@ -222,17 +236,23 @@ final class Player: @unchecked Sendable {
         var missing = ids.count
         for (i, id) in ids.enumerated() {
             let blockName = name(id)
+            if writing.withLock({ $0.contains(id) }) {
+                missing = i
+                break
+            }
             let t = monotonicNanoseconds()
             if let n = reader.copy(namespace: namespace, name: blockName, into: gotBytes) {
                 let elapsed = monotonicNanoseconds() - t
                 fill(expectedBytes, id: id)
-                if n != blockBytes || memcmp(expected.pointer, got.pointer, blockBytes) != 0 { r.errors += 1 }
+                if n != blockBytes || memcmp(expected.pointer, got.pointer, blockBytes) != 0 {
+                    fail("block \(id) (\(blockName)) from the DRAM map: \(n) bytes, not the bytes written", &r)
+                }
                 r.dram.append(elapsed)
                 continue
             }
             let fd = open(path(blockName), O_RDONLY | O_CLOEXEC)
             if fd < 0 {
-                if errno != ENOENT { r.errors += 1 }
+                if errno != ENOENT { fail("opening block \(id) (\(blockName)): \(String(cString: strerror(errno)))", &r) }
                 missing = i
                 break
             }
@@ -247,15 +267,22 @@ final class Player: @unchecked Sendable {
             close(fd)
             let elapsed = monotonicNanoseconds() - t
             fill(expectedBytes, id: id)
-            if total != blockBytes || more != 0 || memcmp(expected.pointer, got.pointer, blockBytes) != 0 { r.errors += 1 }
+            if total != blockBytes || more != 0 || memcmp(expected.pointer, got.pointer, blockBytes) != 0 {
+                fail("block \(id) (\(blockName)) through the mount: \(total) bytes, not the bytes written", &r)
+            }
             r.nvme.append(elapsed)
         }
         // Prefix semantics: everything from the first missing block on is computed and stored.
         for i in missing..<ids.count {
             let id = ids[i]
+            guard writing.withLock({ $0.insert(id).inserted }) else {
+                r.conflicts += 1
+                continue
+            }
+            defer { writing.withLock { _ = $0.remove(id) } }
             let fd = open(path(name(id)), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             if fd < 0 {
-                if errno == EEXIST { r.conflicts += 1 } else { r.errors += 1 }
+                if errno == EEXIST { r.conflicts += 1 } else { fail("creating block \(id): \(String(cString: strerror(errno)))", &r) }
                 continue
             }
             fill(expectedBytes, id: id)
@@ -269,7 +296,7 @@ final class Player: @unchecked Sendable {
                 r.written += 1
                 r.writtenIDs.append(id)
             } else {
-                r.errors += 1
+                fail("writing block \(id): \(String(cString: strerror(errno)))", &r)
             }
         }
     }

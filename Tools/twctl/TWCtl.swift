@@ -88,6 +88,10 @@ struct Verify: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: store, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw failure("\(store) is not a directory (give the store directory twfs was started with)")
+        }
         let device = try DirectoryStorageDevice(directory: store)
         let tty = isatty(2) != 0
         let report = try StoreVerifier.verify(device: device) { done, total in
@@ -119,7 +123,7 @@ struct Compact: ParsableCommand {
 
     func validate() throws {
         if (mount == nil) == (store == nil) { throw ValidationError("give a mount point (online) or --store DIR (offline), not both") }
-        if !(0...1).contains(threshold) { throw ValidationError("--threshold must be 0 to 1") }
+        if !(0...1).contains(threshold) { throw ValidationError("--threshold \(threshold) is not between 0 and 1") }
     }
 
     func run() throws {
