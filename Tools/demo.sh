@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The README's first command: build twfs, mount a warehouse with its embedded defaults, write a KV
-# block through the mount, read it back, and show what the warehouse reports. Unmounts at the end.
+# block through the mount, read it back, replay a synthetic agentic workload against it (prefix hits
+# by tier, prefetch), and show what the warehouse reports. Unmounts at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Tools/install-deps.sh
 swift build -c release --product twfs
+swift build -c release --product twctl
 MNT=${TW_DEMO_MOUNT:-/tmp/tokenwarehouse-demo}
 mkdir -p "$MNT"
 cleanup() { fusermount3 -u -z "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; }
@@ -42,8 +44,10 @@ with Client(mount) as c:
     data = c.get(ns, name)
     print(f"Client.get: {len(data)} bytes, identical: {data == open(src, 'rb').read()}, stats: {c.stats}")
 PY
+echo "\$ twctl replay $MNT --synthetic agentic --requests 300   # an engine's traffic: hints, prefix reads, writes"
+.build/release/twctl replay "$MNT" --synthetic agentic --requests 300 --block-bytes 64K --lead-ms 10
 echo "\$ df -h $MNT"; df -h "$MNT"
-echo "\$ cat $MNT/.tw/status"; cat "$MNT/.tw/status"
+echo "\$ twctl status $MNT"; .build/release/twctl status "$MNT"
 rm -f "$SRC"
 echo "\$ fusermount3 -u $MNT"
 fusermount3 -u "$MNT"
