@@ -69,6 +69,27 @@ public enum BlockName {
         return UInt8(a << 4 | b)
     }
 
+    /// Why a name cannot name a block file.
+    public enum FileNameError: Error, Equatable, Sendable {
+        /// More than 255 bytes (`ENAMETOOLONG`).
+        case tooLong
+        /// Not UTF-8, not a valid key, or in a fan-out directory not a canonical hash of that fan-out (`EINVAL`).
+        case invalid
+    }
+
+    /// Checks that `name` may name a block file: in fan-out directory `fanout`, a canonical hash whose
+    /// first two characters are that fan-out; directly in a namespace (`fanout` nil), any valid key.
+    /// Names are kept as UTF-8 text, so other byte strings are refused rather than altered.
+    /// - Returns: nil when the name is acceptable, otherwise why not.
+    public static func checkBlockFileName(_ name: [UInt8], inFanout fanout: UInt8?) -> FileNameError? {
+        if name.count > maxKeyLength { return .tooLong }
+        if String(validating: name, as: UTF8.self) == nil { return .invalid }
+        if let fanout {
+            return isCanonicalHash(name) && self.fanout(of: name) == fanout ? nil : .invalid
+        }
+        return isValidKey(name) ? nil : .invalid
+    }
+
     @inline(__always)
     static func isLowerHex(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x66) }
 

@@ -204,6 +204,7 @@ public final class BlockStore: Sendable {
         st.index = st.index.filter { !$0.value.isTombstone && st.namespaces.byID[$0.value.namespaceID] != nil }
         for (_, e) in st.index {
             st.segments[e.segment]!.liveBytes += UInt64(e.recordSize)
+            st.segments[e.segment]!.countLive(e.namespaceID, 1)
             st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
             st.nextSequence = max(st.nextSequence, e.sequence + 1)
         }
@@ -522,13 +523,34 @@ public final class BlockStore: Sendable {
 
     /// Reserves `recordSize` bytes at the tail of the active segment, rolling to a new segment or
     /// evicting old ones as needed. Returns nil when `key` exists or is being written (for puts).
-    private func reserve(recordSize: Int, key: BlockKey?, force: Bool = false) throws -> Reservation? {
-        var doomed: [SegmentState] = []
-        defer { deleteEvicted(doomed) }
-        return try state.withLock { st -> Reservation? in
-            try reserveLocked(&st, recordSize: recordSize, key: key, force: force, doomed: &doomed)
+    ///
+    /// When only segments holding pinned blocks could make room, they are evicted with their pinned
+    /// blocks copied forward (I/O, outside the lock) and the reservation is tried once more; `relocating`
+    /// (a copy made by that eviction) never starts another.
+    private func reserve(recordSize: Int, key: BlockKey?, force: Bool = false, relocating: Bool = false) throws -> Reservation? {
+        var attempt = 0
+        while true {
+            var doomed: [SegmentState] = []
+            defer { deleteEvicted(doomed) }
+            do {
+                return try state.withLock { st -> Reservation? in
+                    try reserveLocked(&st, recordSize: recordSize, key: key, force: force, doomed: &doomed)
+                }
+            } catch is PinnedBlocksInTheWay {
+                if relocating || attempt > 0 { throw StoreError.noSpace("the store is full of pinned blocks and nothing more can be evicted") }
+                attempt += 1
+                let target = state.withLock { st -> UInt64 in
+                    let limit = min(configuration.capacity, st.spaceLimit)
+                    let need = UInt64(recordSize) + 2 * UInt64(SegmentFormat.headerSize)
+                    return min(UInt64(configuration.lowWatermark * Double(configuration.capacity)), limit > need ? limit - need : 0)
+                }
+                evict(downTo: target, reinsert: true)
+            }
         }
     }
+
+    /// Raised under the lock when making room needs pinned blocks copied forward first.
+    struct PinnedBlocksInTheWay: Error {}
 
     /// `reserve` with the lock held; evicted segments go to `doomed` for deletion after unlocking.
     private func reserveLocked(_ st: inout StoreState, recordSize: Int, key: BlockKey?, force: Bool,
@@ -549,8 +571,11 @@ public final class BlockStore: Sendable {
         // thread normally keeps usage under the high watermark so this path is rare. It cannot carry
         // tombstones forward (that is I/O), so it prefers segments that hold none.
         var refreshed = rollOver
+        let pinned = Self.pinnedNamespaces(st)
         while st.usedBytes + size + header > min(configuration.capacity, st.spaceLimit) {
-            guard let victim = chooseVictim(st, avoidingTombstones: true) ?? chooseVictim(st) else {
+            guard let victim = chooseVictim(st, avoidingTombstones: true, avoiding: pinned) ?? chooseVictim(st, avoiding: pinned) else {
+                // Only segments with pinned blocks are left: they need copying, which is I/O (see `reserve`).
+                if !force && !pinned.isEmpty && chooseVictim(st) != nil { throw PinnedBlocksInTheWay() }
                 // Space may have come back since the last look (another file on the disk shrank).
                 if !refreshed && st.spaceLimit < configuration.capacity {
                     refreshSpaceLimit(&st)
@@ -615,6 +640,7 @@ public final class BlockStore: Sendable {
             if entry.flags & EntryFlags.tombstone != 0 { seg.tombstones += 1 }
             if entry.flags & EntryFlags.tombstone == 0 {
                 seg.liveBytes += UInt64(size)
+                seg.countLive(entry.namespaceID, 1)
                 st.index[key] = indexEntry
                 st.usage[entry.namespaceID, default: NamespaceUsage()].add(indexEntry)
                 st.stats.puts += 1
@@ -777,6 +803,7 @@ public final class BlockStore: Sendable {
             let r = try reserveLocked(&st, recordSize: size, key: nil, force: true, doomed: &doomed)
             st.index[k] = nil
             st.segments[e.segment]?.liveBytes -= UInt64(e.recordSize)
+            st.segments[e.segment]?.countLive(e.namespaceID, -1)
             st.usage[e.namespaceID]?.remove(e)
             st.stats.removes += 1
             return (e, r)
@@ -897,10 +924,10 @@ public final class BlockStore: Sendable {
     // MARK: Eviction and compaction
 
     /// Picks the sealed, idle segment to evict next, by the configured order.
-    private func chooseVictim(_ st: StoreState, avoidingTombstones: Bool = false) -> UInt32? {
+    private func chooseVictim(_ st: StoreState, avoidingTombstones: Bool = false, avoiding pinned: Set<UInt16> = []) -> UInt32? {
         var best: (UInt32, UInt64)? = nil
         let oldest = st.segments.keys.min() ?? 0
-        for (id, s) in st.segments where id != st.activeID && s.sealed && s.inflight == 0 && !s.busy {
+        for (id, s) in st.segments where id != st.activeID && s.sealed && s.inflight == 0 && !s.busy && !s.holdsBlocks(of: pinned) {
             // Dropping a segment's tombstones while an older segment exists could bring deleted blocks back.
             if avoidingTombstones && s.tombstones > 0 && id != oldest { continue }
             let rank = configuration.eviction == .oldest ? UInt64(id) : s.lastAccess
@@ -959,9 +986,22 @@ public final class BlockStore: Sendable {
             var written: [Segment] = []
             if reinsert || !pinned.isEmpty {
                 let budget = reinsert ? UInt64(configuration.reinsertionShare * Double(seg.length)) : 0
-                let moved = (try? relocateLive(of: id, seg, budget: budget, onlyAccessed: true, pinned: pinned,
-                                               wroteTo: &wroteTo, segments: &written)) ?? 0
-                state.withLock { $0.stats.reinsertedBlocks += moved }
+                do {
+                    let moved = try relocateLive(of: id, seg, budget: budget, onlyAccessed: true, pinned: pinned,
+                                                 wroteTo: &wroteTo, segments: &written)
+                    state.withLock { $0.stats.reinsertedBlocks += moved }
+                } catch {
+                    // Pinned blocks that could not be copied keep their segment.
+                    let keep = state.withLock { st -> Bool in
+                        guard st.segments[id]?.holdsBlocks(of: pinned) == true else { return false }
+                        st.segments[id]?.busy = false
+                        return true
+                    }
+                    if keep {
+                        for w in written { try? w.commit.synchronizeAll(file: w.file) }
+                        continue
+                    }
+                }
             }
             try? carryTombstones(of: id, seg, wroteTo: &wroteTo, segments: &written)
             // Copies and carried tombstones must be durable before the segment they came from goes.
@@ -1108,7 +1148,7 @@ public final class BlockStore: Sendable {
             state.withLock { $0.stats.corruptReads += 1 }
             return nil
         }
-        guard let r = try reserve(recordSize: size, key: nil, force: false) else { return nil }
+        guard let r = try reserve(recordSize: size, key: nil, force: false, relocating: true) else { return nil }
         do {
             try r.segment.file.write([buffer.bytes(count: size)], at: r.offset, direct: writesDirect)
             _ = r.segment.commit.writeCompleted()
@@ -1131,7 +1171,9 @@ public final class BlockStore: Sendable {
                 moved.setAccessed(false)
                 st.index[key] = moved
                 seg.liveBytes += UInt64(size)
+                seg.countLive(cur.namespaceID, 1)
                 st.segments[entry.segment]?.liveBytes -= UInt64(size)
+                st.segments[entry.segment]?.countLive(cur.namespaceID, -1)
             }
             st.segments[r.segment.id] = seg
         }

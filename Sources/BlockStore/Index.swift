@@ -89,6 +89,16 @@ struct SegmentState {
     var tombstones = 0
     /// Being compacted or evicted: not a candidate for either.
     var busy = false
+    /// Live blocks per namespace: eviction must copy a pinned namespace's blocks forward.
+    var liveBlocksByNamespace: [UInt16: Int] = [:]
+
+    func holdsBlocks(of namespaces: Set<UInt16>) -> Bool {
+        !namespaces.isEmpty && liveBlocksByNamespace.contains { namespaces.contains($0.key) && $0.value > 0 }
+    }
+
+    mutating func countLive(_ namespaceID: UInt16, _ delta: Int) {
+        liveBlocksByNamespace[namespaceID, default: 0] += delta
+    }
 
     var deadBytes: UInt64 {
         let payloadArea = length > UInt64(SegmentFormat.headerSize) ? length - UInt64(SegmentFormat.headerSize) : 0

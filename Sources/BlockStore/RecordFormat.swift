@@ -27,8 +27,11 @@ public enum SegmentFormat {
         guard name.hasPrefix(filePrefix) else { return nil }
         let isSummary: Bool
         if name.hasSuffix(dataSuffix) { isSummary = false } else if name.hasSuffix(summarySuffix) { isSummary = true } else { return nil }
-        let digits = name.dropFirst(filePrefix.count).dropLast(dataSuffix.count)
-        guard digits.count == 10, let id = UInt32(digits) else { return nil }
+        let digits = name.utf8.dropFirst(filePrefix.utf8.count).dropLast(dataSuffix.utf8.count)
+        // Only the ten ASCII digits `dataFileName` writes: `UInt32("+000000012")` is 12 too, and a
+        // stray file so named would stand for segment 12 without being its file.
+        guard digits.count == 10, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let id = UInt32(String(decoding: digits, as: UTF8.self)) else { return nil }
         return (id, isSummary)
     }
 
@@ -357,10 +360,15 @@ public struct SummaryEntry: Sendable, Equatable {
                   LittleEndian.load(UInt32.self, at: 8, in: raw) == SummaryFormat.version,
                   LittleEndian.load(UInt32.self, at: 12, in: raw) == UInt32(SummaryFormat.entrySize),
                   LittleEndian.load(UInt64.self, at: 16, in: raw) == UInt64(segmentID) else { return nil }
-            let count = Int(LittleEndian.load(UInt64.self, at: 24, in: raw))
+            // The count is checked against the file size before any arithmetic on it: a damaged count
+            // must make the summary invalid (recovery then scans), never trap on overflow.
+            let storedCount = LittleEndian.load(UInt64.self, at: 24, in: raw)
+            let entryBytes = raw.count - SummaryFormat.headerSize - SummaryFormat.trailerSize
+            guard entryBytes % SummaryFormat.entrySize == 0,
+                  storedCount == UInt64(entryBytes / SummaryFormat.entrySize) else { return nil }
+            let count = Int(storedCount)
             let body = SummaryFormat.headerSize + count * SummaryFormat.entrySize
-            guard count >= 0, body + SummaryFormat.trailerSize == raw.count,
-                  LittleEndian.load(UInt64.self, at: body, in: raw) == Checksum.xxh3(UnsafeRawBufferPointer(rebasing: raw[0..<body]))
+            guard LittleEndian.load(UInt64.self, at: body, in: raw) == Checksum.xxh3(UnsafeRawBufferPointer(rebasing: raw[0..<body]))
             else { return nil }
             return (0..<count).map { decode(raw, at: SummaryFormat.headerSize + $0 * SummaryFormat.entrySize) }
         }

@@ -2,16 +2,30 @@
 // and C11-style atomics on shared memory.
 #ifndef TW_CSYSTEM_SHIM_H
 #define TW_CSYSTEM_SHIM_H
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <fcntl.h>
 #include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
+/// O_DIRECT without defining _GNU_SOURCE: that macro would give the system headers parsed here other
+/// declarations than Swift's Glibc module has (fd_set's member is `fds_bits` under _GNU_SOURCE,
+/// `__fds_bits` without), and a fresh debug build then fails to merge the two modules.
+/// glibc defines `__O_DIRECT` unconditionally; `O_DIRECT` is its _GNU_SOURCE name.
+#ifdef O_DIRECT
 static inline int tw_o_direct(void) { return O_DIRECT; }
+#else
+static inline int tw_o_direct(void) { return __O_DIRECT; }
+#endif
+
+/// Frees a range of a file, which then reads as zeros (`fallocate` with FALLOC_FL_PUNCH_HOLE |
+/// FALLOC_FL_KEEP_SIZE). Through syscall(2) because glibc declares fallocate only under _GNU_SOURCE.
+/// Returns 0, or -1 with errno set.
+static inline int tw_punch_hole(int fd, int64_t offset, int64_t length) {
+    return (int)syscall(SYS_fallocate, fd, 0x02 | 0x01, (off_t)offset, (off_t)length);
+}
 
 /// Bytes of heap in use, by malloc's own count.
 static inline size_t tw_heap_in_use(void) { return mallinfo2().uordblks; }

@@ -89,7 +89,7 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     /// Frees the bytes of a range, which then reads as zeros (`fallocate` punching a hole); where the
     /// filesystem cannot, writes zeros over it.
     public func zeroRange(at offset: UInt64, length: UInt64) throws(SystemError) {
-        if fallocate(rawValue, 0x02 | 0x01 /* FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE */, off_t(offset), off_t(length)) == 0 { return }
+        if tw_punch_hole(rawValue, Int64(offset), Int64(length)) == 0 { return }
         let zeros = [UInt8](repeating: 0, count: 1 << 16)
         var done: UInt64 = 0
         while done < length {

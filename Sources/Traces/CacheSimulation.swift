@@ -85,7 +85,8 @@ public struct SimulationResult: Sendable {
 /// `S3FIFOPlacement` (one unit per block) and a real `BlockStore` on an in-memory device with the
 /// NVMe capacity scaled to its small records, so segment eviction and reinsertion are the daemon's.
 /// Requests follow prefix semantics as `twctl replay` does: leading blocks that exist are read, the
-/// first missing block and all after it are written.
+/// first missing block and all after it are written (and admitted to DRAM, as the daemon does). The
+/// prefetcher's chain and learned signals are not simulated: without hints the figures are a floor.
 public struct WarehouseSimulation {
     public var dramBlocks: Int
     /// Blocks the NVMe store holds (nil: unbounded).
@@ -95,12 +96,15 @@ public struct WarehouseSimulation {
     /// Hints on: before reading, every block of the request that exists is loaded into DRAM as the
     /// prefetcher does with an engine's hints (an expected block).
     public var hints: Bool
+    /// Written blocks enter DRAM as the daemon's `--dram-admit-writes on` does.
+    public var admitWrites: Bool
 
-    public init(dramBlocks: Int, nvmeBlocks: Int?, blocksPerSegment: Int = 64, hints: Bool) {
+    public init(dramBlocks: Int, nvmeBlocks: Int?, blocksPerSegment: Int = 64, hints: Bool, admitWrites: Bool = true) {
         self.dramBlocks = dramBlocks
         self.nvmeBlocks = nvmeBlocks
         self.blocksPerSegment = blocksPerSegment
         self.hints = hints
+        self.admitWrites = admitWrites
     }
 
     static let namespace = "sim"
@@ -117,7 +121,8 @@ public struct WarehouseSimulation {
             headerAreaSize: RecordFormat.headerAreaSize(namespaceLength: Self.namespace.utf8.count, keyLength: 16, metadataLength: 0),
             storedLength: 1))
         let segmentBytes = recordBytes * UInt64(max(4, blocksPerSegment)) + 4096
-        let capacity = nvmeBlocks.map { UInt64(max(1, $0)) * recordBytes + segmentBytes } ?? (1 << 50)
+        // At least two segments: the active one cannot be evicted.
+        let capacity = nvmeBlocks.map { max(UInt64($0) * recordBytes, 2 * segmentBytes) + segmentBytes } ?? (1 << 50)
         let configuration = StoreConfiguration(capacity: capacity, segmentSize: segmentBytes, maxBlockSize: 4096, sync: .none,
                                                backgroundCompaction: false)
         let store = try BlockStore(device: VolatileStorageDevice(), configuration: configuration)
@@ -150,7 +155,13 @@ public struct WarehouseSimulation {
                 result.savedTokens += min(tokensPerBlock, max(0, request.inputLength - i * tokensPerBlock))
             }
             for id in request.hashIDs[missing...] {
-                _ = try payload.withUnsafeBytes { try store.put(namespace: Self.namespace, key: Self.name(id), payload: $0) }
+                do {
+                    _ = try payload.withUnsafeBytes { try store.put(namespace: Self.namespace, key: Self.name(id), payload: $0) }
+                } catch StoreError.noSpace {
+                    // As the daemon would answer ENOSPC: the engine keeps its computed block, the warehouse does not.
+                    continue
+                }
+                if admitWrites && dram.item(id) == nil { _ = dram.insert(id, length: 1) }
             }
             // The daemon's maintenance thread evicts between watermarks in the background.
             if n % 16 == 0 { store.maintainOnce() }

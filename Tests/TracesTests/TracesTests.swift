@@ -16,7 +16,7 @@ import Testing
     #expect(throws: TraceError.self) { try Trace.parse(Data("{\"timestamp\": 1}\n".utf8)) }
     #expect(throws: TraceError.self) { try Trace.parse(Data("{\"hash_ids\": [\"x\"]}\n".utf8)) }
     // Written and read back unchanged.
-    #expect(try Trace.parse(Data(trace.jsonLines().utf8)) == trace)
+    #expect(try Trace.parse(Data(trace.jsonLines().utf8)).requests == trace.requests)
 }
 
 @Test func syntheticTracesAreDeterministicPrefixChains() {
@@ -44,8 +44,8 @@ import Testing
 }
 
 @Test func beladyIsAnUpperBoundAndExactOnASmallCase() {
-    // Capacity 2 on 1 2 3 1 2 3: MIN keeps 1 (next use soonest), bypasses 3, so hits 1 and 2 once each.
-    #expect(abs(OfflineBounds.beladyHitRatio([1, 2, 3, 1, 2, 3], capacity: 2) - 3.0 / 6.0) < 1e-9)
+    // Capacity 2 on 1 2 3 1 2 3: MIN keeps 1 and 2 and bypasses 3 (needed last), so 1 and 2 hit once each.
+    #expect(abs(OfflineBounds.beladyHitRatio([1, 2, 3, 1, 2, 3], capacity: 2) - 2.0 / 6.0) < 1e-9)
     let trace = SyntheticTraceGenerator(workload: .chat, requests: 400, seed: 3).generate()
     let refs = trace.references
     for capacity in [10, 100, 1000] {
