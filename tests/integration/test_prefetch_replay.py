@@ -49,7 +49,7 @@ def write_chain(ns, label: str, count: int, size: int) -> list[str]:
 
 
 def test_hints_load_blocks_and_reads_count_as_used(warehouse_factory):
-    wh = warehouse_factory("--dram", "64M")
+    wh = warehouse_factory("--dram", "64M", "--dram-admit-writes", "off")
     ns = wh.namespace("hint")
     names = [block_hash("hint", i) for i in range(8)]
     for h in names:
@@ -66,7 +66,7 @@ def test_hints_load_blocks_and_reads_count_as_used(warehouse_factory):
 
 
 def test_reading_a_block_loads_its_chain_successors(warehouse_factory):
-    wh = warehouse_factory("--dram", "64M", "--prefetch-depth", "4")
+    wh = warehouse_factory("--dram", "64M", "--prefetch-depth", "4", "--dram-admit-writes", "off")
     ns = wh.namespace("chain")
     names = write_chain(ns, "chain", 8, 256 * 1024)
     assert all(tier_of(canonical(ns, h)) == "nvme" for h in names)
@@ -77,6 +77,17 @@ def test_reading_a_block_loads_its_chain_successors(warehouse_factory):
     assert all(tier_of(canonical(ns, h)) == "nvme" for h in names[6:])
     p = wh.status()["prefetch"]
     assert p["loaded_chain"] >= 4 and p["successor_links"] >= 7, p
+
+
+def test_written_blocks_enter_the_tier_unless_told_not_to(warehouse_factory):
+    on = warehouse_factory("--dram", "64M")
+    off = warehouse_factory("--dram", "64M", "--dram-admit-writes", "off")
+    for wh in (on, off):
+        ns = wh.namespace("w")
+        h = block_hash("w", 1)
+        write_block(canonical(ns, h), pattern(h, 256 * 1024))
+        assert tier_of(canonical(ns, h)) == ("dram" if wh is on else "nvme")
+        assert read_block(canonical(ns, h)) == pattern(h, 256 * 1024)
 
 
 def test_sequential_reads_teach_successors(warehouse_factory):
@@ -94,7 +105,7 @@ def test_sequential_reads_teach_successors(warehouse_factory):
 def test_a_hint_for_a_block_already_read_is_dropped(warehouse_factory):
     # One slow loader (1 MiB/s): the hinted blocks queue up; reading the last one before the loader
     # reaches it makes its hint late.
-    wh = warehouse_factory("--dram", "64M", "--prefetch-workers", "1", "--prefetch-bandwidth", "1M")
+    wh = warehouse_factory("--dram", "64M", "--prefetch-workers", "1", "--prefetch-bandwidth", "1M", "--dram-admit-writes", "off")
     ns = wh.namespace("late")
     names = [block_hash("late", i) for i in range(4)]
     for h in names:
