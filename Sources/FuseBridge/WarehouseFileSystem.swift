@@ -674,12 +674,13 @@ public final class WarehouseFileSystem: Sendable {
         let (key, unlinked) = node.state.withLock { ($0.key, $0.unlinked) }
         if unlinked { return nil }
         do {
-            _ = try store.put(namespace: node.namespace, key: key,
+            let outcome = try store.put(namespace: node.namespace, key: key,
                               payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length), metadata: metadata,
                               stagedInPlace: true, payloadChecksum: checksum)
             prefetcher?.noteCommit(namespace: node.namespace, name: key, parent: metadata.parent)
             metrics.count(.commit)
-            if settings.admitWrites, let tier {
+            // Only the bytes that were stored (first write wins: a losing writer's are discarded).
+            if settings.admitWrites, outcome == .stored, let tier {
                 let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: length)
                 tier.insert(BlockKey(namespace: node.namespace, key: key), bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes))
                 // Unlinked meanwhile: the tier must not keep it.
