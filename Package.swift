@@ -47,5 +47,10 @@ let package = Package(
         .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "BlockStore", "Platform"]),
         .testTarget(name: "TracesTests", dependencies: ["Traces", "BlockStore", "DRAMTier"]),
         .testTarget(name: "ChartsTests", dependencies: ["Charts"]),
+        // libFuzzer targets (Tools/fuzz/run.sh builds them with -sanitize=fuzzer,address -D FUZZING;
+        // built plainly they replay a corpus). CLibFuzzer declares libFuzzer's driver entry.
+        .systemLibrary(name: "CLibFuzzer", path: "Tools/fuzz/CLibFuzzer"),
+        .executableTarget(name: "FuzzRecordDecoder", dependencies: ["BlockStore", "CLibFuzzer"], path: "Tools/fuzz/FuzzRecordDecoder"),
+        .executableTarget(name: "FuzzBlockNames", dependencies: ["BlockStore", "CLibFuzzer"], path: "Tools/fuzz/FuzzBlockNames"),
     ]
 )

@@ -7,6 +7,8 @@ Tools/install-deps.sh
 swift build -c release --product twfs
 swift build -c release --product twctl
 swift test
+# libFuzzer on the record codec and the name parsers, 30 s each, with their ASan build (docs/reliability.md).
+Tools/fuzz/run.sh 30
 python3 -m pytest -q -p no:cacheprovider clients/python/tests
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/integration "$@"

@@ -69,4 +69,38 @@ import Testing
         #expect(!BlockName.isValidKey([UInt8](repeating: 0x61, count: 256)))
         #expect(BlockName.isValidKey([UInt8](repeating: 0x61, count: 255)))
     }
+
+    @Test func summaryWithADamagedEntryCountIsRejectedNotTrapped() {
+        let good = SummaryEntry.encodeFile(segmentID: 3, entries: [])
+        #expect(SummaryEntry.decodeFile(good, segmentID: 3) == [])
+        // Counts whose conversion to Int or product with the entry size would overflow (found by FuzzRecordDecoder).
+        for count: UInt64 in [.max, 1 << 63, 1 << 60, (1 << 58) + 1, 1] {
+            var damaged = good
+            damaged.withUnsafeMutableBytes { LittleEndian.store(count, at: 24, in: $0) }
+            #expect(SummaryEntry.decodeFile(damaged, segmentID: 3) == nil)
+        }
+    }
+
+    @Test func segmentFileNamesParseOnlyTheDigitsTheStoreWrites() {
+        let data = SegmentFormat.parseFileName("segment-0000000012.twlog")
+        #expect(data?.id == 12 && data?.isSummary == false)
+        let summary = SegmentFormat.parseFileName("segment-4294967295.twsum")
+        #expect(summary?.id == 4_294_967_295 && summary?.isSummary == true)
+        // UInt32("+000000012") is 12; such a file is not segment 12's (found by FuzzBlockNames).
+        #expect(SegmentFormat.parseFileName("segment-+000000012.twlog") == nil)
+        #expect(SegmentFormat.parseFileName("segment-000000001\u{0662}.twlog") == nil)
+        #expect(SegmentFormat.parseFileName("segment-4294967296.twlog") == nil)
+    }
+
+    @Test func blockFileNamesAreCheckedAsTheFuseBridgeNeeds() {
+        let hash = Array("0a1b2c3d4e5f6071".utf8)
+        #expect(BlockName.checkBlockFileName(hash, inFanout: 0x0a) == nil)
+        #expect(BlockName.checkBlockFileName(hash, inFanout: 0x0b) == .invalid)
+        #expect(BlockName.checkBlockFileName(hash, inFanout: nil) == nil)
+        #expect(BlockName.checkBlockFileName(Array("weights.bin".utf8), inFanout: 0x0a) == .invalid)
+        #expect(BlockName.checkBlockFileName(Array("weights.bin".utf8), inFanout: nil) == nil)
+        #expect(BlockName.checkBlockFileName([0x61, 0xC3, 0x28], inFanout: nil) == .invalid)
+        #expect(BlockName.checkBlockFileName(Array("..".utf8), inFanout: nil) == .invalid)
+        #expect(BlockName.checkBlockFileName([UInt8](repeating: 0x61, count: 256), inFanout: nil) == .tooLong)
+    }
 }
