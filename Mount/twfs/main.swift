@@ -18,7 +18,9 @@ options:
   --capacity SIZE      bytes of segments to keep before evicting (default: 90% of the store's disk)
   --dram SIZE          size of the shared-memory DRAM tier in /dev/shm (default: 1G, at most half of
                        /dev/shm's free space; 0 disables it)
-  --dram-name NAME     its file is /dev/shm/tokenwarehouse-NAME (default: from the mount point)
+  --dram-name NAME     its file is DIR/tokenwarehouse-NAME (default: from the mount point)
+  --dram-dir DIR       a tmpfs for the tier's file (default: /dev/shm); a tmpfs mounted with
+                       huge=always gives the tier transparent huge pages (docs/dram-tier.md)
   --dram-group GROUP   the group that may map it read-only (default: the daemon's group)
   --dram-admit-writes on|off  committed blocks also enter the DRAM tier (default: on)
   --sync POLICY        always | batch | none: what close() promises (default: batch; docs/format.md)
@@ -32,7 +34,7 @@ options:
   --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, e.g. 127.0.0.1:9464)
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
-  -o OPT[,OPT...]      store=, capacity=, dram=, sync=, sync_interval=, max_block=, segment_size=, threads=,
+  -o OPT[,OPT...]      store=, capacity=, dram=, dram_name=, dram_dir=, sync=, sync_interval=, max_block=, segment_size=, threads=,
                        dram_admit_writes=, prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics=
                        as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
@@ -54,6 +56,7 @@ struct Options {
     var capacity: UInt64?
     var dram: UInt64 = 1 << 30
     var dramName: String?
+    var dramDirectory = "/dev/shm"
     var dramGroup: String?
     var sync = SyncPolicy.batch
     var syncIntervalMilliseconds = 5.0
@@ -82,6 +85,7 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
     case "capacity": o.capacity = size(value, "capacity")
     case "dram": o.dram = size(value, "dram")
     case "dram_name": o.dramName = value
+    case "dram_dir": o.dramDirectory = value
     case "dram_group": o.dramGroup = value
     case "sync":
         guard let p = SyncPolicy(rawValue: value) else { fail("sync must be always, batch or none, not '\(value)'") }
@@ -267,10 +271,11 @@ if options.dram > 0 {
         fail("--dram-name '\(name)' may only hold letters, digits and -_.@+")
     }
     var size = Int(options.dram)
-    let shm = (try? FileSystem.space(of: "/dev/shm"))?.available ?? 0
+    let directory = absolute(options.dramDirectory)
+    guard let shm = (try? FileSystem.space(of: directory))?.available else { fail("--dram-dir \(directory) does not exist") }
     if UInt64(size) > shm / 2 {
         size = Int(shm / 2)
-        say("twfs: /dev/shm has \(SizeParser.format(shm)) free; the DRAM tier gets \(SizeParser.format(UInt64(size)))")
+        say("twfs: \(directory) has \(SizeParser.format(shm)) free; the DRAM tier gets \(SizeParser.format(UInt64(size)))")
     }
     var group: gid_t? = nil
     if let g = options.dramGroup {
@@ -278,7 +283,7 @@ if options.dram > 0 {
         group = id
     }
     do {
-        tier = try DRAMTier(path: "/dev/shm/tokenwarehouse-" + name, size: size, group: group)
+        tier = try DRAMTier(path: directory + "/tokenwarehouse-" + name, size: size, group: group)
         say("twfs: DRAM tier \(tier!.path), \(SizeParser.format(UInt64(size)))")
     } catch {
         try? store.close()

@@ -184,3 +184,28 @@ def test_plan_writes_a_png_and_hit_ratio_grows_with_capacity(tmp_path):
     assert all(row["gpu_seconds_saved_per_hour"] >= 0 for row in rows)
     r = run_twctl("plan", "--synthetic", "chat", "--kv-bytes-per-token", "0", "--prefill-tokens-per-second", "1")
     assert r.returncode == 1
+
+
+def test_the_tier_can_live_on_a_tmpfs_of_its_own(warehouse_factory, tmp_path):
+    # --dram-dir: e.g. a tmpfs mounted with huge=always, so readers copy from 2 MiB pages.
+    d = tmp_path / "tier"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=128M", "tw-tier-test", os.fspath(d)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        wh = warehouse_factory("--dram", "64M", "--dram-dir", os.fspath(d))
+        path = open(os.path.join(wh.mount, ".tw", "dram")).read().strip()
+        assert os.path.dirname(path) == os.fspath(d) and os.path.exists(path)
+        ns = wh.namespace("huge")
+        h = block_hash("huge", 1)
+        write_block(canonical(ns, h), pattern(h, MiB))
+        assert tier_of(canonical(ns, h)) == "dram"
+        assert read_block(canonical(ns, h)) == pattern(h, MiB)
+        wh.stop()
+        assert not os.path.exists(path)          # the daemon removes its tier at a clean stop
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(d)])
+    r = subprocess.run([os.fspath(wh.command()[0]), os.fspath(tmp_path / "m2"), "--store", os.fspath(tmp_path / "s2"),
+                        "--dram-dir", "/nonexistent-dir", "-f"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "nonexistent-dir" in r.stderr
