@@ -326,7 +326,14 @@ public final class BlockStore: Sendable {
         // No new writes from here on; the ones already reserved finish before the summaries are written.
         state.withLock { $0.closed = true }
         wakeup.withLock { wakeup.broadcast() }
-        for t in threads.withLock({ $0 }) { t.join() }
+        // Taken out of the store as they are joined: their closures hold the store, and a closed store
+        // must not keep itself alive through them (LeakSanitizer found the cycle).
+        let background = threads.withLock { t -> [BackgroundThread] in
+            defer { t = [] }
+            return t
+        }
+        for t in background { t.join() }
+        removalObserver.withLock { $0 = nil }
         for _ in 0..<30_000 {
             if state.withLock({ st in st.segments.values.allSatisfy { $0.inflight == 0 } }) { break }
             usleep(1000)
@@ -353,7 +360,14 @@ public final class BlockStore: Sendable {
     func abandonAsIfCrashed() {
         if stopping.withLock({ s -> Bool in defer { s = true }; return s }) { return }
         wakeup.withLock { wakeup.broadcast() }
-        for t in threads.withLock({ $0 }) { t.join() }
+        // Taken out of the store as they are joined: their closures hold the store, and a closed store
+        // must not keep itself alive through them (LeakSanitizer found the cycle).
+        let background = threads.withLock { t -> [BackgroundThread] in
+            defer { t = [] }
+            return t
+        }
+        for t in background { t.join() }
+        removalObserver.withLock { $0 = nil }
         state.withLock { $0.closed = true }
         lockToken.withLock { $0 = nil }
     }

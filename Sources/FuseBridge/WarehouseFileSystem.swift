@@ -187,14 +187,13 @@ public final class WarehouseFileSystem: Sendable {
     /// Checks that `name` may name a block in the directory: a canonical hash of the right fan-out in
     /// a fan-out directory, any valid name directly in a namespace.
     func validateBlockName(_ name: [UInt8], fanout: UInt8?) -> Errno? {
-        if name.count > 255 { return Errno(ENAMETOOLONG) }
-        // Names are kept as UTF-8 text; other byte strings are refused rather than altered.
-        if String(validating: name, as: UTF8.self) == nil { return Errno(EINVAL) }
-        if let fanout {
-            guard BlockName.isCanonicalHash(name), BlockName.fanout(of: name) == fanout else { return Errno(EINVAL) }
-            return nil
+        // The rules live in BlockName (fuzzed by Tools/fuzz/FuzzBlockNames); names are kept as UTF-8
+        // text, other byte strings are refused rather than altered.
+        switch BlockName.checkBlockFileName(name, inFanout: fanout) {
+        case nil: return nil
+        case .tooLong: return Errno(ENAMETOOLONG)
+        case .invalid: return Errno(EINVAL)
         }
-        return BlockName.isValidKey(name) ? nil : Errno(EINVAL)
     }
 
     func lookup(parent: UInt64, name: [UInt8], caller: Caller) -> Outcome<Entry> {
