@@ -128,7 +128,7 @@ extension WarehouseFileSystem {
                 return "{\"candidates\": [\(list.joined(separator: ", "))]}"
             }
             guard let maxBytes = number("max_bytes"), let rate = number("rate") else { return Self.error("max_bytes and rate are byte counts") }
-            let started = compaction.start(threshold: threshold, maxBytes: maxBytes ?? .max, bytesPerSecond: rate ?? (256 << 20))
+            let started = compaction.start(threshold: threshold, maxBytes: maxBytes ?? .max, bytesPerSecond: rate ?? (64 << 20))
             return "{\"started\": \(started), \"status\": \(compaction.json())}"
         case "compact-status":
             return compaction.json()

@@ -117,7 +117,7 @@ struct Compact: ParsableCommand {
     @Option(help: "The store directory (offline; the store must not be mounted).") var store: String?
     @Option(help: "Compact segments with at least this share of dead bytes (0 to 1).") var threshold: Double = 0.3
     @Option(help: "Stop after moving this many bytes (e.g. 10G).") var maxBytes: String?
-    @Option(help: "Online: bytes per second compaction may read and write, so reads keep their latency (0: no limit).") var rate = "256M"
+    @Option(help: "Online: bytes per second compaction may read and write, so reads keep their latency (0: no limit).") var rate = "64M"
     @Flag(help: "Only list what would be compacted.") var dryRun = false
     @Flag(help: "Print one JSON object.") var json = false
 
