@@ -31,6 +31,8 @@ struct SegmentScanner {
         var validEnd: UInt64
         /// Bytes after `validEnd` (a torn tail when non-zero).
         var tailBytes: UInt64
+        /// The tail holds only whole zero pages: a hole left by a failed write, not damage.
+        var tailIsZeros = false
         var bytesRead: UInt64 = 0
     }
 
@@ -135,6 +137,7 @@ struct SegmentScanner {
             result.validEnd = offset
         }
         result.tailBytes = length > result.validEnd ? length - result.validEnd : 0
+        result.tailIsZeros = pendingDamage.isEmpty
         result.bytesRead = reader.bytesRead
         return result
     }
@@ -171,7 +174,7 @@ public struct StoreVerifier {
             report.bytes += result.bytesRead
             if !result.headerValid { report.findings.append(Finding(segment: name, offset: 0, length: UInt64(SegmentFormat.headerSize), reason: "bad segment header")) }
             for d in result.damage { report.findings.append(Finding(segment: name, offset: d.offset, length: d.length, reason: d.reason)) }
-            if result.tailBytes > 0 {
+            if result.tailBytes > 0 && !result.tailIsZeros {
                 report.findings.append(Finding(segment: name, offset: result.validEnd, length: result.tailBytes, reason: "torn or damaged tail"))
             }
             progress(i + 1, ids.count)
