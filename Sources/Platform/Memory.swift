@@ -121,14 +121,21 @@ public final class BackgroundThread: @unchecked Sendable {
     private var thread = pthread_t()
     private let body: @Sendable () -> Void
 
+    /// The thread starts with every signal blocked (as libfuse's workers do): SIGINT and SIGTERM must reach
+    /// the main thread, whose wait in the FUSE loop they end. Delivered to a background thread instead,
+    /// the handler set the exit flag but nothing woke the loop, and the daemon did not stop (seen in CI).
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         self.body = body
         let box = Unmanaged.passRetained(self).toOpaque()
+        var all = sigset_t(), previous = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &previous)
         let rc = pthread_create(&thread, nil, { arg in
             let me = Unmanaged<BackgroundThread>.fromOpaque(arg!).takeRetainedValue()
             me.body()
             return nil
         }, box)
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
         precondition(rc == 0, "pthread_create failed: \(rc)")
     }
 
