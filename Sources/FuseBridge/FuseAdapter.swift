@@ -318,6 +318,9 @@ public final class FuseSession {
             throw SystemError(EINVAL, "fuse_session_new (bad mount options: \(options.joined(separator: ",")))")
         }
         session = created
+        // libfuse installs its stop handlers only over the default disposition; a daemon started from a
+        // non-interactive shell's background job inherits SIGINT ignored and would not stop on it.
+        for sig in [SIGINT, SIGTERM, SIGHUP] { signal(sig, SIG_DFL) }
         if fuse_set_signal_handlers(session) != 0 {
             fuse_session_destroy(session)
             unmanaged.release()
