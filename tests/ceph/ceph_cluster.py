@@ -230,10 +230,13 @@ if __name__ == "__main__":
     base = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tw-ceph")
     base.mkdir(parents=True, exist_ok=True)
     cluster = CephCluster(base)
+    # Blocked, so sigwait takes them and the daemons are stopped below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         cluster.start()
         cluster.create_pool("tw")
         print(f"cluster ready in {cluster.started_seconds:.1f} s; conf {cluster.conf}", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if "--wait" in sys.argv else None
+        if "--wait" in sys.argv:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         cluster.close()
