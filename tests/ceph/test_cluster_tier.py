@@ -253,3 +253,39 @@ def test_without_osd_b_serves_local_blocks_and_misses_within_timeout_then_catche
     print(f"caught up {time.monotonic() - t0:.1f} s after the OSD was back", file=sys.stderr)
     # A's publisher retried the block it could not publish and has nothing left queued.
     wait_for(lambda: (lambda r: r["published"] == 3 and r["queue_depth"] == 0)(a.remote()), 10, "A's queue to drain")
+
+
+def twctl(*args: str) -> subprocess.CompletedProcess:
+    binary = os.environ.get("TWCTL_BIN") or str(Path(twfs_binary()).with_name("twctl"))
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cluster_gc_removes_least_recently_used_and_status_shows_the_tier(cluster, nodes):
+    a, b = nodes
+    empty = twctl("cluster", "gc", str(a.mount), "--target", "0", "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert cluster.rados("-p", POOL, "ls").stdout.split() == []
+    objects = {}
+    blocks = {}
+    for tag in ("first", "second", "third"):
+        before = set(cluster.rados("-p", POOL, "ls").stdout.decode().split())
+        name, data = new_block("gc-" + tag, 1 << 20)
+        publish_on(a, name, data)
+        (objects[tag],) = set(cluster.rados("-p", POOL, "ls").stdout.decode().split()) - before
+        blocks[tag] = (name, data)
+        time.sleep(1.1)  # access times are in seconds
+    # B reads the first: its access time is now the newest, so the second is the least recently used.
+    assert read_block(canonical(b.mount / "kv", blocks["first"][0])) == blocks["first"][1]
+    wait_for(lambda: b.remote()["touches"] >= 1, 10, "B to record the access")
+    size = 4096 + (1 << 20)
+    out = twctl("cluster", "gc", str(b.mount), "--target", str(2 * size), "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["objects"] == 3 and answer["removed_objects"] == 1 and answer["bytes_after"] == 2 * size, answer
+    left = set(cluster.rados("-p", POOL, "ls").stdout.decode().split())
+    assert left == {objects["first"], objects["third"]}
+
+    status = twctl("status", str(a.mount))
+    assert status.returncode == 0, status.stderr
+    line = next(l for l in status.stdout.splitlines() if l.startswith("remote"))
+    assert "rados:tw connected" in line and "3 published" in line, line
