@@ -42,7 +42,10 @@ public struct RemoteObject: Sendable {
         self.count = count
     }
 
-    public var bytes: UnsafeRawBufferPointer { buffer.bytes(count: count) }
+    /// Calls `body` with the object's bytes; the pointer is valid only inside it.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(buffer) { try body(buffer.bytes(count: count)) }
+    }
 }
 
 /// One object of the pool, as `inventory` lists it.
@@ -155,6 +158,9 @@ extension AlignedBuffer {
     public struct Filled: Sendable {
         public let buffer: AlignedBuffer
         public let count: Int
-        public var bytes: UnsafeRawBufferPointer { buffer.bytes(count: count) }
+        /// Calls `body` with the filled bytes; the pointer is valid only inside it.
+        public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+            try withExtendedLifetime(buffer) { try body(buffer.bytes(count: count)) }
+        }
     }
 }

@@ -145,7 +145,7 @@ public final class RemoteSharing: @unchecked Sendable {
             let object = RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
                                              commitNanoseconds: commit, payloadChecksum: checksum)
             do {
-                try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: object.bytes)
+                try object.withBytes { try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: $0) }
                 lock.withLock {
                     state.stats.published += 1
                     state.stats.syncPublished += 1
@@ -218,7 +218,7 @@ public final class RemoteSharing: @unchecked Sendable {
             return .absent
         }
         do {
-            try RemoteRecord.withVerifiedPayload(object.bytes, namespace: namespace, key: key) { header, payload in
+            try object.withBytes { bytes in try RemoteRecord.withVerifiedPayload(bytes, namespace: namespace, key: key) { header, payload in
                 let uncompressed = header.flags & RecordFormat.flagCompressedLZ4 == 0
                 // The payload lies in a page-aligned buffer of ours with room to the next page: the
                 // store may write it in place.
@@ -226,7 +226,7 @@ public final class RemoteSharing: @unchecked Sendable {
                                   commitNanoseconds: header.commitTimeNanoseconds, stagedInPlace: true,
                                   payloadChecksum: uncompressed ? header.payloadChecksum : nil)
                 dram?.insert(blockKey, bytes: payload, checksum: uncompressed ? header.payloadChecksum : Checksum.xxh3(payload))
-            }
+            } }
         } catch let e as StoreError {
             if case .corruption(let why) = e {
                 log("twfs: refused a block from \(tier.location): \(why)")
@@ -349,7 +349,7 @@ public final class RemoteSharing: @unchecked Sendable {
                 RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
                                     commitNanoseconds: UInt64(located.commitSeconds) * 1_000_000_000, payloadChecksum: data.checksum)
             }
-            try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: object.bytes)
+            try object.withBytes { try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: $0) }
             lock.withLock {
                 state.stats.published += 1
                 state.stats.publishedBytes += UInt64(object.count)
