@@ -23,11 +23,15 @@ let package = Package(
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         // The one place errno becomes a Swift error; file descriptors, mappings, aligned buffers, locks.
         .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
+        // librados (Debian's librados-dev has no pkg-config file: the module map links `rados`).
+        .systemLibrary(name: "CRados", path: "Sources/CRados", providers: [.apt(["librados-dev"])]),
         .target(name: "Platform", dependencies: ["CSystem"]),
         // The log of segments on NVMe: record codec, index, recovery, eviction, compaction.
         .target(name: "BlockStore", dependencies: ["Platform", "CLZ4", "CXXHash"]),
         // The shared-memory DRAM tier: layout, S3-FIFO placement, sequence-locked table.
         .target(name: "DRAMTier", dependencies: ["BlockStore", "Platform"]),
+        // The shared tier across nodes on Ceph RADOS (the only importer of CRados; docs/cluster-tier.md).
+        .target(name: "RadosTier", dependencies: ["BlockStore", "Platform", "CRados"]),
         // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.
         // Traces in the Mooncake format, synthetic workloads, offline bounds and the planner's simulation.
         .target(name: "Traces", dependencies: ["BlockStore", "DRAMTier"]),
@@ -36,7 +40,7 @@ let package = Package(
         .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse",
                                                   .product(name: "Logging", package: "swift-log"),
                                                   .product(name: "Prometheus", package: "swift-prometheus")]),
-        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "DRAMTier", "Platform",
+        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "DRAMTier", "Platform", "RadosTier",
                                                       .product(name: "Logging", package: "swift-log")], path: "Mount/twfs"),
         .executableTarget(
             name: "twctl",

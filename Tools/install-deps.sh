@@ -10,6 +10,17 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
+# The cluster tier (Sources/RadosTier) links librados; tests/ceph starts a throwaway cluster with the daemons
+# (Ceph 16.2.15 here: about 55 MB, 25 s). Without recommends: they would pull a whole Ceph install.
+ceph=()
+for p in librados-dev ceph-mon ceph-osd ceph-mgr ceph-common; do
+  dpkg -s "$p" >/dev/null 2>&1 || ceph+=("$p")
+done
+if [ ${#ceph[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${ceph[@]}"
+fi
 python3 - <<'PY' || python3 -m pip install -q --disable-pip-version-check pytest pytest-timeout numpy safetensors xxhash
 import importlib, sys
 for m in ("pytest", "pytest_timeout", "numpy", "safetensors", "xxhash"):

@@ -4,6 +4,7 @@ import DRAMTier
 import FuseBridge
 import Logging
 import Platform
+import RadosTier
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,10 +33,17 @@ options:
   --prefetch-bandwidth SIZE  bytes per second they may read from NVMe, 0 for no limit (default: 2G)
   --prefetch-depth N         blocks followed ahead along chain links and learned order (default: 8)
   --metrics ADDR       serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, e.g. 127.0.0.1:9464)
+  --cluster CONF       share blocks with other nodes through the Ceph cluster of CONF (a ceph.conf;
+                       docs/cluster-tier.md); needs --pool
+  --pool POOL          the RADOS pool holding the shared blocks
+  --cluster-timeout S  seconds any cluster call may take before the block counts as missing (default: 3)
+  --share POLICY       off | async | sync: what namespaces share unless ns-set says otherwise (default: async)
+  --cluster-queue N    blocks waiting to be published before commits stop being shared (default: 4096)
   -f                   stay in the foreground
   -d                   libfuse debug output (implies -f)
   -o OPT[,OPT...]      store=, capacity=, dram=, dram_name=, dram_dir=, sync=, sync_interval=, max_block=, segment_size=, threads=,
-                       dram_admit_writes=, prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics=
+                       dram_admit_writes=, prefetch_workers=, prefetch_bandwidth=, prefetch_depth=, metrics=,
+                       cluster=, pool=, cluster_timeout=, share=, cluster_queue=
                        as above;
                        other options go to libfuse (allow_other, default_permissions, ro, ...)
 SIZE accepts 4096, 512K, 512M, 20G, 1T.
@@ -69,6 +77,10 @@ struct Options {
     var foreground = false
     var debug = false
     var fuseOptions: [String] = []
+    var cluster: String?
+    var pool: String?
+    var clusterTimeout = 3
+    var remote = RemoteSettings()
 }
 
 /// Options that mount(8) passes along and that mean nothing to a FUSE mount.
@@ -109,6 +121,17 @@ func apply(key: String, value: String, to o: inout Options) -> Bool {
     case "prefetch_depth":
         guard let n = Int(value), n >= 0, n <= 1024 else { fail("prefetch-depth must be 0 to 1024") }
         o.prefetch.depth = n
+    case "cluster": o.cluster = value
+    case "pool": o.pool = value
+    case "cluster_timeout":
+        guard let n = Int(value), n >= 1, n <= 300 else { fail("cluster-timeout must be 1 to 300 seconds") }
+        o.clusterTimeout = n
+    case "share":
+        guard let p = SharePolicy(rawValue: value) else { fail("share must be off, async or sync") }
+        o.remote.defaultPolicy = p
+    case "cluster_queue":
+        guard let n = Int(value), n >= 1, n <= 1 << 20 else { fail("cluster-queue must be 1 to 1048576") }
+        o.remote.queueCapacity = n
     default: return false
     }
     return true
@@ -222,6 +245,11 @@ LoggingSystem.bootstrap { label in
 }
 var options = parse(Array(CommandLine.arguments.dropFirst()))
 options.mountpoint = absolute(options.mountpoint)
+if (options.cluster == nil) != (options.pool == nil) { fail("--cluster and --pool go together (the cluster's ceph.conf and the pool of shared blocks)") }
+if let conf = options.cluster {
+    options.cluster = absolute(conf)
+    guard FileSystem.exists(options.cluster!) else { fail("--cluster \(options.cluster!): no such file (give the cluster's ceph.conf)") }
+}
 let storeDirectory: String
 if let s = options.store {
     storeDirectory = absolute(s)
@@ -295,7 +323,13 @@ var settings = MountSettings()
 settings.storeDirectory = storeDirectory
 settings.syncPolicy = options.sync.rawValue
 settings.admitWrites = options.admitWrites
-let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings, prefetch: options.prefetch)
+// The connection is opened by the sharing thread after daemonizing (librados starts threads, which do
+// not survive fork); until then, and whenever the cluster is away, misses are plain misses.
+let remote = options.cluster.map { conf in
+    RemoteSharing(tier: RadosTier(configurationFile: conf, pool: options.pool!, timeoutSeconds: options.clusterTimeout),
+                  store: store, dram: tier, settings: options.remote)
+}
+let filesystem = WarehouseFileSystem(store: store, tier: tier, settings: settings, prefetch: options.prefetch, remote: remote)
 let session: FuseSession
 do {
     session = try FuseSession(filesystem: filesystem, mountpoint: options.mountpoint, options: fuseOptions, debug: options.debug)
@@ -310,7 +344,9 @@ var metricsServer: MetricsServer? = nil
 if let address = options.metrics {
     do {
         let (fs, st, dram) = (filesystem, store, tier)
-        metricsServer = try MetricsServer(address: address) { fs.metrics.render(store: st, tier: dram, prefetcher: fs.prefetcher) }
+        metricsServer = try MetricsServer(address: address) {
+            fs.metrics.render(store: st, tier: dram, prefetcher: fs.prefetcher) + Array((fs.remote?.metricsText() ?? "").utf8)
+        }
         say("twfs: metrics at http://\(metricsServer!.address):\(metricsServer!.port)/metrics")
     } catch {
         session.close()
@@ -322,6 +358,8 @@ if let address = options.metrics {
 session.daemonize(foreground: options.foreground)
 store.startBackgroundWork()
 filesystem.prefetcher?.start()
+remote?.start()
+if let remote { say("twfs: sharing blocks through \(remote.tier.location) (\(options.cluster!)), default policy \(options.remote.defaultPolicy.rawValue)") }
 metricsServer?.start()
 let rc = session.run(threads: options.threads)
 // libfuse's loop returns the number of the signal that stopped it (SIGINT, SIGTERM, SIGHUP): a clean stop.
@@ -330,6 +368,7 @@ session.close()
 metricsServer?.stop()
 filesystem.stopCompaction()
 filesystem.prefetcher?.stop()
+remote?.stop()
 tier?.close()
 do {
     try store.close()

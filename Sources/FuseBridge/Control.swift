@@ -12,8 +12,9 @@ import Glibc
 ///     compact-status                                                   its progress
 ///     compact-candidates [threshold=0.3]                               what it would rewrite
 ///     evict ns=NS [older_than=SECONDS]                                 remove a namespace's blocks
-///     ns-set ns=NS [quota=BYTES] [ttl=SECONDS] [pinned=0|1] [compression=off|lz4|auto]
+///     ns-set ns=NS [quota=BYTES] [ttl=SECONDS] [pinned=0|1] [compression=off|lz4|auto] [share=off|async|sync]
 ///     ns-list
+///     cluster-gc target=BYTES                                          shrink the shared pool (LRU)
 final class CommandHandle: Handle, @unchecked Sendable {
     let state = Locked<(command: [UInt8], answer: [UInt8]?)>(([], nil))
 }
@@ -158,6 +159,14 @@ extension WarehouseFileSystem {
                 guard let policy = CompressionPolicy(rawValue: c) else { return Self.error("compression is off, lz4 or auto") }
                 compression = policy
             }
+            var share: SharePolicy? = nil
+            if let v = args["share"] {
+                guard let remote else { return Self.error("share needs a mount with --cluster") }
+                guard let policy = SharePolicy(rawValue: v) else { return Self.error("share is off, async or sync") }
+                guard store.namespace(named: ns) != nil else { return Self.error("no namespace \(ns)") }
+                share = policy
+                remote.setPolicy(policy, of: ns)
+            }
             do {
                 let info = try store.updateNamespace(ns) { n in
                     if let quota { n.quotaBytes = quota }
@@ -165,12 +174,16 @@ extension WarehouseFileSystem {
                     if let pinned { n.pinned = pinned }
                     if let compression { n.compression = compression }
                 }
-                return "{\"namespace\": \(namespaceJSON(info))}"
+                return "{\"namespace\": \(namespaceJSON(info))" + (share.map { ", \"share\": \(jsonString($0.rawValue))" } ?? "") + "}"
             } catch StoreError.notFound {
                 return Self.error("no namespace \(ns)")
             } catch {
                 return Self.error("\(error)")
             }
+        case "cluster-gc":
+            guard let remote else { return Self.error("this mount has no shared tier (twfs --cluster CONF --pool POOL)") }
+            guard let target = number("target"), let target else { return Self.error("cluster-gc needs target=BYTES") }
+            return remote.collectGarbage(targetBytes: target)
         case "ns-list":
             return "{\"namespaces\": [\(store.namespaces().map(namespaceJSON).joined(separator: ", "))]}"
         default:

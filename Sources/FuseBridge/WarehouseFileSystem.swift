@@ -50,6 +50,8 @@ public final class WarehouseFileSystem: Sendable {
     /// Prometheus figures (`twfs --metrics`).
     public let metrics = WarehouseMetrics()
     let startedSeconds = wallClockNanoseconds() / 1_000_000_000
+    /// The tier shared with other nodes through a cluster (`twfs --cluster`), when the mount has one.
+    public let remote: RemoteSharing?
     /// Tells the kernel to forget a cached name (set by `FuseSession` once mounted).
     let entryInvalidator = Locked<(@Sendable (UInt64, String) -> Void)?>(nil)
 
@@ -64,8 +66,10 @@ public final class WarehouseFileSystem: Sendable {
         }
     }
 
-    public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings, prefetch: PrefetchSettings = PrefetchSettings()) {
+    public init(store: BlockStore, tier: DRAMTier?, settings: MountSettings, prefetch: PrefetchSettings = PrefetchSettings(),
+                remote: RemoteSharing? = nil) {
         self.store = store
+        self.remote = remote
         self.tier = tier
         prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch) }
         compaction = OnlineCompaction(store: store)
@@ -235,6 +239,15 @@ public final class WarehouseFileSystem: Sendable {
         if let node = pendingNode(parent: parent, name: text, caller: caller) {
             node.state.withLock { $0.lookups += 1 }
             return fileAttributes(of: node).map { Entry(attributes: $0, entryTimeout: 0, attributeTimeout: 0) }
+        }
+        // A local miss looks in the shared tier, unless the caller is creating the name (its open has
+        // O_CREAT): a writer's lookup must not wait for the cluster.
+        if let remote, CallerProcess.openFlags(of: caller.pid).map({ $0 & O_CREAT == 0 }) ?? true {
+            switch remote.fetch(namespace: ns.name, key: text) {
+            case .stored: return committedEntry(ns: ns, key: text, parent: parent)
+            case .corrupt: return .failure(Errno(EIO))
+            case .absent, .unavailable: break
+            }
         }
         return .failure(Errno(ENOENT))
     }
@@ -678,6 +691,10 @@ public final class WarehouseFileSystem: Sendable {
                               stagedInPlace: true, payloadChecksum: checksum)
             prefetcher?.noteCommit(namespace: node.namespace, name: key, parent: metadata.parent)
             metrics.count(.commit)
+            if outcome == .stored, let remote {
+                remote.committed(namespace: node.namespace, key: key, payload: UnsafeRawBufferPointer(start: pending.region.pointer, count: length),
+                                 metadata: metadata, checksum: checksum)
+            }
             // Only the bytes that were stored (first write wins: a losing writer's are discarded).
             if settings.admitWrites, outcome == .stored, let tier {
                 let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: length)
@@ -1022,7 +1039,7 @@ public final class WarehouseFileSystem: Sendable {
         "evicted_segments": \(s.evictedSegments), "evicted_blocks": \(s.evictedBlocks), "reinserted_blocks": \(s.reinsertedBlocks), \
         "compacted_segments": \(s.compactedSegments), "reclaimed_bytes": \(s.reclaimedBytes), \
         "expired_blocks": \(s.expiredBlocks), "hit_ratios": \(hitRatiosJSON(s)), "compaction": \(compaction.json()), \
-        "dram_tier": \(dramJSON()), "prefetch": \(prefetchJSON()), \
+        "dram_tier": \(dramJSON()), "prefetch": \(prefetchJSON()), "remote": \(remote?.json() ?? "{\"enabled\": false}"), \
         "recovery": {"segments_from_summary": \(r.segmentsFromSummary), "segments_scanned": \(r.segmentsScanned), \
         "blocks": \(r.blocks), "corrupt_records": \(r.corruptRecords), "torn_tail_bytes": \(r.tornTailBytes), \
         "bytes_scanned": \(r.bytesScanned), "seconds": \(Double(r.nanoseconds) / 1e9)}}

@@ -10,7 +10,7 @@ struct TWCtl: ParsableCommand {
         commandName: "twctl",
         abstract: "Operate a TokenWarehouse: status, verify, compact, evict, prefetch, namespaces, replay, plan, benchmarks.",
         subcommands: [Status.self, Verify.self, Compact.self, Evict.self, Prefetch.self, Namespace.self, Replay.self, Plan.self,
-                       TraceCommand.self, Bench.self])
+                       TraceCommand.self, Bench.self, Cluster.self])
 }
 
 /// Prints a JSON object on stdout (for --json).
@@ -71,6 +71,9 @@ struct Status: ParsableCommand {
             print("prefetch    \(p["hinted"] ?? 0) hinted, \(p["loaded"] ?? 0) loaded (\(p["loaded_hinted"] ?? 0) hinted, \(p["loaded_chain"] ?? 0) chain, \(p["loaded_learned"] ?? 0) learned), "
                   + "\(p["used"] ?? 0) used, \(p["wasted"] ?? 0) wasted; \(p["already_resident"] ?? 0) already resident, \(p["missing"] ?? 0) missing, "
                   + "\(p["late"] ?? 0) late, \(p["dropped"] ?? 0) dropped")
+        }
+        if let remote = object["remote"] as? [String: Any], (remote["enabled"] as? Bool) == true {
+            print(remoteStatusLine(remote))
         }
         if let c = object["compaction"] as? [String: Any], ((c["runs"] as? NSNumber)?.intValue ?? 0) > 0 {
             print("compaction \((c["running"] as? Bool) == true ? "running" : "last run"): \(c["segments_compacted"] ?? 0) segments, \(SizeParser.format((c["bytes_reclaimed"] as? NSNumber)?.uint64Value ?? 0)) reclaimed")
