@@ -12,6 +12,8 @@ Tools/fuzz/run.sh 30
 python3 -m pytest -q -p no:cacheprovider clients/python/tests
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/integration "$@"
+  # Two nodes sharing blocks through a throwaway single-host Ceph cluster (issue 9, docs/cluster-tier.md).
+  TWFS_BIN="$PWD/.build/release/twfs" Tools/ceph_test.sh
 else
   echo "integration tests need root and /dev/fuse; skipped here (CI runs them as root)" >&2
   exit 1
