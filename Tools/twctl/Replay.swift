@@ -14,6 +14,8 @@ struct Replay: ParsableCommand {
         abstract: "Replay a trace against a mounted warehouse and report hit ratios by tier beside the ideal and Belady's.")
 
     @Argument(help: "The mount point.") var mount: String
+    @Option(help: "Another node's mount point (repeatable): requests alternate between the mounts, as a fleet's router spreads them; blocks written on one node are found on another through the cluster tier.")
+    var peer: [String] = []
     @Argument(help: "A trace in the Mooncake format (JSON lines with hash_ids); omit with --synthetic.") var trace: String?
     @Option(help: "Generate a trace instead: agentic, chat or rag.") var synthetic: SyntheticWorkload?
     @Option(help: "Requests of a synthetic trace, or the first N of a file (0: all).") var requests = 0
@@ -46,15 +48,27 @@ struct Replay: ParsableCommand {
         }
         guard let before = readStatus(mount) else { throw failure("\(mount) is not a mounted warehouse (cannot read \(mount)/.tw/status)") }
         let ns = namespace ?? "replay-\(getpid())-\(Int(Date().timeIntervalSince1970))"
-        let nsPath = mount + "/" + ns
-        if mkdir(nsPath, 0o755) != 0 && errno != EEXIST { throw failure("cannot create namespace \(nsPath): \(String(cString: strerror(errno)))") }
+        let mounts = [mount] + peer
+        var peerBefore: [[String: Any]] = []
+        for m in peer {
+            guard let s = readStatus(m) else { throw failure("\(m) is not a mounted warehouse (cannot read \(m)/.tw/status)") }
+            peerBefore.append(s)
+        }
+        for m in mounts {
+            let nsPath = m + "/" + ns
+            if mkdir(nsPath, 0o755) != 0 && errno != EEXIST { throw failure("cannot create namespace \(nsPath): \(String(cString: strerror(errno)))") }
+        }
 
-        let player = Player(mount: mount, namespace: ns, blockBytes: Int(bytes), hints: hints == "on", leadMilliseconds: leadMs)
+        let player = Player(mounts: mounts, namespace: ns, blockBytes: Int(bytes), hints: hints == "on", leadMilliseconds: leadMs)
         let started = monotonicNanoseconds()
         player.play(loaded, speed: speed, concurrency: concurrency)
         let seconds = Double(monotonicNanoseconds() - started) / 1e9
         let after = readStatus(mount) ?? before
-        if !keep { player.removeWritten(); _ = rmdir(nsPath) }
+        let peerAfter = peer.enumerated().map { readStatus($0.element) ?? peerBefore[$0.offset] }
+        if !keep {
+            player.removeWritten()
+            for m in mounts { _ = rmdir(m + "/" + ns) }
+        }
 
         // Bounds from the same trace at the mount's capacities.
         let references = loaded.references
@@ -69,15 +83,19 @@ struct Replay: ParsableCommand {
         let beladyNVMe = OfflineBounds.beladyHitRatio(references, capacity: nvmeBlocks)
         let r = player.results()
         func prefetch(_ s: [String: Any], _ key: String) -> Int { ((s["prefetch"] as? [String: Any])?[key] as? NSNumber)?.intValue ?? 0 }
-        let used = prefetch(after, "used") - prefetch(before, "used")
-        let wasted = prefetch(after, "wasted") - prefetch(before, "wasted")
+        var used = prefetch(after, "used") - prefetch(before, "used")
+        var wasted = prefetch(after, "wasted") - prefetch(before, "wasted")
+        for (b, a) in zip(peerBefore, peerAfter) {
+            used += prefetch(a, "used") - prefetch(b, "used")
+            wasted += prefetch(a, "wasted") - prefetch(b, "wasted")
+        }
         let hits = r.dram.count + r.nvme.count
         let ratio = { (a: Int, b: Int) in b == 0 ? 0 : Double(a) / Double(b) }
         let all = r.dram + r.nvme
         let out: [String: Any] = [
             "trace": source, "requests": loaded.requests.count, "blocks_referenced": blocksReferenced,
             "unique_blocks": loaded.uniqueBlocks, "block_bytes": Int(bytes), "hints": hints == "on", "lead_ms": leadMs,
-            "speed": speed, "concurrency": concurrency, "seconds": seconds,
+            "speed": speed, "concurrency": concurrency, "seconds": seconds, "nodes": mounts.count,
             "prefix_hit_ratio": ratio(hits, blocksReferenced), "ideal_hit_ratio": ideal,
             "hit_ratio_of_ideal": ideal > 0 ? ratio(hits, blocksReferenced) / ideal : 0,
             "dram_hit_ratio": ratio(r.dram.count, blocksReferenced), "nvme_hit_ratio": ratio(r.nvme.count, blocksReferenced),
@@ -96,7 +114,8 @@ struct Replay: ParsableCommand {
         } else {
             let f = { (v: Any?) in String(format: "%.3f", (v as? Double) ?? 0) }
             print("replayed \(loaded.requests.count) requests (\(blocksReferenced) block references, \(loaded.uniqueBlocks) unique) of \(source)")
-            print("  in \(String(format: "%.1f", seconds)) s, blocks of \(SizeParser.format(bytes)), hints \(hints), lead \(leadMs) ms, concurrency \(concurrency)")
+            print("  in \(String(format: "%.1f", seconds)) s, blocks of \(SizeParser.format(bytes)), hints \(hints), lead \(leadMs) ms, concurrency \(concurrency)"
+                  + (mounts.count > 1 ? ", \(mounts.count) nodes (requests alternate)" : ""))
             print("prefix hit ratio   \(f(out["prefix_hit_ratio"]))   (ideal \(f(ideal)), \(f(out["hit_ratio_of_ideal"])) of it)")
             print("from DRAM          \(f(out["dram_hit_ratio"]))   (Belady at \(dramBlocks) blocks: \(f(beladyDRAM)); share of hits \(f(out["dram_hit_share"])))")
             print("from NVMe          \(f(out["nvme_hit_ratio"]))   (Belady at \(nvmeBlocks) blocks: \(f(beladyNVMe)))")
@@ -126,12 +145,12 @@ func percentile(_ values: [UInt64], _ p: Double) -> Double {
 final class Player: @unchecked Sendable {
     // Safe: `shared` is behind a lock; `reader` lookups may run concurrently (TierReader's contract) and
     // `refresh` is called only under `refreshLock`.
-    let mount: String
+    let mounts: [String]
     let namespace: String
     let blockBytes: Int
     let hints: Bool
     let leadNanoseconds: UInt64
-    let reader: TierReader
+    let readers: [TierReader]
     private let refreshLock = Locked(0)
 
     struct Results {
@@ -158,13 +177,13 @@ final class Player: @unchecked Sendable {
         if n <= 5 { FileHandle.standardError.write(Data("twctl replay: \(what)\n".utf8)) }
     }
 
-    init(mount: String, namespace: String, blockBytes: Int, hints: Bool, leadMilliseconds: Double) {
-        self.mount = mount
+    init(mounts: [String], namespace: String, blockBytes: Int, hints: Bool, leadMilliseconds: Double) {
+        self.mounts = mounts
         self.namespace = namespace
         self.blockBytes = blockBytes
         self.hints = hints
         leadNanoseconds = UInt64(max(0, leadMilliseconds) * 1e6)
-        reader = TierReader(mount: mount)
+        readers = mounts.map { TierReader(mount: $0) }
     }
 
     func results() -> Results { shared.withLock { $0 } }
@@ -175,7 +194,7 @@ final class Player: @unchecked Sendable {
         return hex16(key.high) + hex16(key.low)
     }
 
-    func path(_ name: String) -> String { mount + "/" + namespace + "/" + name.prefix(2) + "/" + name }
+    func path(_ name: String, node: Int) -> String { mounts[node] + "/" + namespace + "/" + name.prefix(2) + "/" + name }
 
     /// The bytes of block `id`: a pattern only that id produces, so a reader can check every byte.
     func fill(_ buffer: UnsafeMutableRawBufferPointer, id: Int) {
@@ -208,7 +227,7 @@ final class Player: @unchecked Sendable {
                         let now = monotonicNanoseconds()
                         if due > now { sleepNanoseconds(due - now) }
                     }
-                    serve(request, expected: expected, got: got, into: &local)
+                    serve(request, node: n % mounts.count, expected: expected, got: got, into: &local)
                 }
                 shared.withLock { s in
                     s.dram += local.dram
@@ -223,8 +242,9 @@ final class Player: @unchecked Sendable {
         for t in threads { t.join() }
     }
 
-    func serve(_ request: TraceRequest, expected: AlignedBuffer, got: AlignedBuffer, into r: inout Results) {
+    func serve(_ request: TraceRequest, node: Int, expected: AlignedBuffer, got: AlignedBuffer, into r: inout Results) {
         let ids = request.hashIDs
+        let mount = mounts[node], reader = readers[node]
         if hints && !ids.isEmpty {
             let lines = ids.map { "\(namespace) \(name($0))\n" }.joined()
             if !writeFile(mount + "/.tw/prefetch", Array(lines.utf8)) { fail("sending hints: \(String(cString: strerror(errno)))", &r) }
@@ -250,7 +270,7 @@ final class Player: @unchecked Sendable {
                 r.dram.append(elapsed)
                 continue
             }
-            let fd = open(path(blockName), O_RDONLY | O_CLOEXEC)
+            let fd = open(path(blockName, node: node), O_RDONLY | O_CLOEXEC)
             if fd < 0 {
                 if errno != ENOENT { fail("opening block \(id) (\(blockName)): \(String(cString: strerror(errno)))", &r) }
                 missing = i
@@ -280,7 +300,7 @@ final class Player: @unchecked Sendable {
                 continue
             }
             defer { writing.withLock { _ = $0.remove(id) } }
-            let fd = open(path(name(id)), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            let fd = open(path(name(id), node: node), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             if fd < 0 {
                 if errno == EEXIST { r.conflicts += 1 } else { fail("creating block \(id): \(String(cString: strerror(errno)))", &r) }
                 continue
@@ -302,7 +322,10 @@ final class Player: @unchecked Sendable {
     }
 
     func removeWritten() {
-        for id in shared.withLock({ $0.writtenIDs }) { _ = unlink(path(name(id))) }
+        // Every node may hold a copy (fetched from the cluster tier).
+        for id in shared.withLock({ $0.writtenIDs }) {
+            for node in mounts.indices { _ = unlink(path(name(id), node: node)) }
+        }
     }
 }
 

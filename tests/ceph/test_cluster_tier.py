@@ -289,3 +289,25 @@ def test_cluster_gc_removes_least_recently_used_and_status_shows_the_tier(cluste
     assert status.returncode == 0, status.stderr
     line = next(l for l in status.stdout.splitlines() if l.startswith("remote"))
     assert "rados:tw connected" in line and "3 published" in line, line
+
+
+def test_a_trace_split_across_two_nodes_reaches_the_single_node_hit_ratio(cluster, nodes, tmp_path):
+    # The router sends alternate requests to A and B; blocks one node computed are found by the other
+    # through the pool. The hit ratio must match one node that sees every request.
+    a, b = nodes
+    twctl = str(Path(twfs_binary()).parent / "twctl")
+    trace = tmp_path / "chat.jsonl"
+    trace.write_text(subprocess.run([twctl, "trace", "generate", "chat", "--requests", "200", "--seed", "11"],
+                                    check=True, capture_output=True, text=True).stdout)
+    common = ["--block-bytes", "16K", "--speed", "5", "--lead-ms", "5", "--hints", "on", "--json"]
+    one = json.loads(subprocess.run([twctl, "replay", str(a.mount), str(trace), *common], check=True,
+                                    capture_output=True, text=True, timeout=240).stdout)
+    two = json.loads(subprocess.run([twctl, "replay", str(a.mount), str(trace), "--peer", str(b.mount), *common],
+                                    check=True, capture_output=True, text=True, timeout=240).stdout)
+    print(f"one node {one['prefix_hit_ratio']:.3f}, two nodes {two['prefix_hit_ratio']:.3f} "
+          f"(ideal {one['ideal_hit_ratio']:.3f}); B fetched {b.remote()['fetched']}", file=sys.stderr)
+    assert one["errors"] == 0 and two["errors"] == 0
+    assert two["nodes"] == 2 and one["nodes"] == 1
+    assert one["prefix_hit_ratio"] >= 0.99 * one["ideal_hit_ratio"]
+    assert two["prefix_hit_ratio"] >= 0.99 * one["prefix_hit_ratio"], (one, two)
+    assert b.remote()["fetched"] > 0
