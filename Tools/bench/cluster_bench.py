@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Cluster-tier benchmark (issue 9), one run on a throwaway single-host Ceph cluster:
+
+  1. `rados bench` on the pool: 1 MiB objects written for --seconds, then read back sequentially
+     (one op in flight, `-t 1`, and 8 in flight): the cluster's own figures;
+  2. cross-node hits: N blocks of 1 MiB written on node A and published; node B reads each once through
+     its mount (a local miss: fetched from the pool, verified, stored, served): MiB/s and latency
+     percentiles, against (1) at one op in flight;
+  3. local hits with the remote tier on: B reads the same blocks again (now in its own tiers, page cache
+     dropped before each read) against a node C without --cluster reading the same blocks it wrote
+     itself: the remote tier must not slow local hits.
+
+Needs root, /dev/fuse, the Ceph packages (Tools/install-deps.sh) and a built twfs (swift build -c release).
+
+  python3 Tools/bench/cluster_bench.py --json /tmp/cluster.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "ceph"))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from ceph_cluster import CephCluster  # noqa: E402
+from test_cluster_tier import POOL, Node, wait_for  # noqa: E402
+from twfs_util import block_hash, canonical, write_block  # noqa: E402
+
+MiB = 1 << 20
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * p))] if s else 0.0
+
+
+def timed_reads(paths: list[str], size: int, expect: dict[str, bytes], drop_cache: bool = True) -> list[float]:
+    """Reads each file whole, timed from open to the last byte; returns seconds per read; checks the
+    bytes. `drop_cache` first drops the file's page cache (an untimed open: not for first reads, whose
+    open is what fetches from the pool)."""
+    out = []
+    for p in paths:
+        if drop_cache:
+            fd = os.open(p, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        t = time.perf_counter()
+        with open(p, "rb", buffering=0) as f:
+            data = f.read()
+        out.append(time.perf_counter() - t)
+        assert data == expect[p.rsplit("/", 1)[1]], f"wrong bytes in {p}"
+    return out
+
+
+def rados_bench(cluster: CephCluster, seconds: int, threads: int) -> dict:
+    w = cluster.rados("-p", POOL, "bench", str(seconds), "write", "-b", str(MiB), "-t", str(threads), "--no-cleanup",
+                      timeout=seconds * 4 + 60)
+    r = cluster.rados("-p", POOL, "bench", str(seconds), "seq", "-t", str(threads), timeout=seconds * 4 + 60)
+    cluster.rados("-p", POOL, "cleanup", timeout=120)
+
+    def field(text, name: str) -> float:
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        m = re.search(rf"^{re.escape(name)}:\s+([\d.]+)", text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return {"threads": threads, "write_mib_s": field(w.stdout, "Bandwidth (MB/sec)"),
+            "read_mib_s": field(r.stdout, "Bandwidth (MB/sec)"),
+            "read_avg_latency_ms": field(r.stdout, "Average Latency(s)") * 1000,
+            "read_max_latency_ms": field(r.stdout, "Max latency(s)") * 1000}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--blocks", type=int, default=200)
+    ap.add_argument("--seconds", type=int, default=5, help="rados bench duration per phase")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("cluster_bench needs root", file=sys.stderr)
+        return 2
+    print(f"$ {' '.join(sys.argv)}")
+    base = Path(tempfile.mkdtemp(prefix="tw-cluster-bench-"))
+    cluster = CephCluster(base / "ceph")
+    nodes = []
+    result: dict = {}
+    try:
+        cluster.start()
+        cluster.create_pool(POOL)
+        result["rados_bench_1"] = rados_bench(cluster, args.seconds, 1)
+        result["rados_bench_8"] = rados_bench(cluster, args.seconds, 8)
+        a = Node(base, "a", cluster.conf, ["--capacity", "2G", "--dram", "64M"])
+        b = Node(base, "b", cluster.conf, ["--capacity", "2G", "--dram", "64M"])
+        nodes += [a, b]
+        c_base = base / "c"
+        c_base.mkdir()
+        # Node C: the same daemon without the remote tier.
+        import subprocess
+        from twfs_util import lazy_unmount, proc_mounts_types
+        c_mount, c_store = c_base / "mnt", c_base / "store"
+        c_mount.mkdir()
+        c = subprocess.Popen([str(Path(os.environ.get("TWFS_BIN", REPO / ".build/release/twfs"))), str(c_mount), "--store", str(c_store),
+                              "--capacity", "2G", "--dram", "64M", "--dram-name", f"tw-cluster-bench-c-{os.getpid()}", "-f"],
+                             stdout=open(c_base / "log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "fuse.twfs" in proc_mounts_types(c_mount), 20, "node C to mount")
+        for m in (a.mount, b.mount, c_mount):
+            os.mkdir(m / "kv", 0o755)
+        blocks = {block_hash("cluster-bench", os.getpid(), i, length=32): random.Random(i).randbytes(MiB) for i in range(args.blocks)}
+        before = a.remote()["published"]
+        for name, data in blocks.items():
+            write_block(canonical(a.mount / "kv", name), data)
+            write_block(canonical(c_mount / "kv", name), data)
+        wait_for(lambda: a.remote()["published"] >= before + len(blocks), 120, "A to publish every block")
+        # Cross-node: every read on B is a local miss served from the pool.
+        b_paths = [canonical(b.mount / "kv", n) for n in blocks]
+        cross = timed_reads(b_paths, MiB, blocks, drop_cache=False)
+        fetched = b.remote()["fetched"]
+        # Local hits, remote tier on (B, its own copies now) and off (C).
+        local_on = timed_reads(b_paths, MiB, blocks)
+        local_off = timed_reads([canonical(c_mount / "kv", n) for n in blocks], MiB, blocks)
+        def summary(t: list[float]) -> dict:
+            return {"mib_s": len(t) / sum(t), "p50_ms": pct(t, 0.5) * 1000, "p99_ms": pct(t, 0.99) * 1000}
+        result.update({"blocks": len(blocks), "block_bytes": MiB, "b_fetched": fetched,
+                       "cross_node": summary(cross), "local_remote_on": summary(local_on), "local_remote_off": summary(local_off)})
+        c.terminate()
+        c.wait(timeout=20)
+        lazy_unmount(c_mount)
+    finally:
+        for n in nodes:
+            n.close()
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+    r1, r8 = result["rados_bench_1"], result["rados_bench_8"]
+    x, on, off = result["cross_node"], result["local_remote_on"], result["local_remote_off"]
+    print(f"\n{result['blocks']} blocks of 1 MiB; B fetched {result['b_fetched']} from the pool\n")
+    print(f"{'measure':46} {'value':>10} {'baseline':44} {'value':>10} {'ratio':>6}")
+    print(f"{'cross-node hit, MiB/s (B reads, 1 at a time)':46} {x['mib_s']:10.1f} {'rados bench seq, 1 in flight, MiB/s':44} {r1['read_mib_s']:10.1f} {x['mib_s'] / max(r1['read_mib_s'], 1e-9):6.2f}")
+    print(f"{'cross-node hit, p50 / p99 ms':46} {x['p50_ms']:5.2f}/{x['p99_ms']:5.2f} {'rados bench seq avg / max latency ms':44} {r1['read_avg_latency_ms']:5.2f}/{r1['read_max_latency_ms']:5.2f}")
+    print(f"{'(rados bench seq, 8 in flight, MiB/s)':46} {r8['read_mib_s']:10.1f}")
+    print(f"{'local hit with the remote tier on, MiB/s':46} {on['mib_s']:10.1f} {'same daemon without --cluster, MiB/s':44} {off['mib_s']:10.1f} {on['mib_s'] / off['mib_s']:6.2f}")
+    print(f"{'local hit, p99 ms, remote tier on / off':46} {on['p99_ms']:10.2f} {'':44} {off['p99_ms']:10.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
