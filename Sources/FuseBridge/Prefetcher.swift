@@ -47,6 +47,8 @@ public final class Prefetcher: Sendable {
         public var loadedHinted = 0
         public var loadedChain = 0
         public var loadedLearned = 0
+        /// Hinted blocks this node lacked, fetched from the cluster tier.
+        public var loadedFromCluster = 0
         /// Hints and guesses for blocks already resident (nothing to do).
         public var alreadyResident = 0
         /// Hinted blocks that do not exist.
@@ -61,7 +63,7 @@ public final class Prefetcher: Sendable {
         public var failed = 0
         /// Successor links known (chain and learned).
         public var successors = 0
-        public var loaded: Int { loadedHinted + loadedChain + loadedLearned }
+        public var loaded: Int { loadedHinted + loadedChain + loadedLearned + loadedFromCluster }
     }
 
     enum Source { case hint, chain, learned }
@@ -103,11 +105,16 @@ public final class Prefetcher: Sendable {
     private let wakeup = ConditionLock()
     private let threads = Locked<[BackgroundThread]>([])
     private let throttle: Throttle
+    /// Brings a hinted block that this node lacks from the cluster tier (stored locally and put in the
+    /// tier); true when it did. Nil without `--cluster`.
+    let fetchMissing: (@Sendable (String, String) -> Bool)?
 
-    public init(store: BlockStore, tier: DRAMTier, settings: PrefetchSettings = PrefetchSettings()) {
+    public init(store: BlockStore, tier: DRAMTier, settings: PrefetchSettings = PrefetchSettings(),
+                fetchMissing: (@Sendable (String, String) -> Bool)? = nil) {
         self.store = store
         self.tier = tier
         self.settings = settings
+        self.fetchMissing = fetchMissing
         throttle = Throttle(bytesPerSecond: settings.bandwidth)
     }
 
@@ -257,7 +264,14 @@ public final class Prefetcher: Sendable {
                 continue
             }
             do {
-                guard let located = store.locate(namespace: job.namespace, key: job.name) else { throw StoreError.notFound }
+                guard let located = store.locate(namespace: job.namespace, key: job.name) else {
+                    // Hinted but not here: another node may have computed it (the fetch puts it in the tier).
+                    if job.source == .hint, let fetchMissing, fetchMissing(job.namespace, job.name) {
+                        state.withLock { $0.stats.loadedFromCluster += 1 }
+                        continue
+                    }
+                    throw StoreError.notFound
+                }
                 throttle.acquire(located.storedLength)
                 let data = try store.read(located)
                 let inserted = data.withBytes {

@@ -71,7 +71,14 @@ public final class WarehouseFileSystem: Sendable {
         self.store = store
         self.remote = remote
         self.tier = tier
-        prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch) }
+        var fetch: (@Sendable (String, String) -> Bool)? = nil
+        if let remote {
+            fetch = { ns, key in
+                if case .stored = remote.fetch(namespace: ns, key: key) { return true }
+                return false
+            }
+        }
+        prefetcher = tier.map { Prefetcher(store: store, tier: $0, settings: prefetch, fetchMissing: fetch) }
         compaction = OnlineCompaction(store: store)
         self.settings = settings
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
@@ -1074,7 +1081,7 @@ extension WarehouseFileSystem {
         let h = prefetcher.statistics()
         let t = tier.statistics()
         return "{\"enabled\": true, \"hinted\": \(h.hinted), \"loaded\": \(h.loaded), \"loaded_hinted\": \(h.loadedHinted), "
-            + "\"loaded_chain\": \(h.loadedChain), \"loaded_learned\": \(h.loadedLearned), \"already_resident\": \(h.alreadyResident), "
+            + "\"loaded_chain\": \(h.loadedChain), \"loaded_learned\": \(h.loadedLearned), \"loaded_from_cluster\": \(h.loadedFromCluster), \"already_resident\": \(h.alreadyResident), "
             + "\"missing\": \(h.missing), \"dropped\": \(h.dropped), \"late\": \(h.late), \"expired\": \(h.expired), "
             + "\"failed\": \(h.failed), \"used\": \(t.prefetchUsed), \"wasted\": \(t.prefetchWasted), \"pending\": \(t.prefetchPending), "
             + "\"successor_links\": \(h.successors), \"workers\": \(prefetcher.settings.workers), "

@@ -311,3 +311,18 @@ def test_a_trace_split_across_two_nodes_reaches_the_single_node_hit_ratio(cluste
     assert one["prefix_hit_ratio"] >= 0.99 * one["ideal_hit_ratio"]
     assert two["prefix_hit_ratio"] >= 0.99 * one["prefix_hit_ratio"], (one, two)
     assert b.remote()["fetched"] > 0
+
+
+def test_prefetch_hints_pull_blocks_from_the_pool(cluster, nodes):
+    # B has never seen the block; a hint alone (no lookup) brings it from the pool into B's store and
+    # DRAM tier, so the engine's later read is a local DRAM hit.
+    a, b = nodes
+    name, data = new_block("hint", 512 * 1024)
+    publish_on(a, name, data)
+    fetched = b.remote()["fetched"]
+    with open(b.mount / ".tw" / "prefetch", "w") as f:
+        f.write(f"kv {name}\n")
+    wait_for(lambda: b.status()["prefetch"]["loaded_from_cluster"] >= 1, 20, "B to pull the hinted block")
+    assert b.remote()["fetched"] == fetched + 1
+    assert os.getxattr(canonical(b.mount / "kv", name), "user.tw.tier") == b"dram"
+    assert read_block(canonical(b.mount / "kv", name)) == data
