@@ -82,6 +82,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=200)
     ap.add_argument("--seconds", type=int, default=5, help="rados bench duration per phase")
+    ap.add_argument("--trace", help="also replay this trace split across nodes A and B (alternate requests) "
+                    "and on one node alone, and compare hit ratios")
+    ap.add_argument("--replay-args", default="--block-bytes 16K --speed 10 --concurrency 8 --lead-ms 50",
+                    help="twctl replay options for --trace")
+    ap.add_argument("--share", default="async", help="twfs --share of nodes A and B (async or sync)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -97,8 +102,8 @@ def main() -> int:
         cluster.create_pool(POOL)
         result["rados_bench_1"] = rados_bench(cluster, args.seconds, 1)
         result["rados_bench_8"] = rados_bench(cluster, args.seconds, 8)
-        a = Node(base, "a", cluster.conf, ["--capacity", "2G", "--dram", "64M"])
-        b = Node(base, "b", cluster.conf, ["--capacity", "2G", "--dram", "64M"])
+        a = Node(base, "a", cluster.conf, ["--capacity", "2G", "--dram", "64M", "--share", args.share])
+        b = Node(base, "b", cluster.conf, ["--capacity", "2G", "--dram", "64M", "--share", args.share])
         nodes += [a, b]
         c_base = base / "c"
         c_base.mkdir()
@@ -130,6 +135,15 @@ def main() -> int:
             return {"mib_s": len(t) / sum(t), "p50_ms": pct(t, 0.5) * 1000, "p99_ms": pct(t, 0.99) * 1000}
         result.update({"blocks": len(blocks), "block_bytes": MiB, "b_fetched": fetched,
                        "cross_node": summary(cross), "local_remote_on": summary(local_on), "local_remote_off": summary(local_off)})
+        if args.trace:
+            import shlex
+            twctl = str(Path(os.environ.get("TWFS_BIN", REPO / ".build/release/twfs")).parent / "twctl")
+            common = shlex.split(args.replay_args) + ["--hints", "on", "--json"]
+            two = json.loads(subprocess.run([twctl, "replay", str(a.mount), args.trace, "--peer", str(b.mount), *common],
+                                            check=True, capture_output=True, text=True).stdout)
+            one = json.loads(subprocess.run([twctl, "replay", str(c_mount), args.trace, *common],
+                                            check=True, capture_output=True, text=True).stdout)
+            result["replay"] = {"trace": args.trace, "args": args.replay_args, "two_nodes": two, "one_node": one}
         c.terminate()
         c.wait(timeout=20)
         lazy_unmount(c_mount)
@@ -147,6 +161,12 @@ def main() -> int:
     print(f"{'(rados bench seq, 8 in flight, MiB/s)':46} {r8['read_mib_s']:10.1f}")
     print(f"{'local hit with the remote tier on, MiB/s':46} {on['mib_s']:10.1f} {'same daemon without --cluster, MiB/s':44} {off['mib_s']:10.1f} {on['mib_s'] / off['mib_s']:6.2f}")
     print(f"{'local hit, p99 ms, remote tier on / off':46} {on['p99_ms']:10.2f} {'':44} {off['p99_ms']:10.2f}")
+    if "replay" in result:
+        one, two = result["replay"]["one_node"], result["replay"]["two_nodes"]
+        print(f"\nreplay of {args.trace} ({args.replay_args}):")
+        print(f"  two nodes, alternate requests: prefix hit ratio {two['prefix_hit_ratio']:.4f}, DRAM share {two['dram_hit_share']:.3f}, errors {two['errors']}")
+        print(f"  one node (no cluster):         prefix hit ratio {one['prefix_hit_ratio']:.4f}, DRAM share {one['dram_hit_share']:.3f}, errors {one['errors']}")
+        print(f"  ratio {two['prefix_hit_ratio'] / max(one['prefix_hit_ratio'], 1e-9):.4f} (ideal {one['ideal_hit_ratio']:.4f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
