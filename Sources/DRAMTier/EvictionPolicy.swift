@@ -8,23 +8,36 @@ public protocol ResidencyPolicy {
     mutating func access(_ key: Key, size: Int) -> Bool
 }
 
-/// A FIFO queue on an array, amortised O(1).
-struct FIFOQueue<T> {
+/// A FIFO queue on an array, amortised O(1), that can also give back its newest element (the
+/// prefetcher serves its newest guesses first).
+public struct FIFOQueue<T> {
     private var items: [T] = []
     private var head = 0
 
-    var isEmpty: Bool { head == items.count }
-    var count: Int { items.count - head }
-    var first: T? { isEmpty ? nil : items[head] }
+    public init() {}
 
-    mutating func append(_ x: T) { items.append(x) }
+    public var isEmpty: Bool { head == items.count }
+    public var count: Int { items.count - head }
+    public var first: T? { isEmpty ? nil : items[head] }
+
+    public mutating func append(_ x: T) { items.append(x) }
 
     @discardableResult
-    mutating func removeFirst() -> T {
+    public mutating func removeFirst() -> T {
         let x = items[head]
         head += 1
         if head > 1024 && head * 2 > items.count {
             items.removeFirst(head)
+            head = 0
+        }
+        return x
+    }
+
+    public mutating func popLast() -> T? {
+        guard !isEmpty else { return nil }
+        let x = items.removeLast()
+        if isEmpty {
+            items.removeAll(keepingCapacity: true)
             head = 0
         }
         return x

@@ -83,18 +83,18 @@ public final class Prefetcher: Sendable {
     }
 
     struct State {
-        var hints = FIFO<Job>()
-        var speculative = FIFO<Job>()
+        var hints = FIFOQueue<Job>()
+        var speculative = FIFOQueue<Job>()
         var queued: Set<BlockKey> = []
         var stopping = false
         /// Successors of a block: at most two, the most recent first.
         var successors: [BlockKey: [Link]] = [:]
-        var successorOrder = FIFO<BlockKey>()
+        var successorOrder = FIFOQueue<BlockKey>()
         /// The last block each process read through the mount, and when.
         var lastRead: [Int32: (key: BlockKey, at: UInt64)] = [:]
         /// When blocks were last read through the mount (bounded), to drop hints that came too late.
         var readAt: [BlockKey: UInt64] = [:]
-        var readOrder = FIFO<BlockKey>()
+        var readOrder = FIFOQueue<BlockKey>()
         var stats = Statistics()
     }
 
@@ -314,38 +314,6 @@ public final class Prefetcher: Sendable {
             guard parts.count == 2 else { return nil }
             return (String(parts[0]), String(parts[1]).trimmingTrailingCarriageReturn())
         }
-    }
-}
-
-/// A FIFO on an array, amortised O(1), that can also give back its newest element.
-struct FIFO<T> {
-    private var items: [T] = []
-    private var head = 0
-
-    var count: Int { items.count - head }
-    var first: T? { head < items.count ? items[head] : nil }
-
-    mutating func append(_ x: T) { items.append(x) }
-
-    @discardableResult
-    mutating func removeFirst() -> T {
-        let x = items[head]
-        head += 1
-        if head > 1024 && head * 2 > items.count {
-            items.removeFirst(head)
-            head = 0
-        }
-        return x
-    }
-
-    mutating func popLast() -> T? {
-        guard head < items.count else { return nil }
-        let x = items.removeLast()
-        if head == items.count {
-            items.removeAll(keepingCapacity: true)
-            head = 0
-        }
-        return x
     }
 }
 
