@@ -827,15 +827,18 @@ def test_metrics_endpoint_serves_prometheus_text_that_counts_reads(warehouse_fac
     ns_dir = wh.namespace("m")
     blocks = make(ns_dir, "metrics", 6, 256 * KiB, 256 * KiB)
     for _ in range(2):
-        assert not bad_blocks(blocks)                            # 12 reads that reach the daemon
+        assert not bad_blocks(blocks)                            # at least the first 6 reach the daemon
     s1, _ = scrape(port)
     nbytes = sum(len(d) for d in blocks.values())
-    assert value(s1, "tw_operations_total", op="read") - value(s0, "tw_operations_total", op="read") >= 12
+    assert value(s1, "tw_operations_total", op="read") - value(s0, "tw_operations_total", op="read") >= 6
     assert value(s1, "tw_operations_total", op="commit") - value(s0, "tw_operations_total", op="commit") >= 6
     assert value(s1, "tw_operations_total", op="write") > value(s0, "tw_operations_total", op="write")
-    assert value(s1, "tw_read_bytes_total") - value(s0, "tw_read_bytes_total") >= 2 * nbytes
+    # The first pass cannot come from the page cache (writes bypass it); on the second, DONTNEED is
+    # advice and the kernel may keep a readahead window, so only the first pass is certain.
+    read_bytes = value(s1, "tw_read_bytes_total") - value(s0, "tw_read_bytes_total")
+    assert nbytes <= read_bytes <= 2 * nbytes, (read_bytes, nbytes)
     assert value(s1, "tw_written_bytes_total") - value(s0, "tw_written_bytes_total") >= nbytes
-    assert value(s1, "tw_read_latency_seconds_count") - value(s0, "tw_read_latency_seconds_count") >= 12
+    assert value(s1, "tw_read_latency_seconds_count") - value(s0, "tw_read_latency_seconds_count") >= 6
     for tier_name in ("dram", "nvme"):
         assert 0 <= value(s1, "tw_hit_ratio", tier=tier_name) <= 1
         value(s1, "tw_read_bytes_total", tier=tier_name)
