@@ -316,19 +316,26 @@ public final class DRAMTier: Sendable {
         }
     }
 
+    /// Figures of the tier. The clients' hit counters are read with one `pread` of the whole array,
+    /// before the lock is taken (a snapshot: clients keep counting), not one call per resident block.
     public func statistics() -> TierStatistics {
-        state.withLock { st in
+        var counters = [UInt32](repeating: 0, count: tableCapacity)
+        if hitsDescriptor >= 0 {
+            _ = counters.withUnsafeMutableBytes { pread(hitsDescriptor, $0.baseAddress, $0.count, 0) }
+        }
+        func hits(_ index: Int) -> Int { Int(UInt32(littleEndian: counters[index])) }
+        return state.withLock { st in
             var s = st.stats
             s.residentBlocks = st.slots.count
             s.residentBytes = st.placement.items.values.reduce(0) { $0 + $1.length }
             s.promotions = st.placement.promotions
             s.reinsertions = st.placement.reinsertions
             var pending = 0
-            for index in st.slots.values { pending += readHits(index) }
+            for index in st.slots.values { pending += hits(index) }
             s.mapHits = mapHitsTaken.withLock { $0 } + pending
             // Prefetched blocks that clients have read through the map (counters not yet taken).
             for key in st.prefetched {
-                if let index = st.slots[key], readHits(index) > 0 { s.prefetchUsed += 1 } else { s.prefetchPending += 1 }
+                if let index = st.slots[key], hits(index) > 0 { s.prefetchUsed += 1 } else { s.prefetchPending += 1 }
             }
             return s
         }

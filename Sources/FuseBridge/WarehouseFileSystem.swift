@@ -1026,6 +1026,8 @@ public final class WarehouseFileSystem: Sendable {
     /// The control area's status, one JSON object.
     public func statusJSON() -> String {
         let s = store.statistics()
+        // One look at the tier per status: its figures walk every resident block.
+        let t = tier?.statistics()
         let r = store.recovery
         let c = store.configuration
         var ns: [String] = []
@@ -1045,8 +1047,8 @@ public final class WarehouseFileSystem: Sendable {
         "bytes_read": \(s.bytesRead), "corrupt_reads": \(s.corruptReads), "removes": \(s.removes), \
         "evicted_segments": \(s.evictedSegments), "evicted_blocks": \(s.evictedBlocks), "reinserted_blocks": \(s.reinsertedBlocks), \
         "compacted_segments": \(s.compactedSegments), "reclaimed_bytes": \(s.reclaimedBytes), \
-        "expired_blocks": \(s.expiredBlocks), "hit_ratios": \(hitRatiosJSON(s)), "compaction": \(compaction.json()), \
-        "dram_tier": \(dramJSON()), "prefetch": \(prefetchJSON()), "remote": \(remote?.json() ?? "{\"enabled\": false}"), \
+        "expired_blocks": \(s.expiredBlocks), "hit_ratios": \(hitRatiosJSON(s, t)), "compaction": \(compaction.json()), \
+        "dram_tier": \(dramJSON(t)), "prefetch": \(prefetchJSON(t)), "remote": \(remote?.json() ?? "{\"enabled\": false}"), \
         "recovery": {"segments_from_summary": \(r.segmentsFromSummary), "segments_scanned": \(r.segmentsScanned), \
         "blocks": \(r.blocks), "corrupt_records": \(r.corruptRecords), "torn_tail_bytes": \(r.tornTailBytes), \
         "bytes_scanned": \(r.bytesScanned), "seconds": \(Double(r.nanoseconds) / 1e9)}}
@@ -1056,9 +1058,8 @@ public final class WarehouseFileSystem: Sendable {
 }
 
 extension WarehouseFileSystem {
-    func dramJSON() -> String {
-        guard let tier else { return "{\"enabled\": false}" }
-        let t = tier.statistics()
+    func dramJSON(_ t: TierStatistics?) -> String {
+        guard let tier, let t else { return "{\"enabled\": false}" }
         let lookups = t.mountHits + t.misses
         return "{\"enabled\": true, \"path\": \(jsonString(tier.path)), \"capacity_bytes\": \(t.capacityBytes), "
             + "\"resident_blocks\": \(t.residentBlocks), \"resident_bytes\": \(t.residentBytes), \"mount_hits\": \(t.mountHits), "
@@ -1069,17 +1070,15 @@ extension WarehouseFileSystem {
 
     /// Of the block reads that found their block, the share each tier served (DRAM: through the mount
     /// and the map; NVMe: records read from segments).
-    func hitRatiosJSON(_ s: StoreStatistics) -> String {
-        let t = tier?.statistics()
+    func hitRatiosJSON(_ s: StoreStatistics, _ t: TierStatistics?) -> String {
         let dram = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
         let total = Double(dram + s.gets)
         return "{\"dram\": \(total > 0 ? Double(dram) / total : 0), \"nvme\": \(total > 0 ? Double(s.gets) / total : 0)}"
     }
 
-    func prefetchJSON() -> String {
-        guard let prefetcher, let tier else { return "{\"enabled\": false}" }
+    func prefetchJSON(_ t: TierStatistics?) -> String {
+        guard let prefetcher, let t else { return "{\"enabled\": false}" }
         let h = prefetcher.statistics()
-        let t = tier.statistics()
         return "{\"enabled\": true, \"hinted\": \(h.hinted), \"loaded\": \(h.loaded), \"loaded_hinted\": \(h.loadedHinted), "
             + "\"loaded_chain\": \(h.loadedChain), \"loaded_learned\": \(h.loadedLearned), \"loaded_from_cluster\": \(h.loadedFromCluster), \"already_resident\": \(h.alreadyResident), "
             + "\"missing\": \(h.missing), \"dropped\": \(h.dropped), \"late\": \(h.late), \"expired\": \(h.expired), "
