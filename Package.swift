@@ -54,7 +54,9 @@ let package = Package(
         // libFuzzer targets (Tools/fuzz/run.sh builds them with -sanitize=fuzzer,address -D FUZZING;
         // built plainly they replay a corpus). CLibFuzzer declares libFuzzer's driver entry.
         .systemLibrary(name: "CLibFuzzer", path: "Tools/fuzz/CLibFuzzer"),
-        .executableTarget(name: "FuzzRecordDecoder", dependencies: ["BlockStore", "CLibFuzzer"], path: "Tools/fuzz/FuzzRecordDecoder"),
-        .executableTarget(name: "FuzzBlockNames", dependencies: ["BlockStore", "CLibFuzzer"], path: "Tools/fuzz/FuzzBlockNames"),
+        // The entry every target shares: libFuzzer's driver, or corpus replay and seed writing.
+        .target(name: "FuzzSupport", dependencies: ["Platform", "CLibFuzzer"], path: "Tools/fuzz/FuzzSupport"),
+        .executableTarget(name: "FuzzRecordDecoder", dependencies: ["BlockStore", "FuzzSupport"], path: "Tools/fuzz/FuzzRecordDecoder"),
+        .executableTarget(name: "FuzzBlockNames", dependencies: ["BlockStore", "FuzzSupport"], path: "Tools/fuzz/FuzzBlockNames"),
     ]
 )

@@ -12,9 +12,7 @@ import BlockStore
 #if canImport(Glibc)
 import Glibc
 #endif
-#if FUZZING
-import CLibFuzzer
-#endif
+import FuzzSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -120,56 +118,4 @@ func seeds() -> [(name: String, bytes: [UInt8])] {
 
 // MARK: entry
 
-#if FUZZING
-if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
-    writeSeeds(to: CommandLine.arguments[2])
-} else {
-    var argc = CommandLine.argc
-    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-    exit(LLVMFuzzerRunDriver(&argc, &argv) { fuzz($0!, $1) })
-}
-#else
-if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
-    writeSeeds(to: CommandLine.arguments[2])
-} else {
-    replay(CommandLine.arguments.dropFirst())
-}
-#endif
-
-func writeSeeds(to directory: String) {
-    for (name, bytes) in seeds() {
-        let path = directory + "/" + name
-        guard let f = fopen(path, "wb") else { fatalError("cannot write \(path)") }
-        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
-        fclose(f)
-    }
-}
-
-/// Runs every file named, or found in a directory named, through `fuzz` once.
-func replay(_ paths: ArraySlice<String>) {
-    var files: [String] = []
-    for p in paths {
-        if let d = opendir(p) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if !name.hasPrefix(".") { files.append(p + "/" + name) }
-            }
-            closedir(d)
-        } else {
-            files.append(p)
-        }
-    }
-    for path in files.sorted() {
-        guard let f = fopen(path, "rb") else { fatalError("cannot read \(path)") }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, f) }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
-        fclose(f)
-        if !bytes.isEmpty { _ = bytes.withUnsafeBufferPointer { fuzz($0.baseAddress!, $0.count) } }
-    }
-    print("replayed \(files.count) inputs")
-}
+runFuzzTarget(seeds: seeds) { fuzz($0!, $1) }
