@@ -15,10 +15,12 @@ public struct NamespaceInfo: Sendable, Equatable {
     /// Blocks of a pinned namespace are kept through eviction while it is within its quota: how an
     /// operator offers a tier of persistent context.
     public var pinned = false
+    /// Whether the namespace's blocks go to the shared tier; nil: the daemon's `--share` default.
+    public var share: SharePolicy? = nil
 
     public init(id: UInt16, name: String, owner: UInt32, group: UInt32, mode: UInt32,
                 compression: CompressionPolicy = .off, createdSeconds: UInt64,
-                quotaBytes: UInt64 = 0, ttlSeconds: UInt64 = 0, pinned: Bool = false) {
+                quotaBytes: UInt64 = 0, ttlSeconds: UInt64 = 0, pinned: Bool = false, share: SharePolicy? = nil) {
         self.id = id
         self.name = name
         self.owner = owner
@@ -29,6 +31,7 @@ public struct NamespaceInfo: Sendable, Equatable {
         self.quotaBytes = quotaBytes
         self.ttlSeconds = ttlSeconds
         self.pinned = pinned
+        self.share = share
     }
 }
 
@@ -41,8 +44,9 @@ public struct NamespaceUsage: Sendable, Equatable {
 
 /// The namespace table, persisted as the text file `namespaces` in the store directory: one line per
 /// namespace, `v1 ID NAME UID GID MODE(octal) COMPRESSION CREATED`, or with a policy
-/// `v2 ID NAME UID GID MODE(octal) COMPRESSION CREATED QUOTA_BYTES TTL_SECONDS PINNED(0/1)`.
-/// Rewritten atomically on change.
+/// `v2 ID NAME UID GID MODE(octal) COMPRESSION CREATED QUOTA_BYTES TTL_SECONDS PINNED(0/1)`, or with a
+/// share policy `v3 … PINNED SHARE(off/async/sync)`. Each line is the oldest version that holds its
+/// namespace, so older daemons read stores that do not use newer fields. Rewritten atomically on change.
 struct NamespaceTable {
     static let fileName = "namespaces"
     private(set) var byID: [UInt16: NamespaceInfo] = [:]
@@ -53,20 +57,26 @@ struct NamespaceTable {
     init(decoding bytes: [UInt8]) throws {
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let f = line.split(separator: " ")
-            guard (f.count == 8 && f[0] == "v1") || (f.count == 11 && f[0] == "v2"), let id = UInt16(f[1]), let uid = UInt32(f[3]), let gid = UInt32(f[4]),
+            guard (f.count == 8 && f[0] == "v1") || (f.count == 11 && f[0] == "v2") || (f.count == 12 && f[0] == "v3"), let id = UInt16(f[1]), let uid = UInt32(f[3]), let gid = UInt32(f[4]),
                   let mode = UInt32(f[5], radix: 8), let compression = CompressionPolicy(rawValue: String(f[6])),
                   let created = UInt64(f[7]), BlockName.isValidNamespace(String(f[2])) else {
                 throw StoreError.corruption("namespace table line '\(line)' is malformed; fix or remove the file 'namespaces'")
             }
             var ns = NamespaceInfo(id: id, name: String(f[2]), owner: uid, group: gid, mode: mode,
                                    compression: compression, createdSeconds: created)
-            if f[0] == "v2" {
+            if f[0] != "v1" {
                 guard let quota = UInt64(f[8]), let ttl = UInt64(f[9]), f[10] == "0" || f[10] == "1" else {
                     throw StoreError.corruption("namespace table line '\(line)' is malformed; fix or remove the file 'namespaces'")
                 }
                 ns.quotaBytes = quota
                 ns.ttlSeconds = ttl
                 ns.pinned = f[10] == "1"
+            }
+            if f[0] == "v3" {
+                guard let share = SharePolicy(rawValue: String(f[11])) else {
+                    throw StoreError.corruption("namespace table line '\(line)' is malformed; fix or remove the file 'namespaces'")
+                }
+                ns.share = share
             }
             insert(ns)
         }
@@ -77,10 +87,13 @@ struct NamespaceTable {
         for ns in byID.values.sorted(by: { $0.id < $1.id }) {
             let base = "\(ns.id) \(ns.name) \(ns.owner) \(ns.group) \(String(ns.mode, radix: 8)) \(ns.compression.rawValue) \(ns.createdSeconds)"
             // v1 while no policy is set, so a store without policies stays readable by older daemons.
-            if ns.quotaBytes == 0 && ns.ttlSeconds == 0 && !ns.pinned {
+            let policy = "\(ns.quotaBytes) \(ns.ttlSeconds) \(ns.pinned ? 1 : 0)"
+            if let share = ns.share {
+                text += "v3 \(base) \(policy) \(share.rawValue)\n"
+            } else if ns.quotaBytes == 0 && ns.ttlSeconds == 0 && !ns.pinned {
                 text += "v1 \(base)\n"
             } else {
-                text += "v2 \(base) \(ns.quotaBytes) \(ns.ttlSeconds) \(ns.pinned ? 1 : 0)\n"
+                text += "v2 \(base) \(policy)\n"
             }
         }
         return Array(text.utf8)

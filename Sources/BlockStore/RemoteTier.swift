@@ -21,6 +21,9 @@ public protocol RemoteTier: AnyObject, Sendable {
     func disconnect()
     /// Stores `object` (an encoded `RemoteRecord`) under `name`, replacing what was there.
     func publish(name: String, object: UnsafeRawBufferPointer) throws(RemoteTierError)
+    /// Stores several objects with all of them in flight at once (the publisher's batches); returns one
+    /// result per object, in order (nil: stored). The pointers are valid during the call only.
+    func publish(batch: [(name: String, object: UnsafeRawBufferPointer)]) -> [RemoteTierError?]
     /// The object named `name`, or nil when the pool has none.
     func fetch(name: String) throws(RemoteTierError) -> RemoteObject?
     /// Records that the object was used now (its access time for `twctl cluster gc`).
@@ -29,6 +32,27 @@ public protocol RemoteTier: AnyObject, Sendable {
     func inventory() throws(RemoteTierError) -> [RemoteObjectInfo]
     /// Removes an object; removing one that is gone is not an error.
     func remove(name: String) throws(RemoteTierError)
+}
+
+extension RemoteTier {
+    /// One object after the other; implementations that can keep several in flight replace it.
+    public func publish(batch: [(name: String, object: UnsafeRawBufferPointer)]) -> [RemoteTierError?] {
+        batch.map { item -> RemoteTierError? in
+            do throws(RemoteTierError) { try publish(name: item.name, object: item.object) } catch { return error }
+            return nil
+        }
+    }
+}
+
+/// Whether a namespace's committed blocks go to the shared tier (`twctl ns set NS --share ...`); kept
+/// in the namespace table, so it outlives the daemon.
+public enum SharePolicy: String, Sendable, CaseIterable {
+    /// Not published, and misses do not look in the pool.
+    case off
+    /// Published in the background after close returns.
+    case async
+    /// Published before close returns (one try within the timeout; on failure it is queued as `async`).
+    case sync
 }
 
 /// The bytes of a fetched object, in a page-aligned buffer (the payload of a `RemoteRecord` starts
@@ -162,5 +186,45 @@ extension AlignedBuffer {
         public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
             try withExtendedLifetime(buffer) { try body(buffer.bytes(count: count)) }
         }
+    }
+}
+
+/// The object that announces a namespace to the other nodes (docs/cluster-tier.md, "Namespaces"): a
+/// node that is asked for a namespace it does not have creates it from this object, with the same
+/// owner, mode, compression, time to live and share policy. Quota and pinning stay each node's own
+/// choice (they size its disks). One text line, ending in the XXH3-64 of what precedes it:
+/// `twn1 NAME UID GID MODE(octal) COMPRESSION TTL_SECONDS SHARE(off/async/sync/default) CHECKSUM(hex)`.
+public enum RemoteNamespace {
+    public static let objectPrefix = "twn."
+
+    public static func objectName(_ namespace: String) -> String { objectPrefix + namespace }
+
+    public static func encode(_ ns: NamespaceInfo) -> [UInt8] {
+        let body = "twn1 \(ns.name) \(ns.owner) \(ns.group) \(String(ns.mode, radix: 8)) \(ns.compression.rawValue) "
+            + "\(ns.ttlSeconds) \(ns.share?.rawValue ?? "default")"
+        let sum = Array(body.utf8).withUnsafeBytes { Checksum.xxh3($0) }
+        return Array("\(body) \(String(sum, radix: 16))\n".utf8)
+    }
+
+    /// The namespace an object describes (its `id` and creation time are the reader's to choose), or
+    /// nil when the object is damaged or describes another name.
+    public static func decode(_ object: UnsafeRawBufferPointer, expecting name: String) -> NamespaceInfo? {
+        guard object.count < 1024, object.last == UInt8(ascii: "\n") else { return nil }
+        let line = String(decoding: object.dropLast(), as: UTF8.self)
+        guard let cut = line.lastIndex(of: " ") else { return nil }
+        let body = String(line[..<cut])
+        guard let sum = UInt64(line[line.index(after: cut)...], radix: 16),
+              Array(body.utf8).withUnsafeBytes({ Checksum.xxh3($0) }) == sum else { return nil }
+        let f = body.split(separator: " ", omittingEmptySubsequences: false)
+        guard f.count == 8, f[0] == "twn1", f[1] == name, BlockName.isValidNamespace(name),
+              let uid = UInt32(f[2]), let gid = UInt32(f[3]), let mode = UInt32(f[4], radix: 8), mode <= 0o7777,
+              let compression = CompressionPolicy(rawValue: String(f[5])), let ttl = UInt64(f[6]) else { return nil }
+        let share: SharePolicy?
+        if f[7] == "default" { share = nil } else {
+            guard let s = SharePolicy(rawValue: String(f[7])) else { return nil }
+            share = s
+        }
+        return NamespaceInfo(id: 0, name: name, owner: uid, group: gid, mode: mode, compression: compression,
+                             createdSeconds: 0, ttlSeconds: ttl, share: share)
     }
 }

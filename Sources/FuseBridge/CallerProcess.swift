@@ -14,14 +14,17 @@ enum CallerProcess {
     static let openCalls: [Int: Int] = [2: 1, 257: 2]  // syscall number: index of the flags argument
     static let creatCall = 85
     static let truncateCalls: Set<Int> = [76, 77]
+    static let mkdirCalls: Set<Int> = [83, 258]
     #elseif arch(arm64)
     static let openCalls: [Int: Int] = [56: 2]
     static let creatCall = -1
     static let truncateCalls: Set<Int> = [45, 46]
+    static let mkdirCalls: Set<Int> = [34]
     #else
     static let openCalls: [Int: Int] = [:]
     static let creatCall = -1
     static let truncateCalls: Set<Int> = []
+    static let mkdirCalls: Set<Int> = []
     #endif
 
     /// The system call a thread is blocked in: its number and arguments; nil when unknown.
@@ -45,6 +48,12 @@ enum CallerProcess {
     static func isTruncating(_ tid: Int32) -> Bool {
         guard let call = currentSyscall(of: tid) else { return false }
         return truncateCalls.contains(call.number)
+    }
+
+    /// Whether the thread is in mkdir or mkdirat.
+    static func isMakingDirectory(_ tid: Int32) -> Bool {
+        guard let call = currentSyscall(of: tid) else { return false }
+        return mkdirCalls.contains(call.number)
     }
 
     /// Whether the thread's process is exiting (PF_EXITING): a close it sends now is a death, not a close.

@@ -12,7 +12,7 @@ import Glibc
 ///     compact-status                                                   its progress
 ///     compact-candidates [threshold=0.3]                               what it would rewrite
 ///     evict ns=NS [older_than=SECONDS]                                 remove a namespace's blocks
-///     ns-set ns=NS [quota=BYTES] [ttl=SECONDS] [pinned=0|1] [compression=off|lz4|auto] [share=off|async|sync]
+///     ns-set ns=NS [quota=BYTES] [ttl=SECONDS] [pinned=0|1] [compression=off|lz4|auto] [share=off|async|sync|default]
 ///     ns-list
 ///     cluster-gc target=BYTES                                          shrink the shared pool (LRU)
 final class CommandHandle: Handle, @unchecked Sendable {
@@ -159,13 +159,12 @@ extension WarehouseFileSystem {
                 guard let policy = CompressionPolicy(rawValue: c) else { return Self.error("compression is off, lz4 or auto") }
                 compression = policy
             }
-            var share: SharePolicy? = nil
+            // share=default: back to the daemon's --share.
+            var share: SharePolicy?? = nil
             if let v = args["share"] {
-                guard let remote else { return Self.error("share needs a mount with --cluster") }
-                guard let policy = SharePolicy(rawValue: v) else { return Self.error("share is off, async or sync") }
-                guard store.namespace(named: ns) != nil else { return Self.error("no namespace \(ns)") }
-                share = policy
-                remote.setPolicy(policy, of: ns)
+                guard remote != nil else { return Self.error("share needs a mount with --cluster") }
+                guard v == "default" || SharePolicy(rawValue: v) != nil else { return Self.error("share is off, async, sync or default") }
+                share = .some(SharePolicy(rawValue: v))
             }
             do {
                 let info = try store.updateNamespace(ns) { n in
@@ -173,8 +172,10 @@ extension WarehouseFileSystem {
                     if let ttl { n.ttlSeconds = ttl }
                     if let pinned { n.pinned = pinned }
                     if let compression { n.compression = compression }
+                    if let share { n.share = share }
                 }
-                return "{\"namespace\": \(namespaceJSON(info))" + (share.map { ", \"share\": \(jsonString($0.rawValue))" } ?? "") + "}"
+                remote?.namespaceChanged(info)
+                return "{\"namespace\": \(namespaceJSON(info))}"
             } catch StoreError.notFound {
                 return Self.error("no namespace \(ns)")
             } catch {
@@ -196,7 +197,8 @@ extension WarehouseFileSystem {
         return "{\"name\": \(jsonString(ns.name)), \"owner\": \(ns.owner), \"group\": \(ns.group), \"mode\": \"\(String(ns.mode, radix: 8))\", "
             + "\"blocks\": \(u.blocks), \"logical_bytes\": \(u.logicalBytes), \"stored_bytes\": \(u.storedBytes), "
             + "\"quota_bytes\": \(ns.quotaBytes), \"ttl_seconds\": \(ns.ttlSeconds), \"pinned\": \(ns.pinned), "
-            + "\"compression\": \(jsonString(ns.compression.rawValue))}"
+            + "\"compression\": \(jsonString(ns.compression.rawValue)), "
+            + "\"share\": \(jsonString(remote.map { $0.policy(of: ns).rawValue } ?? "off")), \"share_set\": \(ns.share.map { jsonString($0.rawValue) } ?? "null")}"
     }
 
     static func error(_ message: String) -> String { "{\"error\": \(jsonString(message))}" }

@@ -5,25 +5,25 @@ import Platform
 import Glibc
 #endif
 
-/// Whether a namespace's committed blocks go to the shared tier (`.tw/ctl`: `ns-set ns=NS share=...`).
-public enum SharePolicy: String, Sendable, CaseIterable {
-    /// Not published, and misses do not look in the pool.
-    case off
-    /// Published in the background after close returns.
-    case async
-    /// Published before close returns (one try within the timeout; on failure it is queued as `async`).
-    case sync
-}
-
 /// Settings of the shared tier (`twfs --cluster CONF --pool POOL`).
 public struct RemoteSettings: Sendable {
-    /// Blocks waiting to be published; a commit that finds the queue full is not shared (counted).
+    /// Blocks waiting to be published. A commit that finds the queue full waits for room up to
+    /// `backpressureSeconds` while the cluster answers (writers that outrun it slow down to its pace),
+    /// then is not shared (counted as dropped); while the cluster is away it is dropped at once.
     public var queueCapacity = 4096
-    /// How long a name the pool did not have answers ENOENT without asking again.
-    public var negativeSeconds = 2.0
+    public var backpressureSeconds = 0.1
+    /// How long a name the pool did not have answers ENOENT without asking again. Short: another node
+    /// may publish the block any moment, and a miss answered from here recomputes it (a lookup that
+    /// asks again costs one round trip). Only demand lookups set it, not prefetch hints, which run ahead
+    /// of the writer that is about to publish.
+    public var negativeSeconds = 0.5
+    /// Objects the publisher keeps in flight at once.
+    public var publishBatch = 8
     /// After a call timed out or the connection failed, misses answer at once for this long instead
     /// of each waiting for the timeout; the publisher keeps retrying and ends it when a call works.
     public var backoffSeconds = 1.0
+    /// Longest a fetch waits for another fetch of the same block (each returns within the tier's timeout).
+    public var singleFlightWaitSeconds = 10.0
     /// Access times in the pool are refreshed at most this often per object (`twctl cluster gc`).
     public var touchIntervalSeconds: UInt64 = 3600
     /// The policy of namespaces `ns-set` did not set.
@@ -57,8 +57,11 @@ public final class RemoteSharing: @unchecked Sendable {
     public let settings: RemoteSettings
 
     enum Job {
-        case publish(namespace: String, key: String)
+        /// `queued`: monotonic nanoseconds when the commit queued it (the publish lag).
+        case publish(namespace: String, key: String, queued: UInt64)
         case touch(name: String, seconds: UInt64)
+        /// The namespace's descriptor (`RemoteNamespace`), so other nodes can create it.
+        case namespace(String)
     }
 
     struct Statistics {
@@ -67,15 +70,24 @@ public final class RemoteSharing: @unchecked Sendable {
         var publishedBytes: UInt64 = 0
         var publishFailures = 0
         var dropped = 0
+        /// Commits that found the queue full and waited for room.
+        var backpressureWaits = 0
         var syncPublished = 0
         var fetched = 0
         var fetchedBytes: UInt64 = 0
         var misses = 0
         var negativeHits = 0
+        /// Fetches that found another fetch of the same block in flight and took its result.
+        var joinedFetches = 0
         var fetchFailures = 0
         var skippedUnavailable = 0
         var corrupt = 0
         var touches = 0
+        var namespacesPublished = 0
+        var namespacesImported = 0
+        /// Publish lags (commit to object stored) of the last `lagWindow` published blocks, nanoseconds.
+        var lags: [UInt64] = []
+        var lagNext = 0
         var connects = 0
         var connectFailures = 0
         var lastError: String?
@@ -84,8 +96,10 @@ public final class RemoteSharing: @unchecked Sendable {
     struct State {
         var queue: [Job] = []
         var head = 0
-        var policies: [String: SharePolicy] = [:]
         var negative: [BlockKey: UInt64] = [:]
+        /// Blocks a fetch is bringing in now: a second fetch of one waits for it (single flight).
+        var fetching: Set<BlockKey> = []
+        var negativeNamespaces: [String: UInt64] = [:]
         var touched: [BlockKey: UInt64] = [:]
         var unavailableUntil: UInt64 = 0
         var consecutiveFailures = 0
@@ -121,14 +135,63 @@ public final class RemoteSharing: @unchecked Sendable {
         tier.disconnect()
     }
 
-    // MARK: Policy
+    // MARK: Policy and namespaces
 
+    /// The namespace's own policy (the namespace table), else the daemon's default.
     public func policy(of namespace: String) -> SharePolicy {
-        lock.withLock { state.policies[namespace] ?? settings.defaultPolicy }
+        store.namespace(named: namespace).map(policy(of:)) ?? settings.defaultPolicy
     }
 
-    func setPolicy(_ policy: SharePolicy, of namespace: String) {
-        lock.withLock { state.policies[namespace] = policy }
+    public func policy(of ns: NamespaceInfo) -> SharePolicy { ns.share ?? settings.defaultPolicy }
+
+    /// After a namespace was created or its policy changed: announces it to the other nodes, unless it
+    /// is not shared.
+    func namespaceChanged(_ ns: NamespaceInfo) {
+        if policy(of: ns) != .off { enqueue(.namespace(ns.name)) }
+    }
+
+    /// A namespace this node does not have, created from the pool's descriptor when another node
+    /// announced it; nil when the pool has none (or the cluster is away). Returns within the timeout.
+    func importNamespace(_ name: String) -> NamespaceInfo? {
+        let now = monotonicNanoseconds()
+        let skip = lock.withLock { () -> Bool in
+            if let until = state.negativeNamespaces[name], until > now { return true }
+            state.negativeNamespaces[name] = nil
+            return state.unavailableUntil > now || !tier.isConnected
+        }
+        if skip { return nil }
+        let object: RemoteObject?
+        do { object = try tier.fetch(name: RemoteNamespace.objectName(name)) } catch {
+            lock.withLock {
+                state.stats.fetchFailures += 1
+                noteFailure(error)
+            }
+            return nil
+        }
+        guard let described = object.flatMap({ o in o.withBytes { RemoteNamespace.decode($0, expecting: name) } }) else {
+            if object != nil { log("twfs: refused the descriptor of namespace \(name) in \(tier.location): damaged") }
+            lock.withLock {
+                if state.negativeNamespaces.count > 4096 { state.negativeNamespaces.removeAll() }
+                state.negativeNamespaces[name] = now + UInt64(settings.negativeSeconds * 1e9)
+            }
+            return nil
+        }
+        do {
+            _ = try store.createNamespace(name, owner: described.owner, group: described.group, mode: described.mode,
+                                          compression: described.compression)
+            let ns = try store.updateNamespace(name) { n in
+                n.ttlSeconds = described.ttlSeconds
+                n.share = described.share
+            }
+            lock.withLock { state.stats.namespacesImported += 1 }
+            log("twfs: created namespace \(name) from \(tier.location)")
+            return ns
+        } catch StoreError.alreadyExists {
+            return store.namespace(named: name)   // created meanwhile by another request
+        } catch {
+            log("twfs: creating namespace \(name) from \(tier.location) failed: \(error)")
+            return nil
+        }
     }
 
     // MARK: Write path
@@ -139,7 +202,7 @@ public final class RemoteSharing: @unchecked Sendable {
     func committed(namespace: String, key: String, payload: UnsafeRawBufferPointer, metadata: BlockMetadata, checksum: UInt64?) {
         switch policy(of: namespace) {
         case .off: return
-        case .async: enqueue(.publish(namespace: namespace, key: key))
+        case .async: enqueue(.publish(namespace: namespace, key: key, queued: monotonicNanoseconds()), holdWriter: true)
         case .sync:
             let commit = store.locate(namespace: namespace, key: key).map { UInt64($0.commitSeconds) * 1_000_000_000 } ?? wallClockNanoseconds()
             let object = RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
@@ -147,24 +210,33 @@ public final class RemoteSharing: @unchecked Sendable {
             do {
                 try object.withBytes { try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: $0) }
                 lock.withLock {
-                    state.stats.published += 1
                     state.stats.syncPublished += 1
-                    state.stats.publishedBytes += UInt64(object.count)
-                    noteSuccess()
+                    notePublished(bytes: object.count, lag: 0)
                 }
             } catch {
                 lock.withLock {
                     state.stats.publishFailures += 1
                     noteFailure(error)
                 }
-                enqueue(.publish(namespace: namespace, key: key))
+                enqueue(.publish(namespace: namespace, key: key, queued: monotonicNanoseconds()))
             }
         }
     }
 
-    /// Queues a job; a full queue drops it (back-pressure on the writers would stall commits on the cluster).
-    func enqueue(_ job: Job) {
+    /// Queues a job. A full queue holds a committing writer (`holdWriter`) up to `backpressureSeconds`
+    /// while the cluster is answering, then drops the job: commits never wait for a cluster that is
+    /// down, and reads (touches) and the publisher itself (announcements) never wait at all.
+    func enqueue(_ job: Job, holdWriter: Bool = false) {
         lock.withLock {
+            if state.pending >= settings.queueCapacity && holdWriter {
+                let deadline = monotonicNanoseconds() + UInt64(settings.backpressureSeconds * 1e9)
+                state.stats.backpressureWaits += 1
+                while state.pending >= settings.queueCapacity && !state.stopping {
+                    let now = monotonicNanoseconds()
+                    guard now < deadline, state.unavailableUntil <= now, tier.isConnected else { break }
+                    lock.wait(nanoseconds: deadline - now)
+                }
+            }
             if state.pending >= settings.queueCapacity {
                 state.stats.dropped += 1
                 return
@@ -179,7 +251,9 @@ public final class RemoteSharing: @unchecked Sendable {
 
     /// Looks for a block the store does not have in the pool; stores it locally when found and sound.
     /// Returns within the tier's timeout.
-    func fetch(namespace: String, key: String) -> RemoteFetch {
+    ///
+    /// - Parameter rememberAbsence: whether a miss enters the negative cache (demand lookups; not hints).
+    func fetch(namespace: String, key: String, rememberAbsence: Bool = true) -> RemoteFetch {
         if policy(of: namespace) == .off { return .absent }
         let blockKey = BlockKey(namespace: namespace, key: key)
         let now = monotonicNanoseconds()
@@ -198,6 +272,35 @@ public final class RemoteSharing: @unchecked Sendable {
             return nil
         }
         if let skip { return skip }
+        // Single flight: a prefetch hint and the engine's read often ask for the same block at once.
+        // The second must not answer "absent" while the first is storing it (the store refuses a second
+        // writer of a name in flight): it waits for the first and takes what it found.
+        let deadline = now + UInt64(settings.singleFlightWaitSeconds * 1e9)
+        let (mine, waited) = lock.withLock { () -> (Bool, Bool) in
+            var waited = false
+            while state.fetching.contains(blockKey) {
+                waited = true
+                let t = monotonicNanoseconds()
+                guard t < deadline else { return (false, true) }
+                lock.wait(nanoseconds: deadline - t)
+            }
+            state.fetching.insert(blockKey)
+            return (true, waited)
+        }
+        guard mine else { return .unavailable }
+        defer {
+            lock.withLock {
+                state.fetching.remove(blockKey)
+                lock.broadcast()
+            }
+        }
+        if waited {
+            if store.locate(namespace: namespace, key: key) != nil {
+                lock.withLock { state.stats.joinedFetches += 1 }
+                return .stored
+            }
+            if lock.withLock({ state.negative[blockKey].map { $0 > monotonicNanoseconds() } ?? false }) { return .absent }
+        }
         let name = RemoteRecord.objectName(blockKey)
         let object: RemoteObject?
         do {
@@ -212,7 +315,7 @@ public final class RemoteSharing: @unchecked Sendable {
         guard let object else {
             lock.withLock {
                 state.stats.misses += 1
-                remember(absent: blockKey, now: now)
+                if rememberAbsence { remember(absent: blockKey, now: now) }
                 noteSuccess()
             }
             return .absent
@@ -264,6 +367,17 @@ public final class RemoteSharing: @unchecked Sendable {
         state.negative[key] = now + UInt64(settings.negativeSeconds * 1e9)
     }
 
+    static let lagWindow = 4096
+
+    /// Call with `lock` held.
+    private func notePublished(bytes: Int, lag: UInt64) {
+        state.stats.published += 1
+        state.stats.publishedBytes += UInt64(bytes)
+        if state.stats.lags.count < Self.lagWindow { state.stats.lags.append(lag) } else { state.stats.lags[state.stats.lagNext] = lag }
+        state.stats.lagNext = (state.stats.lagNext + 1) % Self.lagWindow
+        noteSuccess()
+    }
+
     /// Call with `lock` held.
     private func noteSuccess() {
         state.consecutiveFailures = 0
@@ -297,6 +411,9 @@ public final class RemoteSharing: @unchecked Sendable {
                         state.stats.connects += 1
                         noteSuccess()
                     }
+                    // Announce the shared namespaces (again: the pool may be new, or they were created
+                    // while the cluster was away).
+                    for ns in store.namespaces() { namespaceChanged(ns) }
                 } catch {
                     lock.withLock {
                         state.stats.connectFailures += 1
@@ -306,56 +423,79 @@ public final class RemoteSharing: @unchecked Sendable {
                     continue
                 }
             }
-            let job = lock.withLock { () -> Job? in
+            // Up to `publishBatch` jobs at once, so that many objects are in flight.
+            let jobs = lock.withLock { () -> [Job] in
                 if state.pending == 0 && !state.stopping { lock.wait(nanoseconds: 1_000_000_000) }
-                guard state.pending > 0, !state.stopping else { return nil }
-                let job = state.queue[state.head]
-                state.head += 1
+                guard state.pending > 0, !state.stopping else { return [] }
+                let n = min(state.pending, max(1, settings.publishBatch))
+                let jobs = Array(state.queue[state.head..<(state.head + n)])
+                state.head += n
+                lock.broadcast()   // room for writers held by a full queue
                 if state.head >= 1024 && state.head * 2 >= state.queue.count {
                     state.queue.removeFirst(state.head)
                     state.head = 0
                 }
-                return job
+                return jobs
             }
-            guard let job else { continue }
-            do {
-                try perform(job)
-            } catch {
-                let retry = (error as? RemoteTierError).map { if case .unavailable = $0 { true } else { false } } ?? false
-                lock.withLock {
+            if jobs.isEmpty { continue }
+            let failures = perform(jobs)
+            guard !failures.isEmpty else { continue }
+            lock.withLock {
+                var retry: [Job] = []
+                for (job, error) in failures {
                     if case .publish = job { state.stats.publishFailures += 1 }
                     noteFailure(error)
                     // Kept for when the cluster is back (front of the queue: order is kept).
-                    if retry {
-                        if state.head > 0 { state.head -= 1; state.queue[state.head] = job } else { state.queue.insert(job, at: 0) }
-                        if !state.stopping { lock.wait(nanoseconds: UInt64(settings.backoffSeconds * 1e9)) }
-                    }
+                    if case .unavailable = error { retry.append(job) }
+                }
+                if !retry.isEmpty {
+                    state.queue.replaceSubrange(state.head..<state.head, with: retry)
+                    if !state.stopping { lock.wait(nanoseconds: UInt64(settings.backoffSeconds * 1e9)) }
                 }
             }
         }
     }
 
-    private func perform(_ job: Job) throws {
-        switch job {
-        case .touch(let name, let seconds):
-            try tier.touch(name: name, seconds: seconds)
-            lock.withLock { state.stats.touches += 1 }
-        case .publish(let namespace, let key):
-            // Gone meanwhile (removed, evicted): nothing to share.
-            guard let located = store.locate(namespace: namespace, key: key),
-                  let data = try? store.read(located),
-                  let metadata = try? store.metadata(namespace: namespace, key: key) else { return }
-            let object = data.withBytes { payload in
-                RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
-                                    commitNanoseconds: UInt64(located.commitSeconds) * 1_000_000_000, payloadChecksum: data.checksum)
-            }
-            try object.withBytes { try tier.publish(name: RemoteRecord.objectName(namespace: namespace, key: key), object: $0) }
-            lock.withLock {
-                state.stats.published += 1
-                state.stats.publishedBytes += UInt64(object.count)
-                noteSuccess()
+    /// Performs jobs; returns those that failed, with why.
+    private func perform(_ jobs: [Job]) -> [(Job, RemoteTierError)] {
+        var failures: [(Job, RemoteTierError)] = []
+        var batch: [(job: Job, name: String, object: AlignedBuffer.Filled, queued: UInt64)] = []
+        for job in jobs {
+            switch job {
+            case .touch(let name, let seconds):
+                do throws(RemoteTierError) {
+                    try tier.touch(name: name, seconds: seconds)
+                    lock.withLock { state.stats.touches += 1 }
+                } catch { failures.append((job, error)) }
+            case .namespace(let name):
+                // Gone or no longer shared meanwhile: nothing to announce.
+                guard let ns = store.namespace(named: name), policy(of: ns) != .off else { continue }
+                let failure = RemoteNamespace.encode(ns).withUnsafeBytes { tier.publish(batch: [(RemoteNamespace.objectName(name), $0)])[0] }
+                if let failure { failures.append((job, failure)) } else { lock.withLock { state.stats.namespacesPublished += 1 } }
+            case .publish(let namespace, let key, let queued):
+                // Gone meanwhile (removed, evicted): nothing to share.
+                guard let located = store.locate(namespace: namespace, key: key),
+                      let data = try? store.read(located),
+                      let metadata = try? store.metadata(namespace: namespace, key: key) else { continue }
+                let object = data.withBytes { payload in
+                    RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
+                                        commitNanoseconds: UInt64(located.commitSeconds) * 1_000_000_000, payloadChecksum: data.checksum)
+                }
+                batch.append((job, RemoteRecord.objectName(namespace: namespace, key: key), object, queued))
             }
         }
+        guard !batch.isEmpty else { return failures }
+        let results = withExtendedLifetime(batch) {
+            tier.publish(batch: batch.map { ($0.name, $0.object.buffer.bytes(count: $0.object.count)) })
+        }
+        let now = monotonicNanoseconds()
+        lock.withLock {
+            for (item, error) in zip(batch, results) where error == nil {
+                notePublished(bytes: item.object.count, lag: now > item.queued ? now - item.queued : 0)
+            }
+        }
+        for (item, error) in zip(batch, results) { if let error { failures.append((item.job, error)) } }
+        return failures
     }
 
     // MARK: Capacity
@@ -395,25 +535,35 @@ public final class RemoteSharing: @unchecked Sendable {
         var connected: Bool
         var depth: Int
         var stats: Statistics
-        var policies: [String: SharePolicy]
+        /// Publish lag over the last published blocks, milliseconds: median, 99th percentile, largest.
+        var lagMilliseconds: (p50: Double, p99: Double, max: Double)
     }
 
     func snapshot() -> Snapshot {
         let connected = tier.isConnected
-        return lock.withLock { Snapshot(connected: connected, depth: state.pending, stats: state.stats, policies: state.policies) }
+        var s = lock.withLock { Snapshot(connected: connected, depth: state.pending, stats: state.stats, lagMilliseconds: (0, 0, 0)) }
+        let lags = s.stats.lags.sorted()
+        if !lags.isEmpty {
+            func at(_ p: Double) -> Double { Double(lags[min(lags.count - 1, Int(p * Double(lags.count)))]) / 1e6 }
+            s.lagMilliseconds = (at(0.5), at(0.99), Double(lags.last!) / 1e6)
+        }
+        s.stats.lags = []
+        return s
     }
 
     /// The "remote" object of `.tw/status`.
     func json() -> String {
         let s = snapshot()
         let t = s.stats
-        let policies = s.policies.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)): \(jsonString($0.value.rawValue))" }
+        let policies = store.namespaces().map { "\(jsonString($0.name)): \(jsonString(policy(of: $0).rawValue))" }
         return "{\"enabled\": true, \"location\": \(jsonString(tier.location)), \"connected\": \(s.connected), "
             + "\"queue_depth\": \(s.depth), \"queue_capacity\": \(settings.queueCapacity), \"queued\": \(t.queued), "
             + "\"published\": \(t.published), \"published_bytes\": \(t.publishedBytes), \"sync_published\": \(t.syncPublished), "
-            + "\"publish_failures\": \(t.publishFailures), \"dropped\": \(t.dropped), "
+            + "\"publish_failures\": \(t.publishFailures), \"dropped\": \(t.dropped), \"backpressure_waits\": \(t.backpressureWaits), "
+            + "\"publish_lag_ms\": {\"p50\": \(s.lagMilliseconds.p50), \"p99\": \(s.lagMilliseconds.p99), \"max\": \(s.lagMilliseconds.max)}, "
+            + "\"namespaces_published\": \(t.namespacesPublished), \"namespaces_imported\": \(t.namespacesImported), "
             + "\"fetched\": \(t.fetched), \"fetched_bytes\": \(t.fetchedBytes), \"misses\": \(t.misses), "
-            + "\"negative_hits\": \(t.negativeHits), \"fetch_failures\": \(t.fetchFailures), "
+            + "\"negative_hits\": \(t.negativeHits), \"joined_fetches\": \(t.joinedFetches), \"fetch_failures\": \(t.fetchFailures), "
             + "\"skipped_unavailable\": \(t.skippedUnavailable), \"corrupt\": \(t.corrupt), \"touches\": \(t.touches), "
             + "\"failed\": \(t.publishFailures + t.fetchFailures + t.corrupt), "
             + "\"connects\": \(t.connects), \"connect_failures\": \(t.connectFailures), "
@@ -433,6 +583,8 @@ public final class RemoteSharing: @unchecked Sendable {
         metric("tw_remote_queue_depth", "gauge", "Blocks waiting to be published to the shared tier", Double(s.depth))
         metric("tw_remote_published_total", "counter", "Blocks published to the shared tier", Double(t.published))
         metric("tw_remote_published_bytes_total", "counter", "Bytes of objects published to the shared tier", Double(t.publishedBytes))
+        metric("tw_remote_publish_lag_p99_seconds", "gauge", "99th percentile of commit-to-published time over the last 4096 blocks",
+               s.lagMilliseconds.p99 / 1000)
         metric("tw_remote_dropped_total", "counter", "Commits not shared because the publish queue was full", Double(t.dropped))
         metric("tw_remote_fetched_total", "counter", "Local misses served from the shared tier", Double(t.fetched))
         metric("tw_remote_fetched_bytes_total", "counter", "Bytes of objects fetched from the shared tier", Double(t.fetchedBytes))

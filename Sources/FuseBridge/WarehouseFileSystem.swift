@@ -74,7 +74,7 @@ public final class WarehouseFileSystem: Sendable {
         var fetch: (@Sendable (String, String) -> Bool)? = nil
         if let remote {
             fetch = { ns, key in
-                if case .stored = remote.fetch(namespace: ns, key: key) { return true }
+                if case .stored = remote.fetch(namespace: ns, key: key, rememberAbsence: false) { return true }
                 return false
             }
         }
@@ -213,8 +213,14 @@ public final class WarehouseFileSystem: Sendable {
         switch InodeNumber.kind(parent) {
         case .root:
             if text == ".tw" { return entry(for: InodeNumber.controlDirectory, timeout: settings.entryTimeout) }
-            guard let ns = store.namespace(named: text) else { return .failure(Errno(ENOENT)) }
-            return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+            if let ns = store.namespace(named: text) { return entry(for: InodeNumber.namespace(ns.id), timeout: 1) }
+            // A namespace another node announced is created here on first use, unless the caller is
+            // creating it itself (mkdir looks the name up first).
+            if let remote, BlockName.isValidNamespace(text), !CallerProcess.isMakingDirectory(caller.pid),
+               let ns = remote.importNamespace(text) {
+                return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+            }
+            return .failure(Errno(ENOENT))
         case .controlDirectory:
             guard let f = ControlFile(rawValue: text) else { return .failure(Errno(ENOENT)) }
             return .success(Entry(attributes: fileAttributes(ino: f.ino, size: 0, stored: 0, seconds: startedSeconds, ns: nil, mode: f.mode),
@@ -349,6 +355,7 @@ public final class WarehouseFileSystem: Sendable {
             if name.count > 255 { return .failure(Errno(ENAMETOOLONG)) }
             do {
                 let ns = try store.createNamespace(text, owner: caller.uid, group: caller.gid, mode: mode & 0o7777)
+                remote?.namespaceChanged(ns)
                 return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
             } catch {
                 return .failure(Errno(error))
@@ -779,11 +786,12 @@ public final class WarehouseFileSystem: Sendable {
         case .namespace(let id):
             guard let ns = store.namespace(id: id) else { return .failure(Errno(ENOENT)) }
             do {
-                _ = try store.updateNamespace(ns.name) { n in
+                let changed = try store.updateNamespace(ns.name) { n in
                     if let mode { n.mode = mode & 0o7777 }
                     if let uid { n.owner = uid }
                     if let gid { n.group = gid }
                 }
+                remote?.namespaceChanged(changed)
             } catch { return .failure(Errno(error)) }
             return attributes(of: ino)
         case .file:
@@ -953,7 +961,7 @@ public final class WarehouseFileSystem: Sendable {
             guard let policy = remove ? .off : CompressionPolicy(rawValue: String(decoding: value, as: UTF8.self)) else {
                 return .failure(Errno(EINVAL))
             }
-            do { _ = try store.updateNamespace(ns.name) { $0.compression = policy } } catch { return .failure(Errno(error)) }
+            do { remote?.namespaceChanged(try store.updateNamespace(ns.name) { $0.compression = policy }) } catch { return .failure(Errno(error)) }
             return .success(())
         }
         guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOTSUP)) }

@@ -93,6 +93,55 @@ public final class RadosTier: RemoteTier {
         if rc < 0 { throw Self.error(rc, "writing \(name) to \(location)") }
     }
 
+    /// All objects of the batch in flight at once (asynchronous operations, then a wait for each):
+    /// one object at a time leaves the OSDs idle between round trips. Objects too large for one
+    /// operation go through `publish(name:object:)`.
+    public func publish(batch: [(name: String, object: UnsafeRawBufferPointer)]) -> [RemoteTierError?] {
+        let c: Connection
+        do { c = try open() } catch { return batch.map { _ in error } }
+        let seconds = Array(String(wallClockNanoseconds() / 1_000_000_000).utf8CString.dropLast())
+        var results = [RemoteTierError?](repeating: nil, count: batch.count)
+        var inFlight: [(index: Int, op: rados_write_op_t, completion: rados_completion_t)] = []
+        for (i, item) in batch.enumerated() {
+            if item.object.count > Self.writePieceSize {
+                do { try publish(name: item.name, object: item.object) } catch { results[i] = error }
+                continue
+            }
+            var completion: rados_completion_t? = nil
+            var rc = rados_aio_create_completion2(nil, nil, &completion)
+            guard rc == 0, let completion else {
+                results[i] = Self.error(rc == 0 ? -ENOMEM : rc, "starting a write of \(item.name)")
+                continue
+            }
+            guard let op = rados_create_write_op() else {
+                rados_aio_release(completion)
+                results[i] = Self.error(-ENOMEM, "starting a write of \(item.name)")
+                continue
+            }
+            rados_write_op_write_full(op, item.object.baseAddress?.assumingMemoryBound(to: CChar.self), item.object.count)
+            seconds.withUnsafeBufferPointer { rados_write_op_setxattr(op, RemoteRecord.accessAttribute, $0.baseAddress, $0.count) }
+            // FULL_TRY as in publish(name:object:).
+            rc = rados_aio_write_op_operate(op, c.io, completion, item.name, nil, Int32(LIBRADOS_OPERATION_FULL_TRY))
+            if rc < 0 {
+                rados_release_write_op(op)
+                rados_aio_release(completion)
+                results[i] = Self.error(rc, "writing \(item.name) to \(location)")
+                continue
+            }
+            inFlight.append((i, op, completion))
+        }
+        // Every operation ends within rados_osd_op_timeout; the objects' bytes must outlive them all.
+        for f in inFlight {
+            rados_aio_wait_for_complete(f.completion)
+            let rc = rados_aio_get_return_value(f.completion)
+            if rc < 0 { results[f.index] = Self.error(rc, "writing \(batch[f.index].name) to \(location)") }
+            rados_aio_release(f.completion)
+            rados_release_write_op(f.op)
+        }
+        withExtendedLifetime(c) {}
+        return results
+    }
+
     public func fetch(name: String) throws(RemoteTierError) -> RemoteObject? {
         let c = try open()
         var buffer = AlignedBuffer(capacity: Self.firstReadSize)

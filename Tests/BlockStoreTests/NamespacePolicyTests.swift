@@ -46,6 +46,40 @@ import Glibc
         try store.close()
     }
 
+    @Test func sharePolicySurvivesARestartAndOlderLinesStayReadable() throws {
+        let device = VolatileStorageDevice()
+        var store = try makeStore(device, sync: .always)
+        try ensureNamespace(store, "shared")
+        try ensureNamespace(store, "private")
+        try ensureNamespace(store, "plain")
+        _ = try store.updateNamespace("shared") { $0.share = .sync; $0.quotaBytes = 1 << 20 }
+        _ = try store.updateNamespace("private") { $0.share = .off }
+        try store.close()
+        let table = String(decoding: try #require(try device.readWhole(NamespaceTable.fileName)), as: UTF8.self)
+        // Only namespaces that set a policy use the newer line; the others stay readable by older daemons.
+        #expect(table.split(separator: "\n").filter { $0.hasPrefix("v3 ") }.count == 2)
+        #expect(table.split(separator: "\n").contains { $0.hasPrefix("v1 ") && $0.contains(" plain ") })
+        store = try makeStore(device, sync: .always)
+        #expect(store.namespace(named: "shared")?.share == .sync)
+        #expect(store.namespace(named: "shared")?.quotaBytes == 1 << 20)
+        #expect(store.namespace(named: "private")?.share == .off)
+        #expect(store.namespace(named: "plain")?.share == nil)
+        _ = try store.updateNamespace("shared") { $0.share = nil }
+        try store.close()
+        store = try makeStore(device, sync: .always)
+        #expect(store.namespace(named: "shared")?.share == nil)
+        try store.close()
+    }
+
+    @Test func aMalformedShareFieldIsReportedNotGuessed() throws {
+        do {
+            _ = try NamespaceTable(decoding: Array("v3 1 kv 0 0 755 off 1 0 0 0 sometimes\n".utf8))
+            Issue.record("a share policy 'sometimes' was accepted")
+        } catch let e as StoreError {
+            #expect("\(e)".contains("namespaces"))
+        }
+    }
+
     @Test func blocksPastTheirTimeToLiveReadAsMissingAndAreRemoved() throws {
         let store = try makeStore(VolatileStorageDevice(), sync: .none)
         try ensureNamespace(store, "t")

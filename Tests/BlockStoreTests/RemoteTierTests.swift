@@ -59,4 +59,32 @@ import Testing
     @Test func objectOfAnotherNameIsRefused() {
         #expect(throws: StoreError.self) { try verify(object(), key: "0a1b2c3d4e5f6072") }
     }
+
+    @Test func namespaceDescriptorRoundTripsWithoutNodeLocalPolicy() throws {
+        let ns = NamespaceInfo(id: 7, name: "llama-70b.tp8", owner: 1000, group: 100, mode: 0o750, compression: .lz4,
+                               createdSeconds: 5, quotaBytes: 1 << 30, ttlSeconds: 86400, pinned: true, share: .sync)
+        let bytes = RemoteNamespace.encode(ns)
+        let back = try #require(bytes.withUnsafeBytes { RemoteNamespace.decode($0, expecting: "llama-70b.tp8") })
+        #expect(back.owner == 1000 && back.group == 100 && back.mode == 0o750 && back.compression == .lz4)
+        #expect(back.ttlSeconds == 86400 && back.share == .sync)
+        // Quota and pinning size one node's disks: each node keeps its own.
+        #expect(back.quotaBytes == 0 && !back.pinned)
+        var plain = ns
+        plain.share = nil
+        let d = try #require(RemoteNamespace.encode(plain).withUnsafeBytes { RemoteNamespace.decode($0, expecting: ns.name) })
+        #expect(d.share == nil)
+        #expect(RemoteNamespace.objectName("kv") == "twn.kv")
+    }
+
+    @Test func damagedOrMisnamedNamespaceDescriptorIsRefused() {
+        let ns = NamespaceInfo(id: 1, name: "kv", owner: 0, group: 0, mode: 0o755, createdSeconds: 0)
+        let bytes = RemoteNamespace.encode(ns)
+        #expect(bytes.withUnsafeBytes { RemoteNamespace.decode($0, expecting: "other") } == nil)
+        for i in 0..<(bytes.count - 1) {
+            var damaged = bytes
+            damaged[i] ^= 0x01
+            #expect(damaged.withUnsafeBytes { RemoteNamespace.decode($0, expecting: "kv") } == nil, "flip at \(i)")
+        }
+        #expect(Array(bytes.dropLast()).withUnsafeBytes { RemoteNamespace.decode($0, expecting: "kv") } == nil)
+    }
 }

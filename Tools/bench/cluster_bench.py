@@ -143,7 +143,10 @@ def main() -> int:
                                             check=True, capture_output=True, text=True).stdout)
             one = json.loads(subprocess.run([twctl, "replay", str(c_mount), args.trace, *common],
                                             check=True, capture_output=True, text=True).stdout)
-            result["replay"] = {"trace": args.trace, "args": args.replay_args, "two_nodes": two, "one_node": one}
+            keep = ("published", "fetched", "misses", "negative_hits", "dropped", "publish_failures", "publish_lag_ms")
+            remote_figures = {n: {k: node.remote().get(k) for k in keep} for n, node in (("a", a), ("b", b))}
+            result["replay"] = {"trace": args.trace, "args": args.replay_args, "two_nodes": two, "one_node": one,
+                                "remote": remote_figures}
         c.terminate()
         c.wait(timeout=20)
         lazy_unmount(c_mount)
@@ -167,6 +170,8 @@ def main() -> int:
         print(f"  two nodes, alternate requests: prefix hit ratio {two['prefix_hit_ratio']:.4f}, DRAM share {two['dram_hit_share']:.3f}, errors {two['errors']}")
         print(f"  one node (no cluster):         prefix hit ratio {one['prefix_hit_ratio']:.4f}, DRAM share {one['dram_hit_share']:.3f}, errors {one['errors']}")
         print(f"  ratio {two['prefix_hit_ratio'] / max(one['prefix_hit_ratio'], 1e-9):.4f} (ideal {one['ideal_hit_ratio']:.4f})")
+        for n, figures in result["replay"]["remote"].items():
+            print(f"  node {n.upper()}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -149,6 +149,8 @@ struct Namespace: ParsableCommand {
         @Option(help: "Time to live of its blocks (e.g. 30m, 24h, 7d), or none.") var ttl: String?
         @Flag(inversion: .prefixedNo, help: "Keep its blocks through eviction while within the quota.") var pin: Bool?
         @Option(help: "Compression of blocks written from now on: off, lz4 or auto.") var compression: String?
+        @Option(help: "Sharing through the cluster tier (mounts with --cluster): off, async, sync, or default (twfs --share).")
+        var share: String?
 
         func command(_ namespace: String) throws -> String? {
             var parts: [String] = []
@@ -169,6 +171,10 @@ struct Namespace: ParsableCommand {
                 guard ["off", "lz4", "auto"].contains(compression) else { throw failure("--compression: '\(compression)' is not off, lz4 or auto") }
                 parts.append("compression=\(compression)")
             }
+            if let share {
+                guard ["off", "async", "sync", "default"].contains(share) else { throw failure("--share: '\(share)' is not off, async, sync or default") }
+                parts.append("share=\(share)")
+            }
             return parts.isEmpty ? nil : "ns-set ns=\(namespace) " + parts.joined(separator: " ")
         }
     }
@@ -178,7 +184,8 @@ struct Namespace: ParsableCommand {
         return "\(ns["name"] ?? "?")  owner \(number(ns, "owner")):\(number(ns, "group")) mode \(ns["mode"] ?? "?")  "
             + "\(number(ns, "blocks")) blocks, \(SizeParser.format(number(ns, "logical_bytes")))  "
             + "quota \(quota > 0 ? SizeParser.format(quota) : "none")  ttl \(ttl > 0 ? "\(ttl)s" : "none")  "
-            + "\((ns["pinned"] as? Bool) == true ? "pinned" : "not pinned")  compression \(ns["compression"] ?? "off")"
+            + "\((ns["pinned"] as? Bool) == true ? "pinned" : "not pinned")  compression \(ns["compression"] ?? "off")  "
+            + "share \(ns["share"] ?? "off")\(ns["share_set"] is NSNull ? " (default)" : "")"
     }
 
     struct Create: ParsableCommand {
@@ -221,14 +228,14 @@ struct Namespace: ParsableCommand {
     }
 
     struct Set: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change a namespace's quota, time to live, pinning or compression.")
+        static let configuration = CommandConfiguration(abstract: "Change a namespace's quota, time to live, pinning, compression or sharing.")
         @Argument(help: "The mount point.") var mount: String
         @Argument(help: "The namespace.") var namespace: String
         @OptionGroup var policy: Policy
         @Flag(help: "Print one JSON object.") var json = false
 
         func run() throws {
-            guard let command = try policy.command(namespace) else { throw failure("nothing to set: give --quota, --ttl, --pin/--no-pin or --compression") }
+            guard let command = try policy.command(namespace) else { throw failure("nothing to set: give --quota, --ttl, --pin/--no-pin, --compression or --share") }
             let info = try control(mount, command)["namespace"] as? [String: Any] ?? [:]
             if json { printJSON(info) } else { print(Namespace.show(info)) }
         }
