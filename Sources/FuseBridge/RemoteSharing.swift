@@ -85,9 +85,11 @@ public final class RemoteSharing: @unchecked Sendable {
         var touches = 0
         var namespacesPublished = 0
         var namespacesImported = 0
-        /// Publish lags (commit to object stored) of the last `lagWindow` published blocks, nanoseconds.
-        var lags: [UInt64] = []
-        var lagNext = 0
+        /// Commit to object stored, of the last published blocks.
+        var publishLag = LatencyWindow()
+        /// A fetch that found the block: the cluster read alone, and the whole fetch (read, verify, store).
+        var clusterRead = LatencyWindow()
+        var fetchTime = LatencyWindow()
         var connects = 0
         var connectFailures = 0
         var lastError: String?
@@ -303,6 +305,7 @@ public final class RemoteSharing: @unchecked Sendable {
         }
         let name = RemoteRecord.objectName(blockKey)
         let object: RemoteObject?
+        let readStarted = monotonicNanoseconds()
         do {
             object = try tier.fetch(name: name)
         } catch {
@@ -312,6 +315,7 @@ public final class RemoteSharing: @unchecked Sendable {
             }
             return .unavailable
         }
+        let read = monotonicNanoseconds()
         guard let object else {
             lock.withLock {
                 state.stats.misses += 1
@@ -347,8 +351,11 @@ public final class RemoteSharing: @unchecked Sendable {
             return .unavailable
         }
         let seconds = wallClockNanoseconds() / 1_000_000_000
+        let done = monotonicNanoseconds()
         let touch = lock.withLock { () -> Bool in
             state.stats.fetched += 1
+            state.stats.clusterRead.add(read - readStarted)
+            state.stats.fetchTime.add(done - readStarted)
             state.stats.fetchedBytes += UInt64(object.count)
             noteSuccess()
             if state.touched.count > 1 << 20 { state.touched.removeAll() }
@@ -367,14 +374,11 @@ public final class RemoteSharing: @unchecked Sendable {
         state.negative[key] = now + UInt64(settings.negativeSeconds * 1e9)
     }
 
-    static let lagWindow = 4096
-
     /// Call with `lock` held.
     private func notePublished(bytes: Int, lag: UInt64) {
         state.stats.published += 1
         state.stats.publishedBytes += UInt64(bytes)
-        if state.stats.lags.count < Self.lagWindow { state.stats.lags.append(lag) } else { state.stats.lags[state.stats.lagNext] = lag }
-        state.stats.lagNext = (state.stats.lagNext + 1) % Self.lagWindow
+        state.stats.publishLag.add(lag)
         noteSuccess()
     }
 
@@ -535,20 +539,11 @@ public final class RemoteSharing: @unchecked Sendable {
         var connected: Bool
         var depth: Int
         var stats: Statistics
-        /// Publish lag over the last published blocks, milliseconds: median, 99th percentile, largest.
-        var lagMilliseconds: (p50: Double, p99: Double, max: Double)
     }
 
     func snapshot() -> Snapshot {
         let connected = tier.isConnected
-        var s = lock.withLock { Snapshot(connected: connected, depth: state.pending, stats: state.stats, lagMilliseconds: (0, 0, 0)) }
-        let lags = s.stats.lags.sorted()
-        if !lags.isEmpty {
-            func at(_ p: Double) -> Double { Double(lags[min(lags.count - 1, Int(p * Double(lags.count)))]) / 1e6 }
-            s.lagMilliseconds = (at(0.5), at(0.99), Double(lags.last!) / 1e6)
-        }
-        s.stats.lags = []
-        return s
+        return lock.withLock { Snapshot(connected: connected, depth: state.pending, stats: state.stats) }
     }
 
     /// The "remote" object of `.tw/status`.
@@ -560,7 +555,7 @@ public final class RemoteSharing: @unchecked Sendable {
             + "\"queue_depth\": \(s.depth), \"queue_capacity\": \(settings.queueCapacity), \"queued\": \(t.queued), "
             + "\"published\": \(t.published), \"published_bytes\": \(t.publishedBytes), \"sync_published\": \(t.syncPublished), "
             + "\"publish_failures\": \(t.publishFailures), \"dropped\": \(t.dropped), \"backpressure_waits\": \(t.backpressureWaits), "
-            + "\"publish_lag_ms\": {\"p50\": \(s.lagMilliseconds.p50), \"p99\": \(s.lagMilliseconds.p99), \"max\": \(s.lagMilliseconds.max)}, "
+            + "\"publish_lag_ms\": \(t.publishLag.json()), \"fetch_ms\": \(t.fetchTime.json()), \"cluster_read_ms\": \(t.clusterRead.json()), "
             + "\"namespaces_published\": \(t.namespacesPublished), \"namespaces_imported\": \(t.namespacesImported), "
             + "\"fetched\": \(t.fetched), \"fetched_bytes\": \(t.fetchedBytes), \"misses\": \(t.misses), "
             + "\"negative_hits\": \(t.negativeHits), \"joined_fetches\": \(t.joinedFetches), \"fetch_failures\": \(t.fetchFailures), "
@@ -584,7 +579,9 @@ public final class RemoteSharing: @unchecked Sendable {
         metric("tw_remote_published_total", "counter", "Blocks published to the shared tier", Double(t.published))
         metric("tw_remote_published_bytes_total", "counter", "Bytes of objects published to the shared tier", Double(t.publishedBytes))
         metric("tw_remote_publish_lag_p99_seconds", "gauge", "99th percentile of commit-to-published time over the last 4096 blocks",
-               s.lagMilliseconds.p99 / 1000)
+               t.publishLag.percentiles().p99 / 1e9)
+        metric("tw_remote_fetch_p99_seconds", "gauge", "99th percentile of a fetch from the shared tier (read, verify, store) over the last 4096",
+               t.fetchTime.percentiles().p99 / 1e9)
         metric("tw_remote_dropped_total", "counter", "Commits not shared because the publish queue was full", Double(t.dropped))
         metric("tw_remote_fetched_total", "counter", "Local misses served from the shared tier", Double(t.fetched))
         metric("tw_remote_fetched_bytes_total", "counter", "Bytes of objects fetched from the shared tier", Double(t.fetchedBytes))
@@ -593,5 +590,32 @@ public final class RemoteSharing: @unchecked Sendable {
                Double(t.publishFailures + t.fetchFailures + t.corrupt))
         metric("tw_remote_corrupt_total", "counter", "Objects from the shared tier refused by their checksums", Double(t.corrupt))
         return text
+    }
+}
+
+/// The last `capacity` durations of something, for percentiles in the status (a ring: constant memory,
+/// adding is O(1); percentiles sort a copy when the status is read).
+struct LatencyWindow {
+    static let capacity = 4096
+    private var samples: [UInt64] = []
+    private var next = 0
+
+    mutating func add(_ nanoseconds: UInt64) {
+        if samples.count < Self.capacity { samples.append(nanoseconds) } else { samples[next] = nanoseconds }
+        next = (next + 1) % Self.capacity
+    }
+
+    /// Median, 99th percentile and largest, in nanoseconds (zeros when empty).
+    func percentiles() -> (p50: Double, p99: Double, max: Double) {
+        guard !samples.isEmpty else { return (0, 0, 0) }
+        let sorted = samples.sorted()
+        func at(_ p: Double) -> Double { Double(sorted[min(sorted.count - 1, Int(p * Double(sorted.count)))]) }
+        return (at(0.5), at(0.99), Double(sorted.last!))
+    }
+
+    /// `{"p50": ms, "p99": ms, "max": ms}`.
+    func json() -> String {
+        let p = percentiles()
+        return "{\"p50\": \(p.p50 / 1e6), \"p99\": \(p.p99 / 1e6), \"max\": \(p.max / 1e6)}"
     }
 }
