@@ -961,7 +961,12 @@ public final class WarehouseFileSystem: Sendable {
             guard let policy = remove ? .off : CompressionPolicy(rawValue: String(decoding: value, as: UTF8.self)) else {
                 return .failure(Errno(EINVAL))
             }
-            do { remote?.namespaceChanged(try store.updateNamespace(ns.name) { $0.compression = policy }) } catch { return .failure(Errno(error)) }
+            do {
+                // Not `remote?.namespaceChanged(try store.update…)`: without a cluster, optional chaining
+                // would skip the update itself.
+                let changed = try store.updateNamespace(ns.name) { $0.compression = policy }
+                remote?.namespaceChanged(changed)
+            } catch { return .failure(Errno(error)) }
             return .success(())
         }
         guard InodeNumber.kind(ino) == .file, let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(Errno(ENOTSUP)) }
