@@ -380,9 +380,11 @@ public final class BlockStore: Sendable {
 
     // MARK: Namespaces
 
-    /// Creates namespace `name` owned by `owner`:`group` with directory mode `mode`.
+    /// Creates namespace `name` owned by `owner`:`group` with directory mode `mode` (and the policies
+    /// another node announced, when it is created from the shared tier).
     public func createNamespace(_ name: String, owner: UInt32, group: UInt32, mode: UInt32,
-                                compression: CompressionPolicy = .off) throws -> NamespaceInfo {
+                                compression: CompressionPolicy = .off, ttlSeconds: UInt64 = 0,
+                                share: SharePolicy? = nil) throws -> NamespaceInfo {
         guard BlockName.isValidNamespace(name) else {
             if name.utf8.count > 255 { throw StoreError.nameTooLong(name) }
             throw StoreError.invalidName("namespace names are 1 to 128 of [A-Za-z0-9._@+-], not starting with '.'")
@@ -391,7 +393,8 @@ public final class BlockStore: Sendable {
             if st.namespaces[name] != nil { throw StoreError.alreadyExists }
             guard let id = st.namespaces.nextFreeID() else { throw StoreError.noSpace("too many namespaces") }
             let ns = NamespaceInfo(id: id, name: name, owner: owner, group: group, mode: mode & 0o7777,
-                                   compression: compression, createdSeconds: wallClockNanoseconds() / 1_000_000_000)
+                                   compression: compression, createdSeconds: wallClockNanoseconds() / 1_000_000_000,
+                                   ttlSeconds: ttlSeconds, share: share)
             var table = st.namespaces
             table.insert(ns)
             try device.replaceAtomically(NamespaceTable.fileName, bytes: table.encoded())

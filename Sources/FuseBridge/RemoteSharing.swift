@@ -179,12 +179,9 @@ public final class RemoteSharing: @unchecked Sendable {
             return nil
         }
         do {
-            _ = try store.createNamespace(name, owner: described.owner, group: described.group, mode: described.mode,
-                                          compression: described.compression)
-            let ns = try store.updateNamespace(name) { n in
-                n.ttlSeconds = described.ttlSeconds
-                n.share = described.share
-            }
+            let ns = try store.createNamespace(name, owner: described.owner, group: described.group, mode: described.mode,
+                                               compression: described.compression, ttlSeconds: described.ttlSeconds,
+                                               share: described.share)
             lock.withLock { state.stats.namespacesImported += 1 }
             log("twfs: created namespace \(name) from \(tier.location)")
             return ns
@@ -474,7 +471,10 @@ public final class RemoteSharing: @unchecked Sendable {
             case .namespace(let name):
                 // Gone or no longer shared meanwhile: nothing to announce.
                 guard let ns = store.namespace(named: name), policy(of: ns) != .off else { continue }
-                let failure = RemoteNamespace.encode(ns).withUnsafeBytes { tier.publish(batch: [(RemoteNamespace.objectName(name), $0)])[0] }
+                var failure: RemoteTierError? = nil
+                RemoteNamespace.encode(ns).withUnsafeBytes { bytes in
+                    do throws(RemoteTierError) { try tier.publish(name: RemoteNamespace.objectName(name), object: bytes) } catch { failure = error }
+                }
                 if let failure { failures.append((job, failure)) } else { lock.withLock { state.stats.namespacesPublished += 1 } }
             case .publish(let namespace, let key, let queued):
                 // Gone meanwhile (removed, evicted): nothing to share.
