@@ -10,7 +10,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
-# The cluster tier (Sources/RadosTier) links librados; tests/ceph starts a throwaway cluster with the daemons
+# The cluster tier (Sources/RadosTier) links librados; IntegrationTests/ceph starts a throwaway cluster with the daemons
 # (Ceph 16.2.15 here: about 55 MB, 25 s). Without recommends: they would pull a whole Ceph install.
 ceph=()
 for p in librados-dev ceph-mon ceph-osd ceph-mgr ceph-common; do
@@ -26,7 +26,7 @@ import importlib, sys
 for m in ("pytest", "pytest_timeout", "numpy", "safetensors", "xxhash"):
     importlib.import_module(m)
 PY
-# The engine demo and its tests (Tools/engine_demo.py, tests/integration/test_engine.py): PyTorch (its
+# The engine demo and its tests (Tools/engine_demo.py, IntegrationTests/mount/test_engine.py): PyTorch (its
 # PyPI wheel brings CUDA libraries, ~2.5 GB, and runs on CPU), transformers, matplotlib for the plot.
 python3 -c "import torch, transformers, matplotlib" 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check torch transformers matplotlib

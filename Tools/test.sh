@@ -11,7 +11,7 @@ swift test
 Tools/fuzz/run.sh 30
 python3 -m pytest -q -p no:cacheprovider clients/python/tests
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/integration "$@"
+  python3 -m pytest -q -p no:cacheprovider IntegrationTests/mount "$@"
   # Two nodes sharing blocks through a throwaway single-host Ceph cluster (issue 9, docs/cluster-tier.md).
   TWFS_BIN="$PWD/.build/release/twfs" Tools/ceph_test.sh
 else

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "ceph"))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "IntegrationTests" / "ceph"))
+sys.path.insert(0, str(REPO / "IntegrationTests" / "mount"))
 
 from ceph_cluster import CephCluster  # noqa: E402
 from test_cluster_tier import POOL, Node, wait_for  # noqa: E402

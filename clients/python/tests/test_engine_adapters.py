@@ -1,7 +1,7 @@
 """Unit tests of tokenwarehouse.engine that need neither torch nor a daemon: the chained prefix hash (its
 byte encoding pinned by an independent computation, stable across processes and hash seeds), and the
 HiCache-shaped store and KV connector on a plain directory (the client's file path, which a mount shares).
-The same adapters against a real twfs mount and a real model: tests/integration/test_engine.py.
+The same adapters against a real twfs mount and a real model: IntegrationTests/mount/test_engine.py.
 """
 
 from __future__ import annotations

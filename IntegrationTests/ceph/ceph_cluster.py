@@ -10,7 +10,7 @@ child of this process and is stopped by its pid (SIGTERM, then SIGKILL); nothing
 
 Run by hand, it starts a cluster, prints its ceph.conf and waits for Ctrl-C:
 
-    python3 tests/ceph/ceph_cluster.py /tmp/tw-ceph
+    python3 IntegrationTests/ceph/ceph_cluster.py /tmp/tw-ceph
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ detaches the dead mount, restarts on the same store and checks, after every cycl
 
 The random generator is seeded: the seed is printed and put in every failure message; set
 TW_REL_SEED to replay one. TW_REL_CRASH_CYCLES (default 50) sets the cycles; the soak variant is
-`TW_REL_CRASH_CYCLES=1000 pytest tests/integration/test_reliability_crash.py` (docs/reliability.md).
+`TW_REL_CRASH_CYCLES=1000 pytest IntegrationTests/mount/test_reliability_crash.py` (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "IntegrationTests" / "mount"))
 
 from ceph_cluster import CephCluster  # noqa: E402
 from twfs_util import block_hash, canonical, lazy_unmount, proc_mounts_types, read_block, write_block  # noqa: E402
