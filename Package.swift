@@ -1,5 +1,8 @@
 // swift-tools-version:6.0
+// The module graph and what each module is for: docs/architecture.md.
 import PackageDescription
+
+let collections: [Target.Dependency] = [.product(name: "DequeModule", package: "swift-collections")]
 
 let package = Package(
     name: "TokenWarehouse",
@@ -8,55 +11,82 @@ let package = Package(
         .executable(name: "twfs", targets: ["twfs"]),
         .executable(name: "twctl", targets: ["twctl"]),
         .library(name: "BlockStore", targets: ["BlockStore"]),
-        // Swift clients read the DRAM tier with `TierReader` (no system call per block).
+        // Swift clients read the DRAM tier with `TierReader` (no system call per block); it links only
+        // WarehouseCore and Platform, not the store.
         .library(name: "DRAMTier", targets: ["DRAMTier"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
-        // System libraries, found by pkg-config. Each has a shim header that pins what Swift can't import.
+        // System libraries, found by pkg-config (CRados by its module map: Debian's librados-dev has no
+        // pkg-config file). Each has a shim header that pins what Swift cannot import.
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
-        // The one place errno becomes a Swift error; file descriptors, mappings, aligned buffers, locks.
-        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
-        // librados (Debian's librados-dev has no pkg-config file: the module map links `rados`).
         .systemLibrary(name: "CRados", path: "Sources/CRados", providers: [.apt(["librados-dev"])]),
-        .target(name: "Platform", dependencies: ["CSystem"]),
-        // The log of segments on NVMe: record codec, index, recovery, eviction, compaction.
-        .target(name: "BlockStore", dependencies: ["Platform", "CLZ4", "CXXHash"]),
-        // The shared-memory DRAM tier: layout, S3-FIFO placement, sequence-locked table.
-        .target(name: "DRAMTier", dependencies: ["BlockStore", "Platform"]),
-        // The shared tier across nodes on Ceph RADOS (the only importer of CRados; docs/cluster-tier.md).
-        .target(name: "RadosTier", dependencies: ["BlockStore", "Platform", "CRados"]),
-        // The only importer of CFuse: POSIX semantics of DESIGN.md on libfuse's low-level API.
-        // Traces in the Mooncake format, synthetic workloads, offline bounds and the planner's simulation.
-        .target(name: "Traces", dependencies: ["BlockStore", "DRAMTier"]),
-        // Line charts as PNG, without dependencies (the planner's plot).
-        .target(name: "Charts"),
-        .target(name: "FuseBridge", dependencies: ["BlockStore", "DRAMTier", "Platform", "CFuse",
-                                                  .product(name: "Logging", package: "swift-log"),
-                                                  .product(name: "Prometheus", package: "swift-prometheus")]),
-        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "BlockStore", "DRAMTier", "Platform", "RadosTier",
+        // glibc calls and macros Swift's Glibc module hides (O_DIRECT, memfd, SCM_RIGHTS, atomics); only Platform imports it.
+        .systemLibrary(name: "CTokenWarehouse", path: "Sources/CTokenWarehouse"),
+
+        // The one place that touches C for the rest: descriptors, mappings, threads, sockets, errno.
+        .target(name: "Platform", dependencies: ["CTokenWarehouse"]),
+        // Block keys, the naming rules, checksums, little-endian codecs: what every module shares.
+        .target(name: "WarehouseCore", dependencies: ["CXXHash"]),
+        // The log of segments on NVMe: formats, index, directory trees, recovery, eviction, compaction.
+        .target(name: "BlockStore", dependencies: ["WarehouseCore", "Platform", "CLZ4"]),
+        // The shared-memory DRAM tier: layout, S3-FIFO placement, sequence-locked table, `TierReader`.
+        .target(name: "DRAMTier", dependencies: ["WarehouseCore", "Platform"] + collections),
+        // Loads blocks into the DRAM tier before they are read: hints, chain links, learned order.
+        .target(name: "Prefetcher", dependencies: ["BlockStore", "DRAMTier", "WarehouseCore", "Platform"] + collections),
+        // The shared tier across nodes: object format, publisher, fetcher, the `RemoteTier` protocol.
+        .target(name: "ClusterTier", dependencies: ["BlockStore", "DRAMTier", "WarehouseCore", "Platform"] + collections),
+        // `RemoteTier` on Ceph RADOS (the only importer of CRados; docs/cluster-tier.md).
+        .target(name: "RadosTier", dependencies: ["ClusterTier", "WarehouseCore", "Platform", "CRados"]),
+        // The typed schema of `.tw/status`, `.tw/ctl` requests and answers, shared by twfs and twctl.
+        .target(name: "ControlPlane"),
+        // Prometheus exposition of the status values, and the HTTP server that serves it.
+        .target(name: "MetricsExporter", dependencies: ["ControlPlane", "Platform"] + collections),
+        // The file system's semantics (docs/fuse.md) over the store and tiers: no CFuse, tested in-process.
+        .target(name: "WarehouseFS", dependencies: ["BlockStore", "DRAMTier", "Prefetcher", "ClusterTier", "ControlPlane",
+                                                   "WarehouseCore", "Platform", .product(name: "Logging", package: "swift-log")]),
+        // The only importer of CFuse: libfuse's low-level API, one reply per request.
+        .target(name: "FuseBridge", dependencies: ["WarehouseFS", "Platform", "CFuse"]),
+        // Sizes and durations on the command line, shared by twfs and twctl.
+        .target(name: "CommandLineTypes", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Mooncake-format traces, synthetic workloads, offline bounds and the planner's simulation.
+        .target(name: "Traces", dependencies: ["BlockStore", "DRAMTier", "WarehouseCore",
+                                               .product(name: "HeapModule", package: "swift-collections")]),
+
+        .executableTarget(name: "twfs", dependencies: ["FuseBridge", "WarehouseFS", "BlockStore", "DRAMTier", "Prefetcher",
+                                                      "ClusterTier", "RadosTier", "MetricsExporter", "ControlPlane", "Platform",
+                                                      "WarehouseCore", "CommandLineTypes",
+                                                      .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Logging", package: "swift-log")], path: "Mount/twfs"),
-        .executableTarget(
-            name: "twctl",
-            dependencies: ["BlockStore", "DRAMTier", "Platform", "Traces", "Charts", "CSystem",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "Tools/twctl"),
-        .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "Platform"]),
-        .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "BlockStore", "Platform"]),
-        .testTarget(name: "TracesTests", dependencies: ["Traces", "BlockStore", "DRAMTier"]),
-        .testTarget(name: "ChartsTests", dependencies: ["Charts"]),
+        .executableTarget(name: "twctl", dependencies: ["BlockStore", "DRAMTier", "Platform", "WarehouseCore", "Traces",
+                                                       "ControlPlane", "CommandLineTypes",
+                                                       .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Tools/twctl"),
+
+        .testTarget(name: "WarehouseCoreTests", dependencies: ["WarehouseCore"]),
+        .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
+        .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "WarehouseCore", "Platform"]),
+        .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "WarehouseCore", "Platform"]),
+        .testTarget(name: "TracesTests", dependencies: ["Traces", "BlockStore", "DRAMTier", "WarehouseCore"]),
+        .testTarget(name: "ClusterTierTests", dependencies: ["ClusterTier", "BlockStore", "WarehouseCore", "Platform"]),
+        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "MetricsExporter"]),
+        .testTarget(name: "WarehouseFSTests", dependencies: ["WarehouseFS", "BlockStore", "DRAMTier", "WarehouseCore", "Platform"]),
+        .testTarget(name: "CommandLineTypesTests", dependencies: ["CommandLineTypes"]),
+
         // libFuzzer targets (Tools/fuzz/run.sh builds them with -sanitize=fuzzer,address -D FUZZING;
         // built plainly they replay a corpus). CLibFuzzer declares libFuzzer's driver entry.
         .systemLibrary(name: "CLibFuzzer", path: "Tools/fuzz/CLibFuzzer"),
         // The entry every target shares: libFuzzer's driver, or corpus replay and seed writing.
         .target(name: "FuzzSupport", dependencies: ["Platform", "CLibFuzzer"], path: "Tools/fuzz/FuzzSupport"),
-        .executableTarget(name: "FuzzRecordDecoder", dependencies: ["BlockStore", "FuzzSupport"], path: "Tools/fuzz/FuzzRecordDecoder"),
-        .executableTarget(name: "FuzzBlockNames", dependencies: ["BlockStore", "FuzzSupport"], path: "Tools/fuzz/FuzzBlockNames"),
+        .executableTarget(name: "FuzzRecordDecoder", dependencies: ["BlockStore", "WarehouseCore", "FuzzSupport"], path: "Tools/fuzz/FuzzRecordDecoder"),
+        .executableTarget(name: "FuzzBlockNames", dependencies: ["BlockStore", "WarehouseCore", "FuzzSupport"], path: "Tools/fuzz/FuzzBlockNames"),
+        .executableTarget(name: "FuzzControlInput", dependencies: ["BlockStore", "ControlPlane", "WarehouseCore", "FuzzSupport"],
+                          path: "Tools/fuzz/FuzzControlInput"),
     ]
 )

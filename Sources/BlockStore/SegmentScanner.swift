@@ -1,3 +1,4 @@
+import WarehouseCore
 import Platform
 
 /// Reads a segment file record by record, verifying header and payload checksums, as recovery and
@@ -104,8 +105,8 @@ struct SegmentScanner {
             // Decode the fixed header to learn the header area size, then the whole area.
             var decoded = RecordHeader.decode(first)
             if case .failure(.truncated) = decoded, first.count >= RecordFormat.fixedHeaderSize {
-                let ns = Int(first[6]), key = Int(LittleEndian.load(UInt16.self, at: 8, in: first))
-                let meta = Int(LittleEndian.load(UInt16.self, at: 10, in: first))
+                let ns = Int(first[RecordFormat.namespaceLengthOffset]), key = Int(LittleEndian.load(UInt16.self, at: RecordFormat.keyLengthOffset, in: first))
+                let meta = Int(LittleEndian.load(UInt16.self, at: RecordFormat.metadataLengthOffset, in: first))
                 let areaSize = RecordFormat.headerAreaSize(namespaceLength: ns, keyLength: key, metadataLength: min(meta, RecordFormat.maxMetadataLength))
                 if offset + UInt64(areaSize) <= length {
                     decoded = RecordHeader.decode(try reader.bytes(at: offset, count: areaSize))

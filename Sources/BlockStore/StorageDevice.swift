@@ -1,4 +1,5 @@
 import Platform
+import WarehouseCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,8 +16,9 @@ public protocol StorageDevice: Sendable {
     func remove(_ name: String) throws
     /// Replaces a small file atomically and durably (summaries, the namespace table).
     func replaceAtomically(_ name: String, bytes: [UInt8]) throws
-    /// The whole content of a small file, or nil when it does not exist.
-    func readWhole(_ name: String) throws -> [UInt8]?
+    /// The whole content of a small file, or nil when it does not exist; a file longer than `limit`
+    /// bytes is refused (`SystemError` EFBIG), never read into memory.
+    func readWhole(_ name: String, limit: Int) throws -> [UInt8]?
     /// Makes creations and removals of files durable.
     func synchronizeDirectory() throws
     /// Takes the store's exclusive lock, held as long as the returned token lives.
@@ -41,13 +43,42 @@ public protocol DeviceFile: AnyObject, Sendable {
     func zeroRange(at offset: UInt64, length: UInt64) throws
 }
 
-/// The real device: files in a directory on local disk.
+extension StorageDevice {
+    /// `readWhole` with the limit of the store's small files (summaries and the namespace table).
+    public func readWhole(_ name: String) throws -> [UInt8]? { try readWhole(name, limit: 64 << 20) }
+}
+
+/// The real device: files in a directory on local disk that belongs to the daemon alone.
+///
+/// Every file is opened without following a symbolic link and must be a regular file; small files are
+/// read only up to a size limit. The directory itself must be the daemon's and writable by nobody else
+/// (docs/security.md): otherwise another user could plant links or files in place of the store's.
 public struct DirectoryStorageDevice: StorageDevice {
     public let directory: String
 
-    public init(directory: String) throws {
-        try FileSystem.makeDirectories(directory, mode: 0o750)
+    /// Opens (creating it with mode 0700 if missing) the store directory.
+    ///
+    /// - Parameter requirePrivate: refuse a directory that is a symlink, belongs to another user or
+    ///   that group or others may write (the daemon's stores); tools that only read may pass false.
+    public init(directory: String, requirePrivate: Bool = true) throws {
+        try FileSystem.makeDirectories(directory, mode: 0o700)
         self.directory = directory
+        if requirePrivate { try Self.checkPrivate(directory) }
+    }
+
+    /// Throws `StoreError.unsafeStore` with what to change when `directory` is not the daemon's alone.
+    static func checkPrivate(_ directory: String) throws {
+        let o = try FileSystem.ownership(of: directory)
+        guard o.isDirectory else {
+            throw StoreError.unsafeStore("\(directory) is not a directory (a symbolic link or a file stands there); give the real directory")
+        }
+        let me = geteuid()
+        if o.uid != me {
+            throw StoreError.unsafeStore("\(directory) belongs to uid \(o.uid), not to this daemon's uid \(me); chown it to the daemon's user or use another --store")
+        }
+        if o.mode & 0o022 != 0 {
+            throw StoreError.unsafeStore("\(directory) may be written by group or others (mode \(String(o.mode, radix: 8))); run chmod go-w \(directory)")
+        }
     }
 
     public var location: String { directory }
@@ -66,8 +97,8 @@ public struct DirectoryStorageDevice: StorageDevice {
         try FileSystem.writeFileAtomically(directory + "/" + name, bytes: bytes, directory: directory)
     }
 
-    public func readWhole(_ name: String) throws -> [UInt8]? {
-        do { return try FileSystem.readFile(directory + "/" + name) } catch let e where e.code == ENOENT { return nil }
+    public func readWhole(_ name: String, limit: Int) throws -> [UInt8]? {
+        do { return try FileSystem.readOwnFile(directory + "/" + name, limit: limit) } catch let e where e.code == ENOENT { return nil }
     }
 
     public func synchronizeDirectory() throws { try FileSystem.synchronizeDirectory(directory) }
@@ -105,12 +136,14 @@ final class PosixDeviceFile: DeviceFile {
     let directIO: Bool
 
     init(path: String, create: Bool) throws {
-        buffered = try FileDescriptor(open: path, flags: O_RDWR | (create ? O_CREAT : 0), mode: 0o640)
+        buffered = try FileDescriptor(openOwnFile: path, flags: O_RDWR | (create ? O_CREAT : 0), mode: 0o640)
+        // The second descriptor is opened through the first (/proc/self/fd), so it is the same file
+        // even if the name were replaced in between.
         var usable = true
-        var fd = Glibc.open(path, O_RDWR | O_CLOEXEC | openDirectFlag)
+        var fd = Glibc.open("/proc/self/fd/\(buffered.rawValue)", O_RDWR | O_CLOEXEC | openDirectFlag)
         if fd < 0 {
             usable = false
-            fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            fd = Glibc.open("/proc/self/fd/\(buffered.rawValue)", O_RDWR | O_CLOEXEC)
             if fd < 0 { throw SystemError.last("open", path: path) }
         }
         direct = FileDescriptor(adopting: fd, path: path)

@@ -1,3 +1,4 @@
+import WarehouseCore
 import Platform
 #if canImport(Glibc)
 import Glibc
@@ -13,9 +14,18 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
     case tooLarge(size: Int, limit: Int)
     case invalidName(String)
     case nameTooLong(String)
-    case namespaceNotEmpty(String)
+    /// A namespace or directory that still holds something (`ENOTEMPTY`).
+    case notEmpty(String)
     case quotaExceeded(String)
     case locked(String)
+    /// The store directory is not the daemon's alone (a symlink, another owner, writable by others).
+    case unsafeStore(String)
+    /// The operation would cross what the store can do cheaply (a directory with blocks moved: `EXDEV`).
+    case crossDevice(String)
+    /// A directory was expected (`ENOTDIR`) or a file (`EISDIR`), by the errno given.
+    case wrongType(Int32, String)
+    /// The store is closed (the daemon is stopping).
+    case closed
     case io(SystemError)
 
     /// The errno a filesystem caller should see.
@@ -28,9 +38,13 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
         case .tooLarge: return EFBIG
         case .invalidName: return EINVAL
         case .nameTooLong: return ENAMETOOLONG
-        case .namespaceNotEmpty: return ENOTEMPTY
+        case .notEmpty: return ENOTEMPTY
         case .quotaExceeded: return EDQUOT
         case .locked: return EBUSY
+        case .unsafeStore: return EPERM
+        case .crossDevice: return EXDEV
+        case .wrongType(let code, _): return code
+        case .closed: return ESHUTDOWN
         case .io(let e): return e.code
         }
     }
@@ -44,82 +58,22 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
         case .tooLarge(let size, let limit): return "block of \(size) bytes is larger than the maximum of \(limit) bytes (--max-block)"
         case .invalidName(let s): return "invalid name: \(s)"
         case .nameTooLong(let s): return "name too long: \(s)"
-        case .namespaceNotEmpty(let s): return "namespace \(s) is not empty"
+        case .notEmpty(let s): return "\(s) is not empty"
         case .quotaExceeded(let s): return "quota exceeded: \(s)"
         case .locked(let s): return s
+        case .unsafeStore(let s): return "unsafe store directory: \(s)"
+        case .crossDevice(let s): return s
+        case .wrongType(_, let s): return s
+        case .closed: return "the store is closed"
         case .io(let e): return "I/O error: \(e)"
         }
     }
 
     /// Wraps any error from the device as a `StoreError`.
-    static func wrap(_ error: any Error) -> StoreError {
+    public static func wrap(_ error: any Error) -> StoreError {
         if let e = error as? StoreError { return e }
         if let e = error as? SystemError { return e.code == ENOSPC ? .noSpace("\(e)") : .io(e) }
         return .io(SystemError(EIO, "\(error)"))
     }
 }
 
-/// When `put` and `remove` return relative to durability.
-public enum SyncPolicy: String, Sendable, CaseIterable {
-    /// Returns after the record is on stable storage (`fdatasync`, shared by concurrent writers).
-    case always
-    /// Returns once the record is in the kernel; a background flusher syncs every `batchInterval`.
-    case batch
-    /// Returns once the record is in the kernel; syncs only at segment seal and shutdown.
-    case none
-}
-
-/// Per-namespace payload compression.
-public enum CompressionPolicy: String, Sendable, CaseIterable {
-    case off, lz4
-    /// LZ4, kept only when it saves at least 1/8 of the bytes.
-    case auto
-}
-
-/// Which sealed segment to evict first.
-public enum EvictionOrder: String, Sendable, CaseIterable {
-    /// The segment written longest ago (FIFO).
-    case oldest
-    /// The segment whose blocks were read least recently.
-    case coldest
-}
-
-/// Settings of a store.
-public struct StoreConfiguration: Sendable {
-    /// Bytes of segment files the store may use.
-    public var capacity: UInt64
-    /// A segment is sealed when the next record would take it past this size.
-    public var segmentSize: UInt64
-    public var maxBlockSize: Int
-    public var sync: SyncPolicy
-    public var batchIntervalNanoseconds: UInt64
-    public var eviction: EvictionOrder
-    /// Blocks read since they were written are copied forward instead of evicted, up to this share of a segment.
-    public var reinsertionShare: Double
-    /// Background eviction starts above this share of the capacity and stops below `lowWatermark`.
-    public var highWatermark: Double
-    public var lowWatermark: Double
-    /// Background compaction rewrites a sealed segment whose dead share reaches this.
-    public var compactionThreshold: Double
-    public var backgroundCompaction: Bool
-
-    public static let defaultMaxBlockSize = 256 << 20
-
-    public init(capacity: UInt64, segmentSize: UInt64? = nil, maxBlockSize: Int = StoreConfiguration.defaultMaxBlockSize,
-                sync: SyncPolicy = .batch, batchIntervalNanoseconds: UInt64 = 5_000_000, eviction: EvictionOrder = .coldest,
-                reinsertionShare: Double = 0.2, highWatermark: Double = 0.95, lowWatermark: Double = 0.90,
-                compactionThreshold: Double = 0.5, backgroundCompaction: Bool = true) {
-        self.capacity = capacity
-        let derived = min(UInt64(256 << 20), max(UInt64(16 << 20), capacity / 16))
-        self.segmentSize = UInt64(RecordFormat.align(Int(segmentSize ?? derived)))
-        self.maxBlockSize = maxBlockSize
-        self.sync = sync
-        self.batchIntervalNanoseconds = batchIntervalNanoseconds
-        self.eviction = eviction
-        self.reinsertionShare = reinsertionShare
-        self.highWatermark = highWatermark
-        self.lowWatermark = lowWatermark
-        self.compactionThreshold = compactionThreshold
-        self.backgroundCompaction = backgroundCompaction
-    }
-}

@@ -1,10 +1,16 @@
-import BlockStore
+// DRAMTier: the shared-memory tier that inference processes map (docs/dram-tier.md). Blocks of the
+// namespaces of one security domain live in one tier file (`DRAMTier`), placed by S3-FIFO and
+// published in a sequence-locked table only this daemon writes; `DRAMTiers` holds the files of all
+// domains within one memory budget; `TierBroker` hands a process, over a unix socket, descriptors of
+// the files it may read; `TierReader` is the Swift client. Thread-safety is stated on each type.
 import Platform
+import Synchronization
+import WarehouseCore
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Figures of the DRAM tier.
+/// Figures of the DRAM tier (one file, or all of them summed).
 public struct TierStatistics: Sendable {
     public var capacityBytes = 0
     public var residentBlocks = 0
@@ -13,7 +19,7 @@ public struct TierStatistics: Sendable {
     public var mountHits = 0
     /// Reads through the mount that missed the tier.
     public var misses = 0
-    /// Hits that clients counted through the map (PATH.hits).
+    /// Hits that clients counted through the map.
     public var mapHits = 0
     public var insertions = 0
     public var failedInsertions = 0
@@ -26,13 +32,24 @@ public struct TierStatistics: Sendable {
     public var prefetchWasted = 0
     /// Prefetched blocks still resident and not read yet.
     public var prefetchPending = 0
+
+    public init() {}
+
+    public mutating func add(_ o: TierStatistics) {
+        capacityBytes += o.capacityBytes; residentBlocks += o.residentBlocks; residentBytes += o.residentBytes
+        mountHits += o.mountHits; misses += o.misses; mapHits += o.mapHits; insertions += o.insertions
+        failedInsertions += o.failedInsertions; evictions += o.evictions; promotions += o.promotions
+        reinsertions += o.reinsertions; prefetchUsed += o.prefetchUsed; prefetchWasted += o.prefetchWasted
+        prefetchPending += o.prefetchPending
+    }
 }
 
-/// A resident block held still for a reply: its bytes are not moved or reused until `release`.
+/// A resident block held still for a reply: its bytes are not moved, reused or cleared until the
+/// object goes away. Its checksum was verified when it was pinned.
 public final class PinnedBlock: Sendable {
     let tier: DRAMTier
     let key: BlockKey
-    nonisolated(unsafe) public let bytes: UnsafeRawBufferPointer
+    nonisolated(unsafe) private let bytes: UnsafeRawBufferPointer
 
     init(tier: DRAMTier, key: BlockKey, bytes: UnsafeRawBufferPointer) {
         self.tier = tier
@@ -41,80 +58,77 @@ public final class PinnedBlock: Sendable {
     }
 
     deinit { tier.unpin(key) }
+
+    public var count: Int { bytes.count }
+
+    /// Calls `body` with the block's bytes; the pointer is valid only inside it.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(bytes) }
+    }
 }
 
-/// The shared-memory DRAM tier (docs/dram-tier.md): one file in /dev/shm that only this daemon writes and
-/// that clients map read-only. Blocks are placed by `S3FIFOPlacement` and published in an open-addressing
-/// table under per-entry sequence locks.
+/// One DRAM tier file: the blocks of one security domain, in shared memory that clients map read-only
+/// (they get its descriptor from `TierBroker`, never a path). Blocks are placed by `S3FIFOPlacement`
+/// and published in an open-addressing table under per-entry sequence locks. The clients' hit
+/// counters live in a separate size-sealed memory file they may write but never truncate.
 ///
 /// Thread-safety: one mutex (`state`) guards placement, the table and pins; bytes are copied into the
 /// tier outside it, into space that is reserved and pinned first.
 public final class DRAMTier: Sendable {
-    public let path: String
+    public let name: String
     let memory: SharedMemoryMapping
-    /// The clients' hit counters (PATH.hits), read and reset with pread/pwrite: a client may truncate
-    /// the file, and a mapping of it would then fault (SIGBUS) in the daemon; a short read is zero hits.
+    /// The clients' hit counters: `tableCapacity` little-endian u32 in a memfd sealed against
+    /// shrinking and growing, so a client cannot make another's (or the daemon's) access fault.
     let hitCounters: SharedMemoryMapping
-    let hitsDescriptor: Int32
     let tableCapacity: Int
     let dataOffset: Int
     let dataSize: Int
-    let state: Locked<State>
+    let state: Mutex<State>
+    /// Whether evicted blocks' pages are freed (several tiers share one budget) or kept for reuse.
+    let freeEvictedPages: Bool
 
     struct State {
         var placement: S3FIFOPlacement<BlockKey>
         var slots: [BlockKey: Int] = [:]
+        /// The namespace of each resident block (a namespace that changes domain leaves this file).
+        var namespaces: [BlockKey: UInt16] = [:]
         var pins: [BlockKey: Int] = [:]
         /// Removed while pinned (a reply or an insert copy is using its bytes): freed at the last unpin.
         var doomed: Set<BlockKey> = []
+        /// Removed (unlinked) while pinned: its bytes are cleared at the last unpin.
+        var clearWhenFreed: Set<BlockKey> = []
         /// Prefetched blocks not read yet: a read makes them `prefetchUsed`, leaving `prefetchWasted`.
         var prefetched: Set<BlockKey> = []
         var stats = TierStatistics()
+        var mapHitsTaken = 0
     }
 
-    /// Map hits read (and reset) from the counters so far.
-    private let mapHitsTaken = Locked(0)
-
-    /// Creates the tier file `path` of `size` bytes, readable by `group` (mode 0640) and its hit counters
-    /// (mode 0660).
-    public init(path: String, size: Int, group: gid_t?) throws {
+    /// Creates a tier of `size` bytes whose memory comes from `storage`.
+    public init(name: String, size: Int, storage: TierStorage, freeEvictedPages: Bool = false) throws {
         let tableCapacity = TierFormat.tableCapacity(dataSize: size)
         let tableBytes = tableCapacity * TierFormat.entrySize
         let dataOffset = (TierFormat.superblockSize + tableBytes + TierFormat.alignment - 1) / TierFormat.alignment * TierFormat.alignment
         guard size > dataOffset + (4 << 20) else {
-            throw SystemError(EINVAL, "--dram \(size) bytes is too small (at least \(dataOffset + (4 << 20)) bytes)")
+            throw TierError.tooSmall("--dram \(size) bytes is too small (give at least \(dataOffset + (4 << 20)) bytes)")
         }
-        Self.retireStaleTier(at: path)
-        self.path = path
+        self.name = name
         self.tableCapacity = tableCapacity
         self.dataOffset = dataOffset
+        self.freeEvictedPages = freeEvictedPages
         dataSize = (size - dataOffset) / TierFormat.alignment * TierFormat.alignment
-        memory = try SharedMemoryMapping(creating: path, size: size, mode: 0o640, group: group)
-        hitCounters = try SharedMemoryMapping(creating: path + ".hits", size: max(4096, tableCapacity * 4), mode: 0o660, group: group)
-        hitsDescriptor = open(path + ".hits", O_RDWR | O_CLOEXEC)
+        memory = try storage.makeMapping(name: name, size: size)
+        hitCounters = try SharedMemoryMapping(memoryFileNamed: name + ".hits", size: max(4096, tableCapacity * 4), sealed: true)
         var st = State(placement: S3FIFOPlacement(capacity: dataSize, alignment: TierFormat.alignment))
         st.stats.capacityBytes = dataSize
-        state = Locked(st)
+        state = Mutex(st)
         writeSuperblock(size: size)
-    }
-
-    /// A tier file left by a daemon that died still has a non-zero generation, and clients that map it
-    /// would keep reading it: set its generation to 0 (they remap) before it is replaced.
-    static func retireStaleTier(at path: String) {
-        let fd = open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        defer { _ = Glibc.close(fd) }
-        var magic = [UInt8](repeating: 0, count: 8)
-        guard pread(fd, &magic, 8, 0) == 8, magic == TierFormat.magic else { return }
-        var zero: UInt64 = 0
-        _ = pwrite(fd, &zero, 8, off_t(TierFormat.generationOffset))
     }
 
     private func writeSuperblock(size: Int) {
         let sb = UnsafeMutableRawBufferPointer(start: memory.pointer, count: TierFormat.superblockSize)
-        for (i, b) in TierFormat.magic.enumerated() { sb[i] = b }
-        LittleEndian.store(TierFormat.version, at: 8, in: sb)
-        LittleEndian.store(UInt32(TierFormat.superblockSize), at: 12, in: sb)
+        for (i, b) in TierFormat.magic.enumerated() { sb[TierFormat.magicOffset + i] = b }
+        LittleEndian.store(TierFormat.version, at: TierFormat.versionOffset, in: sb)
+        LittleEndian.store(UInt32(TierFormat.superblockSize), at: TierFormat.superblockSizeOffset, in: sb)
         LittleEndian.store(UInt64(size), at: TierFormat.fileSizeOffset, in: sb)
         LittleEndian.store(UInt64(TierFormat.superblockSize), at: TierFormat.tableOffsetOffset, in: sb)
         LittleEndian.store(UInt64(tableCapacity), at: TierFormat.tableCapacityOffset, in: sb)
@@ -127,12 +141,22 @@ public final class DRAMTier: Sendable {
         SharedAtomics.storeRelease(memory.word(at: TierFormat.generationOffset), generation)
     }
 
-    /// Marks the tier stopped (generation 0, so clients remap) and removes its files.
+    /// Marks the tier stopped (generation 0: clients that still map it stop reading it).
     public func close() {
-        if hitsDescriptor >= 0 { _ = Glibc.close(hitsDescriptor) }
         SharedAtomics.storeRelease(memory.word(at: TierFormat.generationOffset), 0)
-        memory.unlinkFile()
-        hitCounters.unlinkFile()
+    }
+
+    /// Descriptors a permitted reader gets: the data (read-only) and the hit counters (read-write,
+    /// size-sealed). The caller closes them after sending.
+    public func descriptorsForReader() throws -> (data: Int32, hits: Int32) {
+        let data = try memory.readOnlyDescriptor()
+        let hits = open("/proc/self/fd/\(hitCounters.descriptor)", O_RDWR | O_CLOEXEC)
+        if hits < 0 {
+            let e = SystemError.last("open", path: hitCounters.name)
+            Glibc.close(data)
+            throw e
+        }
+        return (data, hits)
     }
 
     // MARK: Table entries (the only code that writes them)
@@ -140,7 +164,7 @@ public final class DRAMTier: Sendable {
     private func entry(_ index: Int) -> Int { TierFormat.superblockSize + index * TierFormat.entrySize }
 
     private func entryState(_ index: Int) -> UInt32 {
-        (memory.pointer + entry(index) + TierFormat.stateOffset).load(as: UInt32.self)
+        UInt32(littleEndian: (memory.pointer + entry(index) + TierFormat.stateOffset).load(as: UInt32.self))
     }
 
     /// Runs `change` with the entry's sequence lock odd, so readers that overlap it retry.
@@ -168,18 +192,20 @@ public final class DRAMTier: Sendable {
         withEntryLocked(index) { e in
             e.storeBytes(of: TierFormat.stateDeleted.littleEndian, toByteOffset: TierFormat.stateOffset, as: UInt32.self)
         }
-        writeHits(index, 0)
+        _ = takeHits(index)
     }
 
-    private func readHits(_ index: Int) -> Int {
-        var value: UInt32 = 0
-        guard hitsDescriptor >= 0, pread(hitsDescriptor, &value, 4, off_t(index * 4)) == 4 else { return 0 }
-        return Int(UInt32(littleEndian: value))
+    private func checksumOfEntry(_ index: Int) -> UInt64 {
+        UInt64(littleEndian: (memory.pointer + entry(index) + TierFormat.checksumOffset).load(as: UInt64.self))
     }
 
-    private func writeHits(_ index: Int, _ n: UInt32) {
-        var value = n.littleEndian
-        if hitsDescriptor >= 0 { _ = pwrite(hitsDescriptor, &value, 4, off_t(index * 4)) }
+    private func hitCounter(_ index: Int) -> UnsafeMutablePointer<UInt32> {
+        (hitCounters.pointer + index * 4).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// Hits clients counted on entry `index` since last taken; resets them.
+    private func takeHits(_ index: Int) -> Int {
+        Int(UInt32(littleEndian: SharedAtomics.exchange32(hitCounter(index), 0)))
     }
 
     /// A free table slot in the key's probe window (empty or deleted), if any.
@@ -192,24 +218,24 @@ public final class DRAMTier: Sendable {
         return nil
     }
 
-    /// Hits clients counted on entry `index` since last read; resets them.
-    private func takeMapHits(_ index: Int) -> Int {
-        let n = readHits(index)
-        if n > 0 {
-            writeHits(index, 0)
-            mapHitsTaken.withLock { $0 += n }
-        }
-        // One hit is all the policy needs; a client cannot buy a block more laps by writing large counts.
-        return min(n, 1)
+    /// Clears (and frees) the bytes a block occupied.
+    private func clear(_ item: S3FIFOPlacement<BlockKey>.Item) {
+        memory.discard(offset: dataOffset + item.offset, length: item.size)
     }
 
     /// Applies a placement event: unpublish an evicted block; move a block's bytes and republish.
     private func apply(_ event: S3FIFOPlacement<BlockKey>.Event, _ st: inout State) {
         switch event {
-        case .evicted(let key, _):
-            if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
+        case .evicted(let key, let item):
+            if let index = st.slots.removeValue(forKey: key) {
+                let n = takeHits(index)
+                st.mapHitsTaken += n
+                unpublish(index)
+            }
+            st.namespaces[key] = nil
             st.stats.evictions += 1
             if st.prefetched.remove(key) != nil { st.stats.prefetchWasted += 1 }
+            if freeEvictedPages { clear(item) }
         case .moved(let key, let from, let to):
             // The policy moves a block only when it was read since it was placed.
             if st.prefetched.remove(key) != nil { st.stats.prefetchUsed += 1 }
@@ -226,43 +252,61 @@ public final class DRAMTier: Sendable {
     /// Whether the block is resident.
     public func contains(_ key: BlockKey) -> Bool { state.withLock { $0.slots[key] != nil } }
 
-    /// The resident block, pinned until the returned object goes away; counts a hit. Nil on a miss.
+    /// The resident block, pinned until the returned object goes away; counts a hit. Nil on a miss,
+    /// and when its bytes no longer match the checksum they were inserted with (then it is dropped):
+    /// bytes served through the mount are verified like bytes read from NVMe.
     public func pin(_ key: BlockKey) -> PinnedBlock? {
-        let found = state.withLock { st -> UnsafeRawBufferPointer? in
-            guard st.slots[key] != nil, let item = st.placement.item(key) else {
+        let found = state.withLock { st -> (UnsafeRawBufferPointer, UInt64)? in
+            guard let index = st.slots[key], let item = st.placement.item(key) else {
                 st.stats.misses += 1
                 return nil
             }
             st.pins[key, default: 0] += 1
             st.placement.recordHit(key)
+            return (UnsafeRawBufferPointer(start: memory.pointer + dataOffset + item.offset, count: item.length), checksumOfEntry(index))
+        }
+        guard let (bytes, checksum) = found else { return nil }
+        let pinned = PinnedBlock(tier: self, key: key, bytes: bytes)
+        // Outside the lock: a pinned block's bytes do not move or change.
+        guard Checksum.xxh3(bytes) == checksum else {
+            remove(key)
+            state.withLock { $0.stats.misses += 1 }
+            return nil
+        }
+        state.withLock { st in
             st.stats.mountHits += 1
             if st.prefetched.remove(key) != nil { st.stats.prefetchUsed += 1 }
-            return UnsafeRawBufferPointer(start: memory.pointer + dataOffset + item.offset, count: item.length)
         }
-        return found.map { PinnedBlock(tier: self, key: key, bytes: $0) }
+        return pinned
     }
 
     func unpin(_ key: BlockKey) {
-        state.withLock { st in Self.release(key, &st) }
+        state.withLock { st in Self.release(key, &st, memory: memory, dataOffset: dataOffset) }
     }
 
-    private static func release(_ key: BlockKey, _ st: inout State) {
+    /// Drops one pin; the last pin of a removed block frees (and, if it was unlinked, clears) its bytes.
+    private static func release(_ key: BlockKey, _ st: inout State, memory: SharedMemoryMapping, dataOffset: Int) {
         guard let n = st.pins[key] else { return }
         if n > 1 {
             st.pins[key] = n - 1
             return
         }
         st.pins[key] = nil
-        if st.doomed.remove(key) != nil { st.placement.remove(key) }
+        if st.doomed.remove(key) != nil {
+            if st.clearWhenFreed.remove(key) != nil, let item = st.placement.item(key) {
+                memory.discard(offset: dataOffset + item.offset, length: item.size)
+            }
+            st.placement.remove(key)
+        }
     }
 
     /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
-    /// soon and goes to the main ring). Returns false when it cannot be placed
-    /// now (no free table slot in its probe window, or room only behind a pinned block).
-    /// `prefetched` blocks are counted as used or wasted when they are read or leave.
+    /// soon and goes to the main ring). Returns false when it cannot be placed now (no free table slot
+    /// in its probe window, or room only behind a pinned block). `prefetched` blocks are counted as used
+    /// or wasted when they are read or leave.
     @discardableResult
-    public func insert(_ key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64, hinted: Bool = false,
-                       prefetched: Bool = false) -> Bool {
+    public func insert(_ key: BlockKey, namespaceID: UInt16, bytes: UnsafeRawBufferPointer, checksum: UInt64,
+                       hinted: Bool = false, prefetched: Bool = false) -> Bool {
         // Reserve the space and pin it, copy outside the lock, then publish.
         let reserved = state.withLock { st -> (Int, S3FIFOPlacement<BlockKey>.Item)? in
             // Resident, or being copied in by another thread right now: one copy, one table entry.
@@ -278,7 +322,7 @@ public final class DRAMTier: Sendable {
             var placement = st.placement
             st.placement = S3FIFOPlacement(capacity: 0)
             let item = placement.insert(key, length: bytes.count, expected: hinted, isPinned: { pins[$0] != nil },
-                                        extraHits: { k in slots[k].map { self.takeMapHits($0) } ?? 0 },
+                                        extraHits: { k in slots[k].map { min(self.takeHitsCounting($0), 1) } ?? 0 },
                                         handle: { self.apply($0, &st) })
             st.placement = placement
             guard let item else {
@@ -290,54 +334,108 @@ public final class DRAMTier: Sendable {
         }
         guard let (slot, item) = reserved else { return false }
         memcpy(memory.pointer + dataOffset + item.offset, bytes.baseAddress!, bytes.count)
-        state.withLock { st in
+        return state.withLock { st -> Bool in
             // Publish only if the space is still this reservation's: the key may have been removed (and
             // even reserved again by another insert) while the bytes were copied.
             let current = !st.doomed.contains(key) && st.placement.item(key)?.offset == item.offset && st.slots[key] == nil
-            Self.release(key, &st)
+            Self.release(key, &st, memory: memory, dataOffset: dataOffset)
             // Another key may have published into the reserved slot meanwhile.
             let index = entryState(slot) == TierFormat.stateValid ? freeSlot(for: key) : slot
-            guard current, let index else { return }
+            guard current, let index else { return false }
             publish(index, key: key, item: item, checksum: checksum)
             st.slots[key] = index
+            st.namespaces[key] = namespaceID
             st.stats.insertions += 1
             if prefetched { st.prefetched.insert(key) }
+            return true
         }
-        return true
     }
 
-    /// Drops a block (unlinked).
+    /// Takes the hits of entry `index`, remembering them for the statistics.
+    private func takeHitsCounting(_ index: Int) -> Int {
+        let n = takeHits(index)
+        // Called with the lock held (from the placement's callback).
+        mapHitsPending.withLock { $0 += n }
+        return n
+    }
+
+    /// Map hits taken by the placement while the lock was held (added to the statistics later).
+    private let mapHitsPending = Mutex(0)
+
+    /// Drops a block (unlinked, or its namespace left this tier's domain): it leaves the table at once
+    /// and its bytes are cleared before the space is reused.
     public func remove(_ key: BlockKey) {
         state.withLock { st in
             if let index = st.slots.removeValue(forKey: key) { unpublish(index) }
+            st.namespaces[key] = nil
             if st.prefetched.remove(key) != nil { st.stats.prefetchWasted += 1 }
             // Bytes still in use by a pinned reply or an insert's copy are freed at the last unpin.
-            if st.pins[key] != nil { st.doomed.insert(key) } else { st.placement.remove(key) }
+            if st.pins[key] != nil {
+                st.doomed.insert(key)
+                st.clearWhenFreed.insert(key)
+            } else if let item = st.placement.item(key) {
+                clear(item)
+                st.placement.remove(key)
+            }
         }
     }
 
-    /// Figures of the tier. The clients' hit counters are read with one `pread` of the whole array,
-    /// before the lock is taken (a snapshot: clients keep counting), not one call per resident block.
-    public func statistics() -> TierStatistics {
-        var counters = [UInt32](repeating: 0, count: tableCapacity)
-        if hitsDescriptor >= 0 {
-            _ = counters.withUnsafeMutableBytes { pread(hitsDescriptor, $0.baseAddress, $0.count, 0) }
+    /// Drops every block of a namespace (it changed domain or was removed).
+    public func removeAll(namespaceID: UInt16) {
+        let keys = state.withLock { st in st.namespaces.filter { $0.value == namespaceID }.map(\.key) }
+        for k in keys { remove(k) }
+    }
+
+    /// Evicts the oldest unpinned block, freeing its pages; false when none can go. `DRAMTiers` calls
+    /// it to keep all tiers within one budget.
+    func evictOldest() -> Bool {
+        state.withLock { st in
+            let pins = st.pins
+            var placement = st.placement
+            st.placement = S3FIFOPlacement(capacity: 0)
+            let evicted = placement.evictOldest(isPinned: { pins[$0] != nil }) { event in
+                apply(event, &st)
+                if case .evicted(_, let item) = event, !freeEvictedPages { clear(item) }
+            }
+            st.placement = placement
+            return evicted
         }
-        func hits(_ index: Int) -> Int { Int(UInt32(littleEndian: counters[index])) }
+    }
+
+    /// Bytes of resident blocks.
+    var residentBytes: Int { state.withLock { $0.placement.residentBytes } }
+
+    /// Figures of the tier. Map hits are the counters taken so far plus those clients counted since.
+    public func statistics() -> TierStatistics {
+        let pendingHits = mapHitsPending.withLock { $0 }
         return state.withLock { st in
             var s = st.stats
             s.residentBlocks = st.slots.count
-            s.residentBytes = st.placement.items.values.reduce(0) { $0 + $1.length }
+            s.residentBytes = st.placement.residentBytes
             s.promotions = st.placement.promotions
             s.reinsertions = st.placement.reinsertions
-            var pending = 0
-            for index in st.slots.values { pending += hits(index) }
-            s.mapHits = mapHitsTaken.withLock { $0 } + pending
+            var counted = 0
+            for index in st.slots.values {
+                counted += Int(UInt32(littleEndian: SharedAtomics.loadRelaxed32(hitCounter(index))))
+            }
+            s.mapHits = st.mapHitsTaken + pendingHits + counted
             // Prefetched blocks that clients have read through the map (counters not yet taken).
             for key in st.prefetched {
-                if let index = st.slots[key], hits(index) > 0 { s.prefetchUsed += 1 } else { s.prefetchPending += 1 }
+                if let index = st.slots[key], SharedAtomics.loadRelaxed32(hitCounter(index)) > 0 { s.prefetchUsed += 1 } else { s.prefetchPending += 1 }
             }
             return s
+        }
+    }
+}
+
+/// Why a DRAM tier could not be made, in words a person can act on.
+public enum TierError: Error, CustomStringConvertible {
+    case tooSmall(String)
+    case unavailable(String)
+
+    public var description: String {
+        switch self {
+        case .tooSmall(let s), .unavailable(let s): return s
         }
     }
 }

@@ -1,4 +1,4 @@
-/// Layout of the DRAM tier's shared-memory file. Specification: docs/dram-tier.md; the same layout for C
+/// Layout of a DRAM tier's shared-memory file. Specification: docs/dram-tier.md; the same layout for C
 /// is include/tokenwarehouse.h. This file owns the constants; bump `version` whenever the layout changes.
 public enum TierFormat {
     public static let magic: [UInt8] = Array("TWDRAM01".utf8)
@@ -9,23 +9,26 @@ public enum TierFormat {
     public static let alignment = 4096
 
     // Superblock field offsets.
-    static let generationOffset = 16
-    static let fileSizeOffset = 24
-    static let tableOffsetOffset = 32
-    static let tableCapacityOffset = 40
-    static let entrySizeOffset = 48
-    static let maxProbeOffset = 52
-    static let dataOffsetOffset = 56
-    static let dataSizeOffset = 64
+    public static let magicOffset = 0
+    public static let versionOffset = 8
+    public static let superblockSizeOffset = 12
+    public static let generationOffset = 16
+    public static let fileSizeOffset = 24
+    public static let tableOffsetOffset = 32
+    public static let tableCapacityOffset = 40
+    public static let entrySizeOffset = 48
+    public static let maxProbeOffset = 52
+    public static let dataOffsetOffset = 56
+    public static let dataSizeOffset = 64
 
     // Entry field offsets.
-    static let seqOffset = 0
-    static let stateOffset = 8
-    static let keyLowOffset = 16
-    static let keyHighOffset = 24
-    static let dataOffsetField = 32
-    static let lengthOffset = 40
-    static let checksumOffset = 48
+    public static let seqOffset = 0
+    public static let stateOffset = 8
+    public static let keyLowOffset = 16
+    public static let keyHighOffset = 24
+    public static let dataOffsetField = 32
+    public static let lengthOffset = 40
+    public static let checksumOffset = 48
 
     public static let stateEmpty: UInt32 = 0
     public static let stateValid: UInt32 = 1

@@ -1,34 +1,45 @@
-import BlockStore
+// FuseBridge: the only importer of libfuse. `FuseAdapter` is the low-level operations table: each
+// callback decodes its arguments, calls `WarehouseFileSystem`, and sends exactly one reply.
+// `FuseSession` mounts, runs the worker threads and unmounts. Thread-safety: callbacks run on libfuse's
+// worker threads and keep no state of their own.
 import CFuse
 import Platform
+import WarehouseFS
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The libfuse low-level operations table: each callback decodes its arguments, calls
-/// `WarehouseFileSystem`, and sends exactly one reply.
 enum FuseAdapter {
     static func fs(_ req: fuse_req_t?) -> WarehouseFileSystem {
         Unmanaged<WarehouseFileSystem>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
     }
 
-    static func caller(_ req: fuse_req_t?) -> Caller {
+    /// The caller with its supplementary groups (the kernel sends them on request; libfuse reads
+    /// /proc for them, and an exiting process may have none left: then only uid and gid count).
+    static func caller(_ req: fuse_req_t?, groups: Bool = false) -> Caller {
         let ctx = fuse_req_ctx(req)!.pointee
-        return Caller(uid: ctx.uid, gid: ctx.gid, pid: ctx.pid, umask: ctx.umask)
+        var list: [UInt32] = []
+        if groups {
+            var buffer = [gid_t](repeating: 0, count: 64)
+            let n = buffer.withUnsafeMutableBufferPointer { fuse_req_getgroups(req, Int32($0.count), $0.baseAddress) }
+            if n > 0 && Int(n) <= buffer.count { list = Array(buffer[0..<Int(n)]) }
+        }
+        return Caller(uid: ctx.uid, gid: ctx.gid, groups: list, pid: ctx.pid, umask: ctx.umask)
     }
 
-    static func handle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Handle? {
+    static func handle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenFile? {
         guard let fh = fi?.pointee.fh, fh != 0, let raw = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
-        return Unmanaged<Handle>.fromOpaque(raw).takeUnretainedValue()
+        return Unmanaged<OpenFile>.fromOpaque(raw).takeUnretainedValue()
     }
 
-    static func attach(_ handle: Handle, to fi: UnsafeMutablePointer<fuse_file_info>?) {
+    static func attach(_ handle: OpenFile, to fi: UnsafeMutablePointer<fuse_file_info>?) {
         fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
     }
 
-    static func detach(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> Handle? {
+    static func detach(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenFile? {
         guard let fh = fi?.pointee.fh, fh != 0, let raw = UnsafeRawPointer(bitPattern: UInt(fh)) else { return nil }
-        return Unmanaged<Handle>.fromOpaque(raw).takeRetainedValue()
+        fi!.pointee.fh = 0
+        return Unmanaged<OpenFile>.fromOpaque(raw).takeRetainedValue()
     }
 
     static func name(_ p: UnsafePointer<CChar>?) -> [UInt8] {
@@ -36,7 +47,7 @@ enum FuseAdapter {
         return Array(UnsafeRawBufferPointer(start: p, count: strlen(p)))
     }
 
-    static func entryParameters(_ e: WarehouseFileSystem.Entry) -> fuse_entry_param {
+    static func entryParameters(_ e: Entry) -> fuse_entry_param {
         var param = fuse_entry_param()
         param.ino = UInt64(e.attributes.st_ino)
         param.generation = 1
@@ -46,7 +57,7 @@ enum FuseAdapter {
         return param
     }
 
-    static func replyEntry(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<WarehouseFileSystem.Entry>) {
+    static func replyEntry(_ req: fuse_req_t?, _ result: FSResult<Entry>) {
         switch result {
         case .success(let e):
             var param = entryParameters(e)
@@ -56,14 +67,14 @@ enum FuseAdapter {
         }
     }
 
-    static func replyAttributes(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<stat>, timeout: Double) {
+    static func replyAttributes(_ req: fuse_req_t?, _ result: FSResult<stat>, timeout: Double) {
         switch result {
         case .success(var st): fuse_reply_attr(req, &st, timeout)
         case .failure(let e): fuse_reply_err(req, e.code)
         }
     }
 
-    static func replyVoid(_ req: fuse_req_t?, _ result: WarehouseFileSystem.Outcome<Void>) {
+    static func replyVoid(_ req: fuse_req_t?, _ result: FSResult<Void>) {
         switch result {
         case .success: fuse_reply_err(req, 0)
         case .failure(let e): fuse_reply_err(req, e.code)
@@ -79,6 +90,11 @@ enum FuseAdapter {
         } else {
             _ = value.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), value.count) }
         }
+    }
+
+    static func nanoseconds(_ t: timespec) -> UInt64 {
+        guard t.tv_sec >= 0 else { return 0 }
+        return UInt64(t.tv_sec) &* 1_000_000_000 &+ UInt64(max(0, t.tv_nsec))
     }
 
     static func makeOperations() -> fuse_lowlevel_ops {
@@ -111,46 +127,53 @@ enum FuseAdapter {
         }
         ops.getattr = { req, ino, _ in
             let fs = FuseAdapter.fs(req)
-            let timeout = InodeNumber.kind(ino) == .file ? fs.settings.attributeTimeout : 1
-            FuseAdapter.replyAttributes(req, fs.attributes(of: ino), timeout: timeout)
+            FuseAdapter.replyAttributes(req, fs.attributes(of: ino), timeout: fs.attributeTimeout(ino))
         }
         ops.setattr = { req, ino, attr, toSet, fi in
             let fs = FuseAdapter.fs(req)
             let set = Int32(toSet)
-            var result: WarehouseFileSystem.Outcome<stat> = fs.attributes(of: ino)
-            if set & FUSE_SET_ATTR_SIZE != 0 {
-                result = fs.setSize(ino: ino, size: Int(attr!.pointee.st_size), caller: FuseAdapter.caller(req))
-            } else if set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
-                result = fs.setOwnerAndMode(ino: ino, mode: set & FUSE_SET_ATTR_MODE != 0 ? attr!.pointee.st_mode : nil,
-                                            uid: set & FUSE_SET_ATTR_UID != 0 ? attr!.pointee.st_uid : nil,
-                                            gid: set & FUSE_SET_ATTR_GID != 0 ? attr!.pointee.st_gid : nil)
+            guard let a = attr?.pointee else { fuse_reply_err(req, EINVAL); return }
+            var change = AttributeChange()
+            if set & FUSE_SET_ATTR_SIZE != 0 { change.size = Int(a.st_size) }
+            if set & FUSE_SET_ATTR_MODE != 0 { change.mode = a.st_mode & 0o7777 }
+            if set & FUSE_SET_ATTR_UID != 0 { change.uid = a.st_uid }
+            if set & FUSE_SET_ATTR_GID != 0 { change.gid = a.st_gid }
+            let now = wallClockNanoseconds()
+            if set & FUSE_SET_ATTR_MTIME_NOW != 0 { change.modifiedNanoseconds = now } else if set & FUSE_SET_ATTR_MTIME != 0 {
+                change.modifiedNanoseconds = FuseAdapter.nanoseconds(a.st_mtim)
             }
-            // Time changes (touch, cp -p) are accepted and ignored: a block's mtime is its commit time.
-            FuseAdapter.replyAttributes(req, result, timeout: 0)
+            if set & FUSE_SET_ATTR_ATIME_NOW != 0 { change.accessedNanoseconds = now } else if set & FUSE_SET_ATTR_ATIME != 0 {
+                change.accessedNanoseconds = FuseAdapter.nanoseconds(a.st_atim)
+            }
+            FuseAdapter.replyAttributes(req, fs.setAttributes(ino: ino, change, caller: FuseAdapter.caller(req)), timeout: 0)
         }
         ops.mkdir = { req, parent, name, mode in
-            FuseAdapter.replyEntry(req, FuseAdapter.fs(req).makeDirectory(parent: parent, name: FuseAdapter.name(name), mode: UInt32(mode), caller: FuseAdapter.caller(req)))
+            FuseAdapter.replyEntry(req, FuseAdapter.fs(req).makeDirectory(parent: parent, name: FuseAdapter.name(name), mode: UInt32(mode),
+                                                                           caller: FuseAdapter.caller(req)))
         }
         ops.rmdir = { req, parent, name in
-            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).removeDirectory(parent: parent, name: FuseAdapter.name(name)))
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).removeDirectory(parent: parent, name: FuseAdapter.name(name), caller: FuseAdapter.caller(req)))
         }
         ops.unlink = { req, parent, name in
             FuseAdapter.replyVoid(req, FuseAdapter.fs(req).unlink(parent: parent, name: FuseAdapter.name(name), caller: FuseAdapter.caller(req)))
         }
         ops.rename = { req, parent, name, newParent, newName, flags in
             FuseAdapter.replyVoid(req, FuseAdapter.fs(req).rename(parent: parent, name: FuseAdapter.name(name), newParent: newParent,
-                                          newName: FuseAdapter.name(newName), flags: UInt32(flags), caller: FuseAdapter.caller(req)))
+                                                                  newName: FuseAdapter.name(newName), flags: UInt32(flags),
+                                                                  caller: FuseAdapter.caller(req)))
         }
+        // Blocks are files; links and device nodes have no meaning in a warehouse.
         ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
         ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
         ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.create = { req, parent, name, _, fi in
+        ops.create = { req, parent, name, mode, fi in
             let fs = FuseAdapter.fs(req)
-            switch fs.create(parent: parent, name: FuseAdapter.name(name), flags: fi!.pointee.flags, caller: FuseAdapter.caller(req)) {
-            case .success(let (entry, handle, directIO)):
+            switch fs.create(parent: parent, name: FuseAdapter.name(name), flags: fi!.pointee.flags, mode: UInt32(mode),
+                             caller: FuseAdapter.caller(req)) {
+            case .success(let (entry, handle)):
                 var param = FuseAdapter.entryParameters(entry)
                 FuseAdapter.attach(handle, to: fi)
-                fi!.pointee.direct_io = directIO ? 1 : 0
+                fi!.pointee.direct_io = 1
                 if fuse_reply_create(req, &param, fi) != 0 {
                     // The caller went away: undo the open.
                     if let h = FuseAdapter.detach(fi) { fs.release(h) }
@@ -161,13 +184,13 @@ enum FuseAdapter {
         }
         ops.open = { req, ino, fi in
             let fs = FuseAdapter.fs(req)
-            switch fs.open(ino: ino, flags: fi!.pointee.flags, caller: FuseAdapter.caller(req)) {
+            switch fs.open(ino: ino, flags: fi!.pointee.flags, caller: FuseAdapter.caller(req, groups: true)) {
             case .success(let (handle, keepCache, directIO)):
                 FuseAdapter.attach(handle, to: fi)
                 fi!.pointee.keep_cache = keepCache ? 1 : 0
                 fi!.pointee.direct_io = directIO ? 1 : 0
                 // Readers have nothing to flush: spare them a FLUSH request on every close.
-                if handle is ReadHandle || handle is GeneratedHandle { fi!.pointee.noflush = 1 }
+                if !handle.needsFlush { fi!.pointee.noflush = 1 }
                 if fuse_reply_open(req, fi) != 0, let h = FuseAdapter.detach(fi) { fs.release(h) }
             case .failure(let e):
                 fuse_reply_err(req, e.code)
@@ -198,13 +221,6 @@ enum FuseAdapter {
             case .failure(let e): fuse_reply_err(req, e.code)
             }
         }
-        ops.write = { req, _, buf, size, offset, fi in
-            guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
-            switch FuseAdapter.fs(req).write(h, bytes: UnsafeRawBufferPointer(start: buf, count: size), offset: Int(offset)) {
-            case .success(let n): fuse_reply_write(req, n)
-            case .failure(let e): fuse_reply_err(req, e.code)
-            }
-        }
         ops.flush = { req, _, fi in
             guard let h = FuseAdapter.handle(fi) else { fuse_reply_err(req, 0); return }
             fuse_reply_err(req, FuseAdapter.fs(req).flush(h, caller: FuseAdapter.caller(req))?.code ?? 0)
@@ -213,45 +229,43 @@ enum FuseAdapter {
             if let h = FuseAdapter.detach(fi) { FuseAdapter.fs(req).release(h) }
             fuse_reply_err(req, 0)
         }
+        // A block is committed by close (docs/fuse.md): fsync of a block being written has nothing more
+        // to make durable before then, and a committed block is as durable as --sync says.
         ops.fsync = { req, _, _, _ in fuse_reply_err(req, 0) }
         ops.opendir = { req, ino, fi in
-            switch FuseAdapter.fs(req).openDirectory(ino: ino) {
+            let fs = FuseAdapter.fs(req)
+            switch fs.openDirectory(ino: ino, caller: FuseAdapter.caller(req)) {
             case .success(let h):
                 FuseAdapter.attach(h, to: fi)
-                _ = fuse_reply_open(req, fi)
+                if fuse_reply_open(req, fi) != 0, let h = FuseAdapter.detach(fi) { fs.release(h) }
             case .failure(let e):
                 fuse_reply_err(req, e.code)
             }
         }
         ops.readdir = { req, _, size, offset, fi in
-            guard let dir = FuseAdapter.handle(fi) as? DirectoryHandle else { fuse_reply_err(req, EBADF); return }
+            guard let dir = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
             let fs = FuseAdapter.fs(req)
-            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
-            defer { buffer.deallocate() }
-            var used = 0
-            var index = Int(offset)
-            let total = dir.fixed.count + dir.blocks.count
-            while index < total {
-                let name: String, ino: UInt64, isDirectory: Bool
-                if index < dir.fixed.count {
-                    (name, ino, isDirectory) = (dir.fixed[index].name, dir.fixed[index].ino, dir.fixed[index].isDirectory)
-                } else {
-                    let locator = dir.blocks[index - dir.fixed.count]
-                    guard let n = fs.store.name(of: locator) else { index += 1; continue }
-                    (name, ino, isDirectory) = (n, InodeNumber.firstFile | (locator.key.low >> 4), false)
+            // Entries take at least 32 bytes each in the reply: ask for about as many as fit.
+            switch fs.readDirectory(dir, offset: Int64(offset), limit: max(1, size / 32)) {
+            case .failure(let e):
+                fuse_reply_err(req, e.code)
+            case .success(let entries):
+                let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
+                defer { buffer.deallocate() }
+                var used = 0
+                for e in entries {
+                    var st = stat()
+                    st.st_ino = UInt(e.ino)
+                    st.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                    let n = e.name.withCString { fuse_add_direntry(req, buffer + used, size - used, $0, &st, off_t(e.next)) }
+                    if n > size - used { break }
+                    used += n
                 }
-                var st = stat()
-                st.st_ino = UInt(ino)
-                st.st_mode = isDirectory ? S_IFDIR : S_IFREG
-                let n = name.withCString { fuse_add_direntry(req, buffer + used, size - used, $0, &st, off_t(index + 1)) }
-                if n > size - used { break }
-                used += n
-                index += 1
+                fuse_reply_buf(req, buffer, used)
             }
-            fuse_reply_buf(req, buffer, used)
         }
         ops.releasedir = { req, _, fi in
-            _ = FuseAdapter.detach(fi)
+            if let h = FuseAdapter.detach(fi) { FuseAdapter.fs(req).release(h) }
             fuse_reply_err(req, 0)
         }
         ops.fsyncdir = { req, _, _, _ in fuse_reply_err(req, 0) }
@@ -259,16 +273,17 @@ enum FuseAdapter {
             var st = FuseAdapter.fs(req).filesystemStatistics()
             fuse_reply_statfs(req, &st)
         }
-        ops.setxattr = { req, ino, name, value, size, _ in
+        ops.setxattr = { req, ino, name, value, size, flags in
             let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
             FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: bytes,
-                                                                                 caller: FuseAdapter.caller(req)))
+                                                                                 flags: flags, caller: FuseAdapter.caller(req)))
         }
         ops.removexattr = { req, ino, name in
-            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: [], remove: true))
+            FuseAdapter.replyVoid(req, FuseAdapter.fs(req).setExtendedAttribute(ino: ino, name: String(cString: name!), value: [], remove: true,
+                                                                                 caller: FuseAdapter.caller(req)))
         }
         ops.getxattr = { req, ino, name, size in
-            switch FuseAdapter.fs(req).getExtendedAttribute(ino: ino, name: String(cString: name!)) {
+            switch FuseAdapter.fs(req).getExtendedAttribute(ino: ino, name: String(cString: name!), caller: FuseAdapter.caller(req)) {
             case .success(let value):
                 FuseAdapter.replyXattr(req, value, size: size)
             case .failure(let e):
@@ -289,7 +304,18 @@ enum FuseAdapter {
     }
 }
 
+/// Why mounting failed, in words a person can act on (code, message, cause).
+public struct MountError: Error, CustomStringConvertible {
+    public let message: String
+    public let cause: String?
+
+    public var description: String { cause.map { "\(message) (\($0))" } ?? message }
+}
+
 /// A mounted warehouse: the FUSE session around a `WarehouseFileSystem`.
+///
+/// Thread-safety: create, run and close from one thread; the file system serves requests on the
+/// worker threads `run` starts.
 public final class FuseSession {
     private let session: OpaquePointer
     private let filesystem: WarehouseFileSystem
@@ -315,7 +341,8 @@ public final class FuseSession {
         }
         guard let created else {
             unmanaged.release()
-            throw SystemError(EINVAL, "fuse_session_new (bad mount options: \(options.joined(separator: ",")))")
+            throw MountError(message: "libfuse refused the mount options \(options.joined(separator: ","))",
+                             cause: "check the -o options; libfuse printed why above")
         }
         session = created
         // libfuse installs its stop handlers only over the default disposition; a daemon started from a
@@ -324,18 +351,17 @@ public final class FuseSession {
         if fuse_set_signal_handlers(session) != 0 {
             fuse_session_destroy(session)
             unmanaged.release()
-            throw SystemError(EIO, "fuse_set_signal_handlers")
+            throw MountError(message: "could not install the signal handlers that stop the daemon", cause: nil)
         }
         if fuse_session_mount(session, mountpoint) != 0 {
             fuse_remove_signal_handlers(session)
             fuse_session_destroy(session)
             unmanaged.release()
-            throw SystemError(EIO, "mount", path: mountpoint)
+            throw MountError(message: "could not mount at \(mountpoint)",
+                             cause: "is /dev/fuse there and may this user mount (fusermount3, user_allow_other in /etc/fuse.conf)?")
         }
         nonisolated(unsafe) let mounted = session
-        filesystem.entryInvalidator.withLock {
-            $0 = { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
-        }
+        filesystem.setEntryInvalidator { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
     }
 
     /// Detaches from the terminal unless `foreground` (libfuse's fuse_daemonize).
@@ -356,7 +382,7 @@ public final class FuseSession {
 
     /// Unmounts and frees the session.
     public func close() {
-        filesystem.entryInvalidator.withLock { $0 = nil }
+        filesystem.setEntryInvalidator(nil)
         fuse_session_unmount(session)
         fuse_remove_signal_handlers(session)
         fuse_session_destroy(session)

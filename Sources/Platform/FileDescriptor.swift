@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CSystem
+import CTokenWarehouse
 
 /// An open file descriptor, closed when its owner goes away.
 ///
@@ -12,11 +12,36 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     public let rawValue: Int32
     public let path: String
 
-    /// Opens `path` with `flags` (O_RDWR, O_CREAT, ...), creating with `mode`.
+    /// Opens `path` with `flags` (O_RDWR, O_CREAT, ...), creating with `mode`. Always close-on-exec.
     public init(open path: String, flags: Int32, mode: mode_t = 0o644) throws(SystemError) {
         let fd = retryOnInterrupt { Glibc.open(path, flags | O_CLOEXEC, mode) }
         if fd < 0 { throw SystemError.last("open", path: path) }
         self.rawValue = fd
+        self.path = path
+    }
+
+    /// Opens a file the daemon owns in a directory of its own (the store): never follows a symbolic
+    /// link at the last component, and refuses anything but a regular file (a FIFO would hang the
+    /// open or the read, a device would feed it endless bytes).
+    ///
+    /// - Throws: `ELOOP` for a symlink, `EINVAL` for a non-regular file, or what open(2) gives.
+    public init(openOwnFile path: String, flags: Int32, mode: mode_t = 0o640) throws(SystemError) {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused right after.
+        let fd = retryOnInterrupt { Glibc.open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode) }
+        if fd < 0 { throw SystemError.last("open", path: path) }
+        var st = stat()
+        if fstat(fd, &st) != 0 {
+            let e = SystemError.last("fstat", path: path)
+            _ = Glibc.close(fd)
+            throw e
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            _ = Glibc.close(fd)
+            throw SystemError(EINVAL, "open (not a regular file: something else stands in the store's place)", path: path)
+        }
+        // Back to blocking I/O for the regular file.
+        _ = tw_fcntl_int(fd, F_SETFL, tw_fcntl_int(fd, F_GETFL, 0) & ~O_NONBLOCK)
+        rawValue = fd
         self.path = path
     }
 
@@ -68,6 +93,17 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Appends `bytes` at the end of the file (the descriptor must be open with O_APPEND).
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        var done = 0
+        while done < bytes.count {
+            let n = retryOnInterrupt { Glibc.write(rawValue, bytes.baseAddress! + done, bytes.count - done) }
+            if n < 0 { throw SystemError.last("write", path: path) }
+            if n == 0 { throw SystemError(EIO, "write (wrote nothing)", path: path) }
+            done += n
+        }
+    }
+
     /// Makes written data durable (`fdatasync`).
     public func synchronize() throws(SystemError) {
         if retryOnInterrupt({ fdatasync(rawValue) }) != 0 { throw SystemError.last("fdatasync", path: path) }
@@ -85,7 +121,6 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         return UInt64(st.st_size)
     }
 
-    /// Advises the kernel about the access pattern of a range (`posix_fadvise`); failures are ignored.
     /// Frees the bytes of a range, which then reads as zeros (`fallocate` punching a hole); where the
     /// filesystem cannot, writes zeros over it.
     public func zeroRange(at offset: UInt64, length: UInt64) throws(SystemError) {
@@ -100,6 +135,7 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Advises the kernel about the access pattern of a range (`posix_fadvise`); failures are ignored.
     public func advise(_ advice: Int32, offset: UInt64 = 0, length: UInt64 = 0) {
         _ = posix_fadvise(rawValue, off_t(offset), off_t(length), advice)
     }
@@ -111,8 +147,9 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
 public final class ExclusiveFileLock: Sendable {
     private let descriptor: FileDescriptor
 
+    /// Takes the lock on `path` (a regular file the daemon owns; created if missing, never a symlink).
     public init(path: String) throws(SystemError) {
-        let fd = try FileDescriptor(open: path, flags: O_RDWR | O_CREAT, mode: 0o644)
+        let fd = try FileDescriptor(openOwnFile: path, flags: O_RDWR | O_CREAT, mode: 0o640)
         if retryOnInterrupt({ flock(fd.rawValue, LOCK_EX | LOCK_NB) }) != 0 {
             throw SystemError.last("flock", path: path)
         }
@@ -124,91 +161,6 @@ public final class ExclusiveFileLock: Sendable {
         let text = Array("\(pid)\n".utf8)
         try? descriptor.truncate(to: 0)
         text.withUnsafeBytes { try? descriptor.write([$0], at: 0) }
-    }
-}
-
-/// Filesystem helpers on paths.
-public enum FileSystem {
-    /// Names of the entries of a directory, without `.` and `..`.
-    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
-        guard let dir = opendir(path) else { throw SystemError.last("opendir", path: path) }
-        defer { closedir(dir) }
-        var names: [String] = []
-        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
-        while let entry = readdir(dir) {
-            // d_name is NUL-terminated inside a fixed array; read only up to the NUL.
-            let name = String(cString: (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self))
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    /// Creates `path` and its missing parents with `mode`.
-    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
-        var current = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
-            current += "/" + component
-            if mkdir(current, mode) != 0 && errno != EEXIST { throw SystemError.last("mkdir", path: current) }
-        }
-    }
-
-    public static func remove(_ path: String) throws(SystemError) {
-        if unlink(path) != 0 { throw SystemError.last("unlink", path: path) }
-    }
-
-    /// Renames atomically (`rename(2)`).
-    public static func rename(_ from: String, to: String) throws(SystemError) {
-        if Glibc.rename(from, to) != 0 { throw SystemError.last("rename", path: from) }
-    }
-
-    /// Makes a directory's entries durable (after create, rename, unlink).
-    public static func synchronizeDirectory(_ path: String) throws(SystemError) {
-        let fd = try FileDescriptor(open: path, flags: O_RDONLY | O_DIRECTORY)
-        if fsync(fd.rawValue) != 0 { throw SystemError.last("fsync", path: path) }
-    }
-
-    /// Total and available bytes of the filesystem holding `path`.
-    public static func space(of path: String) throws(SystemError) -> (total: UInt64, available: UInt64) {
-        var st = statvfs()
-        if statvfs(path, &st) != 0 { throw SystemError.last("statvfs", path: path) }
-        return (UInt64(st.f_blocks) * UInt64(st.f_frsize), UInt64(st.f_bavail) * UInt64(st.f_frsize))
-    }
-
-    /// Whether `path` exists.
-    public static func exists(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0
-    }
-
-    /// Reads a whole small file, to its end (also /proc files, whose size reads as zero).
-    public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
-        let fd = try FileDescriptor(open: path, flags: O_RDONLY)
-        let chunk = max(4096, Int(try fd.length()) + 1)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
-        defer { buffer.deallocate() }
-        var bytes: [UInt8] = []
-        while true {
-            let n = retryOnInterrupt { Glibc.read(fd.rawValue, buffer.baseAddress!, chunk) }
-            if n < 0 { throw SystemError.last("read", path: path) }
-            if n == 0 { break }
-            bytes.append(contentsOf: buffer[0..<n])
-        }
-        return bytes
-    }
-
-    /// Replaces a small file atomically: write a temporary, sync it, rename it over, sync the directory.
-    public static func writeFileAtomically(_ path: String, bytes: [UInt8], directory: String) throws(SystemError) {
-        let temporary = path + ".tmp"
-        do {
-            let fd = try FileDescriptor(open: temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
-            defer { copy.deallocate() }
-            copy.copyBytes(from: bytes)
-            try fd.write([UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count])], at: 0)
-            try fd.synchronize()
-        }
-        try rename(temporary, to: path)
-        try synchronizeDirectory(directory)
     }
 }
 

@@ -1,4 +1,5 @@
-import BlockStore
+import ClusterTier
+import Synchronization
 import CRados
 import Platform
 #if canImport(Glibc)
@@ -28,9 +29,9 @@ public final class RadosTier: RemoteTier {
     /// `osd_max_write_size`, 90 MiB by default); larger records are written in pieces of this size.
     static let writePieceSize = 64 << 20
 
-    private let connection = Locked<Connection?>(nil)
+    private let connection = Mutex<Connection?>(nil)
     /// Serialises connection attempts; never held by a call that only uses the connection.
-    private let connectLock = Locked(())
+    private let connectLock = Mutex(())
 
     public init(configurationFile: String, pool: String, timeoutSeconds: Int = 3, user: String = "admin") {
         self.configurationFile = configurationFile

@@ -1,5 +1,6 @@
 import BlockStore
 import DRAMTier
+import HeapModule
 
 /// Offline figures of a trace: the optimum a cache of a given size could reach.
 public enum OfflineBounds {
@@ -14,56 +15,34 @@ public enum OfflineBounds {
             seen[references[i]] = i
         }
         var resident: [Int: Int] = [:]  // block -> its next use
-        var heap = MaxHeap()
+        var heap = Heap<NextUse>()
         var hits = 0
         for (i, r) in references.enumerated() {
             if resident[r] != nil {
                 hits += 1
                 resident[r] = next[i]
-                heap.push((next[i], r))
+                heap.insert(NextUse(next: next[i], block: r))
                 continue
             }
             if resident.count >= capacity {
                 // Farthest next use among residents (skipping stale heap entries).
-                while let top = heap.peek(), resident[top.1] != top.0 { _ = heap.pop() }
-                guard let top = heap.peek() else { continue }
-                if top.0 <= next[i] { continue }  // the new block is needed later than all: bypass
-                _ = heap.pop()
-                resident[top.1] = nil
+                while let top = heap.max, resident[top.block] != top.next { _ = heap.popMax() }
+                guard let top = heap.max else { continue }
+                if top.next <= next[i] { continue }  // the new block is needed later than all: bypass
+                _ = heap.popMax()
+                resident[top.block] = nil
             }
             resident[r] = next[i]
-            heap.push((next[i], r))
+            heap.insert(NextUse(next: next[i], block: r))
         }
         return Double(hits) / Double(references.count)
     }
 
-    struct MaxHeap {
-        var items: [(Int, Int)] = []
-        func peek() -> (Int, Int)? { items.first }
-        mutating func push(_ x: (Int, Int)) {
-            items.append(x)
-            var i = items.count - 1
-            while i > 0, items[(i - 1) / 2].0 < items[i].0 {
-                items.swapAt(i, (i - 1) / 2)
-                i = (i - 1) / 2
-            }
-        }
-        mutating func pop() -> (Int, Int)? {
-            guard !items.isEmpty else { return nil }
-            items.swapAt(0, items.count - 1)
-            let top = items.removeLast()
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < items.count, items[l].0 > items[m].0 { m = l }
-                if r < items.count, items[r].0 > items[m].0 { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-            return top
-        }
+    /// A resident block and its next use, ordered by the next use (the heap gives the farthest first).
+    struct NextUse: Comparable {
+        var next: Int
+        var block: Int
+        static func < (a: NextUse, b: NextUse) -> Bool { a.next < b.next }
     }
 }
 
@@ -125,7 +104,7 @@ public struct WarehouseSimulation {
         let capacity = nvmeBlocks.map { max(UInt64($0) * recordBytes, 2 * segmentBytes) + segmentBytes } ?? (1 << 50)
         let configuration = StoreConfiguration(capacity: capacity, segmentSize: segmentBytes, maxBlockSize: 4096, sync: .none,
                                                backgroundCompaction: false)
-        let store = try BlockStore(device: VolatileStorageDevice(), configuration: configuration)
+        let store = try BlockStore(device: MemoryStorageDevice(), configuration: configuration)
         defer { try? store.close() }
         _ = try store.createNamespace(Self.namespace, owner: 0, group: 0, mode: 0o755)
         var result = SimulationResult()

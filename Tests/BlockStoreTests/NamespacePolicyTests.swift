@@ -1,4 +1,6 @@
+import Synchronization
 import Testing
+import WarehouseCore
 import Platform
 #if canImport(Glibc)
 import Glibc
@@ -8,10 +10,12 @@ import Glibc
 /// Namespace policies (docs/operations.md): quota, time to live, pinning; and removal by age.
 @Suite struct NamespacePolicyTests {
     @Test func aWritePastTheQuotaFailsAndOtherNamespacesStillWrite() throws {
-        let store = try makeStore(VolatileStorageDevice(), sync: .none)
+        let store = try makeStore(MemoryStorageDevice(), sync: .none)
         try ensureNamespace(store, "q")
         try ensureNamespace(store, "free")
-        _ = try store.updateNamespace("q") { $0.quotaBytes = 100_000 }
+        // The quota counts stored bytes: each record is its header page plus its payload in pages.
+        func stored(_ payload: Int) -> UInt64 { UInt64(RecordFormat.recordSize(headerAreaSize: 4096, storedLength: payload)) }
+        _ = try store.updateNamespace("q") { $0.quotaBytes = stored(60_000) + stored(40_000) }
         _ = try store.put("q", "a", pattern(1, count: 60_000))
         _ = try store.put("q", "b", pattern(2, count: 40_000))               // exactly at the quota
         do {
@@ -28,7 +32,7 @@ import Glibc
     }
 
     @Test func policiesSurviveARestart() throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         var store = try makeStore(device, sync: .always)
         try ensureNamespace(store, "p")
         try ensureNamespace(store, "plain")
@@ -47,7 +51,7 @@ import Glibc
     }
 
     @Test func sharePolicySurvivesARestartAndOlderLinesStayReadable() throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         var store = try makeStore(device, sync: .always)
         try ensureNamespace(store, "shared")
         try ensureNamespace(store, "private")
@@ -81,7 +85,7 @@ import Glibc
     }
 
     @Test func blocksPastTheirTimeToLiveReadAsMissingAndAreRemoved() throws {
-        let store = try makeStore(VolatileStorageDevice(), sync: .none)
+        let store = try makeStore(MemoryStorageDevice(), sync: .none)
         try ensureNamespace(store, "t")
         try ensureNamespace(store, "keep")
         let now = wallClockNanoseconds()
@@ -106,7 +110,7 @@ import Glibc
     }
 
     @Test func removeBlocksByAgeTellsTheObserver() throws {
-        let store = try makeStore(VolatileStorageDevice(), sync: .none)
+        let store = try makeStore(MemoryStorageDevice(), sync: .none)
         try ensureNamespace(store, "e")
         let now = wallClockNanoseconds()
         for i in 0..<5 {
@@ -115,7 +119,7 @@ import Glibc
             }
             _ = try store.put("e", "new\(i)", pattern(i + 10, count: 500))
         }
-        let seen = Locked<[String]>([])
+        let seen = Mutex<[String]>([])
         store.observeRemovals { ns, name in seen.withLock { $0.append(ns + "/" + name) } }
         let removed = try store.removeBlocks(namespace: "e", committedBefore: now / 1_000_000_000 - 50)
         #expect(removed.blocks == 5 && removed.bytes == 2500)
@@ -127,7 +131,7 @@ import Glibc
     }
 
     @Test func pinnedBlocksSurviveEvictionAndAFullyPinnedStoreSaysNoSpace() throws {
-        let store = try BlockStore(device: VolatileStorageDevice(), configuration: StoreConfiguration(
+        let store = try BlockStore(device: MemoryStorageDevice(), configuration: StoreConfiguration(
             capacity: 4 << 20, segmentSize: 256 << 10, sync: .none, eviction: .oldest, backgroundCompaction: false))
         try ensureNamespace(store, "gold")
         try ensureNamespace(store, "bulk")
@@ -153,11 +157,11 @@ import Glibc
     }
 
     @Test func aRecordLargerThanTheCapacityFailsWithoutEvictingAnything() throws {
-        let store = try BlockStore(device: VolatileStorageDevice(), configuration: StoreConfiguration(
+        let store = try BlockStore(device: MemoryStorageDevice(), configuration: StoreConfiguration(
             capacity: 2 << 20, segmentSize: 256 << 10, maxBlockSize: 8 << 20, sync: .none, backgroundCompaction: false))
         try ensureNamespace(store)
         for i in 0..<10 { _ = try store.put("m", "b\(i)", pattern(i, count: 50_000)) }
-        #expect(throws: StoreError.self) { _ = try store.put("m", "big", pattern(99, count: 3 << 20)) }
+        #expect(storeErrno { _ = try store.put("m", "big", pattern(99, count: 3 << 20)) } == ENOSPC)
         #expect(store.statistics().evictedSegments == 0)
         for i in 0..<10 { #expect(try store.get("m", "b\(i)") == pattern(i, count: 50_000)) }
         try store.close()

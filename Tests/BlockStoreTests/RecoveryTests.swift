@@ -1,4 +1,9 @@
+import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+import WarehouseCore
 import Platform
 @testable import BlockStore
 
@@ -6,8 +11,8 @@ import Platform
 @Suite struct RecoveryTests {
     /// A device whose only segment holds `count` blocks of 100 bytes ("b0", "b1", ...), never sealed
     /// (as after a crash), so recovery must scan it. Returns the device and each record's offset.
-    func crashedStore(count: Int) throws -> (VolatileStorageDevice, [UInt64]) {
-        let device = VolatileStorageDevice()
+    func crashedStore(count: Int) throws -> (MemoryStorageDevice, [UInt64]) {
+        let device = MemoryStorageDevice()
         let store = try makeStore(device)
         try ensureNamespace(store)
         for i in 0..<count { _ = try store.put("m", "b\(i)", pattern(i, count: 100)) }
@@ -33,7 +38,7 @@ import Platform
     }
 
     @Test func flippedPayloadByteAfterCheckpointIsNeverServed() throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         var store = try makeStore(device)
         try ensureNamespace(store)
         _ = try store.put("m", "k", pattern(9, count: 10_000))
@@ -42,7 +47,7 @@ import Platform
         device.modify(segmentNames(device)[0]) { $0[offset] ^= 0x01 }
         store = try makeStore(device)
         #expect(store.recovery.segmentsFromSummary == 1)
-        #expect(throws: StoreError.self) { try store.get("m", "k") }
+        #expect(storeErrno { _ = try store.get("m", "k") } == EIO)
         #expect(store.statistics().corruptReads == 1)
         try store.close()
     }
@@ -62,7 +67,7 @@ import Platform
         let full = device.contents(name)!
         let last = Int(offsets[2])
         for cut in last..<full.count {
-            let copy = VolatileStorageDevice()
+            let copy = MemoryStorageDevice()
             copy.modify(name) { _ in }
             _ = try copy.open(name, create: true)
             copy.modify(name) { $0 = Array(full[0..<cut]) }
@@ -76,14 +81,14 @@ import Platform
         }
     }
 
-    @Test func badLengthIsTreatedAsDamageNotTrusted() throws {
+    @Test func badLengthEndsTheValidLogAsATornTailNotTrusted() throws {
         let (device, offsets) = try crashedStore(count: 2)
         device.modify(segmentNames(device)[0]) { bytes in
             let at = Int(offsets[1])
             // A stored length far past the file, with a header checksum that matches it.
             bytes.withUnsafeMutableBytes { raw in
                 let area = UnsafeMutableRawBufferPointer(rebasing: raw[at..<(at + 4096)])
-                LittleEndian.store(UInt32(1 << 30), at: 12, in: area)
+                LittleEndian.store(UInt32(1 << 30), at: RecordFormat.storedLengthOffset, in: area)
                 resealHeader(area)
             }
         }
@@ -124,7 +129,7 @@ import Platform
 
     @Test(arguments: [1, 2, 3, 4, 5])
     func powerLossKeepsEveryBlockWhosePutReturnedUnderSyncAlways(seed: Int) throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         let first = try makeStore(device, segmentSize: 128 << 10, sync: .always)
         try ensureNamespace(first)
         first.startBackgroundWork()
@@ -161,7 +166,7 @@ import Platform
     }
 
     @Test func recoveryAfterACheckpointReadsOnlyTheSegmentsAfterIt() throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         var store = try makeStore(device, segmentSize: 64 << 10, sync: .always)
         try ensureNamespace(store)
         for i in 0..<40 { _ = try store.put("m", "b\(i)", pattern(i, count: 10_000)) }
@@ -185,22 +190,11 @@ import Platform
 
 /// Recomputes a record's header checksum after a test changed a field on purpose.
 func resealHeader(_ area: UnsafeMutableRawBufferPointer) {
-    let ns = Int(area[6]), key = Int(area[8]) | Int(area[9]) << 8, meta = Int(area[10]) | Int(area[11]) << 8
-    LittleEndian.store(UInt64(0), at: 56, in: area)
-    let sum = Checksum.xxh3(UnsafeRawBufferPointer(rebasing: area[0..<(64 + ns + key + meta)]))
-    LittleEndian.store(sum, at: 56, in: area)
+    typealias F = RecordFormat
+    let ns = Int(area[F.namespaceLengthOffset])
+    let key = Int(LittleEndian.load(UInt16.self, at: F.keyLengthOffset, in: area))
+    let meta = Int(LittleEndian.load(UInt16.self, at: F.metadataLengthOffset, in: area))
+    LittleEndian.store(UInt64(0), at: F.headerChecksumOffset, in: area)
+    let sum = Checksum.xxh3(UnsafeRawBufferPointer(rebasing: area[0..<(F.fixedHeaderSize + ns + key + meta)]))
+    LittleEndian.store(sum, at: F.headerChecksumOffset, in: area)
 }
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-import Synchronization

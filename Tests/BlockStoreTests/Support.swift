@@ -1,5 +1,9 @@
 @testable import BlockStore
 import Platform
+import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Deterministic bytes for block `seed` of `count` bytes (cheap to regenerate for checking).
 func pattern(_ seed: Int, count: Int) -> [UInt8] {
@@ -35,6 +39,44 @@ extension BlockStore {
 }
 
 /// The one segment data file of a device with a single segment that holds records.
-func segmentNames(_ device: VolatileStorageDevice) -> [String] {
+func segmentNames(_ device: MemoryStorageDevice) -> [String] {
     (try? device.fileNames())?.filter { $0.hasSuffix(SegmentFormat.dataSuffix) }.sorted() ?? []
+}
+
+/// The errno of the `StoreError` that `body` throws, or nil when it throws nothing (or something else):
+/// tests pin the exact failure, not "some error".
+func storeErrno(_ body: () throws -> Void) -> Int32? {
+    do {
+        try body()
+        return nil
+    } catch let e as StoreError {
+        return e.errnoCode
+    } catch {
+        return nil
+    }
+}
+
+/// A fresh directory of this test (mode 0700), removed with `removeScratch`.
+func scratchDirectory(_ label: String) -> String {
+    let dir = "/tmp/tw-unit-\(getpid())-\(label)-\(UInt32.random(in: 0...UInt32.max))"
+    _ = mkdir(dir, 0o700)
+    return dir
+}
+
+func removeScratch(_ dir: String) {
+    for name in (try? FileSystem.listDirectory(dir)) ?? [] { _ = unlink(dir + "/" + name) }
+    _ = rmdir(dir)
+}
+
+/// A seeded generator, so a failure reproduces (SplitMix64).
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -1,4 +1,5 @@
 import Testing
+import WarehouseCore
 import Platform
 @testable import BlockStore
 
@@ -6,7 +7,7 @@ import Platform
     /// A write that failed (no space) leaves zero pages at the end of the active segment: a hole, which
     /// `twctl verify` must not report as damage; a non-zero torn tail it must.
     @Test func zeroPagesAfterTheLastRecordAreNotDamageButATornTailIs() throws {
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         let store = try makeStore(device, sync: .always)
         try ensureNamespace(store)
         _ = try store.put("m", "a", pattern(1, count: 10_000))

@@ -1,72 +1,208 @@
-import Testing
-import BlockStore
 import Platform
+import Synchronization
+import Testing
+import WarehouseCore
 @testable import DRAMTier
 #if canImport(Glibc)
 import Glibc
 #endif
 
-@Suite struct DRAMTierTests {
-    /// A tier in /dev/shm and a fake mount whose .tw/dram names it, for a `TierReader`.
-    func makeTier(size: Int = 16 << 20) throws -> (DRAMTier, String) {
-        let name = "tw-unit-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let tier = try DRAMTier(path: "/dev/shm/" + name, size: size, group: nil)
-        let mount = "/tmp/" + name
-        try FileSystem.makeDirectories(mount + "/.tw")
-        try FileSystem.writeFileAtomically(mount + "/.tw/dram", bytes: Array((tier.path + "\n").utf8), directory: mount + "/.tw")
-        return (tier, mount)
+/// The DRAM tier as clients see it: a tier set, its broker on a socket, and a fake mount whose
+/// `.tw/dram` names the socket, for a `TierReader`.
+final class TierFixture {
+    let scratch: String
+    let tiers: DRAMTiers
+    let broker: TierBroker
+    let mount: String
+
+    init(size: Int = 16 << 20) throws {
+        scratch = "/tmp/tw-unit-\(getpid())-tier-\(UInt32.random(in: 0...UInt32.max))"
+        try FileSystem.makeDirectories(scratch + "/mnt/.tw", mode: 0o700)
+        mount = scratch + "/mnt"
+        tiers = DRAMTiers(budget: size, storage: TierStorage.prepare(directory: "/dev/shm", privateDirectory: scratch, size: size),
+                          namePrefix: "tw-unit-\(getpid())")
+        broker = try TierBroker(socketPath: scratch + "/tier.sock", tiers: tiers)
+        try FileSystem.writeFileAtomically(mount + "/.tw/dram", bytes: Array("socket \(scratch)/tier.sock\n".utf8), directory: mount + "/.tw")
+        broker.start()
     }
 
-    func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed &* 7) } }
+    func close() {
+        broker.stop()
+        tiers.close()
+        for name in ["mnt/.tw/dram", "tier.sock"] { _ = unlink(scratch + "/" + name) }
+        for dir in ["mnt/.tw", "mnt", ""] { _ = rmdir(scratch + "/" + dir) }
+    }
+}
 
+func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed &* 7) } }
+
+@Suite struct DRAMTierTests {
     @Test func insertedBlockIsReadByAMappedReaderAndPinnedByTheDaemon() throws {
-        let (tier, mount) = try makeTier()
-        defer { tier.close() }
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
         let data = bytes(1, 300_000)
         let key = BlockKey(namespace: "ns", key: "0123456789abcdef")
-        #expect(data.withUnsafeBytes { tier.insert(key, bytes: $0, checksum: Checksum.xxh3($0)) })
-        let pinned = try #require(tier.pin(key))
-        #expect(Array(pinned.bytes) == data)
-        let reader = TierReader(mount: mount)
+        #expect(data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0)) })
+        let pinned = try #require(f.tiers.pin(key, namespaceID: 1))
+        #expect(pinned.withBytes { Array($0) } == data)
+        let reader = TierReader(mount: f.mount)
+        #expect(reader.isMapped)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         let n = buffer.withUnsafeMutableBytes { reader.copy(namespace: "ns", name: "0123456789abcdef", into: $0) }
         #expect(n == data.count)
         #expect(Array(buffer.prefix(data.count)) == data)
-        #expect(buffer.withUnsafeMutableBytes { reader.copy(namespace: "ns", name: "absent", into: $0) } == nil)
+        #expect(buffer.withUnsafeMutableBytes { reader.copy(namespace: "ns", name: "aaaaaaaaaaaaaaaa", into: $0) } == nil)
         #expect(buffer.withUnsafeMutableBytes { reader.copy(namespace: "other", name: "0123456789abcdef", into: $0) } == nil)
-        #expect(tier.statistics().mapHits == 1)
+        #expect(f.tiers.statistics().mapHits == 1)
     }
 
     @Test func evictionUnpublishesAndReadersNeverSeeOtherBytes() throws {
-        let (tier, mount) = try makeTier(size: 8 << 20)
-        defer { tier.close() }
-        let reader = TierReader(mount: mount)
+        let f = try TierFixture(size: 8 << 20)
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let reader = TierReader(mount: f.mount)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         // Compare checksums (the C XXH3): byte-by-byte comparison of megabytes is slow in debug builds.
         var sums: [UInt64] = []
+        var found = 0
         for i in 0..<200 {
             let data = bytes(i, 200_000 + i)
             let sum = data.withUnsafeBytes { Checksum.xxh3($0) }
             sums.append(sum)
-            _ = data.withUnsafeBytes { tier.insert(BlockKey(namespace: "ns", key: "b\(i)"), bytes: $0, checksum: sum) }
+            _ = data.withUnsafeBytes { f.tiers.insert(BlockKey(namespace: "ns", key: "b\(i)"), namespaceID: 1, bytes: $0, checksum: sum) }
             for j in Swift.max(0, i - 40)...i {
                 let got = buffer.withUnsafeMutableBytes { raw -> UInt64? in
                     reader.copy(namespace: "ns", name: "b\(j)", into: raw).map { Checksum.xxh3(UnsafeRawBufferPointer(rebasing: raw[0..<$0])) }
                 }
-                if let got { #expect(got == sums[j], "block \(j) read with other bytes") }
+                if let got {
+                    found += 1
+                    #expect(got == sums[j], "block \(j) read with other bytes")
+                }
             }
         }
-        let s = tier.statistics()
+        let s = f.tiers.statistics()
         #expect(s.evictions > 0)
         #expect(s.residentBytes <= s.capacityBytes)
+        // The newest blocks are always resident right after their insertion: the reads above happened.
+        #expect(found >= 200)
+    }
+
+    @Test func aReaderRacingTheWriterNeverSeesTornOrRecycledBytes() throws {
+        let f = try TierFixture(size: 8 << 20)
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let reader = TierReader(mount: f.mount)
+        let sums = (0..<64).map { i in bytes(i, 300_000).withUnsafeBytes { Checksum.xxh3($0) } }
+        let stop = Atomic<Bool>(false)
+        let reads = Atomic<Int>(0), wrong = Atomic<Int>(0)
+        let readers = (0..<2).map { t in
+            BackgroundThread(name: "reader\(t)") {
+                var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                while !stop.load(ordering: .relaxed) {
+                    for j in 0..<64 {
+                        let got = buffer.withUnsafeMutableBytes { raw -> UInt64? in
+                            reader.copy(namespace: "ns", name: "r\(j)", into: raw).map { Checksum.xxh3(UnsafeRawBufferPointer(rebasing: raw[0..<$0])) }
+                        }
+                        if let got {
+                            reads.add(1, ordering: .relaxed)
+                            if got != sums[j] { wrong.add(1, ordering: .relaxed) }
+                        }
+                    }
+                }
+            }
+        }
+        // 64 blocks of 300 KB in an 8 MiB tier: constant eviction, moves and reuse of space.
+        for round in 0..<20 {
+            for j in 0..<64 {
+                let key = BlockKey(namespace: "ns", key: "r\(j)")
+                if round % 3 == 2 { f.tiers.remove(key, namespaceID: 1) }
+                _ = bytes(j, 300_000).withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: sums[j]) }
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        readers.forEach { $0.join() }
+        #expect(wrong.load(ordering: .relaxed) == 0)
+        #expect(reads.load(ordering: .relaxed) > 0)
+    }
+
+    @Test func removedBlocksBytesAreClearedBeforeTheirSpaceIsReused() throws {
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let key = BlockKey(namespace: "ns", key: "secret")
+        let data = [UInt8](repeating: 0xA5, count: 64 << 10)
+        _ = data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0)) }
+        let pinned = try #require(f.tiers.pin(key, namespaceID: 1))
+        let address = pinned.withBytes { UInt(bitPattern: $0.baseAddress!) }
+        f.tiers.remove(key, namespaceID: 1)
+        // Still pinned by a reply: the bytes stay until it is done, then they are cleared.
+        #expect(pinned.withBytes { $0.allSatisfy { $0 == 0xA5 } })
+        _ = consume pinned
+        let after = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: data.count)
+        #expect(after.allSatisfy { $0 == 0 })
+    }
+
+    @Test func aDamagedResidentBlockIsDroppedNotServed() throws {
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let key = BlockKey(namespace: "ns", key: "k")
+        let data = bytes(3, 10_000)
+        // A checksum that does not match the bytes stands for memory changed after insertion.
+        _ = data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0) ^ 1) }
+        #expect(f.tiers.pin(key, namespaceID: 1) == nil)
+        #expect(!f.tiers.contains(key, namespaceID: 1))
+    }
+
+    @Test func aNamespaceThatChangesDomainLeavesItsOldTier() throws {
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 1000, group: 1000, mode: 0o755)
+        let key = BlockKey(namespace: "ns", key: "k")
+        _ = bytes(4, 5000).withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0)) }
+        #expect(f.tiers.contains(key, namespaceID: 1))
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 1000, group: 1000, mode: 0o700)
+        #expect(!f.tiers.contains(key, namespaceID: 1))
+        #expect(f.tiers.domainCount == 2)
+        // Only the owner (and root) may read the new domain.
+        let private700 = SecurityDomain(owner: 1000, group: 1000, mode: 0o700)
+        #expect(private700.admits(uid: 1000, gid: 1000, groups: []))
+        #expect(!private700.admits(uid: 1001, gid: 1000, groups: []))
+        #expect(private700.admits(uid: 0, gid: 0, groups: []))
+        let group750 = SecurityDomain(owner: 1000, group: 2000, mode: 0o750)
+        #expect(group750.admits(uid: 1001, gid: 100, groups: [2000]))
+        #expect(!group750.admits(uid: 1001, gid: 100, groups: [3000]))
+        #expect(f.tiers.readable(uid: 1001, gid: 100, groups: []).flatMap(\.namespaces).isEmpty)
+        #expect(f.tiers.readable(uid: 1000, gid: 1000, groups: []).flatMap(\.namespaces) == ["ns"])
     }
 
     @Test func closingTheTierTellsReadersToRemap() throws {
-        let (tier, mount) = try makeTier()
-        let reader = TierReader(mount: mount)
+        let f = try TierFixture()
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let reader = TierReader(mount: f.mount)
         #expect(reader.isMapped)
-        tier.close()
+        f.close()
         #expect(!reader.isMapped)
-        #expect(!FileSystem.exists(tier.path))
+    }
+
+    @Test func aCraftedSuperblockIsRefusedNotTrusted() throws {
+        let path = "/tmp/tw-unit-\(getpid())-crafted"
+        defer { _ = unlink(path) }
+        var file = [UInt8](repeating: 0, count: 8192)
+        for (i, b) in TierFormat.magic.enumerated() { file[i] = b }
+        file.withUnsafeMutableBytes { raw in
+            LittleEndian.store(TierFormat.version, at: TierFormat.versionOffset, in: raw)
+            LittleEndian.store(UInt32(TierFormat.entrySize), at: TierFormat.entrySizeOffset, in: raw)
+            LittleEndian.store(UInt64(TierFormat.superblockSize), at: TierFormat.tableOffsetOffset, in: raw)
+            LittleEndian.store(UInt64.max, at: TierFormat.tableCapacityOffset, in: raw)        // wraps any product
+            LittleEndian.store(UInt64.max - 10, at: TierFormat.dataOffsetOffset, in: raw)
+            LittleEndian.store(UInt64(100), at: TierFormat.dataSizeOffset, in: raw)
+        }
+        try FileSystem.writeFileAtomically(path, bytes: file, directory: "/tmp")
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        let mapping = try ReadOnlyMapping(descriptor: fd, what: path)
+        #expect(TierReader.Mapped(name: "crafted", data: mapping, hits: nil) == nil)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarehouseCore
 @testable import Traces
 
 @Test func parsesMooncakeLinesAndReportsBadOnes() throws {

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-30}
 scratch=${TW_FUZZ_SCRATCH:-.build-fuzz}
-targets=(FuzzRecordDecoder FuzzBlockNames)
+targets=(FuzzRecordDecoder FuzzBlockNames FuzzControlInput)
 flags=(-c release -j 1 --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING)
 # The Swift runtime's backtracer reads memory in ways ASan reports as an error of its own; libFuzzer
 # prints the stack of a crash itself.

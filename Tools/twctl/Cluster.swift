@@ -1,5 +1,6 @@
 import ArgumentParser
-import BlockStore
+import CommandLineTypes
+import ControlPlane
 import Foundation
 
 /// `twctl cluster`: the tier shared with other nodes through Ceph RADOS (docs/cluster-tier.md).
@@ -9,13 +10,11 @@ struct Cluster: ParsableCommand {
         subcommands: [ClusterStatus.self, ClusterGC.self])
 }
 
-/// One line of `twctl status` for the "remote" object of `.tw/status`.
-func remoteStatusLine(_ r: [String: Any]) -> String {
-    let connected = (r["connected"] as? Bool) == true
-    return "remote      \(r["location"] ?? "?") \(connected ? "connected" : "NOT CONNECTED"): queue \(r["queue_depth"] ?? 0)/\(r["queue_capacity"] ?? 0), "
-        + "\(r["published"] ?? 0) published, \(r["fetched"] ?? 0) fetched, \(r["misses"] ?? 0) misses, "
-        + "\(r["failed"] ?? 0) failed (\(r["corrupt"] ?? 0) corrupt), \(r["dropped"] ?? 0) dropped"
-        + ((r["last_error"] as? String).map { "; last error: \($0)" } ?? "")
+/// One line of `twctl status` for the shared tier.
+func remoteStatusLine(_ r: RemoteStatus) -> String {
+    "remote      \(r.location ?? "?") \(r.connected ? "connected" : "NOT CONNECTED"): queue \(r.queueDepth)/\(r.queueCapacity), "
+        + "\(r.published) published, \(r.fetched) fetched, \(r.misses) misses, \(r.failed) failed (\(r.corrupt) corrupt), \(r.dropped) dropped"
+        + (r.lastError.map { "; last error: \($0)" } ?? "")
 }
 
 struct ClusterStatus: ParsableCommand {
@@ -25,15 +24,9 @@ struct ClusterStatus: ParsableCommand {
     @Flag(help: "Print the daemon's JSON.") var json = false
 
     func run() throws {
-        let path = mount + "/.tw/status"
-        guard let bytes = FileManager.default.contents(atPath: path),
-              let object = try? JSONSerialization.jsonObject(with: bytes) as? [String: Any] else {
-            throw ValidationError("\(mount) is not a mounted warehouse (cannot read \(path))")
-        }
-        guard let remote = object["remote"] as? [String: Any], (remote["enabled"] as? Bool) == true else {
-            throw ValidationError("\(mount) shares nothing: mount it with --cluster CONF --pool POOL")
-        }
-        if json { printJSON(remote) } else { print(remoteStatusLine(remote)) }
+        guard let s = readStatus(mount) else { throw ValidationError("\(mount) is not a mounted warehouse (cannot read \(mount)/.tw/status)") }
+        guard s.remote.enabled else { throw ValidationError("\(mount) shares nothing: mount it with --cluster CONF --pool POOL") }
+        if json { printJSON(s.remote) } else { print(remoteStatusLine(s.remote)) }
     }
 }
 
@@ -44,15 +37,15 @@ struct ClusterGC: ParsableCommand {
         discussion: "Runs in the mount's daemon, which holds the cluster connection. Access times are recorded at most once an hour per object and node; objects never read since written count from their write.")
 
     @Argument(help: "The mount point of a twfs with --cluster.") var mount: String
-    @Option(help: "Bytes the pool may keep (512M, 20G, 1T).") var target: String
+    @Option(help: "Bytes the pool may keep (512M, 20G, 1T).") var target: ByteCount
     @Flag(help: "Print the daemon's JSON.") var json = false
 
     func run() throws {
-        guard let bytes = SizeParser.parse(target) else { throw ValidationError("--target: '\(target)' is not a size (examples: 512M, 20G)") }
-        let answer = try control(mount, "cluster-gc target=\(bytes)")
-        if json { printJSON(answer); return }
-        func n(_ k: String) -> UInt64 { (answer[k] as? NSNumber)?.uint64Value ?? 0 }
-        print("\(answer["location"] ?? "?"): \(n("objects")) objects, \(SizeParser.format(n("bytes_before"))) -> \(SizeParser.format(n("bytes_after"))); "
-              + "removed \(n("removed_objects")) objects (\(SizeParser.format(n("removed_bytes")))) in \(answer["seconds"] ?? 0) s")
+        var request = ControlRequest(command: .clusterGC)
+        request.target = target.bytes
+        let job = try runJob(mount, request)
+        if json { printJSON(job); return }
+        print("\(job.location ?? "?"): \(job.objects ?? 0) objects, \(bytes(job.bytesBefore ?? 0)) -> \(bytes(job.bytesAfter ?? 0)); "
+              + "removed \(job.removedObjects ?? 0) objects (\(bytes(job.removedBytes ?? 0))) in \(String(format: "%.2f", job.seconds)) s")
     }
 }

@@ -1,13 +1,13 @@
 import ArgumentParser
 import BlockStore
-import Charts
+import CommandLineTypes
 import Foundation
 import Traces
 
 /// `twctl plan TRACE --kv-bytes-per-token N --prefill-tokens-per-second R`: sizes a node. Simulates the
 /// trace over a grid of DRAM and NVMe capacities with the daemon's own policy code
 /// (`WarehouseSimulation`: the tier's S3-FIFO placement and a real `BlockStore` on an in-memory device)
-/// and prints hit ratios and the prefill GPU-seconds the hits save per hour of traffic; writes a PNG plot.
+/// and prints hit ratios and the prefill GPU-seconds the hits save per hour of traffic; writes an SVG plot.
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Size a node: hit ratio and prefill GPU-seconds saved per hour over DRAM and NVMe capacities.")
@@ -22,7 +22,7 @@ struct Plan: ParsableCommand {
     var dram = "1%,2.5%,5%,10%,25%"
     @Option(help: "NVMe capacities, sizes or percentages of the footprint.") var nvme = "10%,25%,50%,75%,100%,150%"
     @Option(help: "Engine sends prefetch hints: on or off.") var hints = "on"
-    @Option(help: "Where to write the plot.") var png = "plan.png"
+    @Option(help: "Where to write the plot (SVG: open it in a browser).") var svg = "plan.svg"
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -49,10 +49,10 @@ struct Plan: ParsableCommand {
         let blocksPerSegment = max(4, Int(segmentBytes / blockBytes))
 
         var rows: [[String: Any]] = []
-        var series: [ChartSeries] = []
+        var series: [SVGLineChart.Series] = []
         if !json {
-            print("trace: \(loaded.requests.count) requests, \(loaded.references.count) block references, \(unique) unique blocks of \(SizeParser.format(blockBytes))")
-            print("footprint \(SizeParser.format(footprint)); ideal hit ratio \(String(format: "%.3f", loaded.idealHitRatio)); \(String(format: "%.2f", hours * 60)) minutes of traffic; hints \(hints)\n")
+            print("trace: \(loaded.requests.count) requests, \(loaded.references.count) block references, \(unique) unique blocks of \(bytes(blockBytes))")
+            print("footprint \(bytes(footprint)); ideal hit ratio \(String(format: "%.3f", loaded.idealHitRatio)); \(String(format: "%.2f", hours * 60)) minutes of traffic; hints \(hints)\n")
             print("    DRAM        NVMe   hit ratio  from DRAM  GPU-s saved/hour")
         }
         for d in dramSizes {
@@ -66,23 +66,22 @@ struct Plan: ParsableCommand {
                              "dram_hit_share": r.dramHitShare, "gpu_seconds_saved_per_hour": saved])
                 points.append((x: Double(n) / Double(1 << 30), y: r.prefixHitRatio))
                 if !json {
-                    print(String(format: "%8@ %11@   %9.3f  %9.3f  %16.1f", SizeParser.format(d) as NSString, SizeParser.format(n) as NSString,
+                    print(String(format: "%8@ %11@   %9.3f  %9.3f  %16.1f", bytes(d) as NSString, bytes(n) as NSString,
                                  r.prefixHitRatio, r.dramHitRatio, saved))
                 }
             }
-            series.append(ChartSeries(name: "DRAM \(SizeParser.format(d))", points: points))
+            series.append(SVGLineChart.Series(name: "DRAM \(bytes(d))", points: points))
         }
         let idealPoints = nvmeSizes.map { (x: Double($0) / Double(1 << 30), y: loaded.idealHitRatio) }
-        series.append(ChartSeries(name: "ideal (infinite)", points: idealPoints))
-        let chart = LineChart(title: "Prefix hit ratio by NVMe capacity (\(loaded.requests.count) requests, blocks of \(SizeParser.format(blockBytes)))",
-                              xLabel: "NVMe capacity (GiB)", yLabel: "hit ratio", series: series, logScaleX: true, yRange: 0...1)
-        let image = chart.renderPNG()
-        guard FileManager.default.createFile(atPath: png, contents: Data(image)) else { throw failure("cannot write \(png)") }
+        series.append(SVGLineChart.Series(name: "ideal (infinite)", points: idealPoints, dashed: true))
+        let chart = SVGLineChart(title: "Prefix hit ratio by NVMe capacity (\(loaded.requests.count) requests, blocks of \(bytes(blockBytes)))",
+                                 xLabel: "NVMe capacity (GiB, log scale)", yLabel: "hit ratio", series: series, logScaleX: true, yRange: 0...1)
+        guard FileManager.default.createFile(atPath: svg, contents: Data(chart.render().utf8)) else { throw failure("cannot write \(svg)") }
         if json {
             printJSON(["requests": loaded.requests.count, "unique_blocks": unique, "block_bytes": blockBytes, "footprint_bytes": footprint,
-                       "ideal_hit_ratio": loaded.idealHitRatio, "hours": hours, "hints": hints == "on", "png": png, "rows": rows])
+                       "ideal_hit_ratio": loaded.idealHitRatio, "hours": hours, "hints": hints == "on", "svg": svg, "rows": rows])
         } else {
-            print("\nplot written to \(png)")
+            print("\nplot written to \(svg)")
         }
     }
 
@@ -91,8 +90,8 @@ struct Plan: ParsableCommand {
         try text.split(separator: ",").map { item in
             let s = item.trimmingCharacters(in: .whitespaces)
             if s.hasSuffix("%"), let p = Double(s.dropLast()), p > 0 { return max(1, UInt64(Double(footprint) * p / 100)) }
-            guard let v = SizeParser.parse(s), v > 0 else { throw failure("\(flag): '\(s)' is neither a size nor a percentage") }
-            return v
+            guard let v = ByteCount(parsing: s), v.bytes > 0 else { throw failure("\(flag): '\(s)' is neither a size nor a percentage") }
+            return v.bytes
         }
     }
 }

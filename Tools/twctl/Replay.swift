@@ -1,10 +1,13 @@
 import ArgumentParser
 import BlockStore
+import CommandLineTypes
+import ControlPlane
 import DRAMTier
 import Foundation
-import CSystem
 import Platform
+import Synchronization
 import Traces
+import WarehouseCore
 
 /// `twctl replay MOUNT TRACE`: plays a Mooncake-format trace against a live mount as an engine would
 /// (DESIGN.md "twctl"): hints at arrival, a scheduling lead, prefix reads (the map first, then the block
@@ -20,7 +23,7 @@ struct Replay: ParsableCommand {
     @Option(help: "Generate a trace instead: agentic, chat or rag.") var synthetic: SyntheticWorkload?
     @Option(help: "Requests of a synthetic trace, or the first N of a file (0: all).") var requests = 0
     @Option(help: "Seed of a synthetic trace.") var seed: UInt64 = 1
-    @Option(help: "Bytes of each block written (e.g. 64K, 2M).") var blockBytes = "64K"
+    @Option(help: "Bytes of each block written (e.g. 64K, 2M; at most 256M).") var blockBytes = ByteCount(bytes: 64 << 10)
     @Option(help: "Replay speed: 1 follows the trace's timestamps, 10 is ten times faster, 0 as fast as possible.") var speed = 0.0
     @Option(help: "Send each request's blocks as prefetch hints on arrival: on or off.") var hints = "on"
     @Option(help: "Milliseconds between a request's arrival and its first read (the engine's queueing).") var leadMs = 50.0
@@ -30,7 +33,8 @@ struct Replay: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
-        guard let bytes = SizeParser.parse(blockBytes), bytes > 0, bytes <= 256 << 20 else { throw failure("--block-bytes: '\(blockBytes)' is not a size up to 256M") }
+        let bytes = blockBytes.bytes
+        guard bytes > 0, bytes <= 256 << 20 else { throw failure("--block-bytes: \(blockBytes) is not a size from 1 byte to 256M") }
         guard hints == "on" || hints == "off" else { throw failure("--hints must be on or off") }
         guard concurrency >= 1, concurrency <= 256 else { throw failure("--concurrency must be 1 to 256") }
         guard speed >= 0 else { throw failure("--speed must be 0 or more") }
@@ -49,7 +53,7 @@ struct Replay: ParsableCommand {
         guard let before = readStatus(mount) else { throw failure("\(mount) is not a mounted warehouse (cannot read \(mount)/.tw/status)") }
         let ns = namespace ?? "replay-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         let mounts = [mount] + peer
-        var peerBefore: [[String: Any]] = []
+        var peerBefore: [StatusReport] = []
         for m in peer {
             guard let s = readStatus(m) else { throw failure("\(m) is not a mounted warehouse (cannot read \(m)/.tw/status)") }
             peerBefore.append(s)
@@ -73,8 +77,8 @@ struct Replay: ParsableCommand {
         // Bounds from the same trace at the mount's capacities.
         let references = loaded.references
         let blocksReferenced = references.count
-        let dramCapacity = ((before["dram_tier"] as? [String: Any])?["capacity_bytes"] as? NSNumber)?.intValue ?? 0
-        let nvmeCapacity = (before["capacity_bytes"] as? NSNumber)?.intValue ?? 0
+        let dramCapacity = before.dramTier.capacityBytes
+        let nvmeCapacity = Int(before.capacityBytes)
         let slot = RecordFormat.align(Int(bytes))
         let dramBlocks = dramCapacity / slot
         let nvmeBlocks = nvmeCapacity / (slot + 4096)
@@ -82,12 +86,11 @@ struct Replay: ParsableCommand {
         let beladyDRAM = OfflineBounds.beladyHitRatio(references, capacity: dramBlocks)
         let beladyNVMe = OfflineBounds.beladyHitRatio(references, capacity: nvmeBlocks)
         let r = player.results()
-        func prefetch(_ s: [String: Any], _ key: String) -> Int { ((s["prefetch"] as? [String: Any])?[key] as? NSNumber)?.intValue ?? 0 }
-        var used = prefetch(after, "used") - prefetch(before, "used")
-        var wasted = prefetch(after, "wasted") - prefetch(before, "wasted")
+        var used = after.prefetch.used - before.prefetch.used
+        var wasted = after.prefetch.wasted - before.prefetch.wasted
         for (b, a) in zip(peerBefore, peerAfter) {
-            used += prefetch(a, "used") - prefetch(b, "used")
-            wasted += prefetch(a, "wasted") - prefetch(b, "wasted")
+            used += a.prefetch.used - b.prefetch.used
+            wasted += a.prefetch.wasted - b.prefetch.wasted
         }
         let hits = r.dram.count + r.nvme.count
         let ratio = { (a: Int, b: Int) in b == 0 ? 0 : Double(a) / Double(b) }
@@ -114,7 +117,7 @@ struct Replay: ParsableCommand {
         } else {
             let f = { (v: Any?) in String(format: "%.3f", (v as? Double) ?? 0) }
             print("replayed \(loaded.requests.count) requests (\(blocksReferenced) block references, \(loaded.uniqueBlocks) unique) of \(source)")
-            print("  in \(String(format: "%.1f", seconds)) s, blocks of \(SizeParser.format(bytes)), hints \(hints), lead \(leadMs) ms, concurrency \(concurrency)"
+            print("  in \(String(format: "%.1f", seconds)) s, blocks of \(ByteCount.approximate(bytes)), hints \(hints), lead \(leadMs) ms, concurrency \(concurrency)"
                   + (mounts.count > 1 ? ", \(mounts.count) nodes (requests alternate)" : ""))
             print("prefix hit ratio   \(f(out["prefix_hit_ratio"]))   (ideal \(f(ideal)), \(f(out["hit_ratio_of_ideal"])) of it)")
             print("from DRAM          \(f(out["dram_hit_ratio"]))   (Belady at \(dramBlocks) blocks: \(f(beladyDRAM)); share of hits \(f(out["dram_hit_share"])))")
@@ -129,31 +132,28 @@ struct Replay: ParsableCommand {
 
 extension SyntheticWorkload: ExpressibleByArgument {}
 
-func readStatus(_ mount: String) -> [String: Any]? {
-    guard let data = FileManager.default.contents(atPath: mount + "/.tw/status") else { return nil }
-    return try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-}
-
-/// Latencies are kept in nanoseconds; reported in microseconds.
+/// Latencies are kept in nanoseconds; reported in microseconds. Nearest-rank percentiles (the same
+/// definition as the Python harness and the cluster tier's windows).
 func percentile(_ values: [UInt64], _ p: Double) -> Double {
     guard !values.isEmpty else { return 0 }
     let sorted = values.sorted()
-    return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000
+    let rank = max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1)
+    return Double(sorted[min(sorted.count - 1, rank)]) / 1000
 }
 
 /// The engine side of a replay: one instance, driven by `concurrency` threads.
-final class Player: @unchecked Sendable {
-    // Safe: `shared` is behind a lock; `reader` lookups may run concurrently (TierReader's contract) and
-    // `refresh` is called only under `refreshLock`.
+///
+/// Thread-safety: the results and the set of blocks being written are behind mutexes; `TierReader`
+/// lookups and refreshes may run concurrently (its contract).
+final class Player: Sendable {
     let mounts: [String]
     let namespace: String
     let blockBytes: Int
     let hints: Bool
     let leadNanoseconds: UInt64
     let readers: [TierReader]
-    private let refreshLock = Locked(0)
 
-    struct Results {
+    struct Results: Sendable {
         var dram: [UInt64] = []
         var nvme: [UInt64] = []
         var written = 0
@@ -161,11 +161,11 @@ final class Player: @unchecked Sendable {
         var errors = 0
         var writtenIDs: [Int] = []
     }
-    private let shared = Locked(Results())
+    private let shared = Mutex(Results())
     /// Blocks some request is writing now: other requests treat them as missing, as engines in other
     /// processes would (the writer's own process could open them before they commit).
-    private let writing = Locked<Set<Int>>([])
-    private let reportedErrors = Locked(0)
+    private let writing = Mutex<Set<Int>>([])
+    private let reportedErrors = Mutex(0)
 
     /// Counts an error and says what it was (the first few), so a failed replay can be looked into.
     func fail(_ what: String, _ r: inout Results) {
@@ -207,7 +207,7 @@ final class Player: @unchecked Sendable {
     }
 
     func play(_ trace: Trace, speed: Double, concurrency: Int) {
-        let next = Locked(0)
+        let next = Atomic<Int>(0)
         let start = monotonicNanoseconds()
         let t0 = trace.requests.first?.timestampMilliseconds ?? 0
         let threads = (0..<concurrency).map { i in
@@ -216,10 +216,7 @@ final class Player: @unchecked Sendable {
                 let got = AlignedBuffer(capacity: blockBytes)
                 var local = Results()
                 while true {
-                    let n = next.withLock { v -> Int in
-                        defer { v += 1 }
-                        return v
-                    }
+                    let n = next.wrappingAdd(1, ordering: .relaxed).oldValue
                     guard n < trace.requests.count else { break }
                     let request = trace.requests[n]
                     if speed > 0 {
@@ -250,7 +247,7 @@ final class Player: @unchecked Sendable {
             if !writeFile(mount + "/.tw/prefetch", Array(lines.utf8)) { fail("sending hints: \(String(cString: strerror(errno)))", &r) }
         }
         if leadNanoseconds > 0 { sleepNanoseconds(leadNanoseconds) }
-        if !reader.isMapped { refreshLock.withLock { _ in if !reader.isMapped { reader.refresh() } } }
+        if !reader.isMapped { reader.refresh() }
         let expectedBytes = UnsafeMutableRawBufferPointer(start: expected.pointer, count: blockBytes)
         let gotBytes = UnsafeMutableRawBufferPointer(start: got.pointer, count: blockBytes)
         var missing = ids.count
@@ -309,7 +306,7 @@ final class Player: @unchecked Sendable {
             var ok = write(fd, expected.pointer, blockBytes) == blockBytes
             if i > 0 {
                 let parent = Array(name(ids[i - 1]).utf8)
-                ok = ok && fsetxattr(fd, "user.tw.parent", parent, parent.count, 0) == 0
+                ok = ok && FileSystem.setExtendedAttribute(descriptor: fd, name: "user.tw.parent", value: parent) == 0
             }
             if close(fd) != 0 { ok = false }
             if ok {

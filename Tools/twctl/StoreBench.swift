@@ -1,8 +1,10 @@
 import ArgumentParser
 import BlockStore
+import CommandLineTypes
 import Foundation
 import Platform
 import Synchronization
+import WarehouseCore
 
 /// `twctl bench store`: BlockStore put/get throughput beside fio's direct sequential write/read on the
 /// same disk, index memory per block, and restart time with and without the segment summaries.
@@ -11,24 +13,27 @@ struct StoreBench: ParsableCommand {
 
     @Option(help: "Scratch directory on the disk under test (emptied first).") var dir = "/var/tmp/tw-store-bench"
     @Option(help: "Block sizes, comma-separated.") var sizes = "256K,2M,16M"
-    @Option(help: "Bytes written per size (and per fio run).") var bytes = "2G"
+    @Option(help: "Bytes written per size (and per fio run).") var bytes = ByteCount(bytes: 2 << 30)
     @Option(help: "Writer and reader threads (fio jobs).") var threads = 4
     @Option(help: "Blocks for the index-memory and restart measurement (0 to skip).") var indexBlocks = 1_000_000
+    @Option(help: "Path depth of the index measurement's blocks: 1 (a name in the namespace) to 16 (directories below it).")
+    var indexDepth = 1
     @Option(help: "Sync policy of the puts: always, batch or none.") var sync = "batch"
     @Option(help: "Rounds per size (fio and store alternate; medians are reported).") var rounds = 3
     @Option(help: "Milliseconds between the flusher's syncs under batch.") var syncInterval = 5.0
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
-        guard let total = SizeParser.parse(bytes) else { throw failure("--bytes: not a size") }
+        let total = bytes.bytes
+        guard (1...BlockName.maxDepth).contains(indexDepth) else { throw failure("--index-depth must be 1 to \(BlockName.maxDepth)") }
         let blockSizes = try sizes.split(separator: ",").map { s -> Int in
-            guard let v = SizeParser.parse(String(s)) else { throw failure("--sizes: '\(s)' is not a size") }
-            return Int(v)
+            guard let v = ByteCount(parsing: String(s)), v.bytes > 0, v.bytes <= 1 << 30 else { throw failure("--sizes: '\(s)' is not a size up to 1G") }
+            return Int(v.bytes)
         }
         try? FileManager.default.removeItem(atPath: dir)
         try FileSystem.makeDirectories(dir)
         let command = CommandLine.arguments.joined(separator: " ")
-        if !json { print("$ \(command)\nscratch \(dir), \(threads) threads, \(rounds) rounds (medians; put/fio and get/fio are medians of per-round ratios), \(SizeParser.format(total)) per size, sync=\(sync)\(sync == "batch" ? " every \(syncInterval) ms" : "")\n") }
+        if !json { print("$ \(command)\nscratch \(dir), \(threads) threads, \(rounds) rounds (medians; put/fio and get/fio are medians of per-round ratios), \(ByteCount.approximate(total)) per size, sync=\(sync)\(sync == "batch" ? " every \(syncInterval) ms" : "")\n") }
         var rows: [[String: Any]] = []
         if !json { print(pad("block", 9) + pad("fio write", 11) + pad("put", 10) + pad("put/fio", 9) + pad("fio read", 10) + pad("get", 10) + pad("get/fio", 8)) }
         keepLargeAllocationsInHeap()
@@ -48,7 +53,7 @@ struct StoreBench: ParsableCommand {
                          "fio_read_mib_s": fioRead, "get_mib_s": get, "get_ratio": median(rr), "rounds": rounds,
                          "put_ratios": wr, "get_ratios": rr])
             if !json {
-                print(pad(SizeParser.format(UInt64(size)), 9) + pad(f(fioWrite), 11) + pad(f(put), 10) + pad(f2(median(wr)), 9)
+                print(pad(ByteCount(bytes: UInt64(size)).description, 9) + pad(f(fioWrite), 11) + pad(f(put), 10) + pad(f2(median(wr)), 9)
                       + pad(f(fioRead), 10) + pad(f(get), 10) + pad(f2(median(rr)), 8))
             }
         }
@@ -57,9 +62,9 @@ struct StoreBench: ParsableCommand {
             let index = try indexRun(count: indexBlocks)
             result["index"] = index
             if !json {
-                print("\nindex: \(indexBlocks) blocks, \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, tables, active segment's entry list)")
+                print("\nindex: \(indexBlocks) blocks at path depth \(indexDepth) (\(index["directories"]!) directories), \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, directory tree, tables, active segment's entry list)")
                 print("restart with summaries:    \(f2(index["restart_with_checkpoint_s"] as! Double)) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
-                print("restart without summaries: \(f2(index["restart_without_checkpoint_s"] as! Double)) s (full scan of \(index["segments_scanned_without_checkpoint"]!) segments, \(SizeParser.format(index["bytes_scanned_without_checkpoint"] as! UInt64)))")
+                print("restart without summaries: \(f2(index["restart_without_checkpoint_s"] as! Double)) s (full scan of \(index["segments_scanned_without_checkpoint"]!) segments, \(ByteCount.approximate(index["bytes_scanned_without_checkpoint"] as! UInt64)))")
             }
         }
         try? FileManager.default.removeItem(atPath: dir)
@@ -148,6 +153,20 @@ struct StoreBench: ParsableCommand {
         return String(repeating: "0", count: 16 - hex.count) + hex + "00000000"
     }
 
+    /// A path of `depth` components for block `id`, laid out as engines' file tiers shard theirs:
+    /// `r0/ab/cd/HASH.kv` at depth 4 (two hex digits per level below a fixed first directory).
+    func pathKey(_ id: Int, depth: Int) -> String {
+        let hash = key(id)
+        var parts = ["r0"]
+        var at = hash.startIndex
+        for _ in 0..<(depth - 2) {
+            let end = hash.index(at, offsetBy: 2)
+            parts.append(String(hash[at..<end]))
+            at = end
+        }
+        return (parts + [hash + ".kv"]).joined(separator: "/")
+    }
+
     /// Bytes of heap in use (malloc's own count: what the index and its tables hold, without the
     /// free pages the allocator keeps).
     func residentBytes() -> UInt64 {
@@ -160,14 +179,29 @@ struct StoreBench: ParsableCommand {
         let configuration = StoreConfiguration(capacity: UInt64(count) * 8192 * 2, segmentSize: 256 << 20, sync: .none, backgroundCompaction: false)
         let before = residentBytes()
         var store: BlockStore? = try BlockStore(directory: path, configuration: configuration)
-        _ = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
+        let ns = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
         let s = store!
+        let depth = indexDepth
         let writers = (0..<threads).map { t in
             BackgroundThread(name: "idx\(t)") {
-                for i in stride(from: t, to: count, by: threads) { _ = try? s.put(namespace: "bench", key: key(i), payload: UnsafeRawBufferPointer(start: nil, count: 0)) }
+                for i in stride(from: t, to: count, by: threads) {
+                    let k = depth == 1 ? key(i) : pathKey(i, depth: depth)
+                    // Directories are made as a writer meets them (mkdir -p), as an engine's file tier does.
+                    if (try? s.put(namespace: "bench", key: k, payload: UnsafeRawBufferPointer(start: nil, count: 0))) == nil {
+                        var parent = DirectoryID.namespaceRoot
+                        for component in BlockPath.split(key: k).directory.split(separator: "/").map(String.init) {
+                            if let id = s.lookupDirectory(namespaceID: ns.id, parent: parent, name: component) { parent = id; continue }
+                            parent = (try? s.makeDirectory(namespaceID: ns.id, parent: parent, name: component,
+                                                           ownership: BlockOwnership(uid: 0, gid: 0, mode: 0o755)).id)
+                                ?? s.lookupDirectory(namespaceID: ns.id, parent: parent, name: component) ?? parent
+                        }
+                        _ = try? s.put(namespace: "bench", key: k, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+                    }
+                }
             }
         }
         writers.forEach { $0.join() }
+        let directories = s.statistics().directories
         let after = residentBytes()
         let blocks = s.statistics().blocks
         try s.close()
@@ -187,7 +221,7 @@ struct StoreBench: ParsableCommand {
         let r2 = reopened.recovery
         try reopened.close()
         try? FileManager.default.removeItem(atPath: path)
-        return ["blocks": blocks, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
+        return ["blocks": blocks, "depth": indexDepth, "directories": directories, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
                 "restart_with_checkpoint_s": withCheckpoint, "segments_from_summary": r1.segmentsFromSummary,
                 "segments_scanned_with_checkpoint": r1.segmentsScanned,
                 "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,

@@ -1,6 +1,9 @@
-// twctl: operate a token warehouse — status, verify, compact, bench.
+// twctl: operate a token warehouse: status, verify, compact, evict, prefetch, namespaces, replay, plan,
+// benchmarks. Talks to a daemon through its mount's control area with the typed schema of ControlPlane.
 import ArgumentParser
 import BlockStore
+import CommandLineTypes
+import ControlPlane
 import Foundation
 import Platform
 
@@ -13,16 +16,34 @@ struct TWCtl: ParsableCommand {
                        TraceCommand.self, Bench.self, Cluster.self])
 }
 
-/// Prints a JSON object on stdout (for --json).
+/// Prints one JSON object on stdout (for --json): twctl's own results, keys sorted.
 func printJSON(_ object: [String: Any]) {
-    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+        print("{\"error\": \"the result could not be encoded as JSON\"}")
+        return
+    }
     print(String(decoding: data, as: UTF8.self))
 }
 
-func failure(_ message: String) -> ExitCode {
-    FileHandle.standardError.write(Data("twctl: \(message)\n".utf8))
-    return ExitCode(1)
+/// Prints an encodable value of the daemon's schema as one JSON object.
+func printJSON<T: Encodable>(_ value: T) {
+    print(String(decoding: ControlJSON.encode(value), as: UTF8.self), terminator: "")
 }
+
+/// An error for a person: printed by ArgumentParser as "Error: MESSAGE", exit code 1.
+struct Failure: Error, CustomStringConvertible {
+    let description: String
+}
+
+func failure(_ message: String) -> Failure { Failure(description: message) }
+
+/// The status of a mounted warehouse, as its reader may see it; nil when `mount` is not one.
+func readStatus(_ mount: String) -> StatusReport? {
+    guard let bytes = try? FileSystem.readFile(mount + "/.tw/status") else { return nil }
+    return try? ControlJSON.decode(StatusReport.self, from: bytes)
+}
+
+func bytes(_ n: UInt64) -> String { ByteCount.approximate(n) }
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a mounted warehouse's capacity, use, namespaces and recovery.")
@@ -31,56 +52,47 @@ struct Status: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
-        let path = mount + "/.tw/status"
-        guard let data = FileManager.default.contents(atPath: path),
-              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw failure("\(mount) is not a mounted warehouse (cannot read \(path))")
-        }
+        guard let s = readStatus(mount) else { throw failure("\(mount) is not a mounted warehouse (cannot read \(mount)/.tw/status)") }
         if json {
-            printJSON(object)
+            printJSON(s)
             return
         }
-        func n(_ key: String) -> UInt64 { (object[key] as? NSNumber)?.uint64Value ?? 0 }
-        print("store       \(object["store"] ?? "?")  (sync \(object["sync"] ?? "?"))")
-        print("blocks      \(n("blocks"))")
-        print("used        \(SizeParser.format(n("used_bytes"))) of \(SizeParser.format(n("capacity_bytes"))) in \(n("segments")) segments; dead \(SizeParser.format(n("dead_bytes")))")
-        print("traffic     \(n("puts")) puts (\(SizeParser.format(n("bytes_written")))), \(n("gets")) gets (\(SizeParser.format(n("bytes_read")))), \(n("corrupt_reads")) corrupt reads refused")
-        print("space       \(n("evicted_segments")) segments evicted (\(n("evicted_blocks")) blocks, \(n("reinserted_blocks")) reinserted), \(n("compacted_segments")) compacted (\(SizeParser.format(n("reclaimed_bytes"))) reclaimed)")
-        if let usage = object["namespace_usage"] as? [String: [String: Any]] {
-            for (name, u) in usage.sorted(by: { $0.key < $1.key }) {
-                let blocks = (u["blocks"] as? NSNumber)?.intValue ?? 0
-                let bytes = (u["logical_bytes"] as? NSNumber)?.uint64Value ?? 0
-                let quota = (u["quota_bytes"] as? NSNumber)?.uint64Value ?? 0
-                let ttl = (u["ttl_seconds"] as? NSNumber)?.uint64Value ?? 0
-                print("namespace   \(name): \(blocks) blocks, \(SizeParser.format(bytes)), compression \(u["compression"] ?? "off")"
-                      + (quota > 0 ? ", quota \(SizeParser.format(quota))" : "") + (ttl > 0 ? ", ttl \(ttl)s" : "")
-                      + ((u["pinned"] as? Bool) == true ? ", pinned" : ""))
-            }
+        print("store       \(s.store)  (sync \(s.sync))")
+        print("blocks      \(s.blocks) in \(s.directories) directories")
+        print("used        \(bytes(s.usedBytes)) of \(bytes(s.capacityBytes)) in \(s.segments) segments; dead \(bytes(s.deadBytes))")
+        print("traffic     \(s.puts) puts (\(bytes(s.bytesWritten))), \(s.gets) gets (\(bytes(s.bytesRead))), \(s.corruptReads) corrupt reads refused")
+        print("space       \(s.evictedSegments) segments evicted (\(s.evictedBlocks) blocks, \(s.reinsertedBlocks) reinserted), \(s.compactedSegments) compacted (\(bytes(s.reclaimedBytes)) reclaimed)")
+        for (name, u) in s.namespaceUsage.sorted(by: { $0.key < $1.key }) {
+            print("namespace   \(name): \(u.blocks) blocks, \(bytes(u.logicalBytes)) (\(bytes(u.storedBytes)) stored), compression \(u.compression)"
+                  + (u.quotaBytes > 0 ? ", quota \(bytes(u.quotaBytes))" : "") + (u.ttlSeconds > 0 ? ", ttl \(TimeSpan(seconds: u.ttlSeconds))" : "")
+                  + (u.pinned ? ", pinned" : ""))
         }
-        if let t = object["dram_tier"] as? [String: Any], (t["enabled"] as? Bool) == true {
-            func tn(_ key: String) -> UInt64 { (t[key] as? NSNumber)?.uint64Value ?? 0 }
-            print("dram tier   \(t["path"] ?? "?"): \(tn("resident_blocks")) blocks, \(SizeParser.format(tn("resident_bytes"))) of \(SizeParser.format(tn("capacity_bytes"))); "
-                  + "\(tn("mount_hits")) mount hits, \(tn("mount_misses")) misses, \(tn("map_hits")) map hits, \(tn("evictions")) evictions (\(t["policy"] ?? "?"))")
+        let t = s.dramTier
+        if t.enabled {
+            print("dram tier   \(t.residentBlocks) blocks, \(bytes(UInt64(t.residentBytes))) of \(bytes(UInt64(t.capacityBytes))) in \(t.domains) domain files; "
+                  + "\(t.mountHits) mount hits, \(t.mountMisses) misses, \(t.mapHits) map hits, \(t.evictions) evictions (\(t.policy))")
+            if let memory = t.memory { print("            memory: \(memory)") }
         } else {
             print("dram tier   off")
         }
-        if let h = object["hit_ratios"] as? [String: Any] {
-            print("hit ratios  \(String(format: "%.3f", (h["dram"] as? Double) ?? 0)) DRAM, \(String(format: "%.3f", (h["nvme"] as? Double) ?? 0)) NVMe (of block reads that found their block)")
+        print("hit ratios  \(String(format: "%.3f", s.hitRatios.dram)) DRAM, \(String(format: "%.3f", s.hitRatios.nvme)) NVMe (of block reads that found their block)")
+        let p = s.prefetch
+        if p.enabled {
+            print("prefetch    \(p.hinted) hinted, \(p.loaded) loaded (\(p.loadedHinted) hinted, \(p.loadedChain) chain, \(p.loadedLearned) learned), "
+                  + "\(p.used) used, \(p.wasted) wasted; \(p.alreadyResident) already resident, \(p.missing) missing, \(p.late) late, \(p.dropped) dropped")
         }
-        if let p = object["prefetch"] as? [String: Any], (p["enabled"] as? Bool) == true {
-            print("prefetch    \(p["hinted"] ?? 0) hinted, \(p["loaded"] ?? 0) loaded (\(p["loaded_hinted"] ?? 0) hinted, \(p["loaded_chain"] ?? 0) chain, \(p["loaded_learned"] ?? 0) learned), "
-                  + "\(p["used"] ?? 0) used, \(p["wasted"] ?? 0) wasted; \(p["already_resident"] ?? 0) already resident, \(p["missing"] ?? 0) missing, "
-                  + "\(p["late"] ?? 0) late, \(p["dropped"] ?? 0) dropped")
+        if s.remote.enabled { print(remoteStatusLine(s.remote)) }
+        if s.compaction.runs > 0 {
+            print("compaction  \(s.compaction.running ? "running" : "last run"): \(s.compaction.segmentsCompacted) segments, \(bytes(s.compaction.bytesReclaimed)) reclaimed")
         }
-        if let remote = object["remote"] as? [String: Any], (remote["enabled"] as? Bool) == true {
-            print(remoteStatusLine(remote))
+        for (engine, counters) in s.engines.sorted(by: { $0.key < $1.key }) {
+            print("engine      \(engine): " + counters.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
-        if let c = object["compaction"] as? [String: Any], ((c["runs"] as? NSNumber)?.intValue ?? 0) > 0 {
-            print("compaction \((c["running"] as? Bool) == true ? "running" : "last run"): \(c["segments_compacted"] ?? 0) segments, \(SizeParser.format((c["bytes_reclaimed"] as? NSNumber)?.uint64Value ?? 0)) reclaimed")
-        }
-        if let r = object["recovery"] as? [String: Any] {
-            print("recovery    \(r["segments_from_summary"] ?? 0) segments from summaries, \(r["segments_scanned"] ?? 0) scanned, \(r["corrupt_records"] ?? 0) corrupt records, \(r["torn_tail_bytes"] ?? 0) torn-tail bytes, \(r["seconds"] ?? 0) s")
-        }
+        let l = s.limits
+        print("writing     \(l.pendingBlocks) blocks, \(bytes(l.stagedBytes)) staged of \(bytes(l.stagedBytesLimit)) (\(bytes(l.stagedBytesPerUserLimit)) per user); \(l.refusedForLimits) refused for limits")
+        let r = s.recovery
+        print("recovery    \(r.segmentsFromSummary) segments from summaries, \(r.segmentsScanned) scanned, \(r.corruptRecords) corrupt records, "
+              + "\(r.tornTailBytes) torn-tail bytes, \(r.directories) directories (\(r.directoriesRestored) restored), \(r.seconds) s")
     }
 }
 
@@ -95,7 +107,8 @@ struct Verify: ParsableCommand {
         guard FileManager.default.fileExists(atPath: store, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw failure("\(store) is not a directory (give the store directory twfs was started with)")
         }
-        let device = try DirectoryStorageDevice(directory: store)
+        // Verify only reads: a store of another user (mode 0700, read as root) is checked as it is.
+        let device = try DirectoryStorageDevice(directory: store, requirePrivate: false)
         let tty = isatty(2) != 0
         let report = try StoreVerifier.verify(device: device) { done, total in
             if tty && !json { FileHandle.standardError.write(Data("\rverifying segment \(done)/\(total)".utf8)) }
@@ -119,8 +132,9 @@ struct Compact: ParsableCommand {
     @Argument(help: "The mount point (online compaction through the daemon).") var mount: String?
     @Option(help: "The store directory (offline; the store must not be mounted).") var store: String?
     @Option(help: "Compact segments with at least this share of dead bytes (0 to 1).") var threshold: Double = 0.3
-    @Option(help: "Stop after moving this many bytes (e.g. 10G).") var maxBytes: String?
-    @Option(help: "Online: bytes per second compaction may read and write, so reads keep their latency (0: no limit).") var rate = "64M"
+    @Option(help: "Stop after moving this many bytes (e.g. 10G).") var maxBytes: ByteCount?
+    @Option(help: "Online: bytes per second compaction may read and write, so reads keep their latency (0: no limit).")
+    var rate = ByteCount(bytes: 64 << 20)
     @Flag(help: "Only list what would be compacted.") var dryRun = false
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -130,17 +144,11 @@ struct Compact: ParsableCommand {
     }
 
     func run() throws {
-        let limit = try maxBytes.map { text -> UInt64 in
-            guard let v = SizeParser.parse(text) else { throw failure("--max-bytes: '\(text)' is not a size") }
-            return v
-        }
         if let mount {
-            guard let r = rate == "0" ? 0 : SizeParser.parse(rate) else { throw failure("--rate: '\(rate)' is not a size per second (256M, 0)") }
-            try compactOnline(mount: mount, threshold: threshold, maxBytes: limit, rate: r, dryRun: dryRun, json: json)
+            try compactOnline(mount: mount, threshold: threshold, maxBytes: maxBytes?.bytes, rate: rate.bytes, dryRun: dryRun, json: json)
             return
         }
         guard let store else { return }
-        let maxBytesOffline = limit ?? .max
         let space = try FileSystem.space(of: store)
         let configuration = StoreConfiguration(capacity: max(space.total, 1 << 30), sync: .always, backgroundCompaction: false)
         let opened: BlockStore
@@ -156,20 +164,18 @@ struct Compact: ParsableCommand {
             if json {
                 printJSON(["candidates": candidates.map { ["segment": $0.id, "bytes": $0.bytes, "dead_ratio": $0.deadShare] }])
             } else {
-                for c in candidates { print("segment \(c.id): \(SizeParser.format(c.bytes)), \(Int(c.deadShare * 100))% dead") }
+                for c in candidates { print("segment \(c.id): \(bytes(c.bytes)), \(Int(c.deadShare * 100))% dead") }
                 print("\(candidates.count) segments would be compacted")
             }
             return
         }
         let tty = isatty(1) != 0 && !json
         let total = max(1, candidates.count)
-        let report = try opened.compact(threshold: threshold, maxBytes: maxBytesOffline, progress: { r in
+        let report = try opened.compact(threshold: threshold, maxBytes: maxBytes?.bytes ?? .max, progress: { r in
             if tty {
-                let width = 30, filled = width * min(r.segmentsCompacted, total) / total
-                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-                FileHandle.standardOutput.write(Data("\r[\(bar)] \(r.segmentsCompacted)/\(total) segments, \(SizeParser.format(r.bytesReclaimed)) reclaimed".utf8))
+                FileHandle.standardOutput.write(Data("\r\(progressBar(r.segmentsCompacted, total)) \(r.segmentsCompacted)/\(total) segments, \(bytes(r.bytesReclaimed)) reclaimed".utf8))
             } else if !json {
-                print("compacted \(r.segmentsCompacted)/\(total) segments, \(SizeParser.format(r.bytesReclaimed)) reclaimed")
+                print("compacted \(r.segmentsCompacted)/\(total) segments, \(bytes(r.bytesReclaimed)) reclaimed")
             }
         })
         if tty { print("") }
@@ -177,9 +183,14 @@ struct Compact: ParsableCommand {
             printJSON(["segments_compacted": report.segmentsCompacted, "blocks_moved": report.blocksMoved,
                        "bytes_moved": report.bytesMoved, "bytes_reclaimed": report.bytesReclaimed])
         } else {
-            print("done: \(report.segmentsCompacted) segments compacted, \(report.blocksMoved) blocks moved, \(SizeParser.format(report.bytesReclaimed)) reclaimed")
+            print("done: \(report.segmentsCompacted) segments compacted, \(report.blocksMoved) blocks moved, \(bytes(report.bytesReclaimed)) reclaimed")
         }
     }
+}
+
+func progressBar(_ done: Int, _ total: Int) -> String {
+    let width = 30, filled = width * min(done, total) / max(total, 1)
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "]"
 }
 
 struct Bench: ParsableCommand {

@@ -1,14 +1,15 @@
-/// libFuzzer target for the naming rules of DESIGN.md ("Naming: namespaces and block files") in
-/// `BlockName`, the block-file check the FUSE bridge applies (`BlockName.checkBlockFileName`), and the
-/// segment file names of docs/format.md (`SegmentFormat.parseFileName`).
+/// libFuzzer target for the naming rules of docs/design.md ("Naming") in `BlockName`, the check the file
+/// system applies to every name (`BlockName.checkComponent`), how a path becomes a key and back
+/// (`BlockPath`, docs/format.md "Keys"), and the segment file names (`SegmentFormat.parseFileName`).
 ///
-/// Input: one byte that is a fan-out directory (for `checkBlockFileName`), then the name's bytes.
+/// Input: one byte that picks a fan-out directory, then the name's bytes.
 /// Every rule is checked against a plain restatement of DESIGN.md, written differently from the code.
 ///
 /// Built with `-sanitize=fuzzer,address -D FUZZING` (Tools/fuzz/run.sh) it is a libFuzzer binary.
 /// Built plainly it replays: `FuzzBlockNames FILE|DIR...` runs each file once;
 /// `FuzzBlockNames --write-seeds DIR` writes the generated seed corpus.
 import BlockStore
+import WarehouseCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,30 +54,47 @@ func checkNames(_ name: [UInt8], fanoutDirectory: UInt8) {
             "fanout(of: \(name)) is \(String(describing: BlockName.fanout(of: name))), not \(String(describing: expectedFanout))")
 
     let dotName = name == Array(".".utf8) || name == Array("..".utf8)
-    let validKey = (1...255).contains(name.count) && !name.contains(UInt8(ascii: "/")) && !name.contains(0) && !dotName
-    require(BlockName.isValidKey(name) == validKey && BlockName.isValidKey(slice) == validKey, "isValidKey(\(name)) != \(validKey)")
-    require(!canonical || validKey, "canonical hash \(text) is not a valid key")
+    let validComponent = (1...255).contains(name.count) && !name.contains(UInt8(ascii: "/")) && !name.contains(0) && !dotName
+    require(BlockName.isValidComponent(name) == validComponent && BlockName.isValidComponent(slice) == validComponent,
+            "isValidComponent(\(name)) != \(validComponent)")
+    require(!canonical || validComponent, "canonical hash \(text) is not a valid name")
 
     let textBytes = Array(text.utf8)
     let validNamespace = (1...128).contains(textBytes.count) && textBytes[0] != UInt8(ascii: ".")
         && textBytes.allSatisfy(Characters.namespace.contains)
     require(BlockName.isValidNamespace(text) == validNamespace, "isValidNamespace(\(textBytes)) != \(validNamespace)")
     // A namespace is a directory of the mount: it must be a path component, and never the control area.
-    require(!validNamespace || (BlockName.isValidKey(textBytes) && text != ".tw"), "namespace \(text) is not a path component")
+    require(!validNamespace || (BlockName.isValidComponent(textBytes) && text != ".tw"), "namespace \(text) is not a path component")
 
-    // The FUSE bridge's check of a block file name.
+    // The check of every file and directory name.
     let isUTF8 = String(validating: name, as: UTF8.self) != nil
-    let direct = BlockName.checkBlockFileName(name, inFanout: nil)
-    let inFanout = BlockName.checkBlockFileName(name, inFanout: fanoutDirectory)
-    if name.count > 255 {
-        require(direct == .tooLong && inFanout == .tooLong, "\(name.count) bytes not refused as too long")
-    } else {
-        require(direct == (isUTF8 && validKey ? nil : .invalid), "checkBlockFileName(\(name), nil) is \(String(describing: direct))")
-        let expected: BlockName.FileNameError? = canonical && expectedFanout == fanoutDirectory ? nil : .invalid
-        require(inFanout == expected, "checkBlockFileName(\(name), \(fanoutDirectory)) is \(String(describing: inFanout))")
+    switch BlockName.checkComponent(name) {
+    case .success(let accepted):
+        require(validComponent && isUTF8 && Array(accepted.utf8) == name, "checkComponent accepted \(name)")
+    case .failure(.tooLong):
+        require(name.count > 255, "\(name.count) bytes refused as too long")
+    case .failure(.invalid):
+        require(name.count <= 255 && (!validComponent || !isUTF8), "checkComponent refused \(name)")
     }
-    // Whatever a fan-out directory accepts, the namespace directory accepts too.
-    require(inFanout != nil || direct == nil, "\(text) accepted in a fan-out directory only")
+
+    // Paths and keys: a name in the namespace, and in the fan-out directory the first byte picks.
+    guard validComponent && isUTF8 else { return }
+    let digits = Array("0123456789abcdef")
+    let directory = String([digits[Int(fanoutDirectory >> 4)], digits[Int(fanoutDirectory & 15)]])
+    let top = BlockPath.key(directory: "", name: text)
+    require(top == (canonical ? "/" + text : text), "the key of \(text) in the namespace is \(top)")
+    let nested = BlockPath.key(directory: directory, name: text)
+    let isCanonicalPath = canonical && expectedFanout == fanoutDirectory
+    require(nested == (isCanonicalPath ? text : directory + "/" + text), "the key of \(directory)/\(text) is \(nested)")
+    for (dir, key) in [("", top), (directory, nested)] {
+        require(BlockPath.isValidKey(key), "key \(key) is not valid")
+        require(BlockPath.relativePath(ofKey: key) == (dir.isEmpty ? text : dir + "/" + text), "key \(key) does not map back to its path")
+        let split = BlockPath.split(key: key)
+        require(split.directory == dir && split.name == text, "key \(key) splits into \(split)")
+        require(BlockPath.key(relativePath: dir.isEmpty ? text : dir + "/" + text) == key, "path of \(key) does not map to it")
+    }
+    // Distinct paths never share a key.
+    require(top != nested, "\(text) and \(directory)/\(text) share the key \(top)")
 
     // Segment file names: a parsed name is exactly the name the store writes for that segment.
     if let parsed = SegmentFormat.parseFileName(text) {
@@ -97,7 +115,8 @@ func seeds() -> [(name: String, bytes: [UInt8])] {
     let names: [(String, UInt8, String)] = [
         ("canonical", 0x0a, "0a1b2c3d4e5f6071"),
         ("canonical-long", 0xff, "ff" + String(repeating: "0123456789abcdef", count: 7) + "abcdef0123456"),
-        ("canonical-wrong-fanout", 0x00, "0a1b2c3d4e5f6071"),
+        ("canonical-other-fanout", 0x00, "0a1b2c3d4e5f6071"),
+        ("nested-file", 0x3f, "3f-shard.kvcache.safetensors"),
         ("fanout", 0x00, "3f"),
         ("namespace", 0x00, "llama-8b@tp0"),
         ("compat-key", 0x00, "weights.part-0001.bin"),

@@ -11,6 +11,7 @@
 /// Built plainly it replays: `FuzzRecordDecoder FILE|DIR...` runs each file once;
 /// `FuzzRecordDecoder --write-seeds DIR` writes the generated seed corpus.
 import BlockStore
+import WarehouseCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,15 +91,15 @@ func checkRecordHeader(_ raw: UnsafeRawBufferPointer) {
 
     let nsLength = Int(bytes[6]), keyLength = load16(bytes, 8), metaLength = load16(bytes, 10)
     let end = announcedEnd(bytes)
-    require(nsLength <= BlockName.maxNamespaceLength && keyLength <= BlockName.maxKeyLength
+    require(nsLength <= BlockName.maxNamespaceLength && keyLength <= RecordFormat.maxKeyLength
             && metaLength <= RecordFormat.maxMetadataLength, "accepted lengths \(nsLength)/\(keyLength)/\(metaLength)")
     require(end <= bytes.count, "accepted a header area of \(end) bytes from \(bytes.count)")
-    require(bytes[7] == RecordFormat.version, "accepted version \(bytes[7])")
+    require((RecordFormat.oldestReadableVersion...RecordFormat.version).contains(bytes[7]), "accepted version \(bytes[7])")
     require(h.type.rawValue == bytes[4] && h.flags == bytes[5], "type or flags differ from the bytes")
     require(h.storedLength == Int(load32(bytes, 12)) && h.logicalLength == Int(load32(bytes, 16)), "lengths differ from the bytes")
     require(h.sequence == load64(bytes, 24) && h.commitTimeNanoseconds == load64(bytes, 32)
             && h.payloadChecksum == load64(bytes, 40), "sequence, time or payload checksum differ from the bytes")
-    require(h.type != .tombstone || h.storedLength == 0, "tombstone with a payload")
+    require(h.type == .block || h.storedLength == 0, "\(h.type) record with a payload")
     let nsBytes = bytes[64..<(64 + nsLength)], keyBytes = bytes[(64 + nsLength)..<(64 + nsLength + keyLength)]
     if String(validating: nsBytes, as: UTF8.self) != nil {
         require(h.namespace.utf8.elementsEqual(nsBytes), "namespace differs from its bytes")
@@ -113,14 +114,14 @@ func checkRecordHeader(_ raw: UnsafeRawBufferPointer) {
 
     // encode(decode(x)) decodes to the same header, whenever the decoded names fit the format (a name
     // that was not UTF-8 comes back repaired, and may then be longer than the format allows).
-    if h.namespace.utf8.count <= BlockName.maxNamespaceLength, h.key.utf8.count <= BlockName.maxKeyLength,
+    if h.namespace.utf8.count <= BlockName.maxNamespaceLength, h.key.utf8.count <= RecordFormat.maxKeyLength,
        h.metadata.encodedLength <= RecordFormat.maxMetadataLength {
         let area = UnsafeMutableRawBufferPointer.allocate(byteCount: h.headerAreaSize, alignment: RecordFormat.alignment)
         defer { area.deallocate() }
         h.encode(into: area)
         let again = RecordHeader.decode(UnsafeRawBufferPointer(area))
         require(again == .success(h), "re-encoded header decodes as \(again), not \(h)")
-        require(h.headerAreaSize % RecordFormat.alignment == 0 && h.headerAreaSize <= 5 * RecordFormat.alignment,
+        require(h.headerAreaSize % RecordFormat.alignment == 0 && h.headerAreaSize <= 6 * RecordFormat.alignment,
                 "header area of \(h.headerAreaSize) bytes")
     }
 }
@@ -225,7 +226,7 @@ struct SegmentScript {
             storedLength: payload.count, logicalLength: payload.count, sequence: UInt64(sequence),
             commitTimeNanoseconds: 1, payloadChecksum: checksum)
         // A name that was not UTF-8 comes back longer; the writer never makes such a record.
-        guard header.namespace.utf8.count <= BlockName.maxNamespaceLength, header.key.utf8.count <= BlockName.maxKeyLength
+        guard header.namespace.utf8.count <= BlockName.maxNamespaceLength, header.key.utf8.count <= RecordFormat.maxKeyLength
         else { return nil }
         return (header, payload)
     }
@@ -269,7 +270,7 @@ struct SegmentScript {
             }
         }
 
-        let device = VolatileStorageDevice()
+        let device = MemoryStorageDevice()
         let name = SegmentFormat.dataFileName(Self.segmentID)
         let report: StoreVerifier.Report
         do {

@@ -1,0 +1,50 @@
+import WarehouseCore
+import Platform
+
+/// Group commit: writers that need durability share `fdatasync` calls. A writer takes a ticket after
+/// its write completed; a sync started after ticket T was handed out covers every write up to T.
+final class GroupCommit: @unchecked Sendable {
+    // Safe: every field is read and written only with `lock` held.
+    private let lock = ConditionLock()
+    private var completed: UInt64 = 0
+    private var synced: UInt64 = 0
+    private var syncing = false
+
+    /// Records that a write finished; returns its ticket.
+    func writeCompleted() -> UInt64 {
+        lock.withLock {
+            completed += 1
+            return completed
+        }
+    }
+
+    var hasUnsyncedWrites: Bool { lock.withLock { completed > synced } }
+
+    /// Returns once every write up to `ticket` is durable, syncing `file` itself or waiting for a sync in flight.
+    func waitDurable(ticket: UInt64, file: any DeviceFile) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        while synced < ticket {
+            if syncing {
+                lock.wait()
+                continue
+            }
+            syncing = true
+            let target = completed
+            lock.unlock()
+            var failure: (any Error)?
+            do { try file.synchronize() } catch { failure = error }
+            lock.lock()
+            syncing = false
+            if failure == nil { synced = max(synced, target) }
+            lock.broadcast()
+            if let failure { throw failure }
+        }
+    }
+
+    /// Syncs every write completed so far.
+    func synchronizeAll(file: any DeviceFile) throws {
+        let ticket = lock.withLock { completed }
+        try waitDurable(ticket: ticket, file: file)
+    }
+}

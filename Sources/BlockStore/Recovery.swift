@@ -1,0 +1,231 @@
+import Platform
+import WarehouseCore
+
+/// Opening a store: the namespace table, the directory journal, then the segments: summaries of
+/// sealed segments are loaded, segments without one are scanned (torn tails truncated, damaged records
+/// skipped and counted) and get one. The index is the newest record of every name (docs/format.md
+/// "Recovery"): a block binds its name, a tombstone deletes it, an update binds it to an earlier block
+/// record (a rename or an attribute change).
+struct StoreRecovery {
+    let device: any StorageDevice
+    let configuration: StoreConfiguration
+
+    struct Recovered {
+        var state: StoreState
+        var journal: DirectoryJournal
+        var report: RecoveryReport
+    }
+
+    /// One record found in a segment, with where it lies.
+    private struct Found {
+        var segment: UInt32
+        var entry: SummaryEntry
+    }
+
+    func recover() throws -> Recovered {
+        var st = StoreState()
+        var report = RecoveryReport()
+        if let bytes = try device.readWhole(NamespaceTable.fileName, limit: NamespaceTable.maxFileSize) {
+            st.namespaces = try NamespaceTable(decoding: bytes)
+        }
+        for ns in st.namespaces.byID.values { st.directories.addNamespace(ns) }
+
+        let (journal, changes) = try DirectoryJournal.open(device: device)
+        for change in changes { Self.apply(change, to: &st.directories) }
+
+        // Segments, oldest first.
+        var dataIDs: [UInt32] = []
+        var summaryIDs = Set<UInt32>()
+        for name in try device.fileNames() {
+            guard let parsed = SegmentFormat.parseFileName(name) else { continue }
+            if parsed.isSummary { summaryIDs.insert(parsed.id) } else { dataIDs.append(parsed.id) }
+        }
+        dataIDs.sort()
+        for id in summaryIDs where !dataIDs.contains(id) { try? device.remove(SegmentFormat.summaryFileName(id)) }
+
+        var all: [Found] = []
+        for id in dataIDs {
+            let file = try device.open(SegmentFormat.dataFileName(id), create: false)
+            let segment = Segment(id: id, file: file)
+            var entries: [SummaryEntry]? = nil
+            if summaryIDs.contains(id), let bytes = try device.readWhole(SegmentFormat.summaryFileName(id)) {
+                entries = SummaryEntry.decodeFile(bytes, segmentID: id)
+            }
+            var length = try file.length()
+            if let entries {
+                report.segmentsFromSummary += 1
+                st.segments[id] = SegmentState(segment: segment, length: length, sealed: true, summaryWritten: true)
+                for e in entries where st.namespaces.byID[e.namespaceID] != nil { all.append(Found(segment: id, entry: e)) }
+                continue
+            }
+            let scan = try SegmentScanner(file: file, segmentID: id).scan()
+            report.segmentsScanned += 1
+            report.bytesScanned += scan.bytesRead
+            report.corruptRecords += scan.damage.count
+            if scan.records.isEmpty && length <= UInt64(SegmentFormat.headerSize) * 2 && scan.damage.isEmpty {
+                try device.remove(SegmentFormat.dataFileName(id))
+                continue
+            }
+            if scan.tailBytes > 0 {
+                report.tornTailBytes += scan.tailBytes
+                try file.truncate(to: scan.validEnd)
+                length = scan.validEnd
+            }
+            if !scan.headerValid {
+                let page = AlignedBuffer(capacity: SegmentFormat.headerSize)
+                SegmentFormat.encodeHeader(id: id, createdNanoseconds: wallClockNanoseconds(), into: page.mutableBytes(count: SegmentFormat.headerSize))
+                try file.write([page.bytes(count: SegmentFormat.headerSize)], at: 0, direct: false)
+            }
+            var summary: [SummaryEntry] = []
+            for r in scan.records {
+                guard let ns = st.namespaces[r.header.namespace] else { continue }
+                // The directory comes from the key's path; directories the journal lost (a crash before
+                // it was synced) are made again.
+                let directory = try Self.directory(of: r.header.key, namespace: ns, state: &st, journal: journal, report: &report)
+                var e = BlockStore.summaryEntry(for: r.header, namespaceID: ns.id, page: UInt32(r.offset / UInt64(RecordFormat.alignment)),
+                                                directory: directory)
+                e.ownership = r.header.metadata.ownership
+                summary.append(e)
+                all.append(Found(segment: id, entry: e))
+            }
+            // The scanned segment is sealed now: make it and its summary durable so the next start skips it.
+            try file.synchronize()
+            try device.replaceAtomically(SegmentFormat.summaryFileName(id), bytes: SummaryEntry.encodeFile(segmentID: id, entries: summary))
+            st.segments[id] = SegmentState(segment: segment, length: length, sealed: true, summaryWritten: true)
+        }
+
+        // The newest record of every name decides (a relocated copy keeps its sequence: ties go to the
+        // later segment, which holds the copy).
+        var newest: [BlockKey: Found] = [:]
+        newest.reserveCapacity(all.count)
+        for f in all {
+            st.nextSequence = max(st.nextSequence, f.entry.sequence + 1)
+            if f.entry.type != .block { st.segments[f.segment]?.metadataRecords += 1 }
+            if let old = newest[f.entry.key], old.entry.sequence > f.entry.sequence { continue }
+            newest[f.entry.key] = f
+        }
+        // Block records that updates bind other names to.
+        var wanted = Set<UInt64>()
+        for f in newest.values where f.entry.type == .update { wanted.insert(f.entry.dataSequence) }
+        var dataRecords: [UInt64: Found] = [:]
+        if !wanted.isEmpty {
+            for f in all where f.entry.type == .block && wanted.contains(f.entry.sequence) { dataRecords[f.entry.sequence] = f }
+        }
+        all = []
+
+        var needsHeader: [(BlockKey, Found, Found?)] = []
+        let now = wallClockNanoseconds()
+        for (key, f) in newest {
+            var e = f.entry
+            var located = f
+            switch e.type {
+            case .tombstone:
+                continue
+            case .block:
+                break
+            case .update:
+                guard let data = dataRecords[e.dataSequence] else { continue }
+                located = data
+                let binding = e
+                e = data.entry
+                e.directory = binding.directory
+                e.ownership = binding.ownership
+                e.flags = (e.flags & ~EntryFlags.canonical) | (binding.flags & EntryFlags.canonical) | EntryFlags.updated
+                st.extras[key] = BlockExtras(updateSequence: binding.sequence, modifiedNanoseconds: binding.modifiedNanoseconds)
+            }
+            guard st.segments[located.segment] != nil else { continue }
+            let attributes = st.attributes.intern(e.ownership) ?? AttributeTable.legacy
+            let entry = IndexEntry(segment: located.segment, summary: e, attributes: attributes)
+            if f.entry.type == .update || e.flags & EntryFlags.timed != 0 || !st.directories.isDirectory(e.namespaceID, e.directory) {
+                needsHeader.append((key, located, f.entry.type == .update ? f : nil))
+            }
+            st.index[key] = entry
+        }
+
+        // The few blocks whose record header must be read: renamed or updated ones (their current name),
+        // explicit modification times, and blocks whose directory the journal lost.
+        for (key, data, update) in needsHeader {
+            guard var entry = st.index[key], let ns = st.namespaces.byID[entry.namespaceID] else { continue }
+            if let update, let seg = st.segments[update.segment],
+               let h = try? Self.readHeader(page: update.entry.page, headerPages: Int(update.entry.headerPages), file: seg.segment.file) {
+                st.extras[key, default: BlockExtras()].renamedKey = h.key
+            }
+            if entry.flags & EntryFlags.timed != 0, update == nil, let seg = st.segments[data.segment],
+               let h = try? Self.readHeader(page: data.entry.page, headerPages: Int(data.entry.headerPages), file: seg.segment.file),
+               let m = h.metadata.modifiedNanoseconds {
+                st.extras[key, default: BlockExtras()].modifiedNanoseconds = m
+            }
+            if !st.directories.isDirectory(entry.namespaceID, entry.directory) {
+                var name = st.extras[key]?.renamedKey
+                if name == nil, let seg = st.segments[data.segment],
+                   let h = try? Self.readHeader(page: data.entry.page, headerPages: Int(data.entry.headerPages), file: seg.segment.file) {
+                    name = h.key
+                }
+                guard let name else { st.index[key] = nil; continue }
+                entry.directory = try Self.directory(of: name, namespace: ns, state: &st, journal: journal, report: &report)
+                st.index[key] = entry
+            }
+        }
+
+        for (key, e) in st.index {
+            st.segments[e.segment]!.liveBytes += UInt64(e.recordSize)
+            st.segments[e.segment]!.countLive(e.namespaceID, 1)
+            st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
+            st.directories.addBlockQuietly(key, namespace: e.namespaceID, directory: e.directory)
+        }
+        for (_, seg) in st.segments { st.usedBytes += seg.length }
+        report.blocks = st.index.count
+        report.directories = st.directories.namespaces.values.reduce(0) { $0 + $1.nodes.count - 1 }
+        _ = now
+
+        try BlockStore.startActiveSegment(&st, id: (dataIDs.last ?? 0) + 1, device: device)
+        try journal.synchronize()
+        return Recovered(state: st, journal: journal, report: report)
+    }
+
+    /// Applies one journal record to the tree.
+    static func apply(_ change: DirectoryChange, to tree: inout DirectoryTree) {
+        switch change {
+        case .create(let ns, let id, let parent, let name, let ownership, let mtime):
+            tree.add(ns, id: id, parent: parent, name: name, ownership: ownership, modifiedNanoseconds: mtime)
+        case .remove(let ns, let id):
+            tree.remove(ns, id: id, now: 0)
+        case .attributes(let ns, let id, let ownership, let mtime):
+            tree.setAttributes(ns, id: id, ownership: ownership, modifiedNanoseconds: mtime, now: mtime)
+        case .move(let ns, let id, let parent, let name):
+            tree.move(ns, id: id, to: parent, name: name, now: 0)
+        }
+    }
+
+    /// The directory of a key, made (and journaled) when missing.
+    private static func directory(of key: String, namespace ns: NamespaceInfo, state st: inout StoreState,
+                                  journal: DirectoryJournal, report: inout RecoveryReport) throws -> UInt32 {
+        if let d = st.directories.directory(ofKey: key, namespace: ns.id) { return d }
+        let (path, _) = BlockPath.split(key: key)
+        var id = DirectoryID.namespaceRoot
+        let now = wallClockNanoseconds()
+        for component in path.split(separator: "/").map(String.init) {
+            if let next = st.directories.child(ns.id, of: id, named: component) {
+                id = next
+                continue
+            }
+            guard let newID = st.directories.allocateID() else { throw StoreError.noSpace("no directory ids left") }
+            let owner = BlockOwnership(uid: ns.owner, gid: ns.group, mode: ns.mode)
+            try journal.append(.create(ns: ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now))
+            st.directories.add(ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now)
+            report.directoriesRestored += 1
+            id = newID
+        }
+        return id
+    }
+
+    static func readHeader(page: UInt32, headerPages: Int, file: any DeviceFile) throws -> RecordHeader {
+        let size = max(1, headerPages) * RecordFormat.alignment
+        let buffer = AlignedBuffer(capacity: size)
+        let n = try file.read(into: buffer.mutableBytes(count: size), at: UInt64(page) * UInt64(RecordFormat.alignment))
+        guard case .success(let header) = RecordHeader.decode(buffer.bytes(count: n)) else {
+            throw StoreError.corruption("page \(page): bad header")
+        }
+        return header
+    }
+}

@@ -1,0 +1,120 @@
+import Platform
+import WarehouseCore
+
+/// The verified bytes of one block, in a buffer the caller may keep.
+public struct BlockData: Sendable {
+    public let buffer: AlignedBuffer
+    public let offset: Int
+    public let count: Int
+    public let commitSeconds: UInt32
+    /// XXH3-64 of the bytes, when known without another pass (uncompressed records).
+    public var checksum: UInt64? = nil
+
+    /// Calls `body` with the block's bytes; the pointer is valid only inside it.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(buffer) { try body(buffer.bytes(offset, count: count)) }
+    }
+
+    /// A copy of the block's bytes.
+    public var array: [UInt8] { withBytes { Array($0) } }
+}
+
+/// What `attributes` reports of a block: all from memory, no I/O.
+public struct BlockAttributes: Sendable, Equatable {
+    public var logicalLength: Int
+    public var storedLength: Int
+    public var commitSeconds: UInt32
+    /// `utimes`' modification time (nanoseconds since the epoch), nil: the commit time.
+    public var modifiedNanoseconds: UInt64?
+    public var namespaceID: UInt16
+    public var directory: UInt32
+    public var ownership: BlockOwnership
+    public var compressed: Bool
+    /// Sequence of the block record: changes when a name is deleted and written again.
+    public var sequence: UInt64
+}
+
+/// Whether a put stored a new block or found one already there (first write wins).
+public enum PutOutcome: Sendable, Equatable {
+    case stored
+    case alreadyPresent
+}
+
+/// A block found by a directory listing, to turn into a name with `name(of:)`.
+public struct BlockLocator: Sendable {
+    let segment: Segment
+    let page: UInt32
+    let headerPages: Int
+    public let key: BlockKey
+    /// The block record's sequence (a name written again gets a higher one).
+    public let sequence: UInt64
+    /// The key when memory has it (a renamed block, whose record still holds its old name).
+    public let knownKey: String?
+}
+
+/// What recovery found when the store opened.
+public struct RecoveryReport: Sendable {
+    public var segmentsFromSummary = 0
+    public var segmentsScanned = 0
+    public var blocks = 0
+    public var directories = 0
+    public var corruptRecords = 0
+    public var tornTailBytes: UInt64 = 0
+    public var bytesScanned: UInt64 = 0
+    /// Directories that blocks named but the journal lacked (a crash before the journal was synced):
+    /// made again from the blocks' paths.
+    public var directoriesRestored = 0
+    public var nanoseconds: UInt64 = 0
+}
+
+/// Counters since the store opened, and the figures of the moment.
+public struct StoreStatistics: Sendable {
+    public var blocks = 0
+    public var capacityBytes: UInt64 = 0
+    public var usedBytes: UInt64 = 0
+    public var liveBytes: UInt64 = 0
+    public var deadBytes: UInt64 = 0
+    public var segments = 0
+    public var puts = 0
+    public var duplicatePuts = 0
+    public var bytesWritten: UInt64 = 0
+    public var gets = 0
+    public var bytesRead: UInt64 = 0
+    public var corruptReads = 0
+    public var removes = 0
+    public var renames = 0
+    public var updates = 0
+    public var evictedSegments = 0
+    public var evictedBlocks = 0
+    public var reinsertedBlocks = 0
+    public var compactedSegments = 0
+    public var reclaimedBytes: UInt64 = 0
+    /// Blocks removed because their namespace's time to live passed.
+    public var expiredBlocks = 0
+    public var directories = 0
+    public var namespaces: [(NamespaceInfo, NamespaceUsage)] = []
+}
+
+/// What a compaction did.
+public struct CompactionReport: Sendable {
+    public init() {}
+    public var segmentsCompacted = 0
+    public var blocksMoved = 0
+    public var bytesMoved: UInt64 = 0
+    public var bytesReclaimed: UInt64 = 0
+}
+
+/// Where a block's record is now. Reading through it works even after the block is unlinked, evicted
+/// or moved (the segment file stays open while referenced), as an open file outlives its name.
+public struct LocatedBlock: Sendable {
+    let entry: IndexEntry
+    let segment: Segment
+    public let namespace: String
+    public let key: String
+    public var logicalLength: Int { Int(entry.logicalLength) }
+    public var commitSeconds: UInt32 { entry.commitSeconds }
+    public var storedLength: Int { Int(entry.storedLength) }
+    /// The record's sequence: a name deleted and written again gets a higher one.
+    public var sequence: UInt64 { entry.sequence }
+    public var blockKey: BlockKey
+}

@@ -1,0 +1,121 @@
+import CTokenWarehouse
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Filesystem helpers on paths.
+public enum FileSystem {
+    /// Names of the entries of a directory, without `.` and `..`.
+    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError.last("opendir", path: path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        while let entry = readdir(dir) {
+            // d_name is NUL-terminated inside a fixed array; read only up to the NUL.
+            let name = String(cString: (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self))
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Creates `path` and its missing parents with `mode`.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, mode) != 0 && errno != EEXIST { throw SystemError.last("mkdir", path: current) }
+        }
+    }
+
+    public static func remove(_ path: String) throws(SystemError) {
+        if unlink(path) != 0 { throw SystemError.last("unlink", path: path) }
+    }
+
+    /// Renames atomically (`rename(2)`).
+    public static func rename(_ from: String, to: String) throws(SystemError) {
+        if Glibc.rename(from, to) != 0 { throw SystemError.last("rename", path: from) }
+    }
+
+    /// Makes a directory's entries durable (after create, rename, unlink).
+    public static func synchronizeDirectory(_ path: String) throws(SystemError) {
+        let fd = try FileDescriptor(open: path, flags: O_RDONLY | O_DIRECTORY)
+        if fsync(fd.rawValue) != 0 { throw SystemError.last("fsync", path: path) }
+    }
+
+    /// Total and available bytes of the filesystem holding `path`.
+    public static func space(of path: String) throws(SystemError) -> (total: UInt64, available: UInt64) {
+        var st = statvfs()
+        if statvfs(path, &st) != 0 { throw SystemError.last("statvfs", path: path) }
+        return (UInt64(st.f_blocks) * UInt64(st.f_frsize), UInt64(st.f_bavail) * UInt64(st.f_frsize))
+    }
+
+    /// Whether `path` exists.
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0
+    }
+
+    /// Owner, group and mode of `path` itself (a symlink is not followed).
+    public static func ownership(of path: String) throws(SystemError) -> (uid: UInt32, gid: UInt32, mode: UInt32, isDirectory: Bool) {
+        var st = stat()
+        if lstat(path, &st) != 0 { throw SystemError.last("lstat", path: path) }
+        return (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_mode & S_IFMT == S_IFDIR)
+    }
+
+    /// Reads a whole small file, to its end (also /proc files, whose size reads as zero).
+    public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
+        let fd = try FileDescriptor(open: path, flags: O_RDONLY)
+        return try readAll(fd, limit: .max)
+    }
+
+    /// Reads a whole file the daemon owns (the store's small files): no symlink is followed, only a
+    /// regular file is read, and one longer than `limit` bytes is refused (`EFBIG`) instead of read
+    /// into memory.
+    public static func readOwnFile(_ path: String, limit: Int) throws(SystemError) -> [UInt8] {
+        let fd = try FileDescriptor(openOwnFile: path, flags: O_RDONLY)
+        if try fd.length() > UInt64(limit) { throw SystemError(EFBIG, "read (the file is larger than \(limit) bytes)", path: path) }
+        return try readAll(fd, limit: limit)
+    }
+
+    private static func readAll(_ fd: borrowing FileDescriptor, limit: Int) throws(SystemError) -> [UInt8] {
+        let chunk = max(4096, min(Int(try fd.length()) + 1, 1 << 20))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 16)
+        defer { buffer.deallocate() }
+        var bytes: [UInt8] = []
+        while true {
+            let n = retryOnInterrupt { Glibc.read(fd.rawValue, buffer.baseAddress!, chunk) }
+            if n < 0 { throw SystemError.last("read", path: fd.path) }
+            if n == 0 { break }
+            bytes.append(contentsOf: buffer[0..<n])
+            if bytes.count > limit { throw SystemError(EFBIG, "read (the file is larger than \(limit) bytes)", path: fd.path) }
+        }
+        return bytes
+    }
+
+    /// Replaces a small file atomically: write a temporary, sync it, rename it over, sync the directory.
+    /// The temporary is created fresh (`O_EXCL`, no symlink followed): whatever stood in its place is
+    /// removed first, so a planted link cannot redirect the write.
+    public static func writeFileAtomically(_ path: String, bytes: [UInt8], directory: String) throws(SystemError) {
+        let temporary = path + ".tmp"
+        _ = unlink(temporary)
+        do {
+            let fd = try FileDescriptor(open: temporary, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o640)
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+            defer { copy.deallocate() }
+            copy.copyBytes(from: bytes)
+            try fd.write([UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count])], at: 0)
+            try fd.synchronize()
+        }
+        try rename(temporary, to: path)
+        try synchronizeDirectory(directory)
+    }
+}
+
+extension FileSystem {
+    /// Sets an extended attribute on an open file (`fsetxattr`); returns 0 or the errno.
+    public static func setExtendedAttribute(descriptor fd: Int32, name: String, value: [UInt8]) -> Int32 {
+        let rc = value.withUnsafeBytes { fsetxattr(fd, name, $0.baseAddress, $0.count, 0) }
+        return rc == 0 ? 0 : errno
+    }
+}

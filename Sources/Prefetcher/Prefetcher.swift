@@ -1,0 +1,345 @@
+// Prefetcher: loads blocks from NVMe into the DRAM tier before they are read (docs/design.md
+// "Prefetcher"), from hints, chain links and learned order, on threads of its own with bounded queues
+// and bandwidth. Thread-safety: all state is behind one mutex; loads run outside it.
+import BlockStore
+import DRAMTier
+import DequeModule
+import Platform
+import Synchronization
+import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Limits of the prefetcher (twfs `--prefetch-*` flags).
+public struct PrefetchSettings: Sendable {
+    /// Loader threads: never request threads, so a prefetch never delays a read.
+    public var workers = 2
+    /// Bytes per second loaded from NVMe at most (0: no limit), so prefetching leaves the disk to reads.
+    public var bandwidth: UInt64 = 2 << 30
+    /// How many blocks ahead chain links and learned order are followed from a block being read.
+    public var depth = 8
+    /// Explicit hints queued at most; more are dropped and counted.
+    public var hintQueueLimit = 65536
+    /// Speculative loads (chain, learned) queued at most; the oldest give way to new ones.
+    public var speculativeQueueLimit = 4096
+    /// A hint not served within this many nanoseconds is dropped: its request has moved on.
+    public var hintDeadline: UInt64 = 10_000_000_000
+    /// Successor links kept (each about 100 bytes).
+    public var successorLimit = 262_144
+
+    public init() {}
+}
+
+/// Loads blocks from NVMe into the DRAM tier before they are read, from three signals, strongest first
+/// (DESIGN.md "Prefetcher"):
+/// 1. explicit hints (`MOUNT/.tw/prefetch`, `Client.prefetch`, `twctl prefetch`): served first, placed
+///    as expected blocks (the tier's main ring);
+/// 2. chain links: a committed block's `user.tw.parent` makes it its parent's successor;
+/// 3. learned order: the block a process reads after another becomes that one's successor.
+/// Reading a block through the mount queues its successors (up to `depth` ahead) as speculative loads,
+/// which enter the tier like misses (the small ring): a block loaded on a guess and never read leaves
+/// without pushing out blocks that were read twice (S3-FIFO admission).
+///
+/// A hint whose block was read after the hint was queued is dropped (the read loaded it already), and
+/// so is one older than `hintDeadline`. Loads are rate-limited to `bandwidth`.
+///
+/// Thread-safety: all state is behind `state`; loads run on the worker threads, outside the lock.
+public final class Prefetcher: Sendable {
+    public struct Statistics: Sendable {
+        /// Hint lines received.
+        public var hinted = 0
+        /// Blocks loaded into the tier, by signal.
+        public var loadedHinted = 0
+        public var loadedChain = 0
+        public var loadedLearned = 0
+        /// Hinted blocks this node lacked, fetched from the cluster tier.
+        public var loadedFromCluster = 0
+        /// Hints and guesses for blocks already resident (nothing to do).
+        public var alreadyResident = 0
+        /// Hinted blocks that do not exist.
+        public var missing = 0
+        /// Hints dropped because the queue was full.
+        public var dropped = 0
+        /// Hints dropped because the block was read before they were served (they came too late).
+        public var late = 0
+        /// Hints dropped because they waited longer than the deadline.
+        public var expired = 0
+        /// Loads that failed (unreadable record, or no room in the tier).
+        public var failed = 0
+        /// Successor links known (chain and learned).
+        public var successors = 0
+        public var loaded: Int { loadedHinted + loadedChain + loadedLearned + loadedFromCluster }
+    }
+
+    enum Source { case hint, chain, learned }
+
+    struct Job {
+        var namespace: String
+        var namespaceID: UInt16
+        var name: String
+        var key: BlockKey
+        var source: Source
+        var queuedAt: UInt64
+    }
+
+    struct Link {
+        var namespace: String
+        var namespaceID: UInt16
+        var name: String
+        var learned: Bool
+    }
+
+    struct State {
+        var hints = Deque<Job>()
+        var speculative = Deque<Job>()
+        var queued: Set<BlockKey> = []
+        var stopping = false
+        /// Successors of a block: at most two, the most recent first.
+        var successors: [BlockKey: [Link]] = [:]
+        var successorOrder = Deque<BlockKey>()
+        /// The last block each process read through the mount, and when.
+        var lastRead: [Int32: (key: BlockKey, at: UInt64)] = [:]
+        /// When blocks were last read through the mount (bounded), to drop hints that came too late.
+        var readAt: [BlockKey: UInt64] = [:]
+        var readOrder = Deque<BlockKey>()
+        var stats = Statistics()
+    }
+
+    let store: BlockStore
+    let tier: DRAMTiers
+    public let settings: PrefetchSettings
+    private let state = Mutex(State())
+    private let wakeup = ConditionLock()
+    private let threads = Mutex<[BackgroundThread]>([])
+    private let throttle: Throttle
+    /// Brings a hinted block that this node lacks from the cluster tier (stored locally and put in the
+    /// tier); true when it did. Nil without `--cluster`.
+    let fetchMissing: (@Sendable (String, String) -> Bool)?
+
+    public init(store: BlockStore, tier: DRAMTiers, settings: PrefetchSettings = PrefetchSettings(),
+                fetchMissing: (@Sendable (String, String) -> Bool)? = nil) {
+        self.store = store
+        self.tier = tier
+        self.settings = settings
+        self.fetchMissing = fetchMissing
+        throttle = Throttle(bytesPerSecond: settings.bandwidth)
+    }
+
+    /// Starts the worker threads (after the daemon has forked into the background).
+    public func start() {
+        let started = (0..<max(1, settings.workers)).map { i in BackgroundThread(name: "tw-prefetch\(i)") { [self] in work() } }
+        threads.withLock { $0 = started }
+    }
+
+    public func stop() {
+        state.withLock { $0.stopping = true }
+        wakeup.withLock { wakeup.broadcast() }
+        let workers = threads.withLock { t -> [BackgroundThread] in
+            defer { t = [] }
+            return t
+        }
+        for t in workers { t.join() }
+    }
+
+    // MARK: Signals
+
+    /// A block a hint names: its namespace and key (`BlockPath`).
+    public struct Hint: Sendable, Equatable {
+        public var namespace: String
+        public var namespaceID: UInt16
+        public var key: String
+        public init(namespace: String, namespaceID: UInt16, key: String) {
+            self.namespace = namespace
+            self.namespaceID = namespaceID
+            self.key = key
+        }
+    }
+
+    /// Queues explicit hints, in order; returns how many were accepted. The caller has checked that
+    /// whoever sent them may read their namespaces.
+    @discardableResult
+    public func hint(_ blocks: [Hint]) -> Int {
+        let now = monotonicNanoseconds()
+        let accepted = state.withLock { st -> Int in
+            st.stats.hinted += blocks.count
+            var accepted = 0
+            for b in blocks {
+                let key = BlockKey(namespace: b.namespace, key: b.key)
+                if st.queued.contains(key) {
+                    accepted += 1
+                    continue
+                }
+                guard st.hints.count < settings.hintQueueLimit else {
+                    st.stats.dropped += 1
+                    continue
+                }
+                st.hints.append(Job(namespace: b.namespace, namespaceID: b.namespaceID, name: b.key, key: key, source: .hint, queuedAt: now))
+                st.queued.insert(key)
+                accepted += 1
+            }
+            return accepted
+        }
+        wakeup.withLock { wakeup.broadcast() }
+        return accepted
+    }
+
+    /// Counts hints that were refused before they reached the queue (the sender may not read their
+    /// blocks): they show as missing, like hints for blocks that do not exist.
+    public func countMissing(_ n: Int) {
+        state.withLock {
+            $0.stats.hinted += n
+            $0.stats.missing += n
+        }
+    }
+
+    /// A committed block with a parent (a canonical hash): the chain link makes it the parent's successor.
+    public func noteCommit(namespace: String, namespaceID: UInt16, name: String, parent: String?) {
+        guard let parent, parent != name else { return }
+        let parentKey = BlockKey(namespace: namespace, key: parent)
+        state.withLock { st in addSuccessor(&st, of: parentKey, Link(namespace: namespace, namespaceID: namespaceID, name: name, learned: false)) }
+    }
+
+    /// A block opened for reading through the mount by process `process`: learns the order, remembers
+    /// the read (late hints), and queues the blocks expected next.
+    public func noteRead(namespace: String, namespaceID: UInt16, name: String, process: Int32) {
+        let key = BlockKey(namespace: namespace, key: name)
+        let now = monotonicNanoseconds()
+        let queuedAny = state.withLock { st -> Bool in
+            if st.readAt.updateValue(now, forKey: key) == nil {
+                st.readOrder.append(key)
+                if st.readOrder.count > settings.hintQueueLimit { st.readAt[st.readOrder.removeFirst()] = nil }
+            }
+            if let last = st.lastRead[process], last.key != key, now &- last.at < 2_000_000_000, now >= last.at {
+                addSuccessor(&st, of: last.key, Link(namespace: namespace, namespaceID: namespaceID, name: name, learned: true))
+            }
+            if st.lastRead.count > 4096 { st.lastRead.removeAll(keepingCapacity: true) }
+            st.lastRead[process] = (key, now)
+            return queueSuccessors(&st, of: key, now: now)
+        }
+        if queuedAny { wakeup.withLock { wakeup.broadcast() } }
+    }
+
+    private func addSuccessor(_ st: inout State, of key: BlockKey, _ link: Link) {
+        var links = st.successors[key] ?? []
+        if let i = links.firstIndex(where: { $0.name == link.name && $0.namespace == link.namespace }) {
+            if i == 0 { return }
+            links.remove(at: i)
+        }
+        if st.successors[key] == nil {
+            st.successorOrder.append(key)
+            if st.successorOrder.count > settings.successorLimit { st.successors[st.successorOrder.removeFirst()] = nil }
+        }
+        links.insert(link, at: 0)
+        if links.count > 2 { links.removeLast() }
+        st.successors[key] = links
+    }
+
+    /// Queues up to `depth` blocks along the most recent successor of `key` (and the second successor of
+    /// each step); blocks already resident are walked through, not loaded.
+    private func queueSuccessors(_ st: inout State, of key: BlockKey, now: UInt64) -> Bool {
+        var current = key
+        var visited: Set<BlockKey> = [key]
+        var queuedAny = false
+        for _ in 0..<settings.depth {
+            guard let links = st.successors[current], let first = links.first else { break }
+            for link in links {
+                let k = BlockKey(namespace: link.namespace, key: link.name)
+                guard !st.queued.contains(k), !visited.contains(k), !tier.contains(k, namespaceID: link.namespaceID) else { continue }
+                st.speculative.append(Job(namespace: link.namespace, namespaceID: link.namespaceID, name: link.name, key: k,
+                                          source: link.learned ? .learned : .chain, queuedAt: now))
+                st.queued.insert(k)
+                queuedAny = true
+                if st.speculative.count > settings.speculativeQueueLimit { st.queued.remove(st.speculative.removeFirst().key) }
+            }
+            let next = BlockKey(namespace: first.namespace, key: first.name)
+            guard visited.insert(next).inserted else { break }
+            current = next
+        }
+        return queuedAny
+    }
+
+    // MARK: Loading
+
+    private func next() -> Job? {
+        while true {
+            let job = state.withLock { st -> Job?? in
+                if st.stopping { return .some(nil) }
+                let now = monotonicNanoseconds()
+                while let job = st.hints.first {
+                    st.hints.removeFirst()
+                    st.queued.remove(job.key)
+                    if let read = st.readAt[job.key], read >= job.queuedAt {
+                        st.stats.late += 1
+                        continue
+                    }
+                    if now > job.queuedAt && now - job.queuedAt > settings.hintDeadline {
+                        st.stats.expired += 1
+                        continue
+                    }
+                    return .some(job)
+                }
+                // Newest guesses first: they belong to the reads happening now.
+                if let job = st.speculative.popLast() {
+                    st.queued.remove(job.key)
+                    return .some(job)
+                }
+                return nil
+            }
+            if let job { return job }
+            wakeup.withLock { wakeup.wait(nanoseconds: 50_000_000) }
+        }
+    }
+
+    private func work() {
+        while let job = next() {
+            if tier.contains(job.key, namespaceID: job.namespaceID) {
+                state.withLock { $0.stats.alreadyResident += 1 }
+                continue
+            }
+            do {
+                guard let located = store.locate(namespace: job.namespace, key: job.name) else {
+                    // Hinted but not here: another node may have computed it (the fetch puts it in the tier).
+                    if job.source == .hint, let fetchMissing, fetchMissing(job.namespace, job.name) {
+                        state.withLock { $0.stats.loadedFromCluster += 1 }
+                        continue
+                    }
+                    throw StoreError.notFound
+                }
+                throttle.acquire(located.storedLength)
+                let data = try store.read(located)
+                let inserted = data.withBytes {
+                    tier.insert(job.key, namespaceID: job.namespaceID, bytes: $0, checksum: data.checksum ?? Checksum.xxh3($0),
+                                hinted: job.source == .hint, prefetched: true)
+                }
+                // Unlinked or replaced while it was read: do not keep the old bytes.
+                if store.attributes(namespace: job.namespace, key: job.name)?.sequence != located.sequence { tier.remove(job.key, namespaceID: job.namespaceID) }
+                state.withLock { st in
+                    guard inserted else {
+                        // Resident already (a read loaded it meanwhile) is not a failure.
+                        if tier.contains(job.key, namespaceID: job.namespaceID) { st.stats.alreadyResident += 1 } else { st.stats.failed += 1 }
+                        return
+                    }
+                    switch job.source {
+                    case .hint: st.stats.loadedHinted += 1
+                    case .chain: st.stats.loadedChain += 1
+                    case .learned: st.stats.loadedLearned += 1
+                    }
+                }
+            } catch StoreError.notFound {
+                state.withLock { if job.source == .hint { $0.stats.missing += 1 } }
+            } catch {
+                state.withLock { $0.stats.failed += 1 }
+            }
+        }
+    }
+
+    public func statistics() -> Statistics {
+        state.withLock { st in
+            var s = st.stats
+            s.successors = st.successors.count
+            return s
+        }
+    }
+
+}

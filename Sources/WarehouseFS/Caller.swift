@@ -1,0 +1,140 @@
+import Platform
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who is calling, from the FUSE request context: every request acts as its caller.
+public struct Caller: Sendable, Equatable {
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Supplementary groups (fuse_req_getgroups); empty when the kernel did not give them.
+    public var groups: [UInt32]
+    /// The calling thread (FUSE gives a thread id, not a process id).
+    public var pid: Int32
+    public var umask: UInt32
+
+    public init(uid: UInt32, gid: UInt32, groups: [UInt32] = [], pid: Int32, umask: UInt32 = 0o022) {
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.pid = pid
+        self.umask = umask
+    }
+
+    public var isRoot: Bool { uid == 0 }
+
+    public func isMember(of group: UInt32) -> Bool { gid == group || groups.contains(group) }
+
+    /// Whether permission bits `mode` of a file owned by `owner`:`group` grant this caller `want`
+    /// (a combination of 4 read, 2 write, 1 search), as the kernel's generic check does. Root may
+    /// read and write anything, and search anything some class may search.
+    public func may(_ want: UInt32, mode: UInt32, owner: UInt32, group: UInt32) -> Bool {
+        if isRoot { return want & 1 == 0 || mode & 0o111 != 0 }
+        let bits: UInt32
+        if uid == owner { bits = (mode >> 6) & 7 } else if isMember(of: group) { bits = (mode >> 3) & 7 } else { bits = mode & 7 }
+        return bits & want == want
+    }
+}
+
+/// How a process that sent a close was ending, as far as the kernel tells.
+public enum ExitState: Sendable, Equatable {
+    /// Not exiting: an explicit `close`.
+    case running
+    /// Exiting normally (`exit`, end of `main`): its open files are closed for it, and what it wrote is
+    /// meant to stay (shell redirection of any program).
+    case exiting
+    /// Killed by a signal (SIGKILL, the OOM killer, an uncaught SIGSEGV): what it was writing is dropped.
+    case killed
+}
+
+/// What the daemon needs to learn about the process behind a request that FUSE does not say: the
+/// flags of the `open` it is in (FUSE strips O_CREAT and O_TRUNC from OPEN), whether it is in
+/// `truncate` or `mkdir`, whether a close comes from a process that is exiting or was killed, and its
+/// thread group. A protocol so the file system's tests can play any caller in-process.
+public protocol CallerInspector: Sendable {
+    /// The flags of the open/openat/creat the thread is in, or nil when it is in another call (or unknown).
+    func openFlags(of tid: Int32) -> Int32?
+    /// Whether the thread is in truncate or ftruncate.
+    func isTruncating(_ tid: Int32) -> Bool
+    /// Whether the thread is in mkdir or mkdirat.
+    func isMakingDirectory(_ tid: Int32) -> Bool
+    /// Whether the thread's process is running, exiting, or was killed.
+    func exitState(of tid: Int32) -> ExitState
+    /// The thread group id (process id) of a thread.
+    func threadGroup(of tid: Int32) -> Int32
+}
+
+/// `CallerInspector` from /proc (docs/fuse.md, "What FUSE hides"). The calling thread is blocked in
+/// its system call while we serve it, so /proc/TID/syscall shows that call and its arguments, and
+/// /proc/TID/stat shows whether the process is exiting (PF_EXITING) and, once it is, its exit code:
+/// the kernel sets it before it closes the process's files, so a close at exit tells a normal exit
+/// (status << 8) from a death by signal (the signal number). Each answer costs an open, a read and a
+/// close of a /proc file (a few microseconds; docs/fuse.md's cost table lists where they happen).
+public struct ProcCallerInspector: CallerInspector {
+    #if arch(x86_64)
+    static let openCalls: [Int: Int] = [2: 1, 257: 2]  // syscall number: index of the flags argument
+    static let creatCall = 85
+    static let truncateCalls: Set<Int> = [76, 77]
+    static let mkdirCalls: Set<Int> = [83, 258]
+    #elseif arch(arm64)
+    static let openCalls: [Int: Int] = [56: 2]
+    static let creatCall = -1
+    static let truncateCalls: Set<Int> = [45, 46]
+    static let mkdirCalls: Set<Int> = [34]
+    #else
+    static let openCalls: [Int: Int] = [:]
+    static let creatCall = -1
+    static let truncateCalls: Set<Int> = []
+    static let mkdirCalls: Set<Int> = []
+    #endif
+
+    public init() {}
+
+    /// The system call a thread is blocked in: its number and arguments; nil when unknown.
+    static func currentSyscall(of tid: Int32) -> (number: Int, arguments: [UInt64])? {
+        guard tid > 0, let bytes = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
+        let fields = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard let first = fields.first, let number = Int(first) else { return nil }
+        let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
+        return (number, arguments)
+    }
+
+    public func openFlags(of tid: Int32) -> Int32? {
+        guard let call = Self.currentSyscall(of: tid) else { return nil }
+        if call.number == Self.creatCall { return O_CREAT | O_WRONLY | O_TRUNC }
+        guard let index = Self.openCalls[call.number], index < call.arguments.count else { return nil }
+        return Int32(truncatingIfNeeded: call.arguments[index])
+    }
+
+    public func isTruncating(_ tid: Int32) -> Bool {
+        guard let call = Self.currentSyscall(of: tid) else { return false }
+        return Self.truncateCalls.contains(call.number)
+    }
+
+    public func isMakingDirectory(_ tid: Int32) -> Bool {
+        guard let call = Self.currentSyscall(of: tid) else { return false }
+        return Self.mkdirCalls.contains(call.number)
+    }
+
+    public func exitState(of tid: Int32) -> ExitState {
+        guard tid > 0, let bytes = try? FileSystem.readFile("/proc/\(tid)/stat") else { return .running }
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return .running }
+        let rest = String(decoding: bytes[(close + 1)...], as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
+        // rest[0] is field 3 (state); flags is field 9; exit_code is field 52 (rest[49]).
+        guard rest.count > 6, let flags = UInt64(rest[6]) else { return .running }
+        let pfExiting: UInt64 = 0x4
+        let exiting = flags & pfExiting != 0 || rest[0] == "Z" || rest[0] == "X"
+        guard exiting else { return .running }
+        if rest.count > 49, let code = Int(rest[49]), code & 0x7f != 0 { return .killed }
+        return .exiting
+    }
+
+    public func threadGroup(of tid: Int32) -> Int32 {
+        guard let bytes = try? FileSystem.readFile("/proc/\(tid)/status") else { return tid }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
+            return Int32(line.dropFirst(5).drop { $0 == " " || $0 == "\t" }) ?? tid
+        }
+        return tid
+    }
+}

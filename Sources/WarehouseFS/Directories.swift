@@ -1,0 +1,162 @@
+import BlockStore
+import Platform
+import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Directories: namespaces at the top, directory trees inside them; mkdir, rmdir, listings.
+extension WarehouseFileSystem {
+    public func makeDirectory(parent: UInt64, name: [UInt8], mode: UInt32, caller: Caller) -> FSResult<Entry> {
+        counters.count(.mkdir)
+        switch InodeNumber.kind(parent) {
+        case .root:
+            if name.count > 255 { return .failure(FSError(ENAMETOOLONG)) }
+            do {
+                let ns = try store.createNamespace(String(decoding: name, as: UTF8.self), owner: caller.uid, group: caller.gid, mode: mode & 0o7777)
+                namespaceChanged(ns)
+                return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+            } catch {
+                return .failure(FSError(error))
+            }
+        case .controlDirectory: return .failure(FSError(EPERM))
+        case .control, .file: return .failure(FSError(ENOTDIR))
+        case .directory: break
+        }
+        let dir: DirectoryContext
+        switch directoryContext(parent) {
+        case .success(let d): dir = d
+        case .failure(let e): return .failure(e)
+        }
+        let text: String
+        switch checkName(name) {
+        case .success(let t): text = t
+        case .failure(let e): return .failure(e)
+        }
+        if pendingNodeExists(namespace: dir.namespace, key: dir.key(of: text)) { return .failure(FSError(EEXIST)) }
+        do {
+            let info = try store.makeDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text,
+                                               ownership: BlockOwnership(uid: caller.uid, gid: caller.gid, mode: mode & 0o7777))
+            return entry(for: InodeNumber.directory(dir.namespace.id, info.id), timeout: 1)
+        } catch {
+            return .failure(FSError(error))
+        }
+    }
+
+    /// Whether some process is writing a block under this key (its name is taken, though not visible).
+    func pendingNodeExists(namespace ns: NamespaceInfo, key: String) -> Bool {
+        nodes.withLock { $0.pending[BlockKey(namespace: ns.name, key: key)]?.isEmpty == false }
+    }
+
+    public func removeDirectory(parent: UInt64, name: [UInt8], caller: Caller) -> FSResult<Void> {
+        let text = String(decoding: name, as: UTF8.self)
+        switch InodeNumber.kind(parent) {
+        case .root:
+            guard let ns = store.namespace(named: text) else { return .failure(FSError(ENOENT)) }
+            if nodes.withLock({ $0.pendingPerDirectory.keys.contains { $0.namespace == ns.id } }) { return .failure(FSError(ENOTEMPTY)) }
+            do {
+                try store.removeNamespace(text)
+                tiers?.namespaceRemoved(id: ns.id)
+                return .success(())
+            } catch {
+                return .failure(FSError(error))
+            }
+        case .controlDirectory: return .failure(FSError(EPERM))
+        case .control, .file: return .failure(FSError(ENOTDIR))
+        case .directory: break
+        }
+        let dir: DirectoryContext
+        switch directoryContext(parent) {
+        case .success(let d): dir = d
+        case .failure(let e): return .failure(e)
+        }
+        guard let child = store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) else {
+            // A block of that name is not a directory.
+            return .failure(FSError(store.contains(namespace: dir.namespace.name, key: dir.key(of: text)) ? ENOTDIR : ENOENT))
+        }
+        if nodes.withLock({ ($0.pendingPerDirectory[NodeTable.DirectoryRef(namespace: dir.namespace.id, id: child)] ?? 0) > 0 }) {
+            return .failure(FSError(ENOTEMPTY))
+        }
+        do {
+            try store.removeDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text)
+            return .success(())
+        } catch {
+            return .failure(FSError(error))
+        }
+    }
+
+    // MARK: Listings
+
+    public func openDirectory(ino: UInt64, caller: Caller) -> FSResult<OpenFile> {
+        switch InodeNumber.kind(ino) {
+        case .root:
+            let names = store.namespaces().map { ($0.name, InodeNumber.namespace($0.id)) }
+            return .success(OpenFile(.directory(DirectoryState(.root(names))), opener: caller))
+        case .controlDirectory:
+            return .success(OpenFile(.directory(DirectoryState(.control)), opener: caller))
+        case .directory(let ns, let id):
+            guard let d = store.directory(namespaceID: ns, id: id) else { return .failure(FSError(ENOENT)) }
+            store.beginListing(namespaceID: ns, id: id)
+            let parent = id == DirectoryID.namespaceRoot ? InodeNumber.root : InodeNumber.directory(ns, d.parent)
+            return .success(OpenFile(.directory(DirectoryState(.namespace(ns, id, parent: parent))), opener: caller))
+        case .control, .file:
+            return .failure(FSError(ENOTDIR))
+        }
+    }
+
+    public func releaseDirectory(_ handle: OpenFile) {
+        guard case .directory(let d) = handle.kind, case .namespace(let ns, let id, _) = d.place else { return }
+        store.endListing(namespaceID: ns, id: id)
+    }
+
+    /// One entry of a listing page, with the offset of the next entry (what `readdir` hands back).
+    public struct DirectoryEntry: Sendable {
+        public var name: String
+        public var ino: UInt64
+        public var isDirectory: Bool
+        public var next: Int64
+    }
+
+    /// Entries of an open directory from `offset` (0 at first), at most `limit`. Offsets 1 and 2 follow
+    /// "." and ".."; after them, an offset is 3 plus the store's listing position, so a listing resumes
+    /// where it stopped without a snapshot and without a scan of the index.
+    public func readDirectory(_ handle: OpenFile, offset: Int64, limit: Int) -> FSResult<[DirectoryEntry]> {
+        guard case .directory(let d) = handle.kind else { return .failure(FSError(EBADF)) }
+        counters.count(.readdir)
+        var out: [DirectoryEntry] = []
+        switch d.place {
+        case .root(let names):
+            let all = [(".", InodeNumber.root), ("..", InodeNumber.root)] + names
+            for (i, (name, ino)) in all.enumerated().dropFirst(Int(max(0, offset))).prefix(limit) {
+                out.append(DirectoryEntry(name: name, ino: ino, isDirectory: true, next: Int64(i + 1)))
+            }
+        case .control:
+            let all = [(".", InodeNumber.controlDirectory, true), ("..", InodeNumber.root, true)]
+                + ControlFile.allCases.map { ($0.rawValue, $0.ino, false) }
+            for (i, (name, ino, isDirectory)) in all.enumerated().dropFirst(Int(max(0, offset))).prefix(limit) {
+                out.append(DirectoryEntry(name: name, ino: ino, isDirectory: isDirectory, next: Int64(i + 1)))
+            }
+        case .namespace(let ns, let id, let parent):
+            if offset <= 0 { out.append(DirectoryEntry(name: ".", ino: InodeNumber.directory(ns, id), isDirectory: true, next: 1)) }
+            if offset <= 1 { out.append(DirectoryEntry(name: "..", ino: parent, isDirectory: true, next: 2)) }
+            var cursor = UInt64(max(0, offset - 2))
+            while out.count < limit {
+                let page = store.listDirectory(namespaceID: ns, id: id, from: cursor, limit: limit - out.count)
+                for (item, next) in page.items {
+                    switch item {
+                    case .directory(let name, let child):
+                        out.append(DirectoryEntry(name: name, ino: InodeNumber.directory(ns, child), isDirectory: true, next: Int64(next) + 2))
+                    case .block(let locator):
+                        // The name is read from the record's header (or known for a renamed block).
+                        guard let key = store.key(of: locator) else { continue }
+                        out.append(DirectoryEntry(name: BlockPath.split(key: key).name, ino: InodeNumber.committed(locator.key, sequence: locator.sequence),
+                                                  isDirectory: false, next: Int64(next) + 2))
+                    }
+                }
+                if page.next == BlockStore.DirectoryPage.end { break }
+                cursor = page.next
+            }
+        }
+        return .success(out)
+    }
+}

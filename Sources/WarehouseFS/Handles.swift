@@ -1,0 +1,137 @@
+import BlockStore
+import DRAMTier
+import Platform
+import Synchronization
+import WarehouseCore
+
+/// An open file or directory, held by the kernel as `fi->fh` (a retained pointer) until release. What
+/// it is, is a closed set (`Kind`): every handler switches over it exhaustively.
+///
+/// Thread-safety: immutable; each kind's state guards its own mutable parts.
+public final class OpenFile: Sendable {
+    enum Kind: Sendable {
+        /// A committed block opened for reading.
+        case read(ReadState)
+        /// An existing block opened with O_CREAT: writes are accepted and dropped (first write wins);
+        /// reads show the committed block.
+        case discard(ReadState)
+        /// A block being written.
+        case write(WriteState)
+        /// `.tw/prefetch` or `.tw/engine` opened for writing: lines handled as they arrive.
+        case lines(LineInput)
+        /// `.tw/ctl`: a request written, then its answer read.
+        case command(CommandState)
+        /// A generated read-only file of the control area (status, dram), made at open for its opener.
+        case generated([UInt8])
+        /// An open directory.
+        case directory(DirectoryState)
+    }
+
+    let kind: Kind
+    /// Who opened it: control files act for their opener.
+    let opener: Caller
+
+    init(_ kind: Kind, opener: Caller) {
+        self.kind = kind
+        self.opener = opener
+    }
+
+    /// Whether a close of it must reach the daemon (a FLUSH): readers have nothing to flush.
+    public var needsFlush: Bool {
+        switch kind {
+        case .read, .generated, .directory: return false
+        case .discard, .write, .lines, .command: return true
+        }
+    }
+}
+
+/// A committed block opened for reading. The verified block is loaded on the first read that reaches
+/// the daemon (with `keep_cache`, repeated reads are served by the kernel's page cache and never come)
+/// and shared with every other handle reading the same record (`VerifiedBlocks`).
+final class ReadState: Sendable {
+    let node: FileNode
+    /// The record as it was at open: reads keep working after an unlink or eviction, as POSIX wants.
+    let located: LocatedBlock?
+    /// The block in the DRAM tier, pinned until this handle is released (replies come straight from it).
+    let pinned: PinnedBlock?
+    /// The verified bytes, once loaded (shared with other handles of the record).
+    let block = Mutex<BlockData?>(nil)
+    /// Whether this handle counts as a user of the shared verified copy (it reads from the store).
+    let sharesVerifiedCopy: Bool
+
+    init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks) {
+        self.node = node
+        self.located = located
+        self.pinned = pinned
+        sharesVerifiedCopy = pinned == nil && located != nil
+        if sharesVerifiedCopy, let located { verified.retain(located) }
+    }
+}
+
+/// A block being written; shares the node's `PendingWrite` with every other handle of it.
+final class WriteState: Sendable {
+    let node: FileNode
+    let pending: PendingWrite
+    /// Whether this handle's descriptor has been closed once (its first FLUSH).
+    let flushed = Mutex(false)
+
+    init(node: FileNode, pending: PendingWrite) {
+        self.node = node
+        self.pending = pending
+    }
+}
+
+/// A control file written line by line: complete lines are handled as each write arrives, so nothing
+/// accumulates but the part of a line not finished yet (at most `maxLine` bytes).
+final class LineInput: Sendable {
+    enum Purpose: Sendable { case hints, engine }
+    let purpose: Purpose
+    let partial = Mutex<[UInt8]>([])
+    static let maxLine = 4096
+
+    init(_ purpose: Purpose) { self.purpose = purpose }
+
+    /// Appends `bytes` and returns the complete lines, or nil when a line would pass `maxLine`.
+    func append(_ bytes: UnsafeRawBufferPointer) -> [[UInt8]]? {
+        partial.withLock { buffer -> [[UInt8]]? in
+            var lines: [[UInt8]] = []
+            var start = bytes.startIndex
+            for i in bytes.indices where bytes[i] == UInt8(ascii: "\n") {
+                buffer.append(contentsOf: bytes[start..<i])
+                if buffer.count > Self.maxLine { return nil }
+                lines.append(buffer)
+                buffer.removeAll(keepingCapacity: true)
+                start = i + 1
+            }
+            buffer.append(contentsOf: bytes[start...])
+            return buffer.count > Self.maxLine ? nil : lines
+        }
+    }
+
+    /// What is left when the file is closed (a last line without its newline).
+    func finish() -> [UInt8] {
+        partial.withLock { b in
+            defer { b = [] }
+            return b
+        }
+    }
+}
+
+/// `.tw/ctl`: the request written so far, and the answer once it was run.
+final class CommandState: Sendable {
+    let state = Mutex<(request: [UInt8], answer: [UInt8]?)>(([], nil))
+}
+
+/// An open directory: where it is, and (for the root and the control area) the names fixed at opendir.
+/// Namespace directories are listed by position from the store, a page per `readdir`, without a
+/// snapshot (see `BlockStore.listDirectory`).
+final class DirectoryState: Sendable {
+    enum Place: Sendable {
+        case root([(String, UInt64)])
+        case control
+        case namespace(UInt16, UInt32, parent: UInt64)
+    }
+    let place: Place
+
+    init(_ place: Place) { self.place = place }
+}

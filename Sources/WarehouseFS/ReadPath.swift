@@ -1,0 +1,191 @@
+import BlockStore
+import DRAMTier
+import Platform
+import Synchronization
+import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The verified copies of blocks that open read handles use: one per record, shared by every handle
+/// that reads it (sixteen `O_DIRECT` readers of one 128 MiB block hold one copy, not sixteen), dropped
+/// when the last of them is released.
+///
+/// Thread-safety: one mutex; loading runs outside it (two handles that load at once keep the first copy).
+final class VerifiedBlocks: Sendable {
+    struct Key: Hashable {
+        var block: BlockKey
+        var sequence: UInt64
+    }
+
+    private let entries = Mutex<[Key: (data: BlockData?, users: Int)]>([:])
+
+    /// Counts a handle of `located` as a user of its copy (once per handle, at open; `release` at release).
+    func retain(_ located: LocatedBlock) {
+        entries.withLock { $0[Key(block: located.blockKey, sequence: located.sequence), default: (nil, 0)].users += 1 }
+    }
+
+    func release(_ located: LocatedBlock) {
+        entries.withLock { e in
+            let k = Key(block: located.blockKey, sequence: located.sequence)
+            guard var entry = e[k] else { return }
+            entry.users -= 1
+            e[k] = entry.users > 0 ? entry : nil
+        }
+    }
+
+    func cached(_ located: LocatedBlock) -> BlockData? {
+        entries.withLock { $0[Key(block: located.blockKey, sequence: located.sequence)]?.data }
+    }
+
+    /// Keeps `data` as the copy of `located` (unless another handle stored one first); returns the copy to use.
+    func store(_ data: BlockData, for located: LocatedBlock) -> BlockData {
+        entries.withLock { e in
+            let k = Key(block: located.blockKey, sequence: located.sequence)
+            guard var entry = e[k] else { return data }
+            if let existing = entry.data { return existing }
+            entry.data = data
+            e[k] = entry
+            return data
+        }
+    }
+
+    var count: Int { entries.withLock { $0.count } }
+}
+
+/// Reading: replies from the DRAM tier's pinned bytes, or from the verified record read from NVMe
+/// (which then enters the DRAM tier), and reads of the caller's own block being written.
+extension WarehouseFileSystem {
+    public func read(_ handle: OpenFile, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> FSError? {
+        switch handle.kind {
+        case .command(let c):
+            // The first read runs the request written so far; later reads page through its answer.
+            let request = c.state.withLock { s -> [UInt8]? in s.answer == nil ? s.request : nil }
+            if let request {
+                let answer = execute(request: request, caller: handle.opener)
+                c.state.withLock { if $0.answer == nil { $0.answer = answer } }
+            }
+            let answer = c.state.withLock { $0.answer ?? [] }
+            let start = min(max(offset, 0), answer.count), end = min(start + max(size, 0), answer.count)
+            answer.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+            return nil
+        case .generated(let bytes):
+            let start = min(max(offset, 0), bytes.count), end = min(start + max(size, 0), bytes.count)
+            bytes.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+            return nil
+        case .write(let w):
+            return readStaged(w, size: size, offset: offset, reply: reply)
+        case .read(let r), .discard(let r):
+            return readBlock(r, size: size, offset: offset, reply: reply)
+        case .lines, .directory:
+            return FSError(EBADF)
+        }
+    }
+
+    /// Reads of a block the caller is writing: what was written, zeros in the gaps, and zeros for ranges
+    /// still being copied in (a read concurrent with a write may see the bytes before it: zeros here).
+    private func readStaged(_ w: WriteState, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> FSError? {
+        let (length, inFlight) = w.pending.state.withLock { s -> (Int, [Range<Int>]) in
+            PendingWrite.zeroGaps(&s, region: w.pending.region)
+            return (s.length, s.inFlight)
+        }
+        let start = min(max(offset, 0), length), end = min(start + max(size, 0), length)
+        let source = UnsafeRawBufferPointer(start: w.pending.region.pointer + start, count: end - start)
+        if inFlight.allSatisfy({ $0.upperBound <= start || $0.lowerBound >= end }) {
+            reply(source)
+            return nil
+        }
+        let copy = AlignedBuffer(capacity: max(end - start, 1))
+        copy.mutableBytes(count: end - start).copyMemory(from: source)
+        for r in inFlight {
+            let lo = max(r.lowerBound, start), hi = min(r.upperBound, end)
+            if lo < hi { memset(copy.pointer + (lo - start), 0, hi - lo) }
+        }
+        reply(copy.bytes(count: end - start))
+        return nil
+    }
+
+    private func readBlock(_ r: ReadState, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> FSError? {
+        let began = monotonicNanoseconds()
+        if let pinned = r.pinned {
+            let served = pinned.withBytes { bytes -> Int in
+                let start = min(max(offset, 0), bytes.count), end = min(start + max(size, 0), bytes.count)
+                reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                return end - start
+            }
+            counters.read(tier: .dram, bytes: served, nanoseconds: monotonicNanoseconds() - began)
+            return nil
+        }
+        guard let located = r.located else { return FSError(EIO) }
+        let loaded: BlockData
+        if let b = r.block.withLock({ $0 }) {
+            loaded = b
+        } else if let shared = verified.cached(located) {
+            loaded = shared
+            r.block.withLock { $0 = shared }
+        } else {
+            let data: BlockData
+            do {
+                data = try store.read(located)
+            } catch let e as StoreError {
+                if case .corruption(let why) = e { warn("twfs: refusing to serve \(r.node.namespace)/\(r.node.key): \(why)") }
+                // A block evicted or deleted after open no longer has bytes to give.
+                return FSError(e == .notFound ? EIO : e.errnoCode)
+            } catch {
+                return FSError(error)
+            }
+            loaded = verified.store(data, for: located)
+            r.block.withLock { $0 = loaded }
+            // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
+            // reader, through the mount or the map, finds it there.
+            if let tiers, admitsToTier(r.node) {
+                loaded.withBytes { bytes in
+                    _ = tiers.insert(located.blockKey, namespaceID: r.node.namespaceID, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
+                }
+                // Unlinked or replaced while we read it: the tier must not keep the old bytes.
+                if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence {
+                    tiers.remove(located.blockKey, namespaceID: r.node.namespaceID)
+                }
+            }
+        }
+        let served = loaded.withBytes { bytes -> Int in
+            let start = min(max(offset, 0), bytes.count), end = min(start + max(size, 0), bytes.count)
+            reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            return end - start
+        }
+        counters.read(tier: .nvme, bytes: served, nanoseconds: monotonicNanoseconds() - began)
+        return nil
+    }
+
+    /// Whether a committed block may enter the shared-memory tier of its namespace's security domain:
+    /// everyone who can map that tier must be able to read the block through the mount. That holds
+    /// when the block is readable by all and every directory on its path is searchable by all, or
+    /// at least by the same owner and group as the namespace.
+    func admitsToTier(namespaceID: UInt16, key: String, ownership: BlockOwnership) -> Bool {
+        guard let ns = store.namespace(id: namespaceID) else { return false }
+        let nsSearch = ns.mode & 0o111
+        // The block: readable by every class the namespace lets in.
+        let readable = (nsSearch & 0o100 == 0 || ownership.mode & 0o444 == 0o444 || (ownership.uid == ns.owner && ownership.mode & 0o400 != 0))
+            && (nsSearch & 0o010 == 0 || ownership.mode & 0o044 == 0o044 || (ownership.gid == ns.group && ownership.mode & 0o040 != 0))
+            && (nsSearch & 0o001 == 0 || ownership.mode & 0o004 != 0)
+        guard readable else { return false }
+        // Directories on the path: each lets in at least whom the namespace does.
+        let (path, _) = BlockPath.split(key: key)
+        guard !path.isEmpty else { return true }
+        var dir = DirectoryID.namespaceRoot
+        for component in path.split(separator: "/") {
+            guard let next = store.lookupDirectory(namespaceID: namespaceID, parent: dir, name: String(component)),
+                  let info = store.directory(namespaceID: namespaceID, id: next) else { return false }
+            let bits = info.ownership.mode & 0o111
+            let same = info.ownership.uid == ns.owner && info.ownership.gid == ns.group
+            guard bits == 0o111 || (same && bits & nsSearch == nsSearch) else { return false }
+            dir = next
+        }
+        return true
+    }
+
+    func admitsToTier(_ node: FileNode) -> Bool {
+        guard let a = store.attributes(namespace: node.namespace, key: node.key) else { return false }
+        return admitsToTier(namespaceID: node.namespaceID, key: node.key, ownership: a.ownership)
+    }
+}

@@ -1,0 +1,198 @@
+import BlockStore
+import ClusterTier
+import ControlPlane
+import DRAMTier
+import Platform
+import Prefetcher
+import WarehouseCore
+
+/// The status (`.tw/status`, `twctl status`, the metrics): one walk over the figures of the store, the
+/// tiers, the prefetcher, the cluster and the hot path's counters. What concerns a namespace is shown
+/// only to callers who may see the namespace.
+extension WarehouseFileSystem {
+    /// The status as `caller` may see it; nil caller: everything (the metrics endpoint, which shows no
+    /// per-namespace figures).
+    public func status(for caller: Caller?) -> StatusReport {
+        let s = store.statistics()
+        let t = tiers?.statistics()
+        let c = store.configuration
+        var r = StatusReport()
+        r.store = settings.storeDirectory
+        r.sync = c.sync.rawValue
+        r.blocks = s.blocks
+        r.directories = s.directories
+        r.capacityBytes = c.capacity
+        r.usedBytes = s.usedBytes
+        r.liveBytes = s.liveBytes
+        r.deadBytes = s.deadBytes
+        r.deadRatio = s.usedBytes > 0 ? Double(s.deadBytes) / Double(s.usedBytes) : 0
+        r.segments = s.segments
+        r.segmentBytes = c.segmentSize
+        r.maxBlockBytes = c.maxBlockSize
+        for (info, _) in s.namespaces where caller.map({ maySee($0, namespace: info) }) ?? true {
+            r.namespaces.append(info.name)
+            r.namespaceUsage[info.name] = namespaceReport(info)
+        }
+        r.puts = s.puts
+        r.duplicatePuts = s.duplicatePuts
+        r.bytesWritten = s.bytesWritten
+        r.gets = s.gets
+        r.bytesRead = s.bytesRead
+        r.corruptReads = s.corruptReads
+        r.removes = s.removes
+        r.renames = s.renames
+        r.updates = s.updates
+        r.evictedSegments = s.evictedSegments
+        r.evictedBlocks = s.evictedBlocks
+        r.reinsertedBlocks = s.reinsertedBlocks
+        r.compactedSegments = s.compactedSegments
+        r.reclaimedBytes = s.reclaimedBytes
+        r.expiredBlocks = s.expiredBlocks
+        let dramHits = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
+        let total = Double(dramHits + s.gets)
+        r.hitRatios.dram = total > 0 ? Double(dramHits) / total : 0
+        r.hitRatios.nvme = total > 0 ? Double(s.gets) / total : 0
+        r.compaction = compactionStatus()
+        if let tiers, let t {
+            var d = DRAMStatus()
+            d.enabled = true
+            d.socket = tierSocket
+            d.memory = tierMemory
+            d.domains = tiers.domainCount
+            d.capacityBytes = t.capacityBytes
+            d.residentBlocks = t.residentBlocks
+            d.residentBytes = t.residentBytes
+            d.mountHits = t.mountHits
+            d.mountMisses = t.misses
+            let lookups = t.mountHits + t.misses
+            d.mountHitRatio = lookups > 0 ? Double(t.mountHits) / Double(lookups) : 0
+            d.mapHits = t.mapHits
+            d.insertions = t.insertions
+            d.failedInsertions = t.failedInsertions
+            d.evictions = t.evictions
+            d.promotions = t.promotions
+            d.reinsertions = t.reinsertions
+            r.dramTier = d
+            if let prefetcher {
+                let h = prefetcher.statistics()
+                var p = PrefetchStatus()
+                p.enabled = true
+                p.hinted = h.hinted
+                p.loaded = h.loaded
+                p.loadedHinted = h.loadedHinted
+                p.loadedChain = h.loadedChain
+                p.loadedLearned = h.loadedLearned
+                p.loadedFromCluster = h.loadedFromCluster
+                p.alreadyResident = h.alreadyResident
+                p.missing = h.missing
+                p.dropped = h.dropped
+                p.late = h.late
+                p.expired = h.expired
+                p.failed = h.failed
+                p.used = t.prefetchUsed
+                p.wasted = t.prefetchWasted
+                p.pending = t.prefetchPending
+                p.successorLinks = h.successors
+                p.workers = prefetcher.settings.workers
+                p.bandwidthBytesPerSecond = prefetcher.settings.bandwidth
+                p.depth = prefetcher.settings.depth
+                r.prefetch = p
+            }
+        }
+        if let cluster {
+            let x = cluster.report()
+            var m = RemoteStatus()
+            m.enabled = true
+            m.location = x.location
+            m.connected = x.connected
+            m.queueDepth = x.queueDepth
+            m.queueCapacity = x.queueCapacity
+            m.queued = x.queued
+            m.published = x.published
+            m.publishedBytes = x.publishedBytes
+            m.syncPublished = x.syncPublished
+            m.publishFailures = x.publishFailures
+            m.dropped = x.dropped
+            m.backpressureWaits = x.backpressureWaits
+            func ms(_ p: ClusterReport.Percentiles) -> Milliseconds { Milliseconds(p50: p.p50, p99: p.p99, max: p.max) }
+            m.publishLagMs = ms(x.publishLagMilliseconds)
+            m.fetchMs = ms(x.fetchMilliseconds)
+            m.clusterReadMs = ms(x.clusterReadMilliseconds)
+            m.namespacesPublished = x.namespacesPublished
+            m.namespacesImported = x.namespacesImported
+            m.fetched = x.fetched
+            m.fetchedBytes = x.fetchedBytes
+            m.misses = x.misses
+            m.negativeHits = x.negativeHits
+            m.joinedFetches = x.joinedFetches
+            m.fetchFailures = x.fetchFailures
+            m.skippedUnavailable = x.skippedUnavailable
+            m.corrupt = x.corrupt
+            m.touches = x.touches
+            m.failed = x.failed
+            m.connects = x.connects
+            m.connectFailures = x.connectFailures
+            m.defaultShare = x.defaultShare
+            m.share = x.share.filter { name in r.namespaces.contains(name.key) || caller == nil }
+            m.lastError = x.lastError
+            r.remote = m
+        }
+        let rec = store.recovery
+        r.recovery.segmentsFromSummary = rec.segmentsFromSummary
+        r.recovery.segmentsScanned = rec.segmentsScanned
+        r.recovery.blocks = rec.blocks
+        r.recovery.directories = rec.directories
+        r.recovery.directoriesRestored = rec.directoriesRestored
+        r.recovery.corruptRecords = rec.corruptRecords
+        r.recovery.tornTailBytes = rec.tornTailBytes
+        r.recovery.bytesScanned = rec.bytesScanned
+        r.recovery.seconds = Double(rec.nanoseconds) / 1e9
+        r.operations = counters.report()
+        let (usage, refused) = limits.snapshot
+        r.limits.pendingBlocks = usage.pendingBlocks
+        r.limits.stagedBytes = usage.stagedBytes
+        r.limits.stagedBytesLimit = limits.limits.stagedBytesTotal
+        r.limits.stagedBytesPerUserLimit = limits.limits.stagedBytesPerUser
+        r.limits.pendingBlocksPerUserLimit = limits.limits.pendingBlocksPerUser
+        r.limits.hintBytesPerHandleLimit = LineInput.maxLine
+        r.limits.refusedForLimits = refused
+        r.engines = caller.map { engines.totals(for: $0) } ?? engines.totals(for: Caller(uid: 0, gid: 0, pid: 0))
+        return r
+    }
+
+    func compactionStatus() -> CompactionStatus {
+        let p = compaction.progress
+        var c = CompactionStatus()
+        c.running = p.running
+        c.runs = p.runs
+        c.threshold = p.threshold
+        c.candidates = p.candidates
+        c.segmentsCompacted = p.report.segmentsCompacted
+        c.blocksMoved = p.report.blocksMoved
+        c.bytesMoved = p.report.bytesMoved
+        c.bytesReclaimed = p.report.bytesReclaimed
+        c.seconds = p.seconds
+        c.error = p.error
+        return c
+    }
+
+    func namespaceReport(_ ns: NamespaceInfo) -> NamespaceReport {
+        let u = store.usage(of: ns.id)
+        var r = NamespaceReport()
+        r.name = ns.name
+        r.owner = ns.owner
+        r.group = ns.group
+        r.mode = String(ns.mode, radix: 8)
+        r.blocks = u.blocks
+        r.logicalBytes = u.logicalBytes
+        r.storedBytes = u.storedBytes
+        r.reservedBytes = u.reservedBytes
+        r.compression = ns.compression.rawValue
+        r.quotaBytes = ns.quotaBytes
+        r.ttlSeconds = ns.ttlSeconds
+        r.pinned = ns.pinned
+        r.share = cluster.map { $0.policy(of: ns).rawValue } ?? "off"
+        r.shareSet = ns.share?.rawValue
+        return r
+    }
+}

@@ -1,0 +1,157 @@
+// WarehouseFS: the file system of docs/design.md ("Naming", "Block file semantics", "Tenants") over
+// the block store, the DRAM tiers, the prefetcher and the cluster tier. Every handler returns a value
+// or an errno and acts as its caller; FuseBridge (the only importer of libfuse) turns requests into
+// calls and sends one reply each. No CFuse here: the tests drive it in-process with any caller
+// (`CallerInspector`). Thread-safety: handlers run concurrently on libfuse's worker threads; the lock
+// order is `nodes`, then a `FileNode.state`, then a `PendingWrite.state`, and none of these is held
+// while calling the store, the tiers or the cluster.
+import BlockStore
+import ClusterTier
+import ControlPlane
+import DRAMTier
+import Logging
+import Platform
+import Prefetcher
+import Synchronization
+import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Settings of the mount that the file system needs.
+public struct MountSettings: Sendable {
+    /// How long the kernel may cache names and attributes of committed blocks (they are immutable).
+    public var entryTimeout: Double = 60
+    public var attributeTimeout: Double = 60
+    public var storeDirectory: String = ""
+    /// Committed blocks also enter the DRAM tier (as a miss would: S3-FIFO's small ring, so blocks
+    /// never read again leave without pushing out hot ones). The next turn of a conversation reads
+    /// what the last one wrote.
+    public var admitWrites = true
+    public var limits = ResourceLimits()
+
+    public init() {}
+}
+
+/// An errno a handler answers with.
+public struct FSError: Error, Equatable, Sendable {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
+    /// The errno of a store or system error; anything else is EIO.
+    public init(_ error: any Error) {
+        if let e = error as? StoreError { code = e.errnoCode } else if let e = error as? SystemError { code = e.code } else { code = EIO }
+    }
+}
+
+public typealias FSResult<T> = Result<T, FSError>
+
+/// A lookup's answer: the attributes and how long the kernel may cache them.
+public struct Entry: Sendable {
+    public var attributes: stat
+    public var entryTimeout: Double
+    public var attributeTimeout: Double
+}
+
+/// The file system. See the module comment for its thread-safety and lock order.
+public final class WarehouseFileSystem: Sendable {
+    public let store: BlockStore
+    /// The shared-memory DRAM tiers, when the mount has them.
+    public let tiers: DRAMTiers?
+    /// How `.tw/dram` tells clients to reach the tiers (the broker's socket), when there are tiers.
+    public let tierSocket: String?
+    /// Loads blocks into the tier before they are read (hints, chain links, learned order).
+    public let prefetcher: Prefetcher?
+    /// The tier shared with other nodes through a cluster (`twfs --cluster`), when the mount has one.
+    public let cluster: ClusterTier?
+    let settings: MountSettings
+    let inspector: any CallerInspector
+    let logger: Logger
+    let nodes = Mutex(NodeTable())
+    let staging: StagingPool
+    let limits: ResourceLedger
+    let verified = VerifiedBlocks()
+    /// Online compaction and other long control commands run on threads of their own.
+    let compaction: OnlineCompaction
+    let jobs = ControlJobs()
+    let engines = EngineReports()
+    let counters = OperationCounters()
+    let startedSeconds = wallClockNanoseconds() / 1_000_000_000
+    /// Where the tier's memory comes from (for the status).
+    let tierMemory: String?
+    /// Tells the kernel to forget a cached name (set by `FuseSession` once mounted).
+    let entryInvalidator = Mutex<(@Sendable (UInt64, String) -> Void)?>(nil)
+
+    public init(store: BlockStore, tiers: DRAMTiers?, tierSocket: String?, settings: MountSettings,
+                prefetch: PrefetchSettings = PrefetchSettings(), cluster: ClusterTier? = nil,
+                inspector: any CallerInspector = ProcCallerInspector(), logger: Logger = Logger(label: "twfs")) {
+        self.store = store
+        self.cluster = cluster
+        self.tiers = tiers
+        self.tierSocket = tierSocket
+        self.settings = settings
+        self.inspector = inspector
+        self.logger = logger
+        tierMemory = tiers?.storage.reason
+        var fetch: (@Sendable (String, String) -> Bool)? = nil
+        if let cluster {
+            fetch = { ns, key in
+                if case .stored = cluster.fetch(namespace: ns, key: key, rememberAbsence: false) { return true }
+                return false
+            }
+        }
+        prefetcher = tiers.map { Prefetcher(store: store, tier: $0, settings: prefetch, fetchMissing: fetch) }
+        compaction = OnlineCompaction(store: store)
+        staging = StagingPool(regionSize: store.configuration.maxBlockSize)
+        limits = ResourceLedger(limits: settings.limits)
+        for ns in store.namespaces() { try? tiers?.namespaceChanged(id: ns.id, name: ns.name, owner: ns.owner, group: ns.group, mode: ns.mode) }
+        // Blocks the store removes by itself (expiry, `twctl evict`) leave the DRAM tier and the kernel's
+        // name cache too (committed names are cached for 60 s).
+        store.observeRemovals { [weak self] ns, key in
+            guard let self, let info = self.store.namespace(named: ns) else { return }
+            self.tiers?.remove(BlockKey(namespace: ns, key: key), namespaceID: info.id)
+            self.invalidateEntry(namespace: info, key: key)
+        }
+    }
+
+    /// Logs a problem a person should know about (a refused corrupt block, a failed commit).
+    func warn(_ message: String) { logger.warning("\(message)") }
+
+    /// How the file system tells the kernel to forget a cached name (set by the FUSE session once mounted).
+    public func setEntryInvalidator(_ invalidate: (@Sendable (UInt64, String) -> Void)?) {
+        entryInvalidator.withLock { $0 = invalidate }
+    }
+
+    /// How long the kernel may cache an inode's attributes (committed blocks never change).
+    public func attributeTimeout(_ ino: UInt64) -> Double { InodeNumber.kind(ino) == .file ? settings.attributeTimeout : 1 }
+
+    /// Makes the kernel look a name up again (after the daemon itself removed the block).
+    func invalidateEntry(namespace ns: NamespaceInfo, key: String) {
+        guard let invalidate = entryInvalidator.withLock({ $0 }) else { return }
+        let (path, name) = BlockPath.split(key: key)
+        var dir = DirectoryID.namespaceRoot
+        if !path.isEmpty {
+            for component in path.split(separator: "/") {
+                guard let next = store.lookupDirectory(namespaceID: ns.id, parent: dir, name: String(component)) else { return }
+                dir = next
+            }
+        }
+        invalidate(InodeNumber.directory(ns.id, dir), name)
+    }
+
+    /// A namespace was made or changed (owner, mode): the DRAM tier follows its security domain.
+    func namespaceChanged(_ ns: NamespaceInfo) {
+        do {
+            try tiers?.namespaceChanged(id: ns.id, name: ns.name, owner: ns.owner, group: ns.group, mode: ns.mode)
+        } catch {
+            warn("twfs: namespace \(ns.name) gets no DRAM tier: \(error)")
+        }
+        cluster?.namespaceChanged(ns)
+    }
+
+    /// Ends background work this file system started (online compaction, jobs, prefetch).
+    public func stop() {
+        compaction.stop()
+        jobs.stop()
+        prefetcher?.stop()
+    }
+}

@@ -1,0 +1,106 @@
+import Platform
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct PlatformTests {
+    @Test func backgroundThreadsCarryTheirNames() {
+        let seen = Mutex("")
+        let t = BackgroundThread(name: "tw-test-name") { seen.withLock { $0 = currentThreadName() } }
+        t.join()
+        #expect(seen.withLock { $0 } == "tw-test-name")
+    }
+
+    @Test func ownFilesAreNeverReachedThroughASymlinkOrAFifo() throws {
+        let dir = "/tmp/tw-unit-\(getpid())-own-\(UInt32.random(in: 0...UInt32.max))"
+        try FileSystem.makeDirectories(dir, mode: 0o700)
+        defer {
+            for n in (try? FileSystem.listDirectory(dir)) ?? [] { _ = unlink(dir + "/" + n) }
+            _ = rmdir(dir)
+        }
+        let target = dir + "/target"
+        try FileSystem.writeFileAtomically(target, bytes: Array("precious".utf8), directory: dir)
+        #expect(symlink(target, dir + "/link") == 0)
+        #expect(throws: SystemError.self) { _ = try FileDescriptor(openOwnFile: dir + "/link", flags: O_RDWR | O_TRUNC) }
+        #expect(try FileSystem.readFile(target) == Array("precious".utf8))
+        #expect(mkfifo(dir + "/fifo", 0o600) == 0)
+        do {
+            _ = try FileSystem.readOwnFile(dir + "/fifo", limit: 100)
+            Issue.record("a FIFO was read")
+        } catch {
+            #expect(error.code == EINVAL)
+        }
+        // A planted temporary is replaced, not followed.
+        #expect(symlink(target, dir + "/table.tmp") == 0)
+        try FileSystem.writeFileAtomically(dir + "/table", bytes: Array("new".utf8), directory: dir)
+        #expect(try FileSystem.readFile(target) == Array("precious".utf8))
+        #expect(try FileSystem.readFile(dir + "/table") == Array("new".utf8))
+        // Larger than the limit: refused, not read into memory.
+        do {
+            _ = try FileSystem.readOwnFile(dir + "/table", limit: 2)
+            Issue.record("a file over the limit was read")
+        } catch {
+            #expect(error.code == EFBIG)
+        }
+    }
+
+    @Test func aSealedMemoryFileCannotBeTruncatedByAnotherHolder() throws {
+        let m = try SharedMemoryMapping(memoryFileNamed: "tw-unit-sealed", size: 1 << 20, sealed: true)
+        let fd = open("/proc/self/fd/\(m.descriptor)", O_RDWR)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        #expect(ftruncate(fd, 0) != 0)
+        #expect(errno == EPERM)
+        m.pointer.storeBytes(of: 7, as: UInt8.self)
+        #expect(m.pointer.load(as: UInt8.self) == 7)
+    }
+
+    @Test func aReadOnlyDescriptorMapsReadOnly() throws {
+        let m = try SharedMemoryMapping(memoryFileNamed: "tw-unit-ro", size: 1 << 20, sealed: true)
+        let fd = try m.readOnlyDescriptor()
+        defer { close(fd) }
+        #expect(mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+        let ro = try ReadOnlyMapping(descriptor: fd, what: "tier")
+        #expect(ro.size == 1 << 20)
+    }
+
+    @Test func descriptorsAndCredentialsCrossAUnixSocket() throws {
+        let path = "/tmp/tw-unit-\(getpid())-sock-\(UInt32.random(in: 0...UInt32.max))"
+        let listener = try UnixListener(path: path, mode: 0o600)
+        let m = try SharedMemoryMapping(memoryFileNamed: "tw-unit-pass", size: 4096, sealed: true)
+        m.pointer.storeBytes(of: 42, as: UInt8.self)
+        let server = BackgroundThread(name: "tw-test-srv") {
+            guard let c = listener.accept() else { return }
+            let peer = try? c.peer()
+            let fd = try? m.readOnlyDescriptor()
+            try? c.send(Array("uid \(peer?.uid ?? 999)".utf8), descriptors: fd.map { [$0] } ?? [])
+            if let fd { close(fd) }
+        }
+        let client = try UnixConnection(connectingTo: path)
+        let (bytes, fds) = try client.receive()
+        server.join()
+        #expect(String(decoding: bytes, as: UTF8.self) == "uid \(geteuid())")
+        #expect(fds.count == 1)
+        let ro = try ReadOnlyMapping(descriptor: fds[0], what: "passed")
+        close(fds[0])
+        #expect(ro.pointer.load(as: UInt8.self) == 42)
+    }
+
+    @Test func countersAddFromManyThreads() {
+        let c = AtomicCounters(count: 2)
+        let threads = (0..<4).map { _ in BackgroundThread(name: "tw-count") { for _ in 0..<10_000 { c.add(1) } } }
+        threads.forEach { $0.join() }
+        #expect(c[1] == 40_000)
+        #expect(c[0] == 0)
+    }
+
+    @Test func timedWaitsUseTheMonotonicClock() {
+        let lock = ConditionLock()
+        let start = monotonicNanoseconds()
+        lock.withLock { lock.wait(nanoseconds: 20_000_000) }
+        let waited = monotonicNanoseconds() - start
+        #expect(waited >= 15_000_000 && waited < 2_000_000_000)
+    }
+}

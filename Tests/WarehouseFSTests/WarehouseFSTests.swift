@@ -1,0 +1,354 @@
+import BlockStore
+import ControlPlane
+import Platform
+import Synchronization
+import Testing
+import WarehouseCore
+@testable import WarehouseFS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Plays the processes behind requests: what each thread's open flags are and whether it is exiting.
+final class FakeInspector: CallerInspector {
+    let flags = Mutex<[Int32: Int32]>([:])
+    let exits = Mutex<[Int32: ExitState]>([:])
+
+    func openFlags(of tid: Int32) -> Int32? { flags.withLock { $0[tid] } }
+    func isTruncating(_ tid: Int32) -> Bool { false }
+    func isMakingDirectory(_ tid: Int32) -> Bool { false }
+    func exitState(of tid: Int32) -> ExitState { exits.withLock { $0[tid] ?? .running } }
+    func threadGroup(of tid: Int32) -> Int32 { tid }
+}
+
+/// A file system on an in-memory store, driven as the FUSE adapter would, without a mount.
+final class Harness {
+    let device = MemoryStorageDevice()
+    var store: BlockStore
+    var fs: WarehouseFileSystem
+    let inspector = FakeInspector()
+    let root = Caller(uid: 0, gid: 0, pid: 100)
+
+    init(capacity: UInt64 = 1 << 30, limits: ResourceLimits = ResourceLimits()) throws {
+        store = try BlockStore(device: device, configuration: StoreConfiguration(capacity: capacity, segmentSize: 4 << 20, sync: .batch))
+        var settings = MountSettings()
+        settings.limits = limits
+        fs = WarehouseFileSystem(store: store, tiers: nil, tierSocket: nil, settings: settings, inspector: inspector)
+    }
+
+    /// Stops and opens the store again, as a restart of the daemon does.
+    func restart() throws {
+        fs.stop()
+        try store.close()
+        store = try BlockStore(device: device, configuration: store.configuration)
+        fs = WarehouseFileSystem(store: store, tiers: nil, tierSocket: nil, settings: MountSettings(), inspector: inspector)
+    }
+
+    func ino(_ r: FSResult<Entry>) throws -> UInt64 { UInt64(try r.get().attributes.st_ino) }
+
+    func namespace(_ name: String = "ns", caller: Caller? = nil, mode: UInt32 = 0o755) throws -> UInt64 {
+        try ino(fs.makeDirectory(parent: InodeNumber.root, name: Array(name.utf8), mode: mode, caller: caller ?? root))
+    }
+
+    func mkdir(_ parent: UInt64, _ name: String, caller: Caller? = nil) throws -> UInt64 {
+        try ino(fs.makeDirectory(parent: parent, name: Array(name.utf8), mode: 0o755, caller: caller ?? root))
+    }
+
+    func lookup(_ parent: UInt64, _ name: String, caller: Caller? = nil) -> FSResult<Entry> {
+        fs.lookup(parent: parent, name: Array(name.utf8), caller: caller ?? root)
+    }
+
+    /// create, write `bytes`, close: returns close's error.
+    @discardableResult
+    func write(_ parent: UInt64, _ name: String, _ bytes: [UInt8], caller: Caller? = nil, close: Bool = true) throws -> (OpenFile, FSError?) {
+        let c = caller ?? root
+        let (_, handle) = try fs.create(parent: parent, name: Array(name.utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: c).get()
+        if !bytes.isEmpty {
+            _ = try fs.write(handle, count: bytes.count, offset: 0) { dst in
+                bytes.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+                return bytes.count
+            }.get()
+        }
+        guard close else { return (handle, nil) }
+        let e = fs.flush(handle, caller: c)
+        fs.release(handle)
+        return (handle, e)
+    }
+
+    func read(_ parent: UInt64, _ name: String, caller: Caller? = nil) throws -> [UInt8] {
+        let c = caller ?? root
+        let ino = try self.ino(lookup(parent, name, caller: c))
+        let (handle, _, _) = try fs.open(ino: ino, flags: O_RDONLY, caller: c).get()
+        defer { fs.release(handle) }
+        var out: [UInt8] = []
+        _ = fs.read(handle, size: 1 << 30, offset: 0) { out = Array($0) }
+        return out
+    }
+
+    func names(_ ino: UInt64) throws -> [String] {
+        let handle = try fs.openDirectory(ino: ino, caller: root).get()
+        defer { fs.release(handle) }
+        var all: [String] = []
+        var offset: Int64 = 0
+        while true {
+            let page = try fs.readDirectory(handle, offset: offset, limit: 3).get()
+            if page.isEmpty { break }
+            all += page.map(\.name)
+            offset = page.last!.next
+        }
+        return all.filter { $0 != "." && $0 != ".." }.sorted()
+    }
+}
+
+@Suite struct WarehouseFSTests {
+    @Test func aBlockIsCommittedAtCloseAndInvisibleToOthersBefore() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let (handle, _) = try h.write(ns, "a.bin", [1, 2, 3], close: false)
+        let other = Caller(uid: 0, gid: 0, pid: 200)
+        #expect(h.lookup(ns, "a.bin", caller: other).failure == ENOENT)
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        h.fs.release(handle)
+        #expect(try h.read(ns, "a.bin", caller: other) == [1, 2, 3])
+    }
+
+    @Test func firstWriteWinsAndExclusiveCreateOfAnExistingBlockFails() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        try h.write(ns, "k", [1])
+        #expect(h.fs.create(parent: ns, name: Array("k".utf8), flags: O_CREAT | O_EXCL | O_WRONLY, mode: 0o644, caller: h.root).failure == EEXIST)
+        try h.write(ns, "k", [9, 9])
+        #expect(try h.read(ns, "k") == [1])
+    }
+
+    @Test func aRenameMovesTheNameWithoutCopyingTheBytes() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let dir = try h.mkdir(ns, "sub")
+        try h.write(ns, "tmp", Array(repeating: 7, count: 100_000))
+        let written = h.store.statistics().bytesWritten
+        #expect(throws: Never.self) { try h.fs.rename(parent: ns, name: Array("tmp".utf8), newParent: dir, newName: Array("final".utf8), flags: 0, caller: h.root).get() }
+        #expect(h.store.statistics().bytesWritten == written)
+        #expect(h.store.statistics().renames == 1)
+        #expect(h.lookup(ns, "tmp").failure == ENOENT)
+        #expect(try h.read(dir, "final") == Array(repeating: 7, count: 100_000))
+        // And after a restart.
+        try h.restart()
+        let dir2 = try h.ino(h.lookup(ns, "sub"))
+        #expect(try h.read(dir2, "final") == Array(repeating: 7, count: 100_000))
+        #expect(try h.names(ns) == ["sub"])
+    }
+
+    @Test func aWriterKilledBeforeOrAfterWritingLeavesNothingAndTheNameStaysFree() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        for (name, bytes) in [("empty", [UInt8]()), ("partial", [UInt8](repeating: 1, count: 5000))] {
+            let killed = Caller(uid: 0, gid: 0, pid: 300)
+            let (handle, _) = try h.write(ns, name, bytes, caller: killed, close: false)
+            h.inspector.exits.withLock { $0[300] = .killed }
+            #expect(h.fs.flush(handle, caller: killed) == nil)
+            h.fs.release(handle)
+            h.inspector.exits.withLock { $0[300] = nil }
+            #expect(h.lookup(ns, name).failure == ENOENT)
+            try h.write(ns, name, [4, 2])
+            #expect(try h.read(ns, name) == [4, 2])
+        }
+    }
+
+    @Test func aProcessThatExitsWithoutClosingCommitsWhatItWrote() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let shell = Caller(uid: 0, gid: 0, pid: 400)
+        // `cmd > f`: the shell opens, dup2s and closes the original before anything is written...
+        let (handle, _) = try h.write(ns, "out.txt", [], caller: shell, close: false)
+        #expect(h.fs.flush(handle, caller: shell) == nil)
+        // ...the program writes through the duplicate and exits without closing it.
+        _ = try h.fs.write(handle, count: 2, offset: 0) { dst in dst.storeBytes(of: 0x0a78, as: UInt16.self); return 2 }.get()
+        h.inspector.exits.withLock { $0[400] = .exiting }
+        #expect(h.fs.flush(handle, caller: shell) == nil)
+        #expect(try h.read(ns, "out.txt") == [0x78, 0x0a])
+        h.fs.release(handle)
+        // `touch f` and `: > f` make empty blocks (committed at release).
+        let (touched, _) = try h.write(ns, "touched", [], close: false)
+        _ = h.fs.flush(touched, caller: h.root)
+        h.fs.release(touched)
+        #expect(try h.read(ns, "touched") == [])
+    }
+
+    @Test func directoriesNestPersistAndOnlyEmptyOnesAreRemoved() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        var parent = ns
+        for level in 0..<BlockName.maxDepth { parent = try h.mkdir(parent, "level\(level)") }
+        #expect(h.fs.makeDirectory(parent: parent, name: Array("deeper".utf8), mode: 0o755, caller: h.root).failure == ENAMETOOLONG)
+        let a = try h.mkdir(ns, "a")
+        let b = try h.mkdir(a, "b")
+        try h.write(b, "f", [1])
+        #expect(h.fs.makeDirectory(parent: b, name: Array("f".utf8), mode: 0o755, caller: h.root).failure == EEXIST)
+        #expect(h.fs.create(parent: a, name: Array("b".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: h.root).failure == EISDIR)
+        #expect(h.fs.removeDirectory(parent: a, name: Array("b".utf8), caller: h.root).failure == ENOTEMPTY)
+        #expect(h.fs.removeDirectory(parent: b, name: Array("f".utf8), caller: h.root).failure == ENOTDIR)
+        #expect(h.fs.unlink(parent: a, name: Array("b".utf8), caller: h.root).failure == EISDIR)
+        _ = try h.mkdir(ns, "empty")
+        try h.restart()
+        #expect(try h.names(ns) == ["a", "empty", "level0"])
+        let a2 = try h.ino(h.lookup(ns, "a")), b2 = try h.ino(h.lookup(a2, "b"))
+        #expect(try h.read(b2, "f") == [1])
+        // rm -rf: unlink the files, then rmdir bottom up.
+        #expect(throws: Never.self) { try h.fs.unlink(parent: b2, name: Array("f".utf8), caller: h.root).get() }
+        #expect(throws: Never.self) { try h.fs.removeDirectory(parent: a2, name: Array("b".utf8), caller: h.root).get() }
+        #expect(throws: Never.self) { try h.fs.removeDirectory(parent: ns, name: Array("a".utf8), caller: h.root).get() }
+        #expect(try h.names(ns) == ["empty", "level0"])
+    }
+
+    @Test func fanOutDirectoriesExistOnlyWhileTheyHoldSomething() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        #expect(try h.names(ns) == [])
+        let hash = "ab23456789abcdef0011"
+        let fanout = try h.ino(h.lookup(ns, "ab"))   // always looked up: open(NS/hh/HASH) needs no mkdir
+        // So it already exists: mkdir says so (mkdir -p, os.makedirs(exist_ok=True) go on), and no block takes its name.
+        #expect(h.fs.makeDirectory(parent: ns, name: Array("ab".utf8), mode: 0o755, caller: h.root).failure == EEXIST)
+        #expect(h.fs.create(parent: ns, name: Array("ab".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: h.root).failure == EISDIR)
+        try h.write(fanout, hash, [5])
+        #expect(try h.names(ns) == ["ab"])
+        #expect(try h.names(fanout) == [hash])
+        #expect(h.store.contains(namespace: "ns", key: hash))   // the canonical key is the hash
+        try h.write(ns, hash, [6])                              // the same name at the top is another block
+        #expect(try h.read(fanout, hash) == [5])
+        #expect(try h.read(ns, hash) == [6])
+        #expect(throws: Never.self) { try h.fs.unlink(parent: fanout, name: Array(hash.utf8), caller: h.root).get() }
+        #expect(try h.names(ns) == [hash])
+        // rmdir of the emptied fan-out directory succeeds (rm -rf, shutil.rmtree).
+        #expect(throws: Never.self) { try h.fs.removeDirectory(parent: ns, name: Array("ab".utf8), caller: h.root).get() }
+    }
+
+    @Test func listingsStreamPageByPageWithoutMissingEntries() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        for i in 0..<50 { try h.write(ns, "blk\(i)", [UInt8(i)]) }
+        for i in 0..<5 { _ = try h.mkdir(ns, "dir\(i)") }
+        #expect(try h.names(ns) == ((0..<50).map { "blk\($0)" } + (0..<5).map { "dir\($0)" }).sorted())
+    }
+
+    @Test func userAttributesAreKeptUpToFourKibibytesAndFrozenAtCommit() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let (handle, _) = try h.write(ns, "k", [1], close: false)
+        guard case .write(let w) = handle.kind else { Issue.record("not a write handle"); return }
+        let ino = w.node.ino
+        #expect(throws: Never.self) { try h.fs.setExtendedAttribute(ino: ino, name: "user.vllm.kv_crc32c", value: Array("1234".utf8), caller: h.root).get() }
+        #expect(h.fs.setExtendedAttribute(ino: ino, name: "user.big", value: [UInt8](repeating: 1, count: 5000), caller: h.root).failure == E2BIG)
+        #expect(h.fs.setExtendedAttribute(ino: ino, name: "user.a", value: [UInt8](repeating: 1, count: 4080), caller: h.root).failure == ENOSPC)
+        #expect(h.fs.setExtendedAttribute(ino: ino, name: "security.x", value: [1], caller: h.root).failure == ENOTSUP)
+        _ = h.fs.flush(handle, caller: h.root)
+        h.fs.release(handle)
+        try h.restart()
+        let committed = try h.ino(h.lookup(ns, "k"))
+        #expect(try h.fs.getExtendedAttribute(ino: committed, name: "user.vllm.kv_crc32c", caller: h.root).get() == Array("1234".utf8))
+        #expect(try h.fs.listExtendedAttributes(ino: committed).get().contains("user.vllm.kv_crc32c"))
+        #expect(h.fs.setExtendedAttribute(ino: committed, name: "user.vllm.kv_crc32c", value: [0], caller: h.root).failure == EPERM)
+    }
+
+    @Test func ownersModesAndTimesOfCommittedBlocksAreRecordedAndTheBlockStaysImmutable() throws {
+        let h = try Harness()
+        let ns = try h.namespace(mode: 0o1777)
+        let alice = Caller(uid: 1000, gid: 1000, pid: 500)
+        try h.write(ns, "mine", [1, 2], caller: alice)
+        var st = try h.lookup(ns, "mine").get().attributes
+        #expect(st.st_uid == 1000 && st.st_gid == 1000 && st.st_mode & 0o777 == 0o444)
+        let ino = UInt64(st.st_ino)
+        let mtime: UInt64 = 1_600_000_000_123_456_789
+        st = try h.fs.setAttributes(ino: ino, AttributeChange(mode: 0o644, modifiedNanoseconds: mtime), caller: alice).get()
+        #expect(st.st_mode & 0o777 == 0o644 && st.st_mtim.tv_sec == 1_600_000_000 && st.st_mtim.tv_nsec == 123_456_789)
+        #expect(h.fs.open(ino: ino, flags: O_WRONLY, caller: alice).failure == EACCES)
+        try h.restart()
+        st = try h.lookup(ns, "mine").get().attributes
+        #expect(st.st_mode & 0o777 == 0o644 && st.st_uid == 1000 && st.st_mtim.tv_nsec == 123_456_789)
+    }
+
+    @Test func theQuotaIsChargedAsBytesAreWrittenAndNeverOvershot() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        var r = ControlRequest(command: .namespaceSet, namespace: "ns")
+        r.quota = 3 << 20
+        #expect(h.fs.answer(r, caller: h.root).error == nil)
+        let (a, _) = try h.write(ns, "a", [UInt8](repeating: 1, count: 2 << 20), close: false)
+        // A second writer cannot take what the first has reserved, even before either commits.
+        let second = Caller(uid: 0, gid: 0, pid: 600)
+        let (_, b) = try h.fs.create(parent: ns, name: Array("b".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: second).get()
+        let big = [UInt8](repeating: 2, count: 2 << 20)
+        let result = h.fs.write(b, count: big.count, offset: 0) { dst in big.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: big.count) }; return big.count }
+        #expect(result.failure == EDQUOT)
+        #expect(h.fs.flush(b, caller: second)?.code == EDQUOT)
+        h.fs.release(b)
+        #expect(h.fs.flush(a, caller: h.root) == nil)
+        h.fs.release(a)
+        let usage = h.store.usage(of: h.store.namespace(named: "ns")!.id)
+        #expect(usage.storedBytes <= 3 << 20 && usage.reservedBytes == 0 && usage.blocks == 1)
+    }
+
+    @Test func stagedMemoryIsBoundedPerUser() throws {
+        var limits = ResourceLimits()
+        limits.stagedBytesPerUser = 4 << 20
+        limits.pendingBlocksPerUser = 3
+        let h = try Harness(limits: limits)
+        let ns = try h.namespace(mode: 0o777)
+        let bob = Caller(uid: 2000, gid: 2000, pid: 700)
+        let chunk = [UInt8](repeating: 3, count: 3 << 20)
+        let (first, _) = try h.write(ns, "x", chunk, caller: bob, close: false)
+        let (_, second) = try h.fs.create(parent: ns, name: Array("y".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: bob).get()
+        let over = h.fs.write(second, count: chunk.count, offset: 0) { dst in chunk.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: chunk.count) }; return chunk.count }
+        #expect(over.failure == EDQUOT)
+        let (_, third) = try h.fs.create(parent: ns, name: Array("z".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: bob).get()
+        #expect(h.fs.create(parent: ns, name: Array("w".utf8), flags: O_CREAT | O_WRONLY, mode: 0o644, caller: bob).failure == EMFILE)
+        // Another user is not held back by bob.
+        try h.write(ns, "other", chunk, caller: Caller(uid: 3000, gid: 3000, pid: 800))
+        #expect(h.fs.limits.snapshot.total.stagedBytes >= 3 << 20)
+        for handle in [first, second, third] {
+            _ = h.fs.flush(handle, caller: bob)
+            h.fs.release(handle)
+        }
+        // Every staged byte and pending block is given back: nothing leaks into later writes.
+        #expect(h.fs.limits.snapshot.total.stagedBytes == 0)
+        #expect(try h.read(ns, "x") == chunk)
+    }
+
+    @Test func hintsForNamespacesTheSenderCannotReadAreDroppedLikeMissingBlocks() throws {
+        let h = try Harness()
+        let owner = Caller(uid: 1000, gid: 1000, pid: 900)
+        _ = try h.namespace("private", caller: owner, mode: 0o700)
+        let mallory = Caller(uid: 1001, gid: 1001, pid: 901)
+        #expect(!h.fs.mayRead(mallory, namespace: h.store.namespace(named: "private")!, key: "0123456789abcdef"))
+        #expect(h.fs.mayRead(owner, namespace: h.store.namespace(named: "private")!, key: "0123456789abcdef"))
+        // The status shows the namespace to its owner only.
+        #expect(h.fs.status(for: mallory).namespaces.isEmpty)
+        #expect(h.fs.status(for: owner).namespaces == ["private"])
+        #expect(h.fs.answer(ControlRequest(command: .namespaceList), caller: mallory).namespaces?.isEmpty == true)
+        var evict = ControlRequest(command: .evict, namespace: "private")
+        evict.olderThan = 0
+        #expect(h.fs.answer(evict, caller: mallory).error == "no namespace private")
+    }
+
+    @Test func controlNumbersFromOutsideAreCheckedNotTrapped() throws {
+        let h = try Harness()
+        _ = try h.namespace()
+        for line in ["ns-set ns=ns ttl=18446744073709551615", "evict ns=ns older_than=5184000000000", "compact threshold=7"] {
+            let answer = try ControlJSON.decode(ControlResponse.self, from: h.fs.execute(request: Array(line.utf8), caller: h.root))
+            #expect(answer.error != nil, "\(line) was accepted")
+        }
+        var evict = ControlRequest(command: .evict, namespace: "ns")
+        evict.olderThan = 1 << 40
+        let job = try #require(h.fs.answer(evict, caller: h.root).job)
+        h.fs.jobs.stop()
+        #expect(h.fs.jobs.status(job.id, caller: h.root)?.running == false)
+    }
+}
+
+extension Result {
+    /// The errno of a failed result, nil on success.
+    var failure: Int32? {
+        if case .failure(let e) = self { return (e as? FSError)?.code }
+        return nil
+    }
+}
