@@ -6,15 +6,16 @@
  * (/work/shared/DESIGN.md, "Performance targets"); Tools/bench/dram_bench.py builds and runs it.
  *
  * Build:  cc -O2 -I include -o dram_reader Tools/bench/dram_reader.c -lxxhash -lpthread
- * Run:    dram_reader (--mount MOUNT | --tier PATH) --ns NS --names FILE [--threads T] [--passes R]
+ * Run:    dram_reader --mount MOUNT --ns NS --names FILE [--threads T] [--passes R]
  *                     [--buffer BYTES] [--no-hits]
- *         --buffer: the longest block expected (default 64 MiB); --no-hits: leave PATH.hits alone.
- *         FILE: one block name per line (the NAME of MOUNT/NS/hh/NAME).
+ *         --buffer: the longest block expected (default 64 MiB); --no-hits: leave the hit counters alone.
+ *         FILE: one block key per line (the HASH of MOUNT/NS/hh/HASH, or a path inside NS).
  *
  * What it does:
- *  1. maps the tier read-only (the path from MOUNT/.tw/dram, or --tier), checks magic and version,
- *     remembers the generation, and maps PATH.hits read-write (unless --no-hits or not permitted);
- *  2. computes every key: XXH3_128bits("NS/NAME");
+ *  1. asks the mount's tier broker for the tiers (tw_broker_connect), maps the one that holds NS
+ *     read-only, checks its layout (tw_tier_open) and maps its hit counters read-write (unless
+ *     --no-hits);
+ *  2. computes every key: XXH3_128bits("NS/KEY");
  *  3. a verification pass, not timed: tw_lookup_copy() of every block into one buffer; every block
  *     must be a hit, and the XXH3-64 of the copy must equal the entry's checksum. The copies also
  *     fill the memcpy source: one private buffer holding the same bytes at the same sizes;
@@ -56,15 +57,12 @@ struct block {
 };
 
 static struct {
-	const char *mount, *tier, *ns, *names;
+	const char *mount, *ns, *names;
 	int threads, passes, hits_on;
 	uint64_t buffer;
 } opt = { .threads = 1, .passes = 5, .hits_on = 1 };
 
-static const void *map;
-static uint64_t map_size, generation;
-static uint32_t *hits;           /* PATH.hits, or NULL */
-static uint64_t hits_capacity;
+static tw_tier tier;             /* the tier that holds NS, with its hit counters (or none) */
 static struct block *blocks;
 static size_t nblocks;
 static unsigned char *source;    /* memcpy source: the same bytes, private memory */
@@ -98,56 +96,37 @@ static void *page_aligned(uint64_t n)
 	return p;
 }
 
-static char *tier_path_from_mount(const char *mount)
+static void map_tier(void)
 {
-	char path[4096];
-	snprintf(path, sizeof path, "%s/.tw/dram", mount);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		die("cannot open %s", path);
-	static char line[4096];
-	if (!fgets(line, sizeof line, f))
-		line[0] = 0;
-	fclose(f);
-	line[strcspn(line, "\r\n")] = 0;
-	if (!line[0])
-		die("%s is empty: the mount has no DRAM tier", path);
-	return line;
-}
-
-static void map_tier(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		die("cannot open the tier %s", path);
+	static tw_broker_tier got[64];
+	int n = tw_broker_connect(opt.mount, got, 64);
+	if (n < 0)
+		die("cannot reach the tier broker of %s (is it a TokenWarehouse mount?)", opt.mount);
+	int found = -1;
+	for (int i = 0; i < n; i++)
+		if (found < 0 && tw_list_contains(got[i].namespaces, opt.ns))
+			found = i;
+	if (found < 0)
+		die("the daemon handed this process no tier that holds namespace %s (no DRAM tier, or not readable)", opt.ns);
 	struct stat st;
-	if (fstat(fd, &st) != 0)
-		die("cannot stat %s", path);
-	map_size = (uint64_t)st.st_size;
-	map = mmap(NULL, map_size, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
+	if (fstat(got[found].data_fd, &st) != 0)
+		die("cannot stat tier %s", got[found].name);
+	void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, got[found].data_fd, 0);
 	if (map == MAP_FAILED)
-		die("cannot map %s", path);
-	if (!tw_map_is_valid(map, map_size))
-		die("%s is not a DRAM tier of layout version 1", path);
-	generation = tw_generation(map);
-	if (generation == 0)
-		die("%s: generation 0 (the daemon stopped)", path);
-
-	if (!opt.hits_on)
-		return;
-	char hpath[4200];
-	snprintf(hpath, sizeof hpath, "%s.hits", path);
-	int hfd = open(hpath, O_RDWR | O_CLOEXEC);
-	if (hfd < 0)
-		return; /* not permitted: hits are not counted */
-	hits_capacity = tw_superblock_of(map)->table_capacity;
-	if (fstat(hfd, &st) == 0 && (uint64_t)st.st_size >= hits_capacity * 4) {
-		void *h = mmap(NULL, hits_capacity * 4, PROT_READ | PROT_WRITE, MAP_SHARED, hfd, 0);
-		if (h != MAP_FAILED)
-			hits = h;
+		die("cannot map tier %s", got[found].name);
+	if (tw_tier_open(map, (uint64_t)st.st_size, &tier) != 0)
+		die("tier %s is not a DRAM tier of layout version 1 (or its daemon stopped)", got[found].name);
+	if (opt.hits_on && fstat(got[found].hits_fd, &st) == 0 && (uint64_t)st.st_size >= tier.capacity * 4) {
+		void *h = mmap(NULL, tier.capacity * 4, PROT_READ | PROT_WRITE, MAP_SHARED, got[found].hits_fd, 0);
+		if (h != MAP_FAILED) {
+			tier.hits = h;
+			tier.hits_count = tier.capacity;
+		}
 	}
-	close(hfd);
+	for (int i = 0; i < n; i++) {
+		close(got[i].data_fd);
+		close(got[i].hits_fd);
+	}
 }
 
 static void read_names(void)
@@ -182,20 +161,19 @@ static void read_names(void)
 /* One lookup as a client does it: generation check, lookup-and-copy, hit counter. */
 static inline int lookup(const struct block *b, void *buf, uint64_t cap, uint64_t *len, uint64_t *index)
 {
-	if (tw_generation(map) != generation)
+	if (!tw_tier_is_current(&tier))
 		return -1;
 	*len = cap;
-	int r = tw_lookup_copy(map, b->lo, b->hi, buf, len, index);
-	if (r == TW_HIT && hits && *index < hits_capacity)
-		__atomic_fetch_add(&hits[*index], 1, __ATOMIC_RELAXED);
+	int r = tw_lookup_copy(&tier, b->lo, b->hi, buf, len, index);
+	if (r == TW_HIT)
+		tw_count_hit(&tier, *index);
 	return r;
 }
 
 static void verify(void)
 {
 	unsigned char *buf = page_aligned(opt.buffer);
-	const tw_superblock *sb = tw_superblock_of(map);
-	const tw_entry *table = (const tw_entry *)((const char *)map + sb->table_offset);
+	const tw_entry *table = (const tw_entry *)(tier.map + tier.table_offset);
 	size_t bad = 0;
 	for (size_t i = 0; i < nblocks; i++) {
 		uint64_t len = 0, index = 0;
@@ -255,7 +233,7 @@ static void *work(void *arg)
 	for (size_t i = (size_t)w->index; i < nblocks; i += (size_t)opt.threads) {
 		const struct block *b = &blocks[i];
 		if (w->use_map == 2) {
-			memcpy(w->buf, (const unsigned char *)map + b->tier_offset, b->length);
+			memcpy(w->buf, tier.map + b->tier_offset, b->length);
 			acc ^= w->buf[0] ^ w->buf[b->length - 1];
 		} else if (w->use_map) {
 			uint64_t len, index;
@@ -320,7 +298,6 @@ int main(int argc, char **argv)
 		if (!v)
 			die("missing value after %s (see the comment at the top of dram_reader.c)", a);
 		if (!strcmp(a, "--mount")) opt.mount = v;
-		else if (!strcmp(a, "--tier")) opt.tier = v;
 		else if (!strcmp(a, "--ns")) opt.ns = v;
 		else if (!strcmp(a, "--names")) opt.names = v;
 		else if (!strcmp(a, "--threads")) opt.threads = atoi(v);
@@ -329,12 +306,11 @@ int main(int argc, char **argv)
 		else die("unknown option %s", a);
 		i++;
 	}
-	if ((!opt.mount && !opt.tier) || !opt.ns || !opt.names || opt.threads < 1 || opt.passes < 1)
-		die("usage: dram_reader (--mount MOUNT | --tier PATH) --ns NS --names FILE [--threads T] "
+	if (!opt.mount || !opt.ns || !opt.names || opt.threads < 1 || opt.passes < 1)
+		die("usage: dram_reader --mount MOUNT --ns NS --names FILE [--threads T] "
 		    "[--passes R] [--buffer BYTES] [--no-hits]%s", "");
 
-	const char *path = opt.tier ? opt.tier : tier_path_from_mount(opt.mount);
-	map_tier(path);
+	map_tier();
 	if (!opt.buffer)
 		opt.buffer = 64u << 20;
 	read_names();
@@ -362,9 +338,9 @@ int main(int argc, char **argv)
 	 * entry changed meanwhile, which the map passes' hits and the generation confirm. */
 	uint64_t failed = __atomic_load_n(&failures, __ATOMIC_RELAXED);
 
-	printf("{\n  \"tier\": \"%s\",\n  \"threads\": %d,\n  \"blocks\": %zu,\n  \"bytes_per_pass\": %llu,\n"
+	printf("{\n  \"namespace\": \"%s\",\n  \"threads\": %d,\n  \"blocks\": %zu,\n  \"bytes_per_pass\": %llu,\n"
 	       "  \"hit_counters\": %s,\n  \"failed_lookups\": %llu,\n",
-	       path, opt.threads, nblocks, (unsigned long long)total_bytes, hits ? "true" : "false",
+	       opt.ns, opt.threads, nblocks, (unsigned long long)total_bytes, tier.hits ? "true" : "false",
 	       (unsigned long long)failed);
 	print_series("memcpy", mem, opt.passes, 0);
 	print_series("map", mapped, opt.passes, 0);

@@ -2,9 +2,10 @@
 
 FakeTier below is a small *writer* of the DRAM tier file, built from docs/dram-tier.md alone (layout
 version 1): superblock, open-addressing table of 64-byte entries with seqlocks, 4 KiB-aligned data area,
-PATH.hits. A fake mount directory holds `.tw/dram` (pointing at the tier), `.tw/prefetch` and plain
-block files for the fallback. A C reader built on include/tokenwarehouse.h checks the writer (and so the
-Python reader) against the header, when cc and libxxhash are available.
+hit counters. FakeBroker hands tiers to clients over a unix socket as the daemon's broker does. A fake
+mount directory holds `.tw/dram` (naming the broker), `.tw/prefetch` and plain block files for the
+fallback. A C reader built on include/tokenwarehouse.h checks the writer (and so the Python reader)
+against the header, when cc and libxxhash are available.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import xxhash
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))   # the package from this checkout, also when not pip-installed
 
-from tokenwarehouse import Client, block_key, block_relpath  # noqa: E402
+from tokenwarehouse import Client, block_key, block_relpath, key_of  # noqa: E402
 from tokenwarehouse.layout import (  # noqa: E402
     ENTRY, ENTRY_SIZE, MAGIC, STATE_DELETED, STATE_EMPTY, STATE_VALID, SUPERBLOCK, SUPERBLOCK_SIZE, VERSION,
 )
@@ -140,18 +143,66 @@ class FakeTier:
         self.mm.close()
 
 
+class FakeBroker:
+    """Answers each connection as docs/dram-tier.md "Access" says: one message per tier with its two
+    descriptors and namespaces, then `end N`. `tiers` is what it hands out now."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.tiers: list[tuple[str, str | None, list[str]]] = []   # (tier file, hits file, namespaces)
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(self.path)
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                sent = 0
+                for path, hits, namespaces in list(self.tiers):
+                    data_fd = os.open(path, os.O_RDONLY)
+                    hits_fd = os.open(hits, os.O_RDWR) if hits else os.memfd_create("nohits")
+                    try:
+                        text = f"tier {os.path.basename(path)}\nnamespaces {' '.join(namespaces)}\n"
+                        socket.send_fds(conn, [text.encode()], [data_fd, hits_fd])
+                        sent += 1
+                    finally:
+                        os.close(data_fd)
+                        os.close(hits_fd)
+                conn.send(f"end {sent}\n".encode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class FakeMount:
     """A directory laid out like a twfs mount: .tw/dram, .tw/prefetch, namespaces with block files."""
 
-    def __init__(self, root: Path, tier_path: str | None):
+    def __init__(self, root: Path, tier: "FakeTier | str | None", namespaces=("ns", "missing")):
         self.root = root
         (root / ".tw").mkdir(parents=True)
-        self.set_tier(tier_path)
+        self.broker = FakeBroker(root.parent / (root.name + ".broker"))
+        self.set_tier(tier, namespaces)
         (root / ".tw" / "prefetch").write_bytes(b"")
         (root / "ns").mkdir()
 
-    def set_tier(self, tier_path: str | None) -> None:
-        (self.root / ".tw" / "dram").write_text("" if tier_path is None else tier_path + "\n")
+    def set_tier(self, tier, namespaces=("ns", "missing")) -> None:
+        """Hand out `tier` (a FakeTier or a file's path) for `namespaces`; None: the mount has no tier."""
+        if tier is None:
+            self.broker.tiers = []
+            (self.root / ".tw" / "dram").write_text("")
+            return
+        path = tier.path if isinstance(tier, FakeTier) else str(tier)
+        hits = tier.hits_path if isinstance(tier, FakeTier) and os.path.exists(tier.hits_path) else None
+        self.broker.tiers = [(path, hits, list(namespaces))]
+        (self.root / ".tw" / "dram").write_text(f"socket {self.broker.path}\n")
 
     def write(self, ns: str, name: str, data: bytes) -> Path:
         p = self.root / block_relpath(ns, name)
@@ -171,9 +222,10 @@ def hexname(tag: str, length: int = 32) -> str:
 @pytest.fixture
 def env(tmp_path):
     tier = FakeTier(tmp_path / "tokenwarehouse-test")
-    mount = FakeMount(tmp_path / "mnt", tier.path)
+    mount = FakeMount(tmp_path / "mnt", tier)
     yield tier, mount
     tier.close()
+    mount.broker.close()
 
 
 @pytest.fixture
@@ -195,20 +247,34 @@ def test_key_is_xxh3_128_low_then_high():
     assert block_key(ns, name) == (int.from_bytes(raw[8:], "big"), int.from_bytes(raw[:8], "big"))
 
 
-def test_paths_canonical_and_compat():
+def test_paths_canonical_and_other_names():
     h = "ab" + "0" * 30
     assert block_relpath("ns", h) == f"ns/ab/{h}"
     assert block_relpath("ns", "x" * 16) == "ns/" + "x" * 16            # not hex
-    assert block_relpath("ns", "AB" + "0" * 30) == "ns/AB" + "0" * 30   # upper case: compatibility name
+    assert block_relpath("ns", "AB" + "0" * 30) == "ns/AB" + "0" * 30   # upper case: a plain file name
     assert block_relpath("ns", "ab" * 7) == "ns/" + "ab" * 7             # 14 hex chars: too short
     assert block_relpath("ns", "a" * 128) == "ns/aa/" + "a" * 128
     assert block_relpath("ns", "a" * 129) == "ns/" + "a" * 129
     assert block_relpath("ns", "layer_0.safetensors") == "ns/layer_0.safetensors"
-    for bad in ("", ".", "..", "a/b", "a\0b"):
+    assert block_relpath("ns", "model/layer_0/kv.bin") == "ns/model/layer_0/kv.bin"   # a path in the namespace
+    assert block_relpath("ns", f"ab/{h}") == f"ns/ab/{h}"                # the canonical path is the hash
+    for bad in ("", ".", "..", "a//b", "a/../b", "/abs", "a/", "a\0b", "x" * 256, "/".join(["d"] * 18)):
         with pytest.raises(ValueError):
             block_relpath("ns", bad)
-    with pytest.raises(ValueError):
-        block_relpath("a/b", "x")
+    for bad_ns in ("a/b", ".hidden", "", "x" * 129):
+        with pytest.raises(ValueError):
+            block_relpath(bad_ns, "x")
+
+
+def test_keys_follow_the_mount_naming():
+    """docs/format.md "Keys": the key the tier is indexed by, from the name a client gives."""
+    h = "cd" + "1" * 30
+    assert key_of(h) == h
+    assert key_of(f"cd/{h}") == h                     # NS/hh/HASH is the canonical block
+    assert key_of(f"ce/{h}") == f"ce/{h}"             # not its fan-out directory: a plain path
+    assert key_of("a/b/c.bin") == "a/b/c.bin"
+    assert block_key("ns", f"cd/{h}") == block_key("ns", h)
+    assert block_key("ns", "a/b") != block_key("ns2", "a/b")
 
 
 # ------------------------------------------------------------------------------------------------ reads
@@ -267,7 +333,7 @@ class _HookMmap(mmap.mmap):
 
 
 def _hooked_map(client, tier, hook):
-    m = client._map
+    m = client._conn.by_namespace["ns"]
     fd = os.open(tier.path, os.O_RDONLY)
     try:
         hm = _HookMmap(fd, tier.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
@@ -323,17 +389,18 @@ def test_get_into_seq_change_falls_back(env, client):
     i = tier.insert("ns", name, data)
     mount.write("ns", name, data)
     off = tier.entry(i)[5]
-    real = client._map.mv
+    m = client._conn.by_namespace["ns"]
+    real = m.mv
 
     class Racing:
         def __getitem__(self, item):
             tier.remove(i)
             tier.mm[off:off + len(other)] = other
             return real[item]
-    client._map.mv = Racing()
+    m.mv = Racing()
     buf = bytearray(20000)
     assert client.get_into("ns", name, buf) == len(data)
-    client._map.mv = real
+    m.mv = real
     assert bytes(buf[:len(data)]) == data
     assert client.stats["map_retries"] == 1 and client.stats["file_reads"] == 1
 
@@ -380,7 +447,7 @@ def test_deleted_entries_keep_probing_empty_ends(env, client):
 
 def test_probe_limit(tmp_path):
     tier = FakeTier(tmp_path / "t", capacity=16, max_probe=2)
-    mount = FakeMount(tmp_path / "mnt", tier.path)
+    mount = FakeMount(tmp_path / "mnt", tier)
     name = hexname("far")
     lo, hi = block_key("ns", name)
     for k in range(2):
@@ -416,11 +483,11 @@ def test_generation_change_remaps_to_new_file(tmp_path, env, client):
     assert client.get("ns", name) == blob("old", 1000)
     tier2 = FakeTier(tmp_path / "tokenwarehouse-second", generation=tier.generation + 1)
     tier2.insert("ns", name, blob("new-tier", 1000))     # (same name, other bytes: tells the maps apart)
-    mount.set_tier(tier2.path)
+    mount.set_tier(tier2)
     tier.set_generation(0)                                # the old daemon stopped
     assert client.get("ns", name) == blob("new-tier", 1000)
     assert client.stats["remaps"] == 1 and client.generation == tier2.generation
-    assert client.tier_path == tier2.path
+    assert client.tiers == {"ns": "tokenwarehouse-second", "missing": "tokenwarehouse-second"}
     tier2.close()
 
 
@@ -450,7 +517,7 @@ def test_generation_zero_and_file_gone_uses_files(tmp_path, env, client):
     # The tier reappears: the client maps it again, but tries at most once per retry_interval (0.2 s).
     tier3 = FakeTier(tmp_path / "tokenwarehouse-third")
     tier3.insert("ns", name, blob("tier3", 100))
-    mount.set_tier(tier3.path)
+    mount.set_tier(tier3)
     deadline = time.monotonic() + 5
     while client.get("ns", name) != blob("tier3", 100):
         assert time.monotonic() < deadline, "the client never remapped the new tier"
@@ -467,7 +534,7 @@ def test_generation_zero_file_still_there_not_remapped(env, client):
     mount.write("ns", name, b"file")
     tier.set_generation(0)
     assert client.get("ns", name) == b"file"
-    assert not client.mapped and "generation 0" in client.tier_error
+    assert not client.mapped and client.tier_error == "the daemon handed this process no tier"
 
 
 def test_retry_at_most_once_per_interval(tmp_path):
@@ -475,12 +542,12 @@ def test_retry_at_most_once_per_interval(tmp_path):
     mount.write("ns", "b", b"file")
     calls = []
     c = Client(mount.root, retry_interval=3600)
-    orig = c._connect
+    orig = c._reconnect
 
     def counting():
         calls.append(1)
         return orig()
-    c._connect = counting
+    c._reconnect = counting
     for _ in range(100):
         assert c.get("ns", "b") == b"file"
     assert calls == []                        # not before the interval
@@ -510,7 +577,7 @@ def test_bad_superblock_not_mapped(tmp_path, field, value):
     off, fmt = {"magic": (0, "8s"), "version": (8, "<I"), "entry_size": (48, "<I"), "capacity": (40, "<Q"),
                 "table": (32, "<Q"), "data": (64, "<Q")}[field]
     struct.pack_into(fmt, tier.mm, off, value)
-    mount = FakeMount(tmp_path / "mnt", tier.path)
+    mount = FakeMount(tmp_path / "mnt", tier)
     mount.write("ns", "b", b"file")
     with Client(mount.root) as c:
         assert not c.mapped and c.tier_error
@@ -524,6 +591,26 @@ def test_truncated_file_not_mapped(tmp_path):
     mount = FakeMount(tmp_path / "mnt", str(p))
     with Client(mount.root) as c:
         assert not c.mapped
+
+
+def test_only_the_namespaces_handed_over_are_read_from_the_map(env, tmp_path):
+    """A tier is used only for the namespaces the broker listed with it; others read files."""
+    tier, mount = env
+    tier.insert("secret", hexname("s"), b"tier bytes")
+    (mount.root / "secret").mkdir()
+    mount.write("secret", hexname("s"), b"file bytes")
+    with Client(mount.root) as c:
+        assert c.get("secret", hexname("s")) == b"file bytes"
+        assert c.stats["map_hits"] == 0 and c.stats["file_reads"] == 1
+
+
+def test_a_broker_that_says_something_else_is_not_trusted(tmp_path):
+    mount = FakeMount(tmp_path / "mnt", None)
+    (mount.root / ".tw" / "dram").write_text("/dev/shm/some-file\n")    # the layout of an older daemon
+    mount.write("ns", "b", b"file")
+    with Client(mount.root) as c:
+        assert not c.mapped and "socket PATH" in c.tier_error
+        assert c.get("ns", "b") == b"file"
 
 
 def test_hits_counter_incremented(env, client):
@@ -544,22 +631,11 @@ def test_hits_counter_incremented(env, client):
 
 def test_hits_file_missing_skips_counting(tmp_path):
     tier = FakeTier(tmp_path / "t", hits=False)
-    mount = FakeMount(tmp_path / "mnt", tier.path)
+    mount = FakeMount(tmp_path / "mnt", tier)
     tier.insert("ns", "b", b"bytes")
     with Client(mount.root) as c:
-        assert c._map.hits is None
+        assert c._conn.by_namespace["ns"].hits is None
         assert c.get("ns", "b") == b"bytes"
-
-
-def test_hits_file_read_only_skips_counting(tmp_path):
-    tier = FakeTier(tmp_path / "t")
-    os.chmod(tier.hits_path, 0o440)
-    mount = FakeMount(tmp_path / "mnt", tier.path)
-    tier.insert("ns", "b", b"bytes")
-    if os.geteuid() == 0:
-        pytest.skip("root opens a 0440 file read-write anyway")
-    with Client(mount.root) as c:
-        assert c._map.hits is None and c.get("ns", "b") == b"bytes"
 
 
 def test_verify_checks_xxh3_64(env, tmp_path):
@@ -722,7 +798,7 @@ def test_close_and_context_manager(env):
 def test_tier_file_mapped_read_only(env, client):
     tier, mount = env
     with pytest.raises(TypeError):
-        client._map.mm[0:1] = b"X"
+        client._conn.by_namespace["ns"].mm[0:1] = b"X"
     if sys.version_info < (3, 13):
         return   # mmap keeps a duplicate descriptor before Python 3.13 (trackfd)
     fd_dir = Path("/proc/self/fd")
@@ -811,16 +887,20 @@ C_READER = r"""
 #include "tokenwarehouse.h"
 
 int main(int argc, char **argv) {
-    int fd = open(argv[1], O_RDONLY);
-    struct stat st; fstat(fd, &st);
-    void *map = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED || !tw_map_is_valid(map, st.st_size)) { puts("invalid"); return 1; }
-    printf("gen %llx\n", (unsigned long long)tw_generation(map));
+    tw_broker_tier got[4];
+    int n = tw_broker_connect(argv[1], got, 4);
+    if (n != 1) { printf("tiers %d\n", n); return 1; }
+    printf("namespaces %s\n", got[0].namespaces);
+    struct stat st; fstat(got[0].data_fd, &st);
+    void *map = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, got[0].data_fd, 0);
+    tw_tier tier;
+    if (map == MAP_FAILED || tw_tier_open(map, st.st_size, &tier) != 0) { puts("invalid"); return 1; }
+    printf("gen %llx\n", (unsigned long long)tier.generation);
     static char buf[1 << 22];
     for (int i = 2; i < argc; i++) {
         XXH128_hash_t h = XXH3_128bits(argv[i], strlen(argv[i]));
         uint64_t len = sizeof buf, idx = 0;
-        int r = tw_lookup_copy(map, h.low64, h.high64, buf, &len, &idx);
+        int r = tw_lookup_copy(&tier, h.low64, h.high64, buf, &len, &idx);
         if (r == TW_HIT) printf("hit %llu %llu %016llx\n", (unsigned long long)idx, (unsigned long long)len,
                                 (unsigned long long)XXH3_64bits(buf, len));
         else printf("result %d\n", r);
@@ -845,10 +925,11 @@ def test_c_reader_agrees_with_fake_writer(env, tmp_path):
     names = [hexname(f"c{i}") for i in range(5)] + ["compat name.bin"]
     datas = [blob(f"c{i}", 1000 * (i + 1)) for i in range(6)]
     idx = [tier.insert("ns", n, d) for n, d in zip(names, datas)]
-    out = subprocess.run([str(exe), tier.path] + [f"ns/{n}" for n in names] + ["ns/absent"],
+    out = subprocess.run([str(exe), str(mount.root)] + [f"ns/{n}" for n in names] + ["ns/absent"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == f"gen {tier.generation:x}"
-    for line, i, d in zip(out[1:], idx, datas):
+    assert out[0] == "namespaces ns missing"
+    assert out[1] == f"gen {tier.generation:x}"
+    for line, i, d in zip(out[2:], idx, datas):
         assert line == f"hit {i} {len(d)} {xxhash.xxh3_64_intdigest(d):016x}"
     assert out[-1] == "result 1"   # TW_MISS
     with Client(mount.root) as c:
@@ -870,7 +951,7 @@ def test_threads_share_a_client_across_remaps(tmp_path):
         for n in names[k::2]:
             t.insert("ns", n, datas[n])
         tiers.append(t)
-    mount.set_tier(tiers[0].path)
+    mount.set_tier(tiers[0])
     c = Client(mount.root, retry_interval=0)
     errors, stop = [], threading.Event()
 
@@ -890,7 +971,7 @@ def test_threads_share_a_client_across_remaps(tmp_path):
         t.start()
     for k in range(40):   # flip between the two tiers: a new generation each time
         cur = tiers[k % 2]
-        mount.set_tier(cur.path)
+        mount.set_tier(cur)
         cur.set_generation(1000 + k)
         tiers[(k + 1) % 2].set_generation(0)
         time.sleep(0.01)

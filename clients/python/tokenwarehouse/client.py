@@ -1,13 +1,15 @@
-"""Client of a TokenWarehouse mount: reads blocks from the shared-memory DRAM tier, else from block files.
+"""Client of a TokenWarehouse mount: reads blocks from the shared-memory DRAM tiers, else from block files.
 
     from tokenwarehouse import Client
     with Client("/mnt/kv") as tw:
         tw.put("llama-8b", "9f86d081884c7d65", data)      # first write wins
         data = tw.get("llama-8b", "9f86d081884c7d65")     # map hit: one memcpy, no system call
 
-The tier file is found through `MOUNT/.tw/dram`, mapped read-only and read with the seqlock protocol of
-docs/dram-tier.md: a lookup that races with the daemon (odd `seq`, `seq` changed during the copy, bounds
-out of the data area) falls back to the block file, so `get` always returns the block's exact bytes.
+`MOUNT/.tw/dram` names the daemon's tier broker (`socket PATH`). The client connects to it once and is
+handed, for each security domain whose namespaces it may read, the tier file's descriptor (read-only) and
+its hit counters, with the list of namespaces that tier holds (docs/dram-tier.md "Access"). Lookups then
+follow the sequence-lock protocol: a lookup that races with the daemon (odd `seq`, `seq` changed during the
+copy, bounds outside the data area) falls back to the block file, so `get` always returns exact bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import errno
 import mmap
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -38,19 +41,22 @@ def _copy(dst, src) -> None:
         dst[:] = src
 
 from .layout import (
-    ENTRY_BODY, ENTRY_SIZE, GENERATION_OFFSET, HITS_SUFFIX, MAGIC, STATE_EMPTY, STATE_VALID, SUPERBLOCK,
-    SUPERBLOCK_SIZE, VERSION,
+    ENTRY_BODY, ENTRY_SIZE, GENERATION_OFFSET, MAGIC, STATE_EMPTY, STATE_VALID, SUPERBLOCK, SUPERBLOCK_SIZE,
+    VERSION,
 )
 
 if sys.byteorder != "little":  # the tier is little-endian; so is every machine the daemon runs on
     raise ImportError("tokenwarehouse reads the DRAM tier on little-endian machines only")
 
-__all__ = ["Client", "TierFormatError", "block_key", "block_relpath"]
+__all__ = ["Client", "TierFormatError", "block_key", "block_relpath", "key_of"]
 
 _MASK64 = (1 << 64) - 1
 _xxh3_128 = xxhash.xxh3_128_intdigest
 _xxh3_64 = xxhash.xxh3_64_intdigest
-_HEX_NAME = re.compile(r"[0-9a-f]{16,128}")
+_HASH = re.compile(r"[0-9a-f]{16,128}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]{0,127}")
+_MAX_PATH = 4096      # bytes of a path inside a namespace (docs/format.md "Keys")
+_MAX_DEPTH = 16       # directories below a namespace
 _PREFETCH_CHUNK = 64 << 10   # prefetch hints go out in writes of whole lines, at most this long
 _CONTROL = ".tw"
 # Python >= 3.13 can map without keeping a duplicate of the descriptor open.
@@ -62,7 +68,7 @@ _RETRY = 1
 
 
 class TierFormatError(Exception):
-    """The tier file is not a DRAM tier this client can read (magic, version or sizes)."""
+    """A tier file is not a DRAM tier this client can read (magic, version or sizes)."""
 
 
 def _text(s, what: str) -> str:
@@ -73,66 +79,92 @@ def _text(s, what: str) -> str:
     return s
 
 
-def _check_component(s: str, what: str) -> None:
-    if not s or "/" in s or "\0" in s or s == "." or s == "..":
-        raise ValueError(f"invalid {what} {s!r}: must be a non-empty file name without '/' or NUL")
+def _check_namespace(ns: str) -> None:
+    if not _NAMESPACE.fullmatch(ns):
+        raise ValueError(f"invalid namespace {ns!r}: 1-128 of [A-Za-z0-9._@+-], not starting with '.'")
+
+
+def _components(path: str) -> list[str]:
+    parts = path.split("/")
+    if len(path.encode("utf-8", "surrogateescape")) > _MAX_PATH or len(parts) > _MAX_DEPTH + 1:
+        raise ValueError(f"invalid block name {path!r}: longer than {_MAX_PATH} bytes or deeper than {_MAX_DEPTH}")
+    for c in parts:
+        if not c or c in (".", "..") or "\0" in c or len(c.encode("utf-8", "surrogateescape")) > 255:
+            raise ValueError(f"invalid block name {path!r}: each part must be 1-255 bytes, without NUL, not . or ..")
+    return parts
+
+
+def key_of(name) -> str:
+    """The key of a block name as clients give it (docs/format.md "Keys"): a canonical hash (16-128
+    lowercase hex digits) means the canonical block, whose file is NS/hh/HASH, and is its own key; any
+    other name is a path inside the namespace (`a/b/c.bin`) and is its own key too, except `hh/HASH`,
+    which is the canonical block again. Raises ValueError for a name no file can have."""
+    name = _text(name, "name")
+    if _HASH.fullmatch(name):
+        return name
+    parts = _components(name)
+    last = parts[-1]
+    if len(parts) == 1:
+        return last
+    if len(parts) == 2 and len(parts[0]) == 2 and _HASH.fullmatch(last) and last.startswith(parts[0]):
+        return last
+    return name
 
 
 def block_key(ns, name) -> tuple[int, int]:
-    """(key_lo, key_hi): XXH3-128 of the bytes "NAMESPACE/NAME", low and high 64 bits."""
-    if ns.__class__ is not str or name.__class__ is not str:
-        ns, name = _text(ns, "namespace"), _text(name, "name")
-    d = _xxh3_128(f"{ns}/{name}".encode("utf-8", "surrogateescape"))
+    """(key_lo, key_hi): XXH3-128 of the bytes "NAMESPACE/KEY", low and high 64 bits, KEY = key_of(name)."""
+    if ns.__class__ is str and name.__class__ is str and _HASH.fullmatch(name):
+        key = name
+    else:
+        ns, key = _text(ns, "namespace"), key_of(name)
+    d = _xxh3_128(f"{ns}/{key}".encode("utf-8", "surrogateescape"))
     return d & _MASK64, d >> 64
 
 
 def block_relpath(ns, name) -> str:
-    """The block file's path inside the mount: NS/hh/NAME for 16-128 lowercase hex names, else NS/NAME."""
+    """The block file's path inside the mount: NS/hh/HASH for a canonical hash, NS/a/b/c for a path."""
     ns = _text(ns, "namespace")
-    name = _text(name, "name")
-    _check_component(ns, "namespace")
-    _check_component(name, "name")
-    if _HEX_NAME.fullmatch(name):
-        return os.path.join(ns, name[:2], name)
-    return os.path.join(ns, name)
+    _check_namespace(ns)
+    key = key_of(name)
+    if _HASH.fullmatch(key):
+        return f"{ns}/{key[:2]}/{key}"
+    return f"{ns}/{key}"
 
 
-class _Map:
-    """One mapping of a tier file (immutable once built; a new generation gets a new _Map)."""
+class _Tier:
+    """One tier file as mapped, its layout read and checked once (immutable; a new connection to the
+    broker makes new ones). Nothing read from shared memory is trusted: every entry's bounds are checked
+    against this snapshot before a byte is copied."""
 
-    __slots__ = ("path", "mm", "mv", "q", "gen", "gen_index", "table", "mask", "probe", "data_lo", "data_hi",
+    __slots__ = ("name", "mm", "mv", "q", "gen", "gen_index", "table", "mask", "probe", "data_lo", "data_hi",
                  "capacity", "size", "hits_mm", "hits")
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, name: str, data_fd: int, hits_fd: int | None):
+        self.name = name
         self.hits_mm = None
         self.hits = None
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.mm = self.mv = self.q = None
+        size = os.fstat(data_fd).st_size
+        if size < SUPERBLOCK_SIZE:
+            raise TierFormatError(f"tier {name}: {size} bytes, shorter than a superblock")
+        self.mm = mmap.mmap(data_fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_MMAP_KW)
         try:
-            size = os.fstat(fd).st_size
-            if size < SUPERBLOCK_SIZE:
-                raise TierFormatError(f"{path}: {size} bytes, shorter than a superblock")
-            self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_MMAP_KW)
-        finally:
-            os.close(fd)
-        try:
-            (magic, version, sb_size, gen, file_size, table_off, capacity, entry_size, max_probe, data_off,
+            (magic, version, sb_size, gen, _file_size, table_off, capacity, entry_size, max_probe, data_off,
              data_size) = SUPERBLOCK.unpack_from(self.mm, 0)
             if magic != MAGIC:
-                raise TierFormatError(f"{path}: bad magic {magic!r}")
+                raise TierFormatError(f"tier {name}: bad magic {magic!r}")
             if version != VERSION:
-                raise TierFormatError(f"{path}: layout version {version}, this client reads {VERSION}")
+                raise TierFormatError(f"tier {name}: layout version {version}, this client reads {VERSION}")
             if sb_size != SUPERBLOCK_SIZE or entry_size != ENTRY_SIZE:
-                raise TierFormatError(f"{path}: superblock size {sb_size}, entry size {entry_size}")
-            if capacity == 0 or capacity & (capacity - 1):
-                raise TierFormatError(f"{path}: table capacity {capacity} is not a power of two")
-            limit = min(size, file_size)
-            if table_off < SUPERBLOCK_SIZE or table_off % 8 or table_off + capacity * ENTRY_SIZE > limit:
-                raise TierFormatError(f"{path}: table [{table_off}, +{capacity}*64) outside the file ({limit})")
-            if data_off + data_size > limit:
-                raise TierFormatError(f"{path}: data area [{data_off}, +{data_size}) outside the file ({limit})")
+                raise TierFormatError(f"tier {name}: superblock size {sb_size}, entry size {entry_size}")
+            if capacity == 0 or capacity & (capacity - 1) or capacity > 1 << 32:
+                raise TierFormatError(f"tier {name}: table capacity {capacity} is not a power of two")
+            if table_off < SUPERBLOCK_SIZE or table_off % 8 or table_off + capacity * ENTRY_SIZE > size:
+                raise TierFormatError(f"tier {name}: table [{table_off}, +{capacity}*64) outside the file ({size})")
+            if data_off + data_size > size:
+                raise TierFormatError(f"tier {name}: data area [{data_off}, +{data_size}) outside the file ({size})")
             if gen == 0:
-                raise TierFormatError(f"{path}: generation 0 (the daemon stopped)")
+                raise TierFormatError(f"tier {name}: generation 0 (the daemon stopped)")
             self.gen = gen
             self.size = size
             self.capacity = capacity
@@ -147,14 +179,11 @@ class _Map:
         except BaseException:
             self.release()
             raise
-        self._open_hits(path + HITS_SUFFIX)
+        if hits_fd is not None:
+            self._map_hits(hits_fd)
 
-    def _open_hits(self, path: str) -> None:
-        """Map PATH.hits read-write when this process may; hits are then counted, else not."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return
+    def _map_hits(self, fd: int) -> None:
+        """Map the hit counters (a size-sealed memory file, so it cannot shrink under us)."""
         try:
             need = self.capacity * 4
             if os.fstat(fd).st_size < need:
@@ -164,8 +193,6 @@ class _Map:
             self.hits = memoryview(self.hits_mm).cast("I")
         except OSError:
             self.hits_mm = self.hits = None
-        finally:
-            os.close(fd)
 
     def current(self) -> bool:
         return self.q[self.gen_index] == self.gen
@@ -207,23 +234,78 @@ class _Map:
             if state == STATE_VALID and klo == lo and khi == hi:
                 if q[eo >> 3] != s1:      # fields read while the entry changed: do not trust the length
                     return _RETRY
-                if off < self.data_lo or off + n > self.data_hi:
+                if off < self.data_lo or n > self.data_hi - off:
                     return _RETRY
                 return i, eo, s1, off, n, csum
             i = (i + 1) & mask
         return _MISS
 
 
+class _Connection:
+    """What the broker handed this process: the tiers it may read, by namespace (immutable)."""
+
+    __slots__ = ("socket", "by_namespace", "tiers")
+
+    def __init__(self, socket_path: str, by_namespace: dict, tiers: list):
+        self.socket = socket_path
+        self.by_namespace = by_namespace
+        self.tiers = tiers
+
+    def release(self) -> None:
+        for t in self.tiers:
+            t.release()
+
+
+def _ask_broker(path: str, timeout: float = 2.0) -> _Connection:
+    """Connect to the tier broker at `path` and map every tier it hands over (docs/dram-tier.md "Access")."""
+    by_namespace: dict[str, _Tier] = {}
+    tiers: list[_Tier] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        while True:
+            msg, fds, _flags, _addr = socket.recv_fds(s, 65536, 4)
+            try:
+                if not msg and not fds:
+                    break           # the broker closed without "end": keep what came
+                lines = msg.decode("utf-8", "replace").split("\n")
+                head = lines[0].split(" ")
+                if head[0] == "end":
+                    break
+                if head[0] != "tier" or len(head) != 2 or len(fds) != 2 or len(lines) < 2:
+                    continue        # a message this client does not know: skip it
+                names = lines[1].split(" ")
+                if names[0] != "namespaces":
+                    continue
+                try:
+                    tier = _Tier(head[1], fds[0], fds[1])
+                except (OSError, ValueError, TierFormatError):
+                    continue
+                tiers.append(tier)
+                for ns in names[1:]:
+                    if ns:
+                        by_namespace[ns] = tier
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    return _Connection(path, by_namespace, tiers)
+
+
 class Client:
     """A client of one TokenWarehouse mount.
 
-    get/get_into read from the DRAM tier's shared-memory map when the block is resident and stable, else
+    get/get_into read from a DRAM tier's shared-memory map when the block is resident and stable, else
     from the block file. put writes a block file (first write wins). `stats` counts what happened:
     map_hits, map_misses, map_retries (lost a race with the daemon, read the file instead), file_reads,
-    remaps (tier mapped again after a generation change or after it appeared), checksum_errors (verify=True
-    found a copy whose XXH3-64 did not match: the file was read instead).
+    remaps (asked the broker again: after a daemon restart, or for a namespace made since),
+    checksum_errors (verify=True found a copy whose XXH3-64 did not match: the file was read instead).
 
-    A Client may be shared by threads (lookups take no lock; a remap does) and survives fork.
+    Block names are canonical hashes (the file NS/hh/HASH) or paths inside the namespace (`a/b/c.bin`).
+    A process maps only the tiers of namespaces it may read through the mount (the daemon decides, from
+    the kernel's account of who connected): for the others every read goes to the file and its
+    permission check.
+
+    A Client may be shared by threads (lookups take no lock; a reconnect does) and survives fork.
     """
 
     def __init__(self, mount, verify: bool = False, *, retry_interval: float = 1.0):
@@ -232,87 +314,108 @@ class Client:
         self.retry_interval = float(retry_interval)
         self.stats = {"map_hits": 0, "map_misses": 0, "map_retries": 0, "file_reads": 0, "remaps": 0,
                       "checksum_errors": 0}
-        self.tier_path: str | None = None    # what MOUNT/.tw/dram said last time it was read
-        self.tier_error: str | None = None   # why the tier is not mapped, if it is not
+        self.tier_socket: str | None = None  # the broker MOUNT/.tw/dram named last time it was read
+        self.tier_error: str | None = None   # why no tier is mapped, if none is
         self._lock = threading.Lock()
-        self._map: _Map | None = None
+        self._conn: _Connection | None = None
         self._next_try = 0.0
         self._closed = False
-        self._connect()
+        with self._lock:
+            self._reconnect()
+        self.stats["remaps"] = 0   # the first connection is not a remap
 
     # ------------------------------------------------------------------------------------------ mapping
 
     @property
     def mapped(self) -> bool:
-        """Whether the DRAM tier is mapped now."""
-        return self._map is not None
+        """Whether at least one DRAM tier is mapped and its daemon still runs."""
+        c = self._conn
+        return c is not None and any(t.current() for t in c.tiers)
 
     @property
     def generation(self) -> int:
-        """The generation of the mapped tier (0 when none is mapped)."""
-        m = self._map
-        return m.gen if m is not None else 0
+        """The generation of the first mapped tier (0 when none is mapped)."""
+        c = self._conn
+        return c.tiers[0].gen if c is not None and c.tiers else 0
 
-    def _read_tier_path(self) -> str | None:
+    @property
+    def tiers(self) -> dict[str, str]:
+        """Namespace -> name of the tier file that holds its resident blocks, for the namespaces mapped."""
+        c = self._conn
+        return {ns: t.name for ns, t in c.by_namespace.items()} if c is not None else {}
+
+    def _read_dram_file(self) -> str | None:
         try:
             with open(os.path.join(self.mount, _CONTROL, "dram"), "rb", buffering=0) as f:
                 text = f.read(4096)
         except (FileNotFoundError, NotADirectoryError):
             return None
         line = os.fsdecode(text).split("\n", 1)[0].strip()
-        return line or None
+        if not line:
+            return None
+        word, _, path = line.partition(" ")
+        if word != "socket" or not path:
+            raise TierFormatError(f"{self.mount}/.tw/dram says {line[:200]!r}; this client understands 'socket PATH'")
+        return path
 
-    def _connect(self) -> _Map | None:
-        """Read MOUNT/.tw/dram and map the tier it names; on failure use files, try again later."""
-        m = None
+    def _reconnect(self) -> _Connection | None:
+        """Ask the broker named in MOUNT/.tw/dram for the tiers (caller holds _lock); on failure use files
+        and try again after retry_interval."""
+        conn = None
         try:
-            path = self._read_tier_path()
-            self.tier_path = path
+            path = self._read_dram_file()
+            self.tier_socket = path
             if path is None:
                 self.tier_error = "no DRAM tier (MOUNT/.tw/dram is missing or empty)"
             else:
-                m = _Map(path)
-                self.tier_error = None
+                conn = _ask_broker(path)
+                self.tier_error = None if conn.tiers else "the daemon handed this process no tier"
         except (OSError, TierFormatError, ValueError) as e:
             self.tier_error = f"{type(e).__name__}: {e}"
-            m = None
-        self._map = m
-        if m is None:
-            self._next_try = time.monotonic() + self.retry_interval
-        return m
+        # The old mappings are unmapped once no thread uses them (a lookup in flight keeps its own
+        # reference), so a stopped daemon's tier does not stay pinned in this process's memory.
+        self._conn = conn
+        self._next_try = time.monotonic() + self.retry_interval
+        if conn is not None and conn.tiers:
+            self.stats["remaps"] += 1
+        return conn
 
-    def _remap(self, old: _Map | None) -> _Map | None:
-        """The generation changed (old) or no tier is mapped (old is None): map the tier anew."""
+    def refresh(self) -> None:
+        """Ask the daemon for the tiers again now (after a restart, a new namespace, a chmod)."""
         with self._lock:
             if self._closed:
                 raise ValueError("operation on a closed tokenwarehouse.Client")
-            cur = self._map
-            if cur is not old:           # another thread got here first
-                return cur if cur is not None and cur.current() else None
-            if old is None and time.monotonic() < self._next_try:
-                return None
-            # Drop the old mapping: it is unmapped once no thread uses it any more (a lookup in flight
-            # keeps its own reference), so a stopped daemon's tier file does not stay pinned in memory.
-            self._map = None
-            m = self._connect()
-            if m is not None:
-                self.stats["remaps"] += 1
-            return m
+            self._reconnect()
 
-    def _tier(self) -> _Map | None:
-        m = self._map
-        if m is not None:
-            if m.q[m.gen_index] == m.gen:
-                return m
-            return self._remap(m)
-        if time.monotonic() < self._next_try and not self._closed:
+    def _tier(self, ns: str) -> _Tier | None:
+        """The current tier that holds namespace `ns`, or None (then read the file)."""
+        c = self._conn
+        stale = False
+        if c is not None:
+            t = c.by_namespace.get(ns)
+            if t is not None:
+                if t.q[t.gen_index] == t.gen:
+                    return t
+                stale = True    # the daemon stopped or restarted: ask again now
+        if self._closed:
+            raise ValueError("operation on a closed tokenwarehouse.Client")
+        # A namespace no tier holds (not readable, no tier, made since): ask again at most once per
+        # retry_interval, so misses cost no system call in between.
+        if not stale and time.monotonic() < self._next_try:
             return None
-        return self._remap(None)
+        with self._lock:
+            if self._closed:
+                return None
+            if self._conn is c and (stale or time.monotonic() >= self._next_try):
+                self._reconnect()
+            c = self._conn
+        t = c.by_namespace.get(ns) if c is not None else None
+        return t if t is not None and t.current() else None
 
     # -------------------------------------------------------------------------------------------- reads
 
     def path(self, ns, name) -> str:
-        """The block file's path: MOUNT/NS/hh/NAME for 16-128 lowercase hex names, else MOUNT/NS/NAME."""
+        """The block file's path: MOUNT/NS/hh/HASH for a canonical hash, else MOUNT/NS/NAME (NAME may hold '/')."""
         return os.path.join(self.mount, block_relpath(ns, name))
 
     def _from_map(self, ns, name, copy, capacity=None):
@@ -321,9 +424,9 @@ class Client:
         `copy(m, off, n)` copies the block out and returns (result, copied bytes); the result is returned
         when the entry did not change meanwhile (and, with verify, the checksum holds). None means: read
         the file. A block longer than `capacity` raises ValueError."""
-        m = self._map
-        if m is None or m.q[m.gen_index] != m.gen:
-            m = self._tier()
+        if ns.__class__ is not str:
+            ns = _text(ns, "namespace")
+        m = self._tier(ns)
         if m is None:
             return None
         lo, hi = block_key(ns, name)
@@ -398,9 +501,8 @@ class Client:
 
     def exists(self, ns, name) -> bool:
         """Whether the block exists: resident in the tier, or its file exists."""
-        m = self._map
-        if m is None or m.q[m.gen_index] != m.gen:
-            m = self._tier()
+        ns = _text(ns, "namespace")
+        m = self._tier(ns)
         if m is not None:
             lo, hi = block_key(ns, name)
             r = m.find(lo, hi)
@@ -417,7 +519,7 @@ class Client:
     def ensure_namespace(self, ns, mode: int = 0o755) -> str:
         """Create namespace `ns` if it does not exist; returns its directory."""
         ns = _text(ns, "namespace")
-        _check_component(ns, "namespace")
+        _check_namespace(ns)
         path = os.path.join(self.mount, ns)
         try:
             os.mkdir(path, mode)
@@ -454,7 +556,8 @@ class Client:
             parent_dir = os.path.dirname(path)
             if parent_dir == ns_dir:
                 raise
-            # On twfs the fan-out directories exist implicitly; on a plain directory make it.
+            # A block inside directories: make them (on twfs the fan-out directories of canonical
+            # hashes always exist; on a plain directory they are made too).
             os.makedirs(parent_dir, exist_ok=True)
             try:
                 fd = os.open(path, flags, 0o644)
@@ -484,15 +587,16 @@ class Client:
 
     def prefetch(self, ns, names) -> bool:
         """Ask the daemon to load blocks into the DRAM tier in the background (lines "NS\\tNAME\\n" written to
-        MOUNT/.tw/prefetch). Returns False when the daemon has no prefetch control file."""
+        MOUNT/.tw/prefetch). Returns False when the daemon has no prefetch control file. The daemon skips
+        names this process could not read through the mount, as if they were missing."""
         ns = _text(ns, "namespace")
-        _check_component(ns, "namespace")
+        _check_namespace(ns)
         if isinstance(names, (str, bytes)):
             names = [names]
         lines = []
         for name in names:
             name = _text(name, "name")
-            _check_component(name, "name")
+            key_of(name)   # raises ValueError for a name no block can have
             if "\n" in name or "\t" in name:
                 raise ValueError(f"a name sent as a prefetch hint may not hold a tab or newline: {name!r}")
             lines.append(f"{ns}\t{name}\n".encode("utf-8", "surrogateescape"))
@@ -515,13 +619,13 @@ class Client:
     # ----------------------------------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Unmap the tier. Later calls raise ValueError."""
+        """Unmap the tiers. Later calls raise ValueError."""
         with self._lock:
             self._closed = True
             self._next_try = float("inf")
-            m, self._map = self._map, None
-        if m is not None:
-            m.release()
+            c, self._conn = self._conn, None
+        if c is not None:
+            c.release()
 
     @property
     def closed(self) -> bool:
@@ -534,7 +638,8 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        where = f"tier {self.tier_path} gen {self.generation:#x}" if self._map else "files only"
+        c = self._conn
+        where = f"{len(c.tiers)} tier(s) from {self.tier_socket}" if c is not None and c.tiers else "files only"
         return f"<tokenwarehouse.Client {self.mount!r} {where}{' closed' if self._closed else ''}>"
 
 

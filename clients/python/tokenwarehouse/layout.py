@@ -31,9 +31,9 @@ ENTRY = struct.Struct("<QIIQQQQQQ")
 # What a lookup reads after `seq`: state, key_lo, key_hi, data_offset, length, checksum (from offset 8).
 ENTRY_BODY = struct.Struct("<I4xQQQQQ")
 
-# Hit counters: PATH.hits is `table_capacity` little-endian u32.
+# Hit counters: a second memory file, handed over with the tier by the broker: `table_capacity`
+# little-endian u32, one per table entry.
 HIT = struct.Struct("<I")
-HITS_SUFFIX = ".hits"
 
 assert SUPERBLOCK.size == 72
 assert ENTRY.size == ENTRY_SIZE
@@ -41,5 +41,5 @@ assert ENTRY_BODY.size == 48
 
 __all__ = [
     "MAGIC", "VERSION", "SUPERBLOCK_SIZE", "ENTRY_SIZE", "ALIGNMENT", "STATE_EMPTY", "STATE_VALID",
-    "STATE_DELETED", "SUPERBLOCK", "GENERATION_OFFSET", "ENTRY", "ENTRY_BODY", "HIT", "HITS_SUFFIX",
+    "STATE_DELETED", "SUPERBLOCK", "GENERATION_OFFSET", "ENTRY", "ENTRY_BODY", "HIT",
 ]
