@@ -6,12 +6,15 @@
  * are little-endian; this header assumes a little-endian Linux machine (x86-64, AArch64).
  *
  * A reader:
- *   1. tw_broker_connect(MOUNT, tiers, max): reads MOUNT/.tw/dram ("socket PATH"), connects to the
- *      daemon's broker and receives, for each security domain whose namespaces this process may read,
- *      the tier's descriptor (read-only), its hit counters' descriptor and the namespaces it holds;
+ *   1. tw_broker_connect(MOUNT, tiers, max, &liveness_fd): reads MOUNT/.tw/dram ("socket PATH"),
+ *      connects to the daemon's broker and receives, for each security domain whose namespaces this
+ *      process may read, the tier's descriptor (read-only), its hit counters' descriptor and the
+ *      namespaces it holds; and the daemon's liveness page;
  *   2. for each: mmap(fd, PROT_READ, MAP_SHARED) and tw_tier_open(map, size, &tier), which checks the
  *      layout once (overflow-safe) and keeps a snapshot of it: nothing later read from the shared memory
- *      can point a copy outside the mapping;
+ *      can point a copy outside the mapping; then tw_tier_watch_daemon(&tier, liveness_page) so lookups
+ *      stop when the daemon is gone (a daemon killed with SIGKILL cannot zero its tiers' generation: the
+ *      next daemon zeroes its liveness page before it serves anything);
  *   3. computes the key: XXH3-128 of the bytes "NAMESPACE/KEY" (libxxhash: XXH3_128bits), KEY being the
  *      canonical hash for NS/hh/HASH, or the path inside the namespace (docs/format.md "Keys");
  *   4. tw_lookup_copy(&tier, ...); on TW_MISS or TW_RETRY reads MOUNT/NAMESPACE/... as a file instead;
@@ -66,8 +69,13 @@ typedef struct tw_entry {
     uint64_t reserved1;
 } tw_entry;
 
+#ifdef __cplusplus
+static_assert(sizeof(tw_superblock) == 72, "superblock layout");
+static_assert(sizeof(tw_entry) == TW_ENTRY_SIZE, "entry layout");
+#else
 _Static_assert(sizeof(tw_superblock) == 72, "superblock layout");
 _Static_assert(sizeof(tw_entry) == TW_ENTRY_SIZE, "entry layout");
+#endif
 
 /* A mapped tier with its layout checked once and kept here (never re-read from shared memory). */
 typedef struct tw_tier {
@@ -81,6 +89,8 @@ typedef struct tw_tier {
     uint64_t data_end;
     uint32_t *hits;            /* the hit counters, mapped read-write, or NULL */
     uint64_t hits_count;
+    const uint64_t *alive;     /* the daemon's liveness word, or NULL (tw_tier_watch_daemon) */
+    uint64_t alive_mark;
 } tw_tier;
 
 /* Results of tw_lookup_copy. */
@@ -113,12 +123,26 @@ static inline int tw_tier_open(const void *map, uint64_t map_size, tw_tier *t) {
     t->data_end = start + size;
     t->hits = NULL;
     t->hits_count = 0;
+    t->alive = NULL;
+    t->alive_mark = 0;
+    return 0;
+}
+
+/* Ties the tier to its daemon's liveness page (mapped read-only from the descriptor tw_broker_connect
+ * returned). Returns 0, or -1 when the daemon had already stopped (then use files). */
+static inline int tw_tier_watch_daemon(tw_tier *t, const void *liveness_page) {
+    const uint64_t *w = (const uint64_t *)liveness_page;
+    uint64_t mark = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+    if (mark == 0) return -1;
+    t->alive = w;
+    t->alive_mark = mark;
     return 0;
 }
 
 /* Whether the daemon that made the tier still runs it (else unmap and ask the broker again). */
 static inline int tw_tier_is_current(const tw_tier *t) {
     uint64_t g = __atomic_load_n(&((const tw_superblock *)t->map)->generation, __ATOMIC_ACQUIRE);
+    if (t->alive && __atomic_load_n(t->alive, __ATOMIC_ACQUIRE) != t->alive_mark) return 0;
     return g != 0 && g == t->generation;
 }
 
@@ -128,6 +152,7 @@ static inline int tw_lookup_copy(const tw_tier *t, uint64_t key_lo, uint64_t key
                                  uint64_t *length, uint64_t *entry_index) {
     const uint64_t mask = t->capacity - 1;
     const tw_entry *table = (const tw_entry *)(t->map + t->table_offset);
+    if (t->alive && __atomic_load_n(t->alive, __ATOMIC_ACQUIRE) != t->alive_mark) return TW_RETRY;
     for (uint64_t i = 0; i < t->max_probe; i++) {
         uint64_t index = (key_lo + i) & mask;
         const tw_entry *e = &table[index];
@@ -166,8 +191,20 @@ static inline void tw_count_hit(tw_tier *t, uint64_t index) {
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+/* Linux's values, for programs built with a strict -std=c11 (which hides them). */
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 02000000
+#endif
+#ifndef SOCK_CLOEXEC
+#define SOCK_CLOEXEC 02000000
+#endif
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0x40000000
+#endif
 
 #define TW_MAX_NAMESPACES_TEXT 16384
 
@@ -194,8 +231,11 @@ static inline int tw_list_contains(const char *list, const char *ns) {
 
 /* Asks the broker of the warehouse mounted at `mount` for the tiers this process may read. Returns how
  * many it filled in `out` (at most `max`; 0 when the mount has no tier or this process may read none),
- * or -1 with errno set (ENOENT: not a TokenWarehouse mount; EPROTO: an answer this header cannot read). */
-static inline int tw_broker_connect(const char *mount, tw_broker_tier *out, int max) {
+ * or -1 with errno set (ENOENT: not a TokenWarehouse mount; EPROTO: an answer this header cannot read).
+ * `*liveness_fd` (if not NULL) gets the daemon's liveness page, read-only (map 4096 bytes of it for
+ * tw_tier_watch_daemon, then close it), or -1. */
+static inline int tw_broker_connect(const char *mount, tw_broker_tier *out, int max, int *liveness_fd) {
+    if (liveness_fd) *liveness_fd = -1;
     char path[4096], line[4200];
     if (snprintf(path, sizeof path, "%s/.tw/dram", mount) >= (int)sizeof path) { errno = ENAMETOOLONG; return -1; }
     int f = open(path, O_RDONLY | O_CLOEXEC);
@@ -208,20 +248,31 @@ static inline int tw_broker_connect(const char *mount, tw_broker_tier *out, int 
     if (nl) *nl = 0;
     if (line[0] == 0) return 0;   /* the daemon runs without a DRAM tier */
     if (strncmp(line, "socket ", 7) != 0) { errno = EPROTO; return -1; }
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
     if (strlen(line + 7) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
     strcpy(addr.sun_path, line + 7);
     int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
-    struct timeval tv = {.tv_sec = 2};
+    struct timeval tv;
+    tv.tv_sec = 2;
+    tv.tv_usec = 0;
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) { int e = errno; close(s); errno = e; return -1; }
     int count = 0;
     static __thread char message[TW_MAX_NAMESPACES_TEXT + 512];
     for (;;) {
         union { struct cmsghdr h; char space[CMSG_SPACE(4 * sizeof(int))]; } control;
-        struct iovec iov = {message, sizeof message - 1};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+        struct iovec iov;
+        iov.iov_base = message;
+        iov.iov_len = sizeof message - 1;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof control.space;
         ssize_t n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
         if (n <= 0) break;   /* closed (or timed out) before "end": keep what came */
         message[n] = 0;
@@ -233,8 +284,12 @@ static inline int tw_broker_connect(const char *mount, tw_broker_tier *out, int 
             }
         }
         int kept = 0;
-        char *second = strchr(message, '\n');
-        if (strncmp(message, "end", 3) == 0) break;
+        const char *second = strchr(message, '\n');
+        if (strncmp(message, "end", 3) == 0) {
+            if (nfds == 1 && liveness_fd) *liveness_fd = fds[0];
+            else for (int i = 0; i < nfds; i++) close(fds[i]);
+            break;
+        }
         if (strncmp(message, "tier ", 5) == 0 && second && nfds == 2 && count < max && !(msg.msg_flags & MSG_TRUNC) &&
             strncmp(second + 1, "namespaces", 10) == 0) {
             tw_broker_tier *t = &out[count];
@@ -244,7 +299,7 @@ static inline int tw_broker_connect(const char *mount, tw_broker_tier *out, int 
                 t->name[name_len] = 0;
                 const char *after = second + 11;          /* just past "namespaces" */
                 const char *list = *after == ' ' ? after + 1 : after;
-                char *end = strchr(list, '\n');
+                const char *end = strchr(list, '\n');
                 size_t len = end ? (size_t)(end - list) : strlen(list);
                 if (len < sizeof t->namespaces) {
                     memcpy(t->namespaces, list, len);

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The Python client under test is this checkout's, not whatever copy is installed.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 
 from twfs_util import READY_TIMEOUT_S, lazy_unmount, mounts_at, proc_mounts_types  # noqa: E402
 

@@ -1,5 +1,6 @@
-"""Block names (DESIGN.md "Naming"): canonical MOUNT/NS/hh/HASH (16..128 lowercase hex, hh its first two,
-256 implicit fan-out directories) and compatibility names (1..255 bytes) directly under MOUNT/NS/."""
+"""Block names (docs/design.md "Naming"): canonical MOUNT/NS/hh/HASH (16..128 lowercase hex, hh its first two;
+the 256 fan-out directories always resolve and are listed when they hold something), and any other path
+inside a namespace (components of 1..255 bytes, at most 16 directories deep)."""
 
 import errno
 import os
@@ -59,29 +60,42 @@ def test_fan_out_directory_name_cannot_be_written_as_a_file(ns):
     assert_errno((errno.EISDIR, errno.EINVAL, errno.EEXIST), _create, ns / "ab")
 
 
-def test_block_in_wrong_fan_out_directory_is_einval(ns):
+def test_a_hash_in_another_fan_out_directory_is_a_plain_nested_block(ns):
+    """Only NS/hh/HASH with hh = HASH[:2] is the canonical block; any other path is a file of its own."""
+    from tokenwarehouse import Client
     h = block_hash("wrong-fanout")
     wrong = "00" if not h.startswith("00") else "11"
-    assert_errno(errno.EINVAL, _create, ns / wrong / h)
-    assert warehouse_alive(ns)
+    write_block(ns / wrong / h, b"nested")
+    assert read_block(ns / wrong / h) == b"nested"
+    assert not os.path.exists(canonical(ns, h))                 # not the canonical block of h
+    write_block(canonical(ns, h), b"canonical")
+    with Client(ns.parent) as c:
+        assert c.get(ns.name, f"{wrong}/{h}") == b"nested"
+        assert c.get(ns.name, h) == b"canonical"
 
 
-@pytest.mark.parametrize("case", ["non_hex", "uppercase", "uppercase_all", "too_short", "too_long", "way_too_long",
+@pytest.mark.parametrize("case", ["non_hex", "uppercase", "uppercase_all", "too_short", "too_long",
                                   "trailing_suffix", "dashes"])
-def test_invalid_hash_in_fan_out_directory_is_einval(ns, case):
+def test_other_names_in_a_fan_out_directory_are_plain_files(ns, case):
     name = {
         "non_hex": "ab" + "g" * 30,
         "uppercase": "ab" + "CDEF" * 4,
         "uppercase_all": "AB" + "CDEF" * 4,
         "too_short": "ab" + "0" * 13,          # 15 hex characters
         "too_long": "ab" + "0" * 127,          # 129 hex characters
-        "way_too_long": "ab" + "0" * 298,      # 300 bytes: ENAMETOOLONG is fine too
         "trailing_suffix": "ab" + "0" * 30 + ".pt",
         "dashes": "ab" + "-" * 20,
     }[case]
-    allowed = BAD_NAME if len(name) > 128 else (errno.EINVAL,)
     parent = ns / name[:2].lower()
-    assert_errno(allowed, _create, parent / name)
+    _create(parent / name)
+    assert read_block(parent / name) == b"payload"
+    assert os.listdir(parent) == [name]
+    assert name[:2].lower() in os.listdir(ns)                   # the fan-out directory is listed now
+
+
+def test_names_past_the_limits_get_enametoolong(ns):
+    assert_errno(errno.ENAMETOOLONG, _create, ns / "ab" / ("ab" + "0" * 298))   # 300 bytes
+    assert_errno(errno.ENAMETOOLONG, os.mkdir, ns / ("d" * 256))
     assert warehouse_alive(ns)
 
 

@@ -325,12 +325,15 @@ def test_rename_across_namespaces_is_exdev(warehouse):
     assert_errno(errno.ENOENT, os.stat, os.path.join(b, "block.pt"))
 
 
-def test_rename_onto_an_invalid_canonical_name_is_einval(ns):
+def test_rename_into_a_fan_out_directory_under_another_name_makes_a_plain_nested_file(ns):
     src = os.path.join(ns, "valid.tmp")
     write_block(src, b"v" * 100)
-    assert_errno(errno.EINVAL, os.rename, src, os.path.join(ns, "ab", "not-hex-at-all-xyz"))
-    assert_errno(errno.EINVAL, os.rename, src, os.path.join(ns, "00", "ab" + "0" * 30))
-    assert read_block(src) == b"v" * 100
+    os.rename(src, os.path.join(ns, "ab", "not-hex-at-all-xyz"))
+    assert read_block(os.path.join(ns, "ab", "not-hex-at-all-xyz")) == b"v" * 100
+    os.rename(os.path.join(ns, "ab", "not-hex-at-all-xyz"), os.path.join(ns, "00", "ab" + "0" * 30))
+    assert read_block(os.path.join(ns, "00", "ab" + "0" * 30)) == b"v" * 100
+    assert not os.path.exists(os.path.join(ns, "ab", "ab" + "0" * 30))     # not the canonical block
+    assert_errno(errno.ENOENT, os.stat, src)
 
 
 def test_rename_onto_an_existing_block_leaves_one_whole_block(ns):

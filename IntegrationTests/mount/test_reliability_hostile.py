@@ -1,5 +1,5 @@
 """Hostile names and calls (issue 7): a table of bad inputs, each with the errno or outcome that
-DESIGN.md ("Naming", "Block file semantics") and docs/fuse.md give for it.
+docs/design.md ("Naming", "Block file semantics") and docs/fuse.md give for it.
 
 Every case runs against one daemon (`--max-block 1M`); after each, a sentinel block must still read
 back exactly and the daemon must be alive, so a case that crashes or corrupts the daemon fails too.
@@ -66,8 +66,34 @@ def _staged(c: Ctx, tag: str, fn) -> None:
 
 def _committed_unchanged(c: Ctx) -> None:
     assert read_block(c.block) == c.data, "committed block changed"
+    assert os.stat(c.block).st_size == len(c.data)
+
+
+def _plain_file(path, data=b"payload"):
+    """The case made a plain file (a path inside the namespace that is not a canonical hash's)."""
+    def check(c):
+        assert read_block(path(c)) == data
+    return check
+
+
+def _chmod_recorded(c):
     st = os.stat(c.block)
-    assert st.st_size == len(c.data) and stat.S_IMODE(st.st_mode) == 0o444
+    assert stat.S_IMODE(st.st_mode) == 0o666, oct(st.st_mode)   # recorded as given...
+    _committed_unchanged(c)                                   # ...and the block is still immutable
+    os.chmod(c.block, 0o444)
+
+
+def _chown_recorded(c):
+    st = os.stat(c.block)
+    assert (st.st_uid, st.st_gid) == (1, 1), (st.st_uid, st.st_gid)
+    _committed_unchanged(c)
+
+
+def _rename_into_other_fanout(c):
+    tmp = os.path.join(c.ns, "to-move.kv")
+    write_block(tmp, b"moved")
+    c.moved = os.path.join(c.ns, "00", "ff" + "1" * 30)
+    os.rename(tmp, c.moved)
 
 
 # Each case: (id, action(ctx) raising OSError or returning, expected errnos or None for success,
@@ -200,10 +226,22 @@ def _uncommitted_invisible(c):
     assert not os.path.exists(c.last), f"{c.last} visible after a failed commit"
 
 
-def _utime_ignored(c):
-    before = os.stat(c.block).st_mtime
+def _long_path(c):
+    """16 directories of 240 bytes hold a file whose path in the namespace passes 4096 bytes (opened
+    relative to its directory, so the kernel's own PATH_MAX on the whole path is not what refuses it)."""
+    deep = os.path.join(c.ns, *[chr(ord("a") + i) * 240 for i in range(16)])
+    os.makedirs(deep)
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.close(os.open("f" * 255, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _utime_recorded(c):
     os.utime(c.block, (1, 1))
-    assert os.stat(c.block).st_mtime == before, "utimes changed the commit time"
+    assert os.stat(c.block).st_mtime == 1, "utimes is recorded (rsync -a, shutil.copy2 set it)"
+    _committed_unchanged(c)
 
 
 def _ctrl_name_check(c):
@@ -213,21 +251,21 @@ def _ctrl_name_check(c):
 
 
 CASES = [
-    # --- canonical names under NS/hh/
-    ("canonical non-hex", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "g" * 30)), E.EINVAL, None),
-    ("canonical uppercase hex", lambda c: _create(os.path.join(c.ns, "ab", "AB" + "CD" * 15)), E.EINVAL, None),
-    ("canonical 15 hex chars", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 13)), E.EINVAL, None),
-    ("canonical 129 hex chars", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 127)), E.EINVAL, None),
-    ("canonical 256-byte name", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 254)), NAME, None),
-    ("wrong fan-out directory", lambda c: _create(os.path.join(c.ns, "00", "ff" + "0" * 30)), E.EINVAL, None),
-    ("fan-out directory that is not hex", lambda c: _create(os.path.join(c.ns, "zz", "zz" + "0" * 30)),
-     (E.ENOENT, E.EINVAL), None),
+    # --- names under NS/hh/: the canonical hash of hh, or any other file name (a plain nested file)
+    ("non-hex name in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "g" * 30)), None,
+     _plain_file(lambda c: os.path.join(c.ns, "ab", "ab" + "g" * 30))),
+    ("uppercase hex in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "AB" + "CD" * 15)), None, None),
+    ("15 hex chars in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 13)), None, None),
+    ("129 hex chars in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 127)), None, None),
+    ("256-byte name in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 254)), NAME, None),
+    ("a hash in another fan-out directory", lambda c: _create(os.path.join(c.ns, "00", "ff" + "0" * 30)), None,
+     _plain_file(lambda c: os.path.join(c.ns, "00", "ff" + "0" * 30))),
+    ("directory that does not exist", lambda c: _create(os.path.join(c.ns, "zz", "zz" + "0" * 30)), E.ENOENT, None),
     ("fan-out directory written as a file", lambda c: _create(os.path.join(c.ns, "ab")),
-     (E.EISDIR, E.EINVAL, E.EEXIST), None),
-    ("hex name with a suffix in fan-out", lambda c: _create(os.path.join(c.ns, "ab", "ab" + "0" * 30 + ".pt")),
-     E.EINVAL, None),
-    ("control bytes in a canonical name", lambda c: _create(os.path.join(c.ns, "ab", "ab\x01" + "0" * 30)),
-     E.EINVAL, None),
+     (E.EISDIR, E.EEXIST), None),
+    ("mkdir of a fan-out directory: it exists", lambda c: os.mkdir(os.path.join(c.ns, "cd")), E.EEXIST, None),
+    ("control bytes in a name in a fan-out dir", lambda c: _create(os.path.join(c.ns, "ab", "ab\x01" + "0" * 30)),
+     None, None),
     # --- compatibility names under NS/
     ("compat 256-byte name", lambda c: _create(os.path.join(c.ns, "k" * 256)), NAME, None),
     ("compat 1000-byte name", lambda c: _create(os.path.join(c.ns, "k" * 1000)), NAME, None),
@@ -250,12 +288,24 @@ CASES = [
     ("namespace with non-ASCII", lambda c: os.mkdir(os.path.join(c.root, "ünï")), E.EINVAL, None),
     ("namespace named .tw", lambda c: os.mkdir(os.path.join(c.root, ".tw")), (E.EEXIST, E.EINVAL), None),
     ("file at the mount root", lambda c: _create(os.path.join(c.root, "rootfile")), E.EPERM, None),
-    ("directory inside a namespace", lambda c: os.mkdir(os.path.join(c.ns, "sub")), E.EPERM, None),
-    ("directory with a hash name in fan-out", lambda c: os.mkdir(c.fresh("dir")), E.EPERM, None),
+    ("mkdir over a block", lambda c: os.mkdir(c.compat), E.EEXIST, None),
+    ("directories 17 deep", lambda c: os.makedirs(os.path.join(c.ns, *["d"] * 17)), E.ENAMETOOLONG, None),
+    ("a path inside the namespace longer than 4096 bytes", _long_path, E.ENAMETOOLONG, None),
     ("rmdir of a non-empty namespace", lambda c: os.rmdir(c.ns), E.ENOTEMPTY, None),
-    ("rmdir of a fan-out directory", lambda c: os.rmdir(os.path.join(c.ns, "ab")), E.EPERM, None),
+    ("rmdir of a non-empty directory", lambda c: os.rmdir(os.path.join(c.ns, "ab")), E.ENOTEMPTY, None),
+    ("rmdir of a block", lambda c: os.rmdir(c.compat), E.ENOTDIR, None),
+    ("rmdir of an empty fan-out directory", lambda c: os.rmdir(os.path.join(c.ns, "fe")), None, None),
     ("unlink of a namespace", lambda c: os.unlink(c.ns), (E.EISDIR, E.EPERM), None),
-    ("rename of a namespace", lambda c: os.rename(c.other, os.path.join(c.root, "renamed")), E.EPERM, None),
+    ("unlink of a directory", lambda c: os.unlink(os.path.join(c.ns, "ab")), (E.EISDIR, E.EPERM), None),
+    ("rename of a directory into itself", lambda c: (os.makedirs(os.path.join(c.ns, "outer", "inner")),
+                                                   os.rename(os.path.join(c.ns, "outer"),
+                                                             os.path.join(c.ns, "outer", "inner", "x"))),
+     E.EINVAL, None),
+    ("rename of a directory that holds blocks", lambda c: (os.makedirs(os.path.join(c.ns, "full")),
+                                                         _create(os.path.join(c.ns, "full", "f")),
+                                                         os.rename(os.path.join(c.ns, "full"), os.path.join(c.ns, "moved"))),
+     E.EXDEV, None),
+    ("rename of a namespace", lambda c: os.rename(c.other, os.path.join(c.root, "renamed")), (E.EPERM, E.EXDEV), None),
     # --- links and special files
     ("symlink in a namespace", lambda c: os.symlink("x", os.path.join(c.ns, "sl")), E.EPERM, None),
     ("symlink in a fan-out dir", lambda c: os.symlink("x", c.fresh("sl")), (E.EPERM, E.EINVAL), None),
@@ -270,8 +320,8 @@ CASES = [
                                               os.makedev(7, 0)), E.EPERM, None),
     ("mknod FIFO", lambda c: os.mknod(os.path.join(c.ns, "fifo"), 0o600 | stat.S_IFIFO), E.EPERM, None),
     # --- committed blocks are read-only, root included
-    ("chmod of a committed block", lambda c: os.chmod(c.block, 0o666), E.EPERM, _committed_unchanged),
-    ("chown of a committed block", lambda c: os.chown(c.block, 1, 1), E.EPERM, _committed_unchanged),
+    ("chmod of a committed block: recorded", lambda c: os.chmod(c.block, 0o666), None, _chmod_recorded),
+    ("chown of a committed block: recorded", lambda c: os.chown(c.block, 1, 1), None, _chown_recorded),
     ("truncate of a committed block", lambda c: os.truncate(c.block, 0), E.EPERM, _committed_unchanged),
     ("truncate to grow a committed block", lambda c: os.truncate(c.block, 1 << 20), E.EPERM, _committed_unchanged),
     ("O_WRONLY open of a committed block", lambda c: _open_close(c.block, os.O_WRONLY), (E.EACCES, E.EPERM), None),
@@ -283,7 +333,7 @@ CASES = [
      E.EEXIST, _committed_unchanged),
     ("open 'wb' + write + truncate on a committed block: discarded", _overwrite_wb, None, _committed_unchanged),
     ("writable shared mmap of a committed block", _mmap_write, E.EACCES, _committed_unchanged),
-    ("utimes of a committed block: accepted, ignored", _utime_ignored, None, None),
+    ("utimes of a committed block: recorded", _utime_recorded, None, None),
     ("rename onto a committed block: first write wins", _rename_onto_committed, None,
      lambda c: (_committed_unchanged(c), _excl_race_check(c))),
     # --- sizes
@@ -296,13 +346,13 @@ CASES = [
      _committed_unchanged),
     ("rename of a compat block across namespaces", lambda c: os.rename(c.compat, os.path.join(c.other, "x.kv")),
      E.EXDEV, None),
-    ("rename into a wrong fan-out dir", lambda c: os.rename(c.block, os.path.join(c.ns, "00", c.h)), E.EINVAL,
-     _committed_unchanged),
+    ("rename into another fan-out dir: a plain nested file", _rename_into_other_fanout, None,
+     lambda c: _plain_file(lambda c: c.moved, b"moved")(c)),
     ("rename to the mount root", lambda c: os.rename(c.block, os.path.join(c.root, "x")), (E.EPERM, E.EXDEV),
      _committed_unchanged),
     ("rename to a 256-byte name", lambda c: os.rename(c.compat, os.path.join(c.ns, "r" * 256)), NAME, None),
     ("rename of the control area", lambda c: os.rename(os.path.join(c.root, ".tw"), os.path.join(c.root, "tw")),
-     E.EPERM, None),
+     (E.EPERM, E.EXDEV), None),
     # --- xattrs
     ("setxattr user.tw.tier", lambda c: os.setxattr(c.block, "user.tw.tier", b"dram"), E.EPERM, None),
     ("setxattr user.tw.stored_size", lambda c: os.setxattr(c.block, "user.tw.stored_size", b"1"), E.EPERM, None),
@@ -317,6 +367,13 @@ CASES = [
     ("setxattr user.tw.tokens over 16 KiB", lambda c: _staged(
         c, "x3", lambda fd: os.setxattr(fd, "user.tw.tokens", b"1" * 20000)),
      (E.E2BIG, E.ERANGE, E.EINVAL, E.ENOSPC), None),
+    ("setxattr user.* over 4 KiB", lambda c: _staged(
+        c, "x4", lambda fd: os.setxattr(fd, "user.big", b"1" * 5000)), (E.E2BIG, E.ENOSPC), None),
+    ("user.* attributes over 4 KiB in all", lambda c: _staged(
+        c, "x5", lambda fd: [os.setxattr(fd, f"user.a{i}", b"1" * 1500) for i in range(3)]), E.ENOSPC, None),
+    ("setxattr trusted.*", lambda c: _staged(c, "x6", lambda fd: os.setxattr(fd, "trusted.x", b"1")),
+     (E.ENOTSUP, E.EPERM), None),
+    ("setxattr user.* on a committed block", lambda c: os.setxattr(c.block, "user.late", b"1"), E.EPERM, None),
     ("getxattr of an unknown name", lambda c: os.getxattr(c.block, "user.nope"), E.ENODATA, None),
     # --- control area
     ("write open of .tw/status", lambda c: _open_close(os.path.join(c.root, ".tw", "status"), os.O_WRONLY),

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+from pathlib import Path
 import shutil
 import stat
 import subprocess
@@ -143,27 +144,26 @@ def test_open_namespace_blocks_are_readable_by_others_but_read_only(warehouse, o
     assert read_block(canonical(ns, h)) == data
 
 
-def test_control_area_and_tier_file_are_not_writable_by_others(warehouse_factory, outsider_tools):
+def test_control_area_and_runtime_files_are_not_writable_by_others(warehouse_factory, outsider_tools):
     wh = warehouse_factory("--dram", "64M")
     ns = wh.namespace("ctl", 0o755)
     h = block_hash("ctl")
     write_block(canonical(ns, h), pattern(h, 50000))
     tw = wh.mount / ".tw"
-    tier = [p for p in glob.glob("/dev/shm/tokenwarehouse-*") if wh.mount.parent.name in p]
-    assert tier, "no DRAM tier file for this mount"
+    # The daemon's runtime directory: the tier broker's socket, the liveness page, the pid file.
+    sock = Path(open(tw / "dram").read().split(" ", 1)[1].strip())
+    run = sock.parent
     ops = [("write", tw / "status"), ("rw", tw / "status"), ("trunc", tw / "status"), ("unlink", tw / "status"),
-           ("create", tw / "evil"), ("mkdir", tw / "d"), ("chmod", tw), ("rmdir", tw)]
-    for p in tier:                                        # the tier and its .hits file
-        ops += [("write", p), ("rw", p), ("trunc", p), ("unlink", p), ("chmod", p), ("read", p)]
+           ("create", tw / "evil"), ("mkdir", tw / "d"), ("chmod", tw), ("rmdir", tw),
+           ("create", run / "evil"), ("mkdir", run / "d"), ("unlink", sock), ("chmod", run), ("rmdir", run)]
+    for name in ("alive", "pid"):
+        ops += [("write", run / name), ("rw", run / name), ("trunc", run / name), ("unlink", run / name),
+                ("chmod", run / name)]
     got = as_user(BOB, BOB, ops)
     bad = [(op, os.fspath(p), g) for (op, p), g in zip(ops, got) if g not in ("EACCES", "EPERM", "ENOENT")]
     # .tw/status reads are not asked for; a rmdir of .tw may say ENOENT (it is hidden), never "ok".
-    assert not bad, f"another user changed the control area or the tier file: {bad}"
-    for p in tier:
-        # docs/dram-tier.md: the tier 0640, its hit counters PATH.hits 0660 (the --dram-group adds hits).
-        st = os.stat(p)
-        group_may_write = p.endswith(".hits")
-        forbidden = stat.S_IWOTH | (0 if group_may_write else stat.S_IWGRP)
-        assert st.st_uid == 0 and not st.st_mode & forbidden, (p, oct(st.st_mode))
+    assert not bad, f"another user changed the control area or the daemon's runtime files: {bad}"
+    st = os.stat(run)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o711, oct(st.st_mode)
     assert wh.status()["blocks"] == 1
     assert wh.alive()

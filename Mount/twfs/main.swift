@@ -178,9 +178,15 @@ if options.dram.bytes > 0 {
         say("twfs: \(ByteCount.approximate(available)) of memory is free; the DRAM tier gets \(ByteCount.approximate(UInt64(size)))")
     }
     let storage = TierStorage.prepare(directory: options.dramDir.map(absolute), privateDirectory: runtime.path, size: size)
+    do { try storage.check() } catch {
+        storage.close()
+        runtime.remove()
+        try? store.close()
+        fail("cannot make the DRAM tier's memory (\(storage.reason)): \(error) (give --dram-dir a tmpfs directory you can write, or --dram 0)", code: 2)
+    }
     let set = DRAMTiers(budget: size, storage: storage, namePrefix: String(runtime.path.split(separator: "/").last ?? "tier"))
     do {
-        broker = try TierBroker(socketPath: runtime.path + "/tier.sock", tiers: set)
+        broker = try TierBroker(socketPath: runtime.path + "/tier.sock", tiers: set, liveness: runtime.liveness)
         tiers = set
         say("twfs: DRAM tier of \(ByteCount.approximate(UInt64(size))) in \(storage.reason); clients reach it through \(runtime.path)/tier.sock")
     } catch {

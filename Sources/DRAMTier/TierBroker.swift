@@ -9,7 +9,13 @@ import Glibc
 ///
 ///     tier NAME\nnamespaces NS1 NS2 ...\n     with two descriptors: the tier file (read-only) and its
 ///                                              hit counters (read-write, size-sealed)
-///     end COUNT\n                              no descriptor; COUNT tier messages came before
+///     end COUNT\n                              with one descriptor: the daemon's liveness page (read-only);
+///                                              COUNT tier messages came before
+///
+/// The liveness page's first 8 bytes are a random non-zero number while the daemon runs and 0 once it
+/// stopped, cleanly or not: a daemon that died is marked by the next one to start (see
+/// `RuntimeDirectory`), before it serves anything, so a client that checks the word with each lookup
+/// never reads a dead daemon's tier after a new one could have changed the store.
 ///
 /// The client sends nothing. The broker decides what to hand out from the kernel's account of the
 /// client (SO_PEERCRED, SO_PEERGROUPS): the tiers of the security domains whose namespaces it could
@@ -29,14 +35,16 @@ public final class TierBroker: Sendable {
     public let socketPath: String
     private let listener: UnixListener
     private let tiers: DRAMTiers
+    private let liveness: SharedMemoryMapping
     private let thread = Mutex<BackgroundThread?>(nil)
     private let served = Mutex(0)
 
     /// Listens at `socketPath` (mode 0666: the answer, not the socket, decides what a client gets).
-    public init(socketPath: String, tiers: DRAMTiers) throws {
+    public init(socketPath: String, tiers: DRAMTiers, liveness: SharedMemoryMapping) throws {
         listener = try UnixListener(path: socketPath, mode: 0o666)
         self.socketPath = socketPath
         self.tiers = tiers
+        self.liveness = liveness
     }
 
     /// Starts answering (after the daemon has forked into the background).
@@ -77,7 +85,13 @@ public final class TierBroker: Sendable {
             if (try? connection.send(Array(text.utf8), descriptors: [data, hits])) == nil { return }
             sent += 1
         }
-        try? connection.send(Array("\(TierProtocol.endMessage) \(sent)\n".utf8))
+        let end = Array("\(TierProtocol.endMessage) \(sent)\n".utf8)
+        if let alive = try? liveness.readOnlyDescriptor() {
+            defer { close(alive) }
+            try? connection.send(end, descriptors: [alive])
+        } else {
+            try? connection.send(end)
+        }
     }
 }
 
@@ -86,8 +100,13 @@ public final class TierBroker: Sendable {
 /// `$XDG_RUNTIME_DIR` or `/tmp/tokenwarehouse-UID`. The instance name is unique (it ends in random
 /// digits and is made with mkdir, which fails on anything already there), so two mounts never share
 /// one, and nobody else can make or replace files in it (mode 0711: others reach the socket by name).
+///
+/// It holds the liveness page (`alive`, see `TierProtocol`): non-zero while this daemon runs. Making a
+/// new instance directory first zeroes the liveness pages of daemons that died, before the new daemon
+/// serves anything.
 public final class RuntimeDirectory: Sendable {
     public let path: String
+    public let liveness: SharedMemoryMapping
 
     /// Makes a fresh instance directory named after `label` (e.g. the mount point), removing those of
     /// daemons that died (their `pid` file names a process that is gone).
@@ -119,6 +138,10 @@ public final class RuntimeDirectory: Sendable {
         guard let made else { throw SystemError(EEXIST, "mkdir (no free instance name)", path: base) }
         _ = chmod(made, 0o711)
         path = made
+        liveness = try SharedMemoryMapping(namedFileIn: made, name: "alive", size: 4096)
+        var mark: UInt64 = 0
+        while mark == 0 { mark = UInt64.random(in: 1...UInt64.max) }
+        SharedAtomics.storeRelease(liveness.word(at: 0), mark)
         let pid = Array("\(getpid())\n".utf8)
         try FileSystem.writeFileAtomically(made + "/pid", bytes: pid, directory: made)
     }
@@ -128,8 +151,11 @@ public final class RuntimeDirectory: Sendable {
         try? FileSystem.writeFileAtomically(path + "/pid", bytes: Array("\(getpid())\n".utf8), directory: path)
     }
 
-    /// Removes the directory and what is in it.
-    public func remove() { Self.removeTree(path) }
+    /// Marks the daemon stopped (clients stop using its tiers) and removes the directory.
+    public func remove() {
+        SharedAtomics.storeRelease(liveness.word(at: 0), 0)
+        Self.removeTree(path)
+    }
 
     private static func removeStale(in base: String) {
         for name in (try? FileSystem.listDirectory(base)) ?? [] {
@@ -137,8 +163,16 @@ public final class RuntimeDirectory: Sendable {
             guard let bytes = try? FileSystem.readFile(dir + "/pid"),
                   let pid = Int32(String(decoding: bytes, as: UTF8.self).trimmingNewline()), pid > 0 else { continue }
             if kill(pid, 0) == 0 || errno == EPERM { continue }
+            markStopped(dir + "/alive")
             removeTree(dir)
         }
+    }
+
+    /// Zeroes the liveness word of a dead daemon, so clients still mapping its tiers let them go.
+    private static func markStopped(_ path: String) {
+        guard let file = try? FileDescriptor(openOwnFile: path, flags: O_RDWR) else { return }
+        var zero: UInt64 = 0
+        _ = withUnsafeBytes(of: &zero) { try? file.write([$0], at: 0) }
     }
 
     private static func removeTree(_ dir: String) {

@@ -87,14 +87,35 @@ public final class TierReader: Sendable {
         }
     }
 
+    /// The daemon's liveness page: its first word is non-zero while the daemon that handed out the
+    /// tiers runs (`TierProtocol`).
+    final class Liveness: Sendable {
+        let page: ReadOnlyMapping
+        let mark: UInt64
+
+        init?(page: ReadOnlyMapping) {
+            guard page.size >= 8 else { return nil }
+            self.page = page
+            mark = SharedAtomics.loadAcquire(page.pointer.assumingMemoryBound(to: UInt64.self))
+            if mark == 0 { return nil }
+        }
+
+        var isAlive: Bool { SharedAtomics.loadAcquire(page.pointer.assumingMemoryBound(to: UInt64.self)) == mark }
+    }
+
     /// One generation: the tiers this process may read, by namespace.
     final class Generation: Sendable {
         let byNamespace: [String: Mapped]
         let socket: String
-        init(byNamespace: [String: Mapped], socket: String) {
+        let liveness: Liveness?
+        init(byNamespace: [String: Mapped], socket: String, liveness: Liveness?) {
             self.byNamespace = byNamespace
             self.socket = socket
+            self.liveness = liveness
         }
+
+        /// Whether the daemon still runs (always true with a broker that sends no liveness page).
+        var daemonAlive: Bool { liveness?.isAlive ?? true }
     }
 
     private let current = Mutex<Generation?>(nil)
@@ -125,31 +146,42 @@ public final class TierReader: Sendable {
         guard let connection = try? UnixConnection(connectingTo: parts[1]) else { return nil }
         connection.setTimeout(seconds: 2)
         var byNamespace: [String: Mapped] = [:]
+        var liveness: Liveness? = nil
         while true {
             guard let (message, fds) = try? connection.receive(), !message.isEmpty || !fds.isEmpty else { break }
             defer { for fd in fds { close(fd) } }
             let text = String(decoding: message, as: UTF8.self)
             let lines = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
             guard let head = lines.first, let word = head.first else { break }
-            if word == TierProtocol.endMessage { break }
+            if word == TierProtocol.endMessage {
+                if fds.count == 1, let page = try? ReadOnlyMapping(descriptor: fds[0], what: "liveness page") {
+                    liveness = Liveness(page: page)
+                    // A daemon that was already stopping: nothing it handed out is to be used.
+                    if liveness == nil { byNamespace = [:] }
+                }
+                break
+            }
             guard word == TierProtocol.tierMessage, head.count == 2, fds.count == 2, lines.count == 2,
                   lines[1].first == TierProtocol.namespacesLine,
                   let data = try? ReadOnlyMapping(descriptor: fds[0], what: head[1]),
                   let mapped = Mapped(name: head[1], data: data, hits: SharedHits(descriptor: fds[1])) else { continue }
             for ns in lines[1].dropFirst() { byNamespace[ns] = mapped }
         }
-        return Generation(byNamespace: byNamespace, socket: parts[1])
+        return Generation(byNamespace: byNamespace, socket: parts[1], liveness: liveness)
     }
 
     /// Whether a tier is mapped and its daemon still runs.
-    public var isMapped: Bool { current.withLock { $0 }?.byNamespace.values.contains { $0.isCurrent } ?? false }
+    public var isMapped: Bool {
+        guard let g = current.withLock({ $0 }), g.daemonAlive else { return false }
+        return g.byNamespace.values.contains { $0.isCurrent }
+    }
 
     /// Copies block `name` (a canonical hash, or a path inside the namespace) of `namespace` into
     /// `buffer` if resident: returns its length, or nil (not resident, changed while copying, not
     /// readable by this process, or buffer too small): then read the block file.
     public func copy(namespace: String, name: String, into buffer: UnsafeMutableRawBufferPointer) -> Int? {
         guard let generation = current.withLock({ $0 }), let m = generation.byNamespace[namespace], m.isCurrent,
-              let key = BlockPath.key(clientName: name) else { return nil }
+              generation.daemonAlive, let key = BlockPath.key(clientName: name) else { return nil }
         let blockKey = BlockKey(namespace: namespace, key: key)
         let base = m.data.pointer
         for i in 0..<m.probes {

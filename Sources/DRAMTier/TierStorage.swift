@@ -73,6 +73,12 @@ public final class TierStorage: Sendable {
         return String(setting[setting.index(after: open)..<close])
     }
 
+    /// Checks that tier files can be made here (an operator's `--dram-dir` may not exist, or not be
+    /// writable): makes and drops a one-page file.
+    public func check() throws {
+        _ = try makeMapping(name: "check-\(getpid())", size: 4096)
+    }
+
     /// A new shared mapping of `size` bytes named `name`.
     func makeMapping(name: String, size: Int) throws -> SharedMemoryMapping {
         switch kind {

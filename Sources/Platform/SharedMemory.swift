@@ -27,6 +27,15 @@ public final class SharedMemoryMapping: @unchecked Sendable {
         try self.init(descriptor: fd, name: path, size: size)
     }
 
+    /// Creates the file `name` of `size` bytes in `directory` (the daemon's own runtime directory) and
+    /// maps it, keeping the name: a later daemon finds it by name (to mark a dead daemon's files stale).
+    public convenience init(namedFileIn directory: String, name: String, size: Int) throws(SystemError) {
+        let path = directory + "/" + name
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 { throw SystemError.last("open", path: path) }
+        try self.init(descriptor: fd, name: path, size: size)
+    }
+
     /// Creates an anonymous memory file (`memfd_create`) of `size` bytes and maps it. With `sealed`,
     /// its size is sealed (`F_SEAL_SHRINK | F_SEAL_GROW`): a reader given a writable descriptor can
     /// still not truncate it under the mappings of others (which would fault them with SIGBUS).

@@ -103,7 +103,13 @@ public final class WarehouseFileSystem: Sendable {
         compaction = OnlineCompaction(store: store)
         staging = StagingPool(regionSize: store.configuration.maxBlockSize)
         limits = ResourceLedger(limits: settings.limits)
-        for ns in store.namespaces() { try? tiers?.namespaceChanged(id: ns.id, name: ns.name, owner: ns.owner, group: ns.group, mode: ns.mode) }
+        for ns in store.namespaces() {
+            do {
+                try tiers?.namespaceChanged(id: ns.id, name: ns.name, owner: ns.owner, group: ns.group, mode: ns.mode)
+            } catch {
+                logger.warning("twfs: namespace \(ns.name) gets no DRAM tier: \(error)")
+            }
+        }
         // Blocks the store removes by itself (expiry, `twctl evict`) leave the DRAM tier and the kernel's
         // name cache too (committed names are cached for 60 s).
         store.observeRemovals { [weak self] ns, key in

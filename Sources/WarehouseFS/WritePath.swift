@@ -349,14 +349,22 @@ extension WarehouseFileSystem {
         // The namespace's quota is charged as bytes are written (the record's size, header included).
         if let ns = store.namespace(id: pending.namespaceID), ns.quotaBytes > 0 {
             let record = BlockStore.chargedBytes(payloadBytes: end, keyLength: key.utf8.count)
-            let target = (record + step - 1) / step * step
-            if target > quota {
+            if record > quota {
+                // A whole step when it fits (fewer reservations for a stream of small writes), else just
+                // what the record needs: near the quota, the last bytes are not refused for the rounding.
+                let target = (record + step - 1) / step * step
+                var charged = target
                 do { try store.reserveQuota(namespaceID: ns.id, bytes: target - quota) } catch {
-                    let e = FSError(error)
-                    pending.state.withLock { $0.failure = e.code }
-                    return e
+                    do {
+                        try store.reserveQuota(namespaceID: ns.id, bytes: record - quota)
+                        charged = record
+                    } catch {
+                        let e = FSError(error)
+                        pending.state.withLock { $0.failure = e.code }
+                        return e
+                    }
                 }
-                pending.state.withLock { $0.quotaCharge = target }
+                pending.state.withLock { $0.quotaCharge = charged }
             }
         }
         return nil

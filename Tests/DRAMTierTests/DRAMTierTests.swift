@@ -13,6 +13,7 @@ final class TierFixture {
     let scratch: String
     let tiers: DRAMTiers
     let broker: TierBroker
+    let liveness: SharedMemoryMapping
     let mount: String
 
     init(size: Int = 16 << 20) throws {
@@ -21,7 +22,9 @@ final class TierFixture {
         mount = scratch + "/mnt"
         tiers = DRAMTiers(budget: size, storage: TierStorage.prepare(directory: "/dev/shm", privateDirectory: scratch, size: size),
                           namePrefix: "tw-unit-\(getpid())")
-        broker = try TierBroker(socketPath: scratch + "/tier.sock", tiers: tiers)
+        liveness = try SharedMemoryMapping(namedFileIn: scratch, name: "alive", size: 4096)
+        SharedAtomics.storeRelease(liveness.word(at: 0), 0x5eed)
+        broker = try TierBroker(socketPath: scratch + "/tier.sock", tiers: tiers, liveness: liveness)
         try FileSystem.writeFileAtomically(mount + "/.tw/dram", bytes: Array("socket \(scratch)/tier.sock\n".utf8), directory: mount + "/.tw")
         broker.start()
     }
@@ -29,7 +32,7 @@ final class TierFixture {
     func close() {
         broker.stop()
         tiers.close()
-        for name in ["mnt/.tw/dram", "tier.sock"] { _ = unlink(scratch + "/" + name) }
+        for name in ["mnt/.tw/dram", "tier.sock", "alive"] { _ = unlink(scratch + "/" + name) }
         for dir in ["mnt/.tw", "mnt", ""] { _ = rmdir(scratch + "/" + dir) }
     }
 }
@@ -93,7 +96,8 @@ func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfN
         defer { f.close() }
         try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
         let reader = TierReader(mount: f.mount)
-        let sums = (0..<64).map { i in bytes(i, 300_000).withUnsafeBytes { Checksum.xxh3($0) } }
+        let payloads = (0..<64).map { bytes($0, 300_000) }
+        let sums = payloads.map { p in p.withUnsafeBytes { Checksum.xxh3($0) } }
         let stop = Atomic<Bool>(false)
         let reads = Atomic<Int>(0), wrong = Atomic<Int>(0)
         let readers = (0..<2).map { t in
@@ -117,7 +121,7 @@ func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfN
             for j in 0..<64 {
                 let key = BlockKey(namespace: "ns", key: "r\(j)")
                 if round % 3 == 2 { f.tiers.remove(key, namespaceID: 1) }
-                _ = bytes(j, 300_000).withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: sums[j]) }
+                _ = payloads[j].withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: sums[j]) }
             }
         }
         stop.store(true, ordering: .relaxed)
@@ -184,6 +188,39 @@ func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfN
         #expect(reader.isMapped)
         f.close()
         #expect(!reader.isMapped)
+    }
+
+    @Test func aDeadDaemonsTiersAreLetGoOnceTheNextDaemonMarksThem() throws {
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let key = BlockKey(namespace: "ns", key: "0123456789abcdef")
+        let data = bytes(3, 5000)
+        #expect(data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0)) })
+        let reader = TierReader(mount: f.mount)
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        #expect(buffer.withUnsafeMutableBytes { reader.copy(namespace: "ns", name: "0123456789abcdef", into: $0) } == 5000)
+        // The daemon died without zeroing its tiers' generations (kill -9); the next one marks its page.
+        SharedAtomics.storeRelease(f.liveness.word(at: 0), 0)
+        #expect(!reader.isMapped)
+        #expect(buffer.withUnsafeMutableBytes { reader.copy(namespace: "ns", name: "0123456789abcdef", into: $0) } == nil)
+    }
+
+    @Test func aNewRuntimeDirectoryMarksTheDeadDaemonsOnes() throws {
+        let dead = try RuntimeDirectory(label: "unit-dead-\(getpid())")
+        let fd = try dead.liveness.readOnlyDescriptor()
+        defer { close(fd) }
+        let page = try ReadOnlyMapping(descriptor: fd, what: "alive")
+        let word = page.pointer.assumingMemoryBound(to: UInt64.self)
+        #expect(SharedAtomics.loadAcquire(word) != 0)
+        // Its daemon is gone: a pid that names no process.
+        var pid: Int32 = 4_000_000
+        while kill(pid, 0) == 0 || errno != ESRCH { pid -= 1 }
+        try FileSystem.writeFileAtomically(dead.path + "/pid", bytes: Array("\(pid)\n".utf8), directory: dead.path)
+        let next = try RuntimeDirectory(label: "unit-next-\(getpid())")
+        defer { next.remove() }
+        #expect(SharedAtomics.loadAcquire(word) == 0)
+        #expect(access(dead.path, F_OK) != 0)
     }
 
     @Test func aCraftedSuperblockIsRefusedNotTrusted() throws {

@@ -99,7 +99,8 @@ static void *page_aligned(uint64_t n)
 static void map_tier(void)
 {
 	static tw_broker_tier got[64];
-	int n = tw_broker_connect(opt.mount, got, 64);
+	int alive_fd = -1;
+	int n = tw_broker_connect(opt.mount, got, 64, &alive_fd);
 	if (n < 0)
 		die("cannot reach the tier broker of %s (is it a TokenWarehouse mount?)", opt.mount);
 	int found = -1;
@@ -122,6 +123,12 @@ static void map_tier(void)
 			tier.hits = h;
 			tier.hits_count = tier.capacity;
 		}
+	}
+	if (alive_fd >= 0) {
+		void *page = mmap(NULL, 4096, PROT_READ, MAP_SHARED, alive_fd, 0);
+		if (page == MAP_FAILED || tw_tier_watch_daemon(&tier, page) != 0)
+			die("the daemon of %s is stopping", opt.mount);
+		close(alive_fd);
 	}
 	for (int i = 0; i < n; i++) {
 		close(got[i].data_fd);

@@ -151,6 +151,11 @@ class FakeBroker:
         self.path = str(path)
         self.tiers: list[tuple[str, str | None, list[str]]] = []   # (tier file, hits file, namespaces)
         self.connections = 0
+        # The liveness page: non-zero while "the daemon" runs.
+        self.alive_fd = os.memfd_create("alive")
+        os.ftruncate(self.alive_fd, 4096)
+        self.alive = mmap.mmap(self.alive_fd, 4096)
+        struct.pack_into("<Q", self.alive, 0, int.from_bytes(os.urandom(8), "little") | 1)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.bind(self.path)
         self.sock.listen(16)
@@ -176,7 +181,11 @@ class FakeBroker:
                     finally:
                         os.close(data_fd)
                         os.close(hits_fd)
-                conn.send(f"end {sent}\n".encode())
+                socket.send_fds(conn, [f"end {sent}\n".encode()], [self.alive_fd])
+
+    def die(self) -> None:
+        """What the next daemon does to a dead one's page: zero it."""
+        struct.pack_into("<Q", self.alive, 0, 0)
 
     def close(self) -> None:
         self.sock.close()
@@ -537,6 +546,20 @@ def test_generation_zero_file_still_there_not_remapped(env, client):
     assert not client.mapped and client.tier_error == "the daemon handed this process no tier"
 
 
+def test_a_dead_daemons_tier_is_let_go_when_its_liveness_page_is_zeroed(env, client):
+    """kill -9 leaves the tier's generation as it was; the next daemon zeroes the dead one's liveness page
+    before it serves anything, and from then on no read comes from the dead tier."""
+    tier, mount = env
+    name = hexname("dead")
+    tier.insert("ns", name, blob("frozen", 1000))
+    mount.write("ns", name, blob("current", 1000))
+    assert client.get("ns", name) == blob("frozen", 1000)
+    mount.broker.die()
+    mount.set_tier(None)
+    assert client.get("ns", name) == blob("current", 1000)
+    assert not client.mapped and client.stats["map_hits"] == 1
+
+
 def test_retry_at_most_once_per_interval(tmp_path):
     mount = FakeMount(tmp_path / "mnt", None)
     mount.write("ns", "b", b"file")
@@ -888,13 +911,16 @@ C_READER = r"""
 
 int main(int argc, char **argv) {
     tw_broker_tier got[4];
-    int n = tw_broker_connect(argv[1], got, 4);
+    int alive = -1;
+    int n = tw_broker_connect(argv[1], got, 4, &alive);
     if (n != 1) { printf("tiers %d\n", n); return 1; }
     printf("namespaces %s\n", got[0].namespaces);
     struct stat st; fstat(got[0].data_fd, &st);
     void *map = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, got[0].data_fd, 0);
     tw_tier tier;
     if (map == MAP_FAILED || tw_tier_open(map, st.st_size, &tier) != 0) { puts("invalid"); return 1; }
+    void *page = mmap(NULL, 4096, PROT_READ, MAP_SHARED, alive, 0);
+    if (page == MAP_FAILED || tw_tier_watch_daemon(&tier, page) != 0) { puts("no liveness page"); return 1; }
     printf("gen %llx\n", (unsigned long long)tier.generation);
     static char buf[1 << 22];
     for (int i = 2; i < argc; i++) {

@@ -242,24 +242,47 @@ class _Tier:
 
 
 class _Connection:
-    """What the broker handed this process: the tiers it may read, by namespace (immutable)."""
+    """What the broker handed this process: the tiers it may read, by namespace, and the daemon's
+    liveness page (immutable). `alive` is None with a broker that sends no liveness page."""
 
-    __slots__ = ("socket", "by_namespace", "tiers")
+    __slots__ = ("socket", "by_namespace", "tiers", "alive_mm", "alive", "mark")
 
-    def __init__(self, socket_path: str, by_namespace: dict, tiers: list):
+    def __init__(self, socket_path: str, by_namespace: dict, tiers: list, alive_fd: int | None):
         self.socket = socket_path
         self.by_namespace = by_namespace
         self.tiers = tiers
+        self.alive_mm = self.alive = None
+        self.mark = 0
+        if alive_fd is not None:
+            try:
+                self.alive_mm = mmap.mmap(alive_fd, 4096, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_MMAP_KW)
+                self.alive = memoryview(self.alive_mm).cast("Q")
+                self.mark = self.alive[0]
+            except (OSError, ValueError):
+                self.alive_mm = self.alive = None
+            if self.alive is not None and self.mark == 0:   # the daemon was stopping: use nothing
+                self.by_namespace = {}
+
+    def daemon_alive(self) -> bool:
+        a = self.alive
+        return a is None or a[0] == self.mark
 
     def release(self) -> None:
         for t in self.tiers:
             t.release()
+        for v in (self.alive, self.alive_mm):
+            if v is not None:
+                try:
+                    v.release() if isinstance(v, memoryview) else v.close()
+                except (BufferError, ValueError):
+                    pass
 
 
 def _ask_broker(path: str, timeout: float = 2.0) -> _Connection:
     """Connect to the tier broker at `path` and map every tier it hands over (docs/dram-tier.md "Access")."""
     by_namespace: dict[str, _Tier] = {}
     tiers: list[_Tier] = []
+    alive_fd = None
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as s:
         s.settimeout(timeout)
         s.connect(path)
@@ -271,6 +294,8 @@ def _ask_broker(path: str, timeout: float = 2.0) -> _Connection:
                 lines = msg.decode("utf-8", "replace").split("\n")
                 head = lines[0].split(" ")
                 if head[0] == "end":
+                    if len(fds) == 1:
+                        alive_fd = os.dup(fds[0])
                     break
                 if head[0] != "tier" or len(head) != 2 or len(fds) != 2 or len(lines) < 2:
                     continue        # a message this client does not know: skip it
@@ -288,7 +313,11 @@ def _ask_broker(path: str, timeout: float = 2.0) -> _Connection:
             finally:
                 for fd in fds:
                     os.close(fd)
-    return _Connection(path, by_namespace, tiers)
+    try:
+        return _Connection(path, by_namespace, tiers, alive_fd)
+    finally:
+        if alive_fd is not None:
+            os.close(alive_fd)
 
 
 class Client:
@@ -330,7 +359,7 @@ class Client:
     def mapped(self) -> bool:
         """Whether at least one DRAM tier is mapped and its daemon still runs."""
         c = self._conn
-        return c is not None and any(t.current() for t in c.tiers)
+        return c is not None and c.daemon_alive() and any(t.current() for t in c.tiers)
 
     @property
     def generation(self) -> int:
@@ -394,9 +423,10 @@ class Client:
         if c is not None:
             t = c.by_namespace.get(ns)
             if t is not None:
-                if t.q[t.gen_index] == t.gen:
+                a = c.alive
+                if t.q[t.gen_index] == t.gen and (a is None or a[0] == c.mark):
                     return t
-                stale = True    # the daemon stopped or restarted: ask again now
+                stale = True    # the daemon stopped, died or restarted: ask again now
         if self._closed:
             raise ValueError("operation on a closed tokenwarehouse.Client")
         # A namespace no tier holds (not readable, no tier, made since): ask again at most once per
@@ -410,7 +440,7 @@ class Client:
                 self._reconnect()
             c = self._conn
         t = c.by_namespace.get(ns) if c is not None else None
-        return t if t is not None and t.current() else None
+        return t if t is not None and t.current() and c.daemon_alive() else None
 
     # -------------------------------------------------------------------------------------------- reads
 
