@@ -25,7 +25,7 @@ public final class BlockStore: Sendable {
     public let recovery: RecoveryReport
     let device: any StorageDevice
     let lockToken: Mutex<AnyObject?>
-    let state: Mutex<StoreState>
+    let state: OrderedMutex<StoreState>
     let journal: DirectoryJournal
     let evictionPolicy: any EvictionPolicy
     let reinsertionPolicy: any ReinsertionPolicy
@@ -58,7 +58,7 @@ public final class BlockStore: Sendable {
         recovered.state.stats.capacityBytes = configuration.capacity
         lockToken = Mutex(token)
         journal = recovered.journal
-        state = Mutex(recovered.state)
+        state = OrderedMutex(.storeState, recovered.state)
         recovery = recovered.report
     }
 

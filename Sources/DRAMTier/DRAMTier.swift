@@ -83,7 +83,7 @@ public final class DRAMTier: Sendable {
     let tableCapacity: Int
     let dataOffset: Int
     let dataSize: Int
-    let state: Mutex<State>
+    let state: OrderedMutex<State>
     /// Whether evicted blocks' pages are freed (several tiers share one budget) or kept for reuse.
     let freeEvictedPages: Bool
 
@@ -120,7 +120,7 @@ public final class DRAMTier: Sendable {
         hitCounters = try SharedMemoryMapping(memoryFileNamed: name + ".hits", size: max(4096, tableCapacity * 4), sealed: true)
         var st = State(placement: S3FIFOPlacement(capacity: dataSize, alignment: TierFormat.alignment))
         st.stats.capacityBytes = dataSize
-        state = Mutex(st)
+        state = OrderedMutex(.tier, st)
         writeSuperblock(size: size)
     }
 

@@ -51,7 +51,7 @@ public final class DRAMTiers: Sendable {
         var closed = false
     }
 
-    private let state = Mutex(State())
+    private let state = OrderedMutex(.tierSet, State())
     /// Tiers that are closed but may still be pinned by replies in flight.
     private let retired = Mutex<[DRAMTier]>([])
     public let namePrefix: String

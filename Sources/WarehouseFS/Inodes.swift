@@ -89,7 +89,7 @@ final class FileNode: Sendable {
     let ino: UInt64
     let namespaceID: UInt16
     let namespace: String
-    let state: Mutex<State>
+    let state: OrderedMutex<State>
 
     struct State: Sendable {
         /// The block's key (its path in the namespace; `BlockPath`).
@@ -114,7 +114,7 @@ final class FileNode: Sendable {
         self.ino = ino
         self.namespaceID = namespaceID
         self.namespace = namespace
-        state = Mutex(State(key: key, directory: directory, pending: pending))
+        state = OrderedMutex(.fileNode, State(key: key, directory: directory, pending: pending))
     }
 
     var key: String { state.withLock { $0.key } }

@@ -66,7 +66,7 @@ public final class WarehouseFileSystem: Sendable {
     let settings: MountSettings
     let inspector: any CallerInspector
     let logger: Logger
-    let nodes = Mutex(NodeTable())
+    let nodes = OrderedMutex(.inodeTable, NodeTable())
     let staging: StagingPool
     let limits: ResourceLedger
     let verified = VerifiedBlocks()

@@ -22,7 +22,7 @@ final class PendingWrite: Sendable {
     let creatorUID: UInt32
     /// The namespace whose quota the block is charged to.
     let namespaceID: UInt16
-    let state: Mutex<State>
+    let state: OrderedMutex<State>
 
     struct State: Sendable {
         var length = 0
@@ -52,7 +52,7 @@ final class PendingWrite: Sendable {
         self.creator = creator
         self.creatorUID = creatorUID
         self.namespaceID = namespaceID
-        state = Mutex(State(ownership: ownership))
+        state = OrderedMutex(.pendingWrite, State(ownership: ownership))
     }
 
     /// Zeroes the bytes no writer filled (and none is filling), so readers of the staged block (and the

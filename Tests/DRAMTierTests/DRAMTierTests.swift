@@ -181,6 +181,49 @@ func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfN
         #expect(f.tiers.readable(uid: 1000, gid: 1000, groups: []).flatMap(\.namespaces) == ["ns"])
     }
 
+    /// Open descriptors of this process.
+    static func openDescriptors() -> Int { ((try? FileSystem.listDirectory("/proc/self/fd")) ?? []).count }
+
+    @Test func aTierGivesBackItsDescriptorsAndMemoryWhenDropped() throws {
+        let storage = TierStorage.prepare(directory: "/dev/shm", privateDirectory: "/tmp", size: 8 << 20)
+        let before = Self.openDescriptors()
+        for i in 0..<20 {
+            let tier = try DRAMTier(name: "unit-\(getpid())-fd-\(i)", size: 8 << 20, storage: storage)
+            tier.close()
+        }
+        #expect(Self.openDescriptors() <= before + 1)
+    }
+
+    @Test func refreshWhileOtherThreadsCopyNeverUnmapsUnderThem() throws {
+        let f = try TierFixture()
+        defer { f.close() }
+        try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)
+        let key = BlockKey(namespace: "ns", key: "0123456789abcdef")
+        let data = bytes(9, 1 << 20)
+        #expect(data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0)) })
+        let reader = TierReader(mount: f.mount)
+        let stop = Atomic<Bool>(false)
+        let hits = Atomic<Int>(0), wrong = Atomic<Int>(0)
+        let copiers = (0..<2).map { t in
+            BackgroundThread(name: "copier\(t)") {
+                var buffer = [UInt8](repeating: 0, count: 2 << 20)
+                while !stop.load(ordering: .relaxed) {
+                    if let n = buffer.withUnsafeMutableBytes({ reader.copy(namespace: "ns", name: "0123456789abcdef", into: $0) }) {
+                        hits.add(1, ordering: .relaxed)
+                        if n != data.count || !buffer.prefix(n).elementsEqual(data) { wrong.add(1, ordering: .relaxed) }
+                    }
+                }
+            }
+        }
+        // Each refresh maps the tiers anew and drops the old mappings: a copy in flight keeps its own.
+        for _ in 0..<200 { reader.refresh() }
+        stop.store(true, ordering: .relaxed)
+        copiers.forEach { $0.join() }
+        #expect(wrong.load(ordering: .relaxed) == 0)
+        #expect(hits.load(ordering: .relaxed) > 0)
+        #expect(reader.remaps >= 200)
+    }
+
     @Test func closingTheTierTellsReadersToRemap() throws {
         let f = try TierFixture()
         try f.tiers.namespaceChanged(id: 1, name: "ns", owner: 0, group: 0, mode: 0o755)

@@ -6,6 +6,25 @@ import Glibc
 #endif
 
 @Suite struct PlatformTests {
+    @Test func locksTakenInTheirOrderNest() {
+        let outer = OrderedMutex(.inodeTable, 1)
+        let inner = OrderedMutex(.storeState, 2)
+        let sum = outer.withLock { a in a + inner.withLock { $0 } }
+        #expect(sum == 3)
+        // Released in any order, taken again in order.
+        #expect(inner.withLock { $0 } == 2)
+    }
+
+    #if DEBUG
+    @Test func aLockTakenAgainstTheOrderStopsADebugBuild() async {
+        await #expect(processExitsWith: .failure) {
+            let outer = OrderedMutex(.inodeTable, 1)
+            let inner = OrderedMutex(.storeState, 2)
+            _ = inner.withLock { _ in outer.withLock { $0 } }
+        }
+    }
+    #endif
+
     @Test func backgroundThreadsCarryTheirNames() {
         let seen = Mutex("")
         let t = BackgroundThread(name: "tw-test-name") { seen.withLock { $0 = currentThreadName() } }
