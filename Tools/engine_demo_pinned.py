@@ -4,10 +4,12 @@
 Two steps, because the GPU machine has no FUSE and no twfs:
 
   capture (here, as root, with twfs): mount a warehouse with a small DRAM tier, write KV-sized blocks,
-      read them until they are resident (user.tw.tier = dram), copy the tier file (while the daemon runs,
-      so its generation is live) and a manifest of the blocks' SHA-256 into DIR.
-  bench (on the GPU machine): put the tier file in /dev/shm, map it with the Python client (a directory
-      whose .tw/dram names it: the client's own discovery and sequence-locked lookup, verify=True), check
+      read them until they are resident (user.tw.tier = dram), copy the tier's bytes from the client's
+      mapping (while the daemon runs, so its generation is live) and a manifest of the blocks' SHA-256
+      into DIR.
+  bench (on the GPU machine): serve the copied tier to the Python client the way the daemon's broker
+      does (a unix socket named in .tw/dram handing over its descriptor: the client's own discovery and
+      sequence-locked lookup, verify=True), check
       every block's SHA-256, then time host-to-device copies of the blocks from
         - pageable memory (a plain torch CPU tensor holding the same bytes),
         - the tier mapping as it is (shared memory, pageable),
@@ -54,7 +56,7 @@ def capture(args) -> None:
     store.mkdir()
     log = open(base / "twfs.log", "wb")
     proc = subprocess.Popen([binary, os.fspath(mnt), "--store", os.fspath(store), "--capacity", "1G",
-                             "--dram", args.dram, "--dram-name", "pinned-capture", "-f"], stdout=log,
+                             "--dram", args.dram, "-f"], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
@@ -84,8 +86,9 @@ def capture(args) -> None:
                     break
             with open(mnt / ".tw" / "status", "rb") as f:
                 status = json.loads(f.read())
-            tier_file = tw.tier_path
-            shutil.copyfile(tier_file, out / "tier")    # the daemon runs: generation is live
+            tw.refresh()
+            tier_file = tw.tiers.get(NS)
+            (out / "tier").write_bytes(bytes(tw._conn.by_namespace[NS].mm))   # the daemon runs: generation is live
         (out / "manifest.json").write_text(json.dumps(dict(namespace=NS, blocks=manifest, tiers=tiers,
                                                            dram=args.dram, tier_file=tier_file,
                                                            status=status), indent=1))
@@ -102,16 +105,43 @@ def capture(args) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _serve_tier(path: str, namespace: str, socket_path: Path):
+    """A broker for one tier file, as docs/dram-tier.md "Access" describes it (one thread, until exit)."""
+    import socket
+    import struct
+    import threading
+    alive = os.memfd_create("alive")
+    os.ftruncate(alive, 4096)
+    os.pwrite(alive, struct.pack("<Q", 1), 0)
+    hits = os.memfd_create("hits")
+    os.ftruncate(hits, 1 << 24)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind(os.fspath(socket_path))
+    s.listen(4)
+
+    def serve():
+        while True:
+            conn, _ = s.accept()
+            with conn:
+                fd = os.open(path, os.O_RDONLY)
+                socket.send_fds(conn, [f"tier pinned\nnamespaces {namespace}\n".encode()], [fd, hits])
+                os.close(fd)
+                socket.send_fds(conn, [b"end 1\n"], [alive])
+    threading.Thread(target=serve, daemon=True).start()
+    return s
+
+
 def bench(args) -> None:
     import numpy as np
     import torch
     src = Path(args.dir)
     man = json.loads((src / "manifest.json").read_text())
-    shm = "/dev/shm/tokenwarehouse-pinned-bench"
-    shutil.copyfile(src / "tier", shm)
     mount = Path(tempfile.mkdtemp(prefix="tw-tier-only-"))
     (mount / ".tw").mkdir()
-    (mount / ".tw" / "dram").write_text(shm + "\n")
+    shm = os.fspath(mount / "tier")
+    shutil.copyfile(src / "tier", shm)
+    sock = _serve_tier(shm, man["namespace"], mount / "broker.sock")
+    (mount / ".tw" / "dram").write_text(f"socket {mount / 'broker.sock'}\n")
     res = dict(device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", torch=torch.__version__)
     tw = Client(mount, verify=True)
     assert tw.mapped, tw.tier_error
@@ -129,7 +159,7 @@ def bench(args) -> None:
 
     # where each block lies in the mapping (the client's lookup; the entry stays valid: no daemon runs)
     from tokenwarehouse.client import block_key
-    mp = tw._map
+    mp = tw._conn.by_namespace[man["namespace"]]
     spans = []
     for m in man["blocks"]:
         if man["tiers"].get(m["name"]) != "dram":
@@ -144,7 +174,7 @@ def bench(args) -> None:
     if not torch.cuda.is_available():
         res["cuda"] = False
         tw.close()
-        os.unlink(shm)
+        shutil.rmtree(mount, ignore_errors=True)
         print(json.dumps(res, indent=1))
         return
     import ctypes
@@ -231,7 +261,7 @@ def bench(args) -> None:
         res["unregister_error"] = cudart.cudaHostUnregister(ctypes.c_void_p(base_ptr))
     del mapped
     tw.close()
-    os.unlink(shm)
+    shutil.rmtree(mount, ignore_errors=True)
     print(json.dumps(res, indent=1))
 
 

@@ -72,7 +72,7 @@ class Node:
         self.log = self.base / "twfs.log"
         self.mount.mkdir(parents=True)
         cmd = [twfs_binary(), str(self.mount), "--store", str(self.store), "--capacity", "256M", "--dram", "64M",
-               "--dram-name", f"tw-ceph-test-{os.getpid()}-{name}", "--cluster", str(conf), "--pool", pool,
+               "--cluster", str(conf), "--pool", pool,
                "--cluster-timeout", str(CLUSTER_TIMEOUT_S), "-f", *(extra or [])]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

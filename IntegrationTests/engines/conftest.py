@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: real vLLM processes on real twfs mounts (docs/vllm.md).
+"""Fixtures for the engine tests: real vLLM processes on real twfs mounts (docs/engines.md).
 
 Run inside the venv that Tools/vllm-venv.sh builds (vLLM, torch's CPU wheel, SGLang's package):
 

@@ -1,4 +1,4 @@
-"""Block life cycle (DESIGN.md "Block file semantics"): atomic commit at close, first write wins,
+"""Block life cycle (docs/design.md "Block file semantics"): atomic commit at close, first write wins,
 write-then-rename, unlink, parallel pwrite, and the maximum block size."""
 
 import errno

@@ -1,4 +1,4 @@
-"""The shared-memory DRAM tier and its clients (DESIGN.md "DRAM tier", docs/dram-tier.md,
+"""The shared-memory DRAM tier and its clients (docs/design.md "DRAM tier", docs/dram-tier.md,
 include/tokenwarehouse.h), against the real daemon.
 
 - a C reader built on include/tokenwarehouse.h and libxxhash finds the blocks the daemon holds and

@@ -1,5 +1,5 @@
 """Crash durability (--sync always), clean shutdown on SIGTERM/SIGINT, refusal of a second daemon on the
-same store, and recovery from a stale mount (DESIGN.md "BlockStore", daemon contract)."""
+same store, and recovery from a stale mount (docs/design.md "BlockStore", daemon contract)."""
 
 import errno
 import os

@@ -1,4 +1,4 @@
-"""Namespaces (DESIGN.md "Naming"): mkdir MOUNT/NS, names [A-Za-z0-9._@+-]{1,128} not starting with '.',
+"""Namespaces (docs/design.md "Naming"): mkdir MOUNT/NS, names [A-Za-z0-9._@+-]{1,128} not starting with '.',
 owner, group and mode enforced like a directory's; the hidden control area MOUNT/.tw/."""
 
 import errno

@@ -1,10 +1,10 @@
-"""The prefetcher (DESIGN.md "Prefetcher"), `twctl replay` and `twctl plan`, against the real daemon.
+"""The prefetcher (docs/design.md "Prefetcher"), `twctl replay` and `twctl plan`, against the real daemon.
 
 - explicit hints load blocks into the DRAM tier, and reads of them count as prefetch "used";
 - chain links (`user.tw.parent`): reading a block loads its successors;
 - learned order: blocks one process reads one after another become successors;
 - a hint whose block was read before the loader reached it is dropped as late, not loaded;
-- `twctl replay --synthetic` reports every key DESIGN.md names, with no errors, the hit ratio of the
+- `twctl replay --synthetic` reports every key docs/design.md names, with no errors, the hit ratio of the
   ideal cache (room for everything) and its hits from DRAM when hints are on;
 - `twctl plan` writes a PNG and its hit ratios grow with capacity.
 """

@@ -1,4 +1,4 @@
-"""read, pread, mmap, sendfile, numpy.memmap and safetensors on committed blocks (DESIGN.md "Block file
+"""read, pread, mmap, sendfile, numpy.memmap and safetensors on committed blocks (docs/design.md "Block file
 semantics": "read, pread, mmap (numpy.memmap, safetensors) and sendfile of committed blocks work")."""
 
 import mmap

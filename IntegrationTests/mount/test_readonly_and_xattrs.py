@@ -1,5 +1,5 @@
 """Committed blocks are read-only, for root too; xattrs user.tw.parent/tokens (set by writers before close)
-and user.tw.tier/stored_size (read-only) (DESIGN.md "Block file semantics")."""
+and user.tw.tier/stored_size (read-only) (docs/design.md "Block file semantics")."""
 
 import errno
 import os

@@ -171,7 +171,7 @@ def test_full_disk_gives_enospc_keeps_reads_and_writes_again_when_space_returns(
 def test_full_disk_with_evictable_segments_evicts_instead_of_failing(tmpfs_warehouse):
     # --capacity above what the disk holds (or the disk shared with other files): the daemon holds 30
     # sealed, evictable segments of cache when the disk fills; "No space after eviction: ENOSPC"
-    # (DESIGN.md) means it evicts before it refuses a write.
+    # (docs/design.md) means it evicts before it refuses a write.
     wh = tmpfs_warehouse("40M", "--segment-size", "2M", capacity="1G")
     ns = wh.namespace("evict")
     names = [block_hash("evict", i) for i in range(80)]      # 80 MiB through a 40 MiB disk

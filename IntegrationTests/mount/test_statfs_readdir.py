@@ -1,6 +1,6 @@
 """statfs reports the store's capacity and free space (df works); readdir lists namespaces and blocks,
 hides .tw, and streams large directories; writing past capacity evicts or fails with ENOSPC but never
-corrupts (DESIGN.md "Block file semantics", "BlockStore")."""
+corrupts (docs/design.md "Block file semantics", "BlockStore")."""
 
 import errno
 import os

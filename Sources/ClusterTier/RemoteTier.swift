@@ -6,7 +6,7 @@ import BlockStore
 import Platform
 import WarehouseCore
 
-/// A tier of blocks shared by several nodes (DESIGN.md "Scale-out"; docs/cluster-tier.md): committed
+/// A tier of blocks shared by several nodes (docs/design.md "Scale-out"; docs/cluster-tier.md): committed
 /// blocks are published to it as self-checking objects (`RemoteRecord`), and a local miss looks there.
 /// The local store and the DRAM tier are a cache in front of it.
 ///

@@ -32,7 +32,7 @@ public struct PrefetchSettings: Sendable {
 }
 
 /// Loads blocks from NVMe into the DRAM tier before they are read, from three signals, strongest first
-/// (DESIGN.md "Prefetcher"):
+/// (docs/design.md "Prefetcher"):
 /// 1. explicit hints (`MOUNT/.tw/prefetch`, `Client.prefetch`, `twctl prefetch`): served first, placed
 ///    as expected blocks (the tier's main ring);
 /// 2. chain links: a committed block's `user.tw.parent` makes it its parent's successor;

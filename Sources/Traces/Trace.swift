@@ -1,6 +1,6 @@
 import Foundation
 
-/// One request of a trace in the Mooncake format (DESIGN.md "twctl"): when it arrives, how many tokens
+/// One request of a trace in the Mooncake format (docs/design.md "twctl"): when it arrives, how many tokens
 /// it brings and asks for, and the prefix hash of each of its 512-token blocks, in order.
 public struct TraceRequest: Sendable, Equatable {
     public var timestampMilliseconds: Double

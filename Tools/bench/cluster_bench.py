@@ -113,7 +113,7 @@ def main() -> int:
         c_mount, c_store = c_base / "mnt", c_base / "store"
         c_mount.mkdir()
         c = subprocess.Popen([str(Path(os.environ.get("TWFS_BIN", REPO / ".build/release/twfs"))), str(c_mount), "--store", str(c_store),
-                              "--capacity", "2G", "--dram", "64M", "--dram-name", f"tw-cluster-bench-c-{os.getpid()}", "-f"],
+                              "--capacity", "2G", "--dram", "64M", "-f"],
                              stdout=open(c_base / "log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: "fuse.twfs" in proc_mounts_types(c_mount), 20, "node C to mount")
         for m in (a.mount, b.mount, c_mount):

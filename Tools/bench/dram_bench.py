@@ -18,7 +18,7 @@ One run (see Tools/bench/README.md, "DRAM tier"):
   4. Redis: GET of the same blocks from a private redis-server on 127.0.0.1 (redis-py, one connection per
      thread), against which the map and mount figures are also shown.
 Every reader runs with 1 and 4 threads (--threads). Prints the command, a table of ratios against
-DESIGN.md's targets ("Performance targets"), and writes every figure as JSON (--json). Needs root (mounting,
+docs/design.md's targets ("Performance targets"), and writes every figure as JSON (--json). Needs root (mounting,
 page-cache control), a C compiler, libfuse3-dev, libxxhash-dev, redis-server, and Python 3.11 with numpy,
 redis and tokenwarehouse (pip install ./clients/python).
 """

@@ -3,7 +3,7 @@
  * measures it against memcpy of the same bytes, in the same program, threads and buffers.
  *
  * It is the C half of the target "read through the direct map: >= 90% of memcpy bandwidth"
- * (/work/shared/DESIGN.md, "Performance targets"); Tools/bench/dram_bench.py builds and runs it.
+ * (docs/design.md, "Performance targets"); Tools/bench/dram_bench.py builds and runs it.
  *
  * Build:  cc -O2 -I include -o dram_reader Tools/bench/dram_reader.c -lxxhash -lpthread
  * Run:    dram_reader --mount MOUNT --ns NS --names FILE [--threads T] [--passes R]

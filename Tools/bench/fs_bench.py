@@ -9,7 +9,7 @@ One run measures, each with fresh directories under --dir:
   d. cached reads through twfs (the same blocks again) and through memfs (Tools/bench/memfs.c, an
      in-memory FUSE server on libfuse3's low-level API) holding the same blocks, in its default mode
      (every open re-reads through FUSE), with --keep-cache and with --direct-io.
-It prints a table of ratios against the targets in DESIGN.md ("Performance targets") and writes all
+It prints a table of ratios against the targets in docs/design.md ("Performance targets") and writes all
 figures as JSON to --json. Python 3.11 standard library only, plus fio, a C compiler and libfuse3-dev
 (for memfs), and root (mounting, drop_caches). See Tools/bench/README.md.
 """

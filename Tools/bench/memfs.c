@@ -3,7 +3,7 @@
  *
  * It is the baseline for TokenWarehouse's performance target "read a block file that is in the DRAM
  * tier, through the mount: >= 80% of an in-memory C FUSE server's throughput on the same machine"
- * (docs: /work/shared/DESIGN.md, "Performance targets"). Tools/bench/fs_bench.py builds and runs it.
+ * (docs: docs/design.md, "Performance targets"). Tools/bench/fs_bench.py builds and runs it.
  *
  * Build:  cc -O2 -o memfs Tools/bench/memfs.c $(pkg-config --cflags --libs fuse3) -lpthread
  * Run:    memfs MOUNT [-f] [-d] [--direct-io] [--keep-cache] [--threads N] [--no-clone-fd]

@@ -29,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 TWFS = Path(os.environ.get("TWFS_BIN", REPO / ".build/release/twfs"))
 TWCTL = Path(os.environ.get("TWCTL_BIN", TWFS.parent / "twctl"))
-MOONCAKE = REPO.parent / "shared/traces/mooncake_synthetic_trace.jsonl"
+# The project's development trace (a Mooncake-format serving trace, not part of the repository); give
+# another with --mooncake, or leave "mooncake" out of --traces.
+MOONCAKE = Path(os.environ.get("TW_MOONCAKE_TRACE", REPO.parent / "shared/traces/mooncake_synthetic_trace.jsonl"))
 KiB, MiB = 1024, 1024 * 1024
 
 
@@ -50,9 +52,7 @@ def replay(trace: Path, block_bytes: int, hints: bool, args) -> dict:
     mnt, store = work / "mnt", work / "store"
     mnt.mkdir()
     store.mkdir()
-    name = f"rb{os.getpid()}"
-    daemon = subprocess.Popen([TWFS, mnt, "--store", store, "--capacity", str(capacity), "--dram", str(dram),
-                               "--dram-name", name, "-f"], stdout=subprocess.DEVNULL, stderr=open(work / "twfs.log", "w"))
+    daemon = subprocess.Popen([TWFS, mnt, "--store", store, "--capacity", str(capacity), "--dram", str(dram), "-f"], stdout=subprocess.DEVNULL, stderr=open(work / "twfs.log", "w"))
     try:
         for _ in range(100):
             if (mnt / ".tw/status").exists():
@@ -90,6 +90,7 @@ def main() -> int:
     p.add_argument("--lead-ms", type=float, default=50)
     p.add_argument("--dram-share", type=float, default=0.10, help="DRAM tier as a share of the footprint")
     p.add_argument("--json", help="write every replay's JSON here")
+    p.add_argument("--mooncake", type=Path, default=MOONCAKE, help="the Mooncake-format trace for 'mooncake'")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("replay_bench needs root (it mounts twfs)", file=sys.stderr)
@@ -98,7 +99,10 @@ def main() -> int:
     traces = {}
     for t in args.traces.split(","):
         if t == "mooncake":
-            traces[t] = MOONCAKE
+            if not args.mooncake.exists():
+                print(f"skipping the mooncake trace: {args.mooncake} does not exist (give --mooncake PATH)", file=sys.stderr)
+                continue
+            traces[t] = args.mooncake
         else:
             path = tmp / f"{t}.jsonl"
             with open(path, "w") as f:

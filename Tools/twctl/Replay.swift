@@ -10,7 +10,7 @@ import Traces
 import WarehouseCore
 
 /// `twctl replay MOUNT TRACE`: plays a Mooncake-format trace against a live mount as an engine would
-/// (DESIGN.md "twctl"): hints at arrival, a scheduling lead, prefix reads (the map first, then the block
+/// (docs/design.md "twctl"): hints at arrival, a scheduling lead, prefix reads (the map first, then the block
 /// file), writes of the missing blocks with `user.tw.parent`. Every block read is checked byte for byte.
 struct Replay: ParsableCommand {
     static let configuration = CommandConfiguration(

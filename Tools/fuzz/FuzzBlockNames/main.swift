@@ -3,7 +3,7 @@
 /// (`BlockPath`, docs/format.md "Keys"), and the segment file names (`SegmentFormat.parseFileName`).
 ///
 /// Input: one byte that picks a fan-out directory, then the name's bytes.
-/// Every rule is checked against a plain restatement of DESIGN.md, written differently from the code.
+/// Every rule is checked against a plain restatement of docs/design.md, written differently from the code.
 ///
 /// Built with `-sanitize=fuzzer,address -D FUZZING` (Tools/fuzz/run.sh) it is a libFuzzer binary.
 /// Built plainly it replays: `FuzzBlockNames FILE|DIR...` runs each file once;
@@ -29,7 +29,7 @@ func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () ->
     if !condition() { fatalError("invariant failed: \(message())", line: line) }
 }
 
-/// DESIGN.md's character classes, spelled out.
+/// docs/design.md's character classes, spelled out.
 enum Characters {
     static let lowerHex = Set("0123456789abcdef".utf8)
     static let namespace = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._@+-".utf8)

@@ -12,7 +12,7 @@ An inference engine that uses these never builds a path, an xattr or a tier look
     hit = conn.lookup(new_prompt_ids)                      # tokens whose KV is stored (whole blocks)
     got = conn.load(new_prompt_ids, buffers[: hit // 256]) # fills the buffers; tokens actually loaded
 
-Prefix hashes (DESIGN.md "Naming"): block i of a token sequence is named by
+Prefix hashes (docs/design.md "Naming"): block i of a token sequence is named by
 `h_i = SHA-256(h_{i-1} || u32 n || n token ids as u32 || extra_i)` with `h_{-1} = SHA-256(tag || salt)`, each
 part in the canonical byte encoding of `_encode` (little-endian, length-prefixed, typed). That is the chain
 vLLM's `hash_block_tokens` builds (parent hash, the block's token ids, extra keys such as a LoRA name,
