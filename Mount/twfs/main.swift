@@ -216,7 +216,8 @@ let cluster = clusterConf.map { conf in
                 store: store, dram: tiers, settings: remoteSettings, log: { logger.warning("\($0)") })
 }
 let filesystem = WarehouseFileSystem(store: store, tiers: tiers, tierSocket: broker?.socketPath, settings: settings,
-                                     prefetch: prefetch, cluster: cluster, logger: logger)
+                                     prefetch: prefetch, cluster: cluster,
+                                     inspector: ProcCallerInspector(mountPoint: absolute(mountpoint)), logger: logger)
 
 // MARK: Mount and serve
 

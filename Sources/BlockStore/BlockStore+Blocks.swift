@@ -123,7 +123,7 @@ extension BlockStore {
         if h.type == .tombstone { flags |= EntryFlags.tombstone }
         if fanout != nil { flags |= EntryFlags.canonical }
         if h.flags & RecordFormat.flagCompressedLZ4 != 0 { flags |= EntryFlags.compressed }
-        if h.type == .block && h.metadata.modifiedNanoseconds != nil { flags |= EntryFlags.timed }
+        if h.type == .block && (h.metadata.modifiedNanoseconds != nil || h.metadata.accessedNanoseconds != nil) { flags |= EntryFlags.timed }
         var e = SummaryEntry(key: BlockKey(namespace: h.namespace, key: h.key), sequence: h.sequence, page: page, type: h.type,
                              storedLength: UInt32(h.storedLength), logicalLength: UInt32(h.logicalLength),
                              commitSeconds: UInt32(truncatingIfNeeded: h.commitTimeNanoseconds / 1_000_000_000),
@@ -132,8 +132,11 @@ extension BlockStore {
                              ownership: h.metadata.ownership)
         if h.type == .update {
             e.dataSequence = h.metadata.dataSequence ?? 0
-            e.modifiedNanoseconds = h.metadata.modifiedNanoseconds ?? 0
         }
+        // Kept in memory for blocks too (their summary entries have no room for it: recovery reads the
+        // header of a timed block), so `finish` can record it.
+        e.modifiedNanoseconds = h.metadata.modifiedNanoseconds ?? 0
+        e.accessedNanoseconds = h.metadata.accessedNanoseconds ?? 0
         return e
     }
 
@@ -169,11 +172,15 @@ extension BlockStore {
     public func attributes(of k: BlockKey) -> BlockAttributes? {
         state.withLock { st in
             Self.live(k, st).map { e in
-                let modified = st.extras[k].flatMap { $0.modifiedNanoseconds > 0 ? $0.modifiedNanoseconds : nil }
-                return BlockAttributes(logicalLength: Int(e.logicalLength), storedLength: Int(e.storedLength), commitSeconds: e.commitSeconds,
-                                       modifiedNanoseconds: modified, namespaceID: e.namespaceID, directory: e.directory,
-                                       ownership: st.attributes.ownership(e.attributes, namespace: st.namespaces.byID[e.namespaceID]),
-                                       compressed: e.isCompressed, sequence: e.sequence)
+                let x = st.extras[k]
+                func time(_ t: UInt64?) -> UInt64? { t.flatMap { $0 > 0 ? $0 : nil } }
+                var a = BlockAttributes(logicalLength: Int(e.logicalLength), storedLength: Int(e.storedLength), commitSeconds: e.commitSeconds,
+                                        modifiedNanoseconds: time(x?.modifiedNanoseconds), namespaceID: e.namespaceID, directory: e.directory,
+                                        ownership: st.attributes.ownership(e.attributes, namespace: st.namespaces.byID[e.namespaceID]),
+                                        compressed: e.isCompressed, sequence: e.sequence)
+                a.accessedNanoseconds = time(x?.accessedNanoseconds)
+                a.changedNanoseconds = time(x?.changedNanoseconds)
+                return a
             }
         }
     }
@@ -374,10 +381,12 @@ extension BlockStore {
             st.link(dst, moved, now: now)
             st.segments[moved.segment]?.liveBytes += UInt64(moved.recordSize)
             st.segments[moved.segment]?.countLive(moved.namespaceID, 1)
-            st.extras[dst] = BlockExtras(updateSequence: u, modifiedNanoseconds: extras.modifiedNanoseconds, renamedKey: to)
+            st.extras[dst] = BlockExtras(updateSequence: u, modifiedNanoseconds: extras.modifiedNanoseconds,
+                                         accessedNanoseconds: extras.accessedNanoseconds, changedNanoseconds: now, renamedKey: to)
             st.stats.renames += 1
             var meta = BlockMetadata(ownership: st.attributes.ownership(e.attributes, namespace: st.namespaces.byID[nsID]),
-                                     modifiedNanoseconds: extras.modifiedNanoseconds > 0 ? extras.modifiedNanoseconds : nil)
+                                     modifiedNanoseconds: extras.modifiedNanoseconds > 0 ? extras.modifiedNanoseconds : nil,
+                                     accessedNanoseconds: extras.accessedNanoseconds > 0 ? extras.accessedNanoseconds : nil)
             meta.dataSequence = e.sequence
             meta.previousKey = from
             let update = RecordHeader(type: .update, flags: 0, namespace: namespace, key: to, metadata: meta, storedLength: 0,
@@ -392,7 +401,8 @@ extension BlockStore {
     /// `utimes`): an update record, no copy of the bytes. The block stays immutable whatever its mode.
     ///
     /// - Throws: `.notFound`, `.noSpace` when 65535 distinct owner/mode combinations exist, `.io`.
-    public func setAttributes(namespace: String, key: String, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?) throws {
+    public func setAttributes(namespace: String, key: String, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?,
+                              accessedNanoseconds: UInt64? = nil) throws {
         let k = BlockKey(namespace: namespace, key: key)
         guard let nsID = self.namespace(named: namespace)?.id else { throw StoreError.notFound }
         try writeMetadataRecords(namespaceID: nsID) { st in
@@ -404,6 +414,9 @@ extension BlockStore {
             }
             var extras = st.extras[k] ?? BlockExtras()
             if let modifiedNanoseconds { extras.modifiedNanoseconds = modifiedNanoseconds }
+            if let accessedNanoseconds { extras.accessedNanoseconds = accessedNanoseconds }
+            let now = wallClockNanoseconds()
+            extras.changedNanoseconds = now
             let u = st.takeSequence()
             extras.updateSequence = u
             e.attributes = attributeClass
@@ -411,10 +424,11 @@ extension BlockStore {
             st.index[k] = e
             st.extras[k] = extras
             st.stats.updates += 1
-            var meta = BlockMetadata(ownership: newOwnership, modifiedNanoseconds: extras.modifiedNanoseconds > 0 ? extras.modifiedNanoseconds : nil)
+            var meta = BlockMetadata(ownership: newOwnership, modifiedNanoseconds: extras.modifiedNanoseconds > 0 ? extras.modifiedNanoseconds : nil,
+                                     accessedNanoseconds: extras.accessedNanoseconds > 0 ? extras.accessedNanoseconds : nil)
             meta.dataSequence = e.sequence
             let update = RecordHeader(type: .update, flags: 0, namespace: namespace, key: key, metadata: meta, storedLength: 0,
-                                      logicalLength: 0, sequence: u, commitTimeNanoseconds: wallClockNanoseconds(),
+                                      logicalLength: 0, sequence: u, commitTimeNanoseconds: now,
                                       payloadChecksum: Checksum.xxh3(UnsafeRawBufferPointer(start: nil, count: 0)))
             return [(update, k, e.directory)]
         }

@@ -117,8 +117,10 @@ extension BlockStore {
         }
     }
 
-    /// Sets a directory's owner, mode or modification time (the namespace directory changes the namespace).
-    public func setDirectoryAttributes(namespaceID: UInt16, id: UInt32, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?) throws {
+    /// Sets a directory's owner, mode, modification or access time (the namespace directory changes the
+    /// namespace; its times are not kept across restarts).
+    public func setDirectoryAttributes(namespaceID: UInt16, id: UInt32, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?,
+                                       accessedNanoseconds: UInt64? = nil) throws {
         let now = wallClockNanoseconds()
         if id == DirectoryID.namespaceRoot {
             guard let ns = namespace(id: namespaceID) else { throw StoreError.notFound }
@@ -129,8 +131,11 @@ extension BlockStore {
                     $0.mode = ownership.mode
                 }
             }
-            if let modifiedNanoseconds {
-                state.withLock { $0.directories.setAttributes(namespaceID, id: id, ownership: nil, modifiedNanoseconds: modifiedNanoseconds, now: now) }
+            if modifiedNanoseconds != nil || accessedNanoseconds != nil {
+                state.withLock {
+                    $0.directories.setAttributes(namespaceID, id: id, ownership: nil, modifiedNanoseconds: modifiedNanoseconds,
+                                                 accessedNanoseconds: accessedNanoseconds, now: now)
+                }
             }
             return
         }
@@ -138,12 +143,14 @@ extension BlockStore {
             guard let ns = st.namespaces.byID[namespaceID], let info = st.directories.info(namespaceID, id, namespace: ns) else { throw StoreError.notFound }
             let o = ownership ?? info.ownership
             let m = modifiedNanoseconds ?? info.modifiedNanoseconds
-            try journal.append(.attributes(ns: namespaceID, id: id, ownership: o, modifiedNanoseconds: m))
+            let a = accessedNanoseconds ?? info.accessedNanoseconds
+            try journal.append(.attributes(ns: namespaceID, id: id, ownership: o, modifiedNanoseconds: m, accessedNanoseconds: a))
             if DirectoryID.isFanout(id) && st.directories.node(namespaceID, id)?.explicit != true {
                 // A fan-out directory becomes explicit: its journal record makes it exist after a restart.
                 try journal.append(.create(ns: namespaceID, id: id, parent: DirectoryID.namespaceRoot, name: info.name, ownership: o, modifiedNanoseconds: m))
             }
-            st.directories.setAttributes(namespaceID, id: id, ownership: o, modifiedNanoseconds: m, now: now)
+            st.directories.setAttributes(namespaceID, id: id, ownership: o, modifiedNanoseconds: m,
+                                         accessedNanoseconds: a == 0 ? nil : a, now: now)
         }
     }
 

@@ -89,6 +89,10 @@ extension BlockStore {
             for (id, n) in st.directories.explicitDirectories(ns) {
                 changes.append(.create(ns: ns, id: id, parent: n.parent, name: n.name, ownership: n.ownership,
                                        modifiedNanoseconds: n.modifiedNanoseconds))
+                if n.accessedNanoseconds != 0 {
+                    changes.append(.attributes(ns: ns, id: id, ownership: n.ownership, modifiedNanoseconds: n.modifiedNanoseconds,
+                                               accessedNanoseconds: n.accessedNanoseconds))
+                }
             }
         }
         try journal.checkpoint(changes)

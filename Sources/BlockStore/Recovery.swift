@@ -149,11 +149,14 @@ struct StoreRecovery {
             if let update, let seg = st.segments[update.segment],
                let h = try? Self.readHeader(page: update.entry.page, headerPages: Int(update.entry.headerPages), file: seg.segment.file) {
                 st.extras[key, default: BlockExtras()].renamedKey = h.key
+                // The update record's time is the block's ctime; its metadata the times utimes set.
+                st.extras[key, default: BlockExtras()].changedNanoseconds = h.commitTimeNanoseconds
+                if let a = h.metadata.accessedNanoseconds { st.extras[key, default: BlockExtras()].accessedNanoseconds = a }
             }
             if entry.flags & EntryFlags.timed != 0, update == nil, let seg = st.segments[data.segment],
-               let h = try? Self.readHeader(page: data.entry.page, headerPages: Int(data.entry.headerPages), file: seg.segment.file),
-               let m = h.metadata.modifiedNanoseconds {
-                st.extras[key, default: BlockExtras()].modifiedNanoseconds = m
+               let h = try? Self.readHeader(page: data.entry.page, headerPages: Int(data.entry.headerPages), file: seg.segment.file) {
+                if let m = h.metadata.modifiedNanoseconds { st.extras[key, default: BlockExtras()].modifiedNanoseconds = m }
+                if let a = h.metadata.accessedNanoseconds { st.extras[key, default: BlockExtras()].accessedNanoseconds = a }
             }
             if !st.directories.isDirectory(entry.namespaceID, entry.directory) {
                 var name = st.extras[key]?.renamedKey
@@ -190,8 +193,9 @@ struct StoreRecovery {
             tree.add(ns, id: id, parent: parent, name: name, ownership: ownership, modifiedNanoseconds: mtime)
         case .remove(let ns, let id):
             tree.remove(ns, id: id, now: 0)
-        case .attributes(let ns, let id, let ownership, let mtime):
-            tree.setAttributes(ns, id: id, ownership: ownership, modifiedNanoseconds: mtime, now: mtime)
+        case .attributes(let ns, let id, let ownership, let mtime, let atime):
+            tree.setAttributes(ns, id: id, ownership: ownership, modifiedNanoseconds: mtime,
+                               accessedNanoseconds: atime == 0 ? nil : atime, now: mtime)
         case .move(let ns, let id, let parent, let name):
             tree.move(ns, id: id, to: parent, name: name, now: 0)
         }

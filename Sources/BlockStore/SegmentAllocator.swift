@@ -217,6 +217,10 @@ extension BlockStore {
                     seg.liveBytes += UInt64(indexEntry.recordSize)
                     seg.countLive(entry.namespaceID, 1)
                     st.link(key, indexEntry, now: now)
+                    if entry.modifiedNanoseconds > 0 || entry.accessedNanoseconds > 0 {
+                        st.extras[key] = BlockExtras(modifiedNanoseconds: entry.modifiedNanoseconds,
+                                                     accessedNanoseconds: entry.accessedNanoseconds)
+                    }
                     st.stats.puts += 1
                     st.stats.bytesWritten += UInt64(entry.logicalLength)
                 }

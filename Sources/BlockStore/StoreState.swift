@@ -62,6 +62,10 @@ struct BlockExtras: Sendable, Equatable {
     var updateSequence: UInt64 = 0
     /// `utimes`' modification time, nanoseconds since the epoch (0: the commit time).
     var modifiedNanoseconds: UInt64 = 0
+    /// `utimes`' access time (0: the modification time).
+    var accessedNanoseconds: UInt64 = 0
+    /// When the latest update record was written (the block's ctime; 0: the commit time).
+    var changedNanoseconds: UInt64 = 0
     /// The name's key, when the block record was written under another one (a rename): listings and
     /// copies of the record need it, and the index keeps only hashes.
     var renamedKey: String? = nil

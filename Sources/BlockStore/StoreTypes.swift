@@ -26,6 +26,10 @@ public struct BlockAttributes: Sendable, Equatable {
     public var commitSeconds: UInt32
     /// `utimes`' modification time (nanoseconds since the epoch), nil: the commit time.
     public var modifiedNanoseconds: UInt64?
+    /// `utimes`' access time, nil: the modification time.
+    public var accessedNanoseconds: UInt64? = nil
+    /// The time of the latest chmod, chown, utimes or rename; nil: the commit time.
+    public var changedNanoseconds: UInt64? = nil
     public var namespaceID: UInt16
     public var directory: UInt32
     public var ownership: BlockOwnership

@@ -362,6 +362,8 @@ public final class FuseSession {
         }
         nonisolated(unsafe) let mounted = session
         filesystem.setEntryInvalidator { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
+        // Offset -1: the inode's attributes only (no page-cache lock is taken).
+        filesystem.setAttributeInvalidator { ino in _ = fuse_lowlevel_notify_inval_inode(mounted, ino, -1, 0) }
     }
 
     /// Detaches from the terminal unless `foreground` (libfuse's fuse_daemonize).
@@ -383,6 +385,7 @@ public final class FuseSession {
     /// Unmounts and frees the session.
     public func close() {
         filesystem.setEntryInvalidator(nil)
+        filesystem.setAttributeInvalidator(nil)
         fuse_session_unmount(session)
         fuse_remove_signal_handlers(session)
         fuse_session_destroy(session)

@@ -69,6 +69,14 @@ public enum FileSystem {
         return try readAll(fd, limit: .max)
     }
 
+    /// The target of a symbolic link (also /proc's magic links, e.g. `/proc/PID/fd/N`).
+    public static func readLink(_ path: String) throws(SystemError) -> String {
+        var buffer = [CChar](repeating: 0, count: 4097)
+        let n = readlink(path, &buffer, 4096)
+        if n < 0 { throw SystemError.last("readlink", path: path) }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// Reads a whole file the daemon owns (the store's small files): no symlink is followed, only a
     /// regular file is read, and one longer than `limit` bytes is refused (`EFBIG`) instead of read
     /// into memory.

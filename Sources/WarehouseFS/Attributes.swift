@@ -8,7 +8,8 @@ import Glibc
 /// `stat` of every kind of inode: the root, the control area, namespace directories and the
 /// directories inside them, committed blocks and blocks being written.
 extension WarehouseFileSystem {
-    func directoryAttributes(ino: UInt64, mode: UInt32, uid: UInt32, gid: UInt32, modified: UInt64, changed: UInt64, links: Int = 2) -> stat {
+    func directoryAttributes(ino: UInt64, mode: UInt32, uid: UInt32, gid: UInt32, modified: UInt64, changed: UInt64,
+                             accessed: UInt64? = nil, links: Int = 2) -> stat {
         var st = stat()
         st.st_ino = UInt(ino)
         st.st_mode = S_IFDIR | (mode & 0o7777)
@@ -19,11 +20,12 @@ extension WarehouseFileSystem {
         st.st_blksize = 4096
         Self.setTime(&st.st_mtim, modified)
         Self.setTime(&st.st_ctim, changed)
-        Self.setTime(&st.st_atim, modified)
+        Self.setTime(&st.st_atim, accessed ?? modified)
         return st
     }
 
-    func fileAttributes(ino: UInt64, size: Int, stored: Int, modified: UInt64, changed: UInt64, ownership: BlockOwnership) -> stat {
+    func fileAttributes(ino: UInt64, size: Int, stored: Int, modified: UInt64, changed: UInt64, accessed: UInt64? = nil,
+                        ownership: BlockOwnership) -> stat {
         var st = stat()
         st.st_ino = UInt(ino)
         st.st_mode = S_IFREG | (ownership.mode & 0o7777)
@@ -35,7 +37,7 @@ extension WarehouseFileSystem {
         st.st_blksize = 1 << 20
         Self.setTime(&st.st_mtim, modified)
         Self.setTime(&st.st_ctim, changed)
-        Self.setTime(&st.st_atim, modified)
+        Self.setTime(&st.st_atim, accessed ?? modified)
         return st
     }
 
@@ -58,7 +60,9 @@ extension WarehouseFileSystem {
         case .directory(let ns, let id):
             guard let d = store.directory(namespaceID: ns, id: id) else { return .failure(FSError(ENOENT)) }
             return .success(directoryAttributes(ino: ino, mode: d.ownership.mode, uid: d.ownership.uid, gid: d.ownership.gid,
-                                                modified: d.modifiedNanoseconds, changed: d.changedNanoseconds, links: 2 + d.subdirectories))
+                                                modified: d.modifiedNanoseconds, changed: d.changedNanoseconds,
+                                                accessed: d.accessedNanoseconds == 0 ? nil : d.accessedNanoseconds,
+                                                links: 2 + d.subdirectories))
         case .file:
             guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(FSError(ENOENT)) }
             return .success(fileAttributes(of: node))
@@ -75,8 +79,11 @@ extension WarehouseFileSystem {
             return fileAttributes(ino: node.ino, size: 0, stored: 0, modified: now, changed: now, ownership: owner)
         }
         if let pending {
-            let (length, ownership, modified) = pending.state.withLock { ($0.length, $0.ownership, $0.metadata.modifiedNanoseconds) }
-            return fileAttributes(ino: node.ino, size: length, stored: length, modified: modified ?? now, changed: now, ownership: ownership)
+            let (length, ownership, modified, accessed) = pending.state.withLock {
+                ($0.length, $0.ownership, $0.metadata.modifiedNanoseconds, $0.metadata.accessedNanoseconds)
+            }
+            return fileAttributes(ino: node.ino, size: length, stored: length, modified: modified ?? now, changed: now,
+                                  accessed: accessed, ownership: ownership)
         }
         if !unlinked, let a = store.attributes(namespace: node.namespace, key: key) {
             node.state.withLock { $0.last = a }
@@ -96,7 +103,7 @@ extension WarehouseFileSystem {
     func committedAttributes(ino: UInt64, _ a: BlockAttributes) -> stat {
         let committed = UInt64(a.commitSeconds) * 1_000_000_000
         return fileAttributes(ino: ino, size: a.logicalLength, stored: a.storedLength, modified: a.modifiedNanoseconds ?? committed,
-                              changed: committed, ownership: a.ownership)
+                              changed: a.changedNanoseconds ?? committed, accessed: a.accessedNanoseconds, ownership: a.ownership)
     }
 }
 

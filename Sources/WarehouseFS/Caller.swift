@@ -62,6 +62,11 @@ public protocol CallerInspector: Sendable {
     func exitState(of tid: Int32) -> ExitState
     /// The thread group id (process id) of a thread.
     func threadGroup(of tid: Int32) -> Int32
+    /// How many descriptors process `pid` has open on this mount's inode `ino`, counting up to `limit`
+    /// at most. At a `FLUSH` the kernel has already taken the closed descriptor out of the table, so
+    /// more descriptors than the process has other open handles on the inode means one of them is a
+    /// duplicate of the one closing (`dup`, `dup2`, the shell's `>&3`): not the writer's last close.
+    func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int
 }
 
 /// `CallerInspector` from /proc (docs/fuse.md, "What FUSE hides"). The calling thread is blocked in
@@ -88,7 +93,13 @@ public struct ProcCallerInspector: CallerInspector {
     static let mkdirCalls: Set<Int> = []
     #endif
 
-    public init() {}
+    /// This mount's directory, to skip other files' descriptors with one `readlink` each; without it
+    /// every descriptor's `fdinfo` is read.
+    let mountPoint: String?
+
+    public init(mountPoint: String? = nil) {
+        self.mountPoint = mountPoint.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+    }
 
     /// The system call a thread is blocked in: its number and arguments; nil when unknown.
     static func currentSyscall(of tid: Int32) -> (number: Int, arguments: [UInt64])? {
@@ -128,6 +139,23 @@ public struct ProcCallerInspector: CallerInspector {
         guard exiting else { return .running }
         if rest.count > 49, let code = Int(rest[49]), code & 0x7f != 0 { return .killed }
         return .exiting
+    }
+
+    public func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int {
+        guard pid > 0, limit > 0, let names = try? FileSystem.listDirectory("/proc/\(pid)/fd") else { return 0 }
+        var count = 0
+        for name in names where count < limit {
+            if let mountPoint {
+                guard let target = try? FileSystem.readLink("/proc/\(pid)/fd/\(name)"),
+                      target.hasPrefix(mountPoint + "/") else { continue }
+            }
+            // fdinfo: "pos:", "flags:", "mnt_id:", "ino:" lines; the inode number is FUSE's node id.
+            guard let info = try? FileSystem.readFile("/proc/\(pid)/fdinfo/\(name)") else { continue }
+            for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("ino:") {
+                if UInt64(line.dropFirst(4).drop { $0 == " " || $0 == "\t" }) == ino { count += 1 }
+            }
+        }
+        return count
     }
 
     public func threadGroup(of tid: Int32) -> Int32 {

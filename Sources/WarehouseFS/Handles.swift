@@ -75,9 +75,19 @@ final class WriteState: Sendable {
     /// Whether this handle's descriptor has been closed once (its first FLUSH).
     let flushed = Mutex(false)
 
+    /// Counts the handle among the node's open handles of the writing process (see `FileNode.State.writerHandles`).
     init(node: FileNode, pending: PendingWrite) {
         self.node = node
         self.pending = pending
+        node.state.withLock { $0.writerHandles[pending.creator, default: 0] += 1 }
+    }
+
+    /// At RELEASE.
+    func released() {
+        node.state.withLock { s in
+            let n = (s.writerHandles[pending.creator] ?? 1) - 1
+            s.writerHandles[pending.creator] = n > 0 ? n : nil
+        }
     }
 }
 

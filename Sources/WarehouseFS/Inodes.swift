@@ -108,6 +108,9 @@ final class FileNode: Sendable {
         var discard = false
         /// Attributes of the committed block when last seen, for an inode still open after its name went.
         var last: BlockAttributes?
+        /// Open write handles (open file descriptions) on this inode, by writing process. A process with
+        /// more descriptors on the inode than it has other handles holds a duplicate of the one closing.
+        var writerHandles: [Int32: Int] = [:]
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

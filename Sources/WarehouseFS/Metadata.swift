@@ -41,7 +41,8 @@ extension WarehouseFileSystem {
             let ownership = owned ? BlockOwnership(uid: change.uid ?? d.ownership.uid, gid: change.gid ?? d.ownership.gid,
                                                    mode: change.mode ?? d.ownership.mode) : nil
             do {
-                try store.setDirectoryAttributes(namespaceID: ns, id: id, ownership: ownership, modifiedNanoseconds: change.modifiedNanoseconds)
+                try store.setDirectoryAttributes(namespaceID: ns, id: id, ownership: ownership, modifiedNanoseconds: change.modifiedNanoseconds,
+                                                 accessedNanoseconds: change.accessedNanoseconds)
                 if id == DirectoryID.namespaceRoot, owned, let info = store.namespace(id: ns) { namespaceChanged(info) }
             } catch {
                 return .failure(FSError(error))
@@ -52,27 +53,42 @@ extension WarehouseFileSystem {
         }
         guard let node = nodes.withLock({ $0.nodes[ino] }) else { return .failure(FSError(ENOENT)) }
         let (pending, discard, key) = node.state.withLock { ($0.pending, $0.discard, $0.key) }
-        if discard { return .success(fileAttributes(of: node)) }  // dropped with the writer's bytes
         if let pending {
+            // fchmod, fchown, futimens while writing (tar x, cp -p): kept with the block at commit.
             pending.state.withLock { s in
                 s.ownership = BlockOwnership(uid: change.uid ?? s.ownership.uid, gid: change.gid ?? s.ownership.gid,
                                              mode: change.mode ?? s.ownership.mode)
+                if change.mode != nil { s.modeSet = true }
                 if let m = change.modifiedNanoseconds { s.metadata.modifiedNanoseconds = m }
+                if let a = change.accessedNanoseconds { s.metadata.accessedNanoseconds = a }
             }
             return .success(fileAttributes(of: node))
         }
-        guard let current = store.attributes(namespace: node.namespace, key: key) else { return .failure(FSError(ENOENT)) }
-        guard owned || change.modifiedNanoseconds != nil else { return .success(fileAttributes(of: node)) }
+        // A stand-in (`open(O_CREAT)` of a committed block, as `touch -d` and `cp -p` onto one do) stands for
+        // the block: its owner, mode and times change the block's, its bytes are dropped.
+        guard let current = store.attributes(namespace: node.namespace, key: key) else {
+            return discard ? .success(fileAttributes(of: node)) : .failure(FSError(ENOENT))
+        }
+        guard owned || change.modifiedNanoseconds != nil || change.accessedNanoseconds != nil else { return .success(fileAttributes(of: node)) }
         let ownership = owned ? BlockOwnership(uid: change.uid ?? current.ownership.uid, gid: change.gid ?? current.ownership.gid,
                                                mode: change.mode ?? current.ownership.mode) : nil
         do {
-            try store.setAttributes(namespace: node.namespace, key: key, ownership: ownership, modifiedNanoseconds: change.modifiedNanoseconds)
+            try store.setAttributes(namespace: node.namespace, key: key, ownership: ownership, modifiedNanoseconds: change.modifiedNanoseconds,
+                                    accessedNanoseconds: change.accessedNanoseconds)
         } catch {
             return .failure(FSError(error))
         }
         // A block no longer readable by its tier's readers leaves the tier.
         if let ownership, !admitsToTier(namespaceID: node.namespaceID, key: key, ownership: ownership) {
             tiers?.remove(node.blockKey, namespaceID: node.namespaceID)
+        }
+        if discard {
+            let updated = store.attributes(namespace: node.namespace, key: key)
+            node.state.withLock { $0.last = updated }
+            // The block's own inode shows the new attributes at once, not after its 60 s cache.
+            if let ino = nodes.withLock({ $0.committed[node.blockKey] }), let invalidate = attributeInvalidator.withLock({ $0 }) {
+                invalidate(ino)
+            }
         }
         return .success(fileAttributes(of: node))
     }

@@ -80,6 +80,7 @@ public final class WarehouseFileSystem: Sendable {
     let tierMemory: String?
     /// Tells the kernel to forget a cached name (set by `FuseSession` once mounted).
     let entryInvalidator = Mutex<(@Sendable (UInt64, String) -> Void)?>(nil)
+    let attributeInvalidator = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
 
     public init(store: BlockStore, tiers: DRAMTiers?, tierSocket: String?, settings: MountSettings,
                 prefetch: PrefetchSettings = PrefetchSettings(), cluster: ClusterTier? = nil,
@@ -125,6 +126,11 @@ public final class WarehouseFileSystem: Sendable {
     /// How the file system tells the kernel to forget a cached name (set by the FUSE session once mounted).
     public func setEntryInvalidator(_ invalidate: (@Sendable (UInt64, String) -> Void)?) {
         entryInvalidator.withLock { $0 = invalidate }
+    }
+
+    /// How the file system tells the kernel to forget an inode's cached attributes.
+    public func setAttributeInvalidator(_ invalidate: (@Sendable (UInt64) -> Void)?) {
+        attributeInvalidator.withLock { $0 = invalidate }
     }
 
     /// How long the kernel may cache an inode's attributes (committed blocks never change).

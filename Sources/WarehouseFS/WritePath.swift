@@ -36,6 +36,8 @@ final class PendingWrite: Sendable {
         var metadata = BlockMetadata()
         /// Owner and mode the block gets (the creator's, the create mode; write bits dropped at commit).
         var ownership: BlockOwnership
+        /// The writer set the mode (fchmod): kept as given at commit, write bits included.
+        var modeSet = false
         var openHandles = 0
         /// Handles not yet closed once (FLUSH): the close that brings this to zero commits.
         var unflushed = 0
@@ -185,6 +187,9 @@ extension WarehouseFileSystem {
         case .success(let p): pending = p
         case .failure(let e): return .failure(e)
         }
+        // The default create mode (0666 less the umask, as open(p, "wb") and most programs ask) commits
+        // read-only (0444); a mode the creator chose (tar's 0600 from an archive) is kept as given.
+        if mode & 0o7777 != 0o666 & ~caller.umask { pending.state.withLock { $0.modeSet = true } }
         let blockKey = BlockKey(namespace: dir.namespace.name, key: key)
         let node = nodes.withLock { table -> FileNode in
             let node = FileNode(ino: table.allocate(), namespaceID: dir.namespace.id, namespace: dir.namespace.name, key: key,
@@ -401,22 +406,26 @@ extension WarehouseFileSystem {
             defer { f = true }
             return !f
         }
-        let last = w.pending.state.withLock { s -> Bool in
+        let lastHandle = w.pending.state.withLock { s -> Bool in
             if firstFlush { s.unflushed -= 1 }
-            guard s.unflushed <= 0 && !s.finished else { return false }
-            // A close before any byte arrived, by a process that goes on running, is almost always the
-            // close of a duplicate that the same process keeps writing through (`cmd > file` and dd
-            // open, dup2 and close the original): the empty block waits for RELEASE. A process that is
-            // exiting is done with the file: commit now.
-            return s.length > 0 || exit == .exiting
+            return s.unflushed <= 0 && !s.finished
         }
-        guard last else { return w.pending.state.withLock { $0.failure != 0 ? FSError($0.failure) : nil } }
+        // The close of one duplicate among several (`dup`, `dup2`, the shell's `exec 3>f; echo >&3`,
+        // `cmd > f` closing the original after dup2 to stdout) is not the writer's last: the writer still
+        // holds a descriptor, and the block waits for that one's close (or the exit, or RELEASE). A
+        // process that is exiting is done with the file, whatever its table still shows.
+        let otherHandles = w.node.state.withLock { ($0.writerHandles[w.pending.creator] ?? 1) - 1 }
+        guard lastHandle, exit == .exiting
+                || inspector.descriptorCount(process: w.pending.creator, ino: w.node.ino, limit: otherHandles + 1) <= otherHandles else {
+            return w.pending.state.withLock { $0.failure != 0 ? FSError($0.failure) : nil }
+        }
         return commit(w.node, w.pending)
     }
 
     public func release(_ handle: OpenFile) {
         switch handle.kind {
         case .write(let w):
+            w.released()
             let commitNow = w.pending.state.withLock { s -> Bool in
                 s.openHandles -= 1
                 return s.openHandles == 0 && !s.finished
@@ -463,8 +472,10 @@ extension WarehouseFileSystem {
             return nil
         }
         var stored = metadata
-        // A committed block is read-only, whatever the create mode said.
-        stored.ownership = BlockOwnership(uid: ownership.uid, gid: ownership.gid, mode: ownership.mode & ~0o222)
+        // A committed block is read-only: its mode shows no write bits unless the writer set a mode
+        // explicitly (fchmod while writing, as tar x and cp -p do), which is kept as given.
+        let modeSet = pending.state.withLock { $0.modeSet }
+        stored.ownership = BlockOwnership(uid: ownership.uid, gid: ownership.gid, mode: modeSet ? ownership.mode : ownership.mode & ~0o222)
         do {
             let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: length)
             let outcome = try store.put(namespace: node.namespace, key: key, payload: bytes, metadata: stored,

@@ -79,4 +79,23 @@ import WarehouseCore
         #expect(SegmentFormat.parseFileName("segment-000000001\u{0662}.twlog") == nil)
         #expect(SegmentFormat.parseFileName("segment-4294967296.twlog") == nil)
     }
+
+    @Test func everyDirectoryChangeRoundTripsThroughTheJournalCodec() {
+        let o = BlockOwnership(uid: 1000, gid: 100, mode: 0o1777)
+        let changes: [DirectoryChange] = [
+            .create(ns: 3, id: 7, parent: 0, name: "layer_0", ownership: o, modifiedNanoseconds: 123),
+            .create(ns: 3, id: 0xFFFF_FF3F, parent: 0, name: "3f", ownership: o, modifiedNanoseconds: 1),
+            .remove(ns: 3, id: 7),
+            .attributes(ns: 3, id: 7, ownership: o, modifiedNanoseconds: 5),
+            .attributes(ns: 3, id: 7, ownership: o, modifiedNanoseconds: 5, accessedNanoseconds: 9),
+            .move(ns: 3, id: 7, parent: 8, name: "ünï"),
+        ]
+        for change in changes {
+            let record = change.encoded()
+            let body = Array(record[DirectoryJournalFormat.recordHeaderSize...])
+            #expect(body.withUnsafeBytes { DirectoryChange.decode($0) } == change, "\(change)")
+            // A byte less is malformed, never another change.
+            #expect(body.dropLast().withUnsafeBytes { DirectoryChange.decode($0) } != change)
+        }
+    }
 }

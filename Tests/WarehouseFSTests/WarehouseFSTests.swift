@@ -13,12 +13,15 @@ import Glibc
 final class FakeInspector: CallerInspector {
     let flags = Mutex<[Int32: Int32]>([:])
     let exits = Mutex<[Int32: ExitState]>([:])
+    /// Descriptors each process holds on an inode (as /proc/PID/fd would show them after a close).
+    let held = Mutex<[Int32: [UInt64: Int]]>([:])
 
     func openFlags(of tid: Int32) -> Int32? { flags.withLock { $0[tid] } }
     func isTruncating(_ tid: Int32) -> Bool { false }
     func isMakingDirectory(_ tid: Int32) -> Bool { false }
     func exitState(of tid: Int32) -> ExitState { exits.withLock { $0[tid] ?? .running } }
     func threadGroup(of tid: Int32) -> Int32 { tid }
+    func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int { min(limit, held.withLock { $0[pid]?[ino] ?? 0 }) }
 }
 
 /// A file system on an in-memory store, driven as the FUSE adapter would, without a mount.
@@ -161,18 +164,104 @@ final class Harness {
         let shell = Caller(uid: 0, gid: 0, pid: 400)
         // `cmd > f`: the shell opens, dup2s and closes the original before anything is written...
         let (handle, _) = try h.write(ns, "out.txt", [], caller: shell, close: false)
+        guard case .write(let w) = handle.kind else { Issue.record("not a write handle"); return }
+        h.inspector.held.withLock { $0[400] = [w.node.ino: 1] }   // its stdout is the duplicate
         #expect(h.fs.flush(handle, caller: shell) == nil)
+        #expect(h.lookup(ns, "out.txt", caller: Caller(uid: 0, gid: 0, pid: 999)).failure == ENOENT)
         // ...the program writes through the duplicate and exits without closing it.
         _ = try h.fs.write(handle, count: 2, offset: 0) { dst in dst.storeBytes(of: 0x0a78, as: UInt16.self); return 2 }.get()
         h.inspector.exits.withLock { $0[400] = .exiting }
         #expect(h.fs.flush(handle, caller: shell) == nil)
         #expect(try h.read(ns, "out.txt") == [0x78, 0x0a])
         h.fs.release(handle)
-        // `touch f` and `: > f` make empty blocks (committed at release).
+        // `touch f` and `: > f` make empty blocks (committed at their close).
         let (touched, _) = try h.write(ns, "touched", [], close: false)
         _ = h.fs.flush(touched, caller: h.root)
         h.fs.release(touched)
         #expect(try h.read(ns, "touched") == [])
+    }
+
+    @Test func theCloseOfADuplicateWaitsForTheWritersLastDescriptor() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let (handle, _) = try h.write(ns, "dup.txt", Array("first\n".utf8), close: false)
+        guard case .write(let w) = handle.kind else { Issue.record("not a write handle"); return }
+        // `exec 3>f; echo first >&3`: the shell's dup of fd 3 is closed while fd 3 stays open.
+        h.inspector.held.withLock { $0[h.root.pid] = [w.node.ino: 1] }
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        #expect(h.lookup(ns, "dup.txt", caller: Caller(uid: 0, gid: 0, pid: 999)).failure == ENOENT)
+        let more = Array("second\n".utf8)
+        #expect(throws: Never.self) {
+            _ = try h.fs.write(handle, count: more.count, offset: 6) { dst in
+                more.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: more.count) }
+                return more.count
+            }.get()
+        }
+        // The last descriptor's close commits both lines.
+        h.inspector.held.withLock { $0[h.root.pid] = [:] }
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        h.fs.release(handle)
+        #expect(try h.read(ns, "dup.txt") == Array("first\nsecond\n".utf8))
+    }
+
+    @Test func anEmptyFileIsVisibleWhenItsCloseReturns() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let (handle, _) = try h.write(ns, "touched", [], close: false)
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        // Before RELEASE: `touch f && stat f` must find it.
+        #expect(try h.read(ns, "touched", caller: Caller(uid: 0, gid: 0, pid: 998)) == [])
+        h.fs.release(handle)
+    }
+
+    @Test func modeAndTimesSetWhileWritingAreKept() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let (handle, _) = try h.write(ns, "kept", [7], close: false)
+        guard case .write(let w) = handle.kind else { Issue.record("not a write handle"); return }
+        // tar x: fchmod 0640, futimens; the mode is kept as given (write bits too), the times exactly.
+        _ = try h.fs.setAttributes(ino: w.node.ino, AttributeChange(mode: 0o640, modifiedNanoseconds: 1_500_000_000_123_456_789,
+                                                                    accessedNanoseconds: 1_400_000_000_000_000_001), caller: h.root).get()
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        h.fs.release(handle)
+        var st = try h.lookup(ns, "kept").get().attributes
+        #expect(st.st_mode & 0o7777 == 0o640)
+        #expect(st.st_mtim.tv_sec == 1_500_000_000 && st.st_mtim.tv_nsec == 123_456_789)
+        #expect(st.st_atim.tv_sec == 1_400_000_000 && st.st_atim.tv_nsec == 1)
+        try h.restart()
+        st = try h.lookup(ns, "kept").get().attributes
+        #expect(st.st_mode & 0o7777 == 0o640 && st.st_mtim.tv_nsec == 123_456_789 && st.st_atim.tv_nsec == 1)
+        // Without an explicit mode, a committed block shows no write bits.
+        try h.write(ns, "plain", [1])
+        #expect(try h.lookup(ns, "plain").get().attributes.st_mode & 0o777 == 0o444)
+    }
+
+    @Test func chmodOfACommittedBlockMovesItsChangeTimeAndSurvivesARestart() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        try h.write(ns, "b", [1, 2])
+        let ino = try h.ino(h.lookup(ns, "b"))
+        let before = try h.lookup(ns, "b").get().attributes.st_ctim.tv_sec
+        _ = try h.fs.setAttributes(ino: ino, AttributeChange(accessedNanoseconds: 42_000_000_007), caller: h.root).get()
+        let st = try h.lookup(ns, "b").get().attributes
+        #expect(st.st_atim.tv_sec == 42 && st.st_atim.tv_nsec == 7)
+        #expect(st.st_ctim.tv_sec >= before)
+        try h.restart()
+        let again = try h.lookup(ns, "b").get().attributes
+        #expect(again.st_atim.tv_sec == 42 && again.st_atim.tv_nsec == 7 && again.st_ctim.tv_sec == st.st_ctim.tv_sec)
+    }
+
+    @Test func directoryAttributesSurviveARestartAndLaterDirectoriesToo() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let d = try h.mkdir(ns, "dir")
+        _ = try h.fs.setAttributes(ino: d, AttributeChange(mode: 0o700, modifiedNanoseconds: 5_000_000_000, accessedNanoseconds: 6_000_000_000),
+                                   caller: h.root).get()
+        _ = try h.mkdir(ns, "after")         // journalled after the attributes record
+        try h.restart()
+        let st = try h.lookup(ns, "dir").get().attributes
+        #expect(st.st_mode & 0o7777 == 0o700 && st.st_mtim.tv_sec == 5 && st.st_atim.tv_sec == 6)
+        #expect(try h.names(ns) == ["after", "dir"])
     }
 
     @Test func directoriesNestPersistAndOnlyEmptyOnesAreRemoved() throws {

@@ -30,7 +30,8 @@ public enum DirectoryJournalFormat {
 public enum DirectoryChange: Equatable, Sendable {
     case create(ns: UInt16, id: UInt32, parent: UInt32, name: String, ownership: BlockOwnership, modifiedNanoseconds: UInt64)
     case remove(ns: UInt16, id: UInt32)
-    case attributes(ns: UInt16, id: UInt32, ownership: BlockOwnership, modifiedNanoseconds: UInt64)
+    /// `accessedNanoseconds` 0: the modification time (records of older daemons have none).
+    case attributes(ns: UInt16, id: UInt32, ownership: BlockOwnership, modifiedNanoseconds: UInt64, accessedNanoseconds: UInt64 = 0)
     case move(ns: UInt16, id: UInt32, parent: UInt32, name: String)
 
     public func encoded() -> [UInt8] {
@@ -48,9 +49,10 @@ public enum DirectoryChange: Equatable, Sendable {
             body += Array(name.utf8)
         case .remove(let ns, let id):
             head(.remove, ns, id)
-        case .attributes(let ns, let id, let o, let mtime):
+        case .attributes(let ns, let id, let o, let mtime, let atime):
             head(.attributes, ns, id)
             le(o.uid); le(o.gid); le(o.mode); le(mtime)
+            if atime != 0 { le(atime) }
         case .move(let ns, let id, let parent, let name):
             head(.move, ns, id)
             le(parent)
@@ -83,9 +85,10 @@ public enum DirectoryChange: Equatable, Sendable {
         case .remove:
             return .remove(ns: ns, id: id)
         case .attributes:
-            guard body.count == 31 else { return nil }
+            guard body.count == 27 || body.count == 35 else { return nil }
             return .attributes(ns: ns, id: id, ownership: BlockOwnership(uid: u32(7), gid: u32(11), mode: u32(15)),
-                               modifiedNanoseconds: LittleEndian.load(UInt64.self, at: 19, in: body))
+                               modifiedNanoseconds: LittleEndian.load(UInt64.self, at: 19, in: body),
+                               accessedNanoseconds: body.count == 35 ? LittleEndian.load(UInt64.self, at: 27, in: body) : 0)
         case .move:
             guard body.count > 11, let n = name(from: 11) else { return nil }
             return .move(ns: ns, id: id, parent: u32(7), name: n)

@@ -25,6 +25,8 @@ public struct DirectoryInfo: Sendable, Equatable {
     public var ownership: BlockOwnership
     public var modifiedNanoseconds: UInt64
     public var changedNanoseconds: UInt64
+    /// Set by `utimes`; 0: the modification time.
+    public var accessedNanoseconds: UInt64 = 0
     /// Subdirectories and blocks it holds now.
     public var subdirectories: Int
     public var blocks: Int
@@ -94,6 +96,7 @@ struct DirectoryTree: Sendable {
         var ownership: BlockOwnership
         var modifiedNanoseconds: UInt64
         var changedNanoseconds: UInt64
+        var accessedNanoseconds: UInt64 = 0
         var children: [String: UInt32] = [:]
         var childOrder = MemberList<UInt32>()
         var blocks = MemberList<BlockKey>()
@@ -143,7 +146,7 @@ struct DirectoryTree: Sendable {
         if let n = tree.nodes[id] {
             return DirectoryInfo(namespaceID: ns, id: id, parent: n.parent, name: n.name, ownership: n.ownership,
                                  modifiedNanoseconds: n.modifiedNanoseconds, changedNanoseconds: n.changedNanoseconds,
-                                 subdirectories: n.children.count, blocks: n.blocks.count)
+                                 accessedNanoseconds: n.accessedNanoseconds, subdirectories: n.children.count, blocks: n.blocks.count)
         }
         guard DirectoryID.isFanout(id) else { return nil }
         // A fan-out directory that holds nothing: shown with the namespace's owner and times.
@@ -298,12 +301,14 @@ struct DirectoryTree: Sendable {
         linkChild(ns, parent: parent, name: name, id: id, now: now)
     }
 
-    mutating func setAttributes(_ ns: UInt16, id: UInt32, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?, now: UInt64) {
+    mutating func setAttributes(_ ns: UInt16, id: UInt32, ownership: BlockOwnership?, modifiedNanoseconds: UInt64?,
+                                accessedNanoseconds: UInt64? = nil, now: UInt64) {
         if DirectoryID.isFanout(id) { materialize(ns, id, now: now) }
         guard namespaces[ns]?.nodes[id] != nil else { return }
         if id != DirectoryID.namespaceRoot { namespaces[ns]!.nodes[id]!.explicit = true }
         if let ownership { namespaces[ns]!.nodes[id]!.ownership = ownership }
         if let modifiedNanoseconds { namespaces[ns]!.nodes[id]!.modifiedNanoseconds = modifiedNanoseconds }
+        if let accessedNanoseconds { namespaces[ns]!.nodes[id]!.accessedNanoseconds = accessedNanoseconds }
         namespaces[ns]!.nodes[id]!.changedNanoseconds = now
     }
 

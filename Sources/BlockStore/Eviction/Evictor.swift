@@ -171,14 +171,15 @@ extension BlockStore {
         var newArea: AlignedBuffer? = nil
         var recordSize = size
         if rewrite {
-            let (current, ownership, modified) = state.withLock { st in
+            let (current, ownership, modified, accessed) = state.withLock { st in
                 (st.extras[key]?.renamedKey ?? header.key,
                  st.attributes.ownership(entry.attributes, namespace: st.namespaces.byID[entry.namespaceID]),
-                 st.extras[key]?.modifiedNanoseconds ?? 0)
+                 st.extras[key]?.modifiedNanoseconds ?? 0, st.extras[key]?.accessedNanoseconds ?? 0)
             }
             header.key = current
             header.metadata.ownership = ownership
             header.metadata.modifiedNanoseconds = modified > 0 ? modified : header.metadata.modifiedNanoseconds
+            header.metadata.accessedNanoseconds = accessed > 0 ? accessed : header.metadata.accessedNanoseconds
             let headerArea = header.headerAreaSize
             newArea = AlignedBuffer(capacity: headerArea)
             recordSize = headerArea + RecordFormat.align(header.storedLength)
@@ -224,11 +225,12 @@ extension BlockStore {
                     moved.sequence = r.sequence
                     moved.headerPageCount = UInt8(header.headerAreaSize / RecordFormat.alignment)
                     moved.setFlag(EntryFlags.updated, false)
-                    moved.setFlag(EntryFlags.timed, header.metadata.modifiedNanoseconds != nil)
+                    moved.setFlag(EntryFlags.timed, header.metadata.modifiedNanoseconds != nil || header.metadata.accessedNanoseconds != nil)
                     if var x = st.extras[key] {
                         x.updateSequence = 0
                         x.renamedKey = nil
-                        st.extras[key] = x.modifiedNanoseconds > 0 ? x : nil
+                        x.changedNanoseconds = 0    // the copy's header holds the times; ctime becomes its commit time
+                        st.extras[key] = x.modifiedNanoseconds > 0 || x.accessedNanoseconds > 0 ? x : nil
                     }
                 }
                 st.index[key] = moved

@@ -29,18 +29,21 @@ public struct BlockMetadata: Sendable, Equatable {
     public var ownership: BlockOwnership?
     /// Modification time set by `utimes` (nanoseconds since the epoch); nil: the commit time.
     public var modifiedNanoseconds: UInt64?
+    /// Access time set by `utimes` (nanoseconds since the epoch); nil: the modification time.
+    public var accessedNanoseconds: UInt64?
     /// Update records only: the sequence of the block record this name now stands for.
     public var dataSequence: UInt64?
     /// Update records of a rename only: the name the block had before (for people and `verify`).
     public var previousKey: String?
 
     public init(parent: String? = nil, tokens: String? = nil, userAttributes: [String: [UInt8]] = [:],
-                ownership: BlockOwnership? = nil, modifiedNanoseconds: UInt64? = nil) {
+                ownership: BlockOwnership? = nil, modifiedNanoseconds: UInt64? = nil, accessedNanoseconds: UInt64? = nil) {
         self.parent = parent
         self.tokens = tokens
         self.userAttributes = userAttributes
         self.ownership = ownership
         self.modifiedNanoseconds = modifiedNanoseconds
+        self.accessedNanoseconds = accessedNanoseconds
     }
 
     static let parentTag: UInt8 = 1
@@ -50,6 +53,7 @@ public struct BlockMetadata: Sendable, Equatable {
     static let modifiedTag: UInt8 = 5
     static let dataSequenceTag: UInt8 = 6
     static let previousKeyTag: UInt8 = 7
+    static let accessedTag: UInt8 = 8
 
     /// Bytes of `user.*` attribute names and values a block may hold, in all (docs/design.md).
     public static let userAttributeLimit = 4096
@@ -78,6 +82,7 @@ public struct BlockMetadata: Sendable, Equatable {
         if let m = modifiedNanoseconds { put(Self.modifiedTag, le(m)) }
         if let s = dataSequence { put(Self.dataSequenceTag, le(s)) }
         if let p = previousKey { put(Self.previousKeyTag, Array(p.utf8)) }
+        if let a = accessedNanoseconds { put(Self.accessedTag, le(a)) }
         return out
     }
 
@@ -109,6 +114,9 @@ public struct BlockMetadata: Sendable, Equatable {
                 guard length == 8 else { return nil }
                 dataSequence = LittleEndian.load(UInt64.self, at: 0, in: value)
             case Self.previousKeyTag: previousKey = String(decoding: value, as: UTF8.self)
+            case Self.accessedTag:
+                guard length == 8 else { return nil }
+                accessedNanoseconds = LittleEndian.load(UInt64.self, at: 0, in: value)
             default: break  // a field of a newer writer: skipped
             }
             at += 3 + length

@@ -76,6 +76,8 @@ public struct SummaryEntry: Sendable, Equatable {
     /// Update records: the block record the name now stands for, and an explicit modification time (0: none).
     public var dataSequence: UInt64 = 0
     public var modifiedNanoseconds: UInt64 = 0
+    /// In memory only (not in the file): a timed block's access time, for `finish`.
+    public var accessedNanoseconds: UInt64 = 0
 
     public var isTombstone: Bool { type == .tombstone }
 
