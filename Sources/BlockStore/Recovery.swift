@@ -96,26 +96,28 @@ struct StoreRecovery {
 
         // The newest record of every name decides (a relocated copy keeps its sequence: ties go to the
         // later segment, which holds the copy).
-        var newest: [BlockKey: Found] = [:]
+        // Positions in `all`, not copies of the entries: the table is a fifth of the size.
+        var newest: [BlockKey: Int] = [:]
         newest.reserveCapacity(all.count)
-        for f in all {
+        for (i, f) in all.enumerated() {
             st.nextSequence = max(st.nextSequence, f.entry.sequence + 1)
             if f.entry.type != .block { st.segments[f.segment]?.metadataRecords += 1 }
-            if let old = newest[f.entry.key], old.entry.sequence > f.entry.sequence { continue }
-            newest[f.entry.key] = f
+            if let old = newest[f.entry.key], all[old].entry.sequence > f.entry.sequence { continue }
+            newest[f.entry.key] = i
         }
         // Block records that updates bind other names to.
         var wanted = Set<UInt64>()
-        for f in newest.values where f.entry.type == .update { wanted.insert(f.entry.dataSequence) }
+        for i in newest.values where all[i].entry.type == .update { wanted.insert(all[i].entry.dataSequence) }
         var dataRecords: [UInt64: Found] = [:]
         if !wanted.isEmpty {
             for f in all where f.entry.type == .block && wanted.contains(f.entry.sequence) { dataRecords[f.entry.sequence] = f }
         }
-        all = []
 
         var needsHeader: [(BlockKey, Found, Found?)] = []
         let now = wallClockNanoseconds()
-        for (key, f) in newest {
+        st.index.reserveCapacity(newest.count)
+        for (key, i) in newest {
+            let f = all[i]
             var e = f.entry
             var located = f
             switch e.type {
@@ -141,6 +143,9 @@ struct StoreRecovery {
             }
             st.index[key] = entry
         }
+
+        all = []
+        newest = [:]
 
         // The few blocks whose record header must be read: renamed or updated ones (their current name),
         // explicit modification times, and blocks whose directory the journal lost.

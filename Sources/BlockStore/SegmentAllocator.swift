@@ -202,20 +202,23 @@ extension BlockStore {
         state.withLock { st in
             if let key { st.pending.remove(key) }
             if let ns = r.chargedNamespace { st.usage[ns]?.reservedBytes -= UInt64(size) }
-            guard var seg = st.segments[r.segment.id] else { return }
-            seg.inflight -= 1
+            // In place through the dictionary: a copy of the segment state would make every append copy
+            // the whole summary (its array shared with the copy).
+            let id = r.segment.id
+            guard st.segments[id] != nil else { return }
+            st.segments[id]!.inflight -= 1
             let now = wallClockNanoseconds()
             for entry in entries {
-                seg.summary.append(entry)
+                st.segments[id]!.summary.append(entry)
                 switch entry.type {
                 case .tombstone, .update:
-                    seg.metadataRecords += 1
+                    st.segments[id]!.metadataRecords += 1
                 case .block:
                     guard let key else { continue }
                     var indexEntry = IndexEntry(segment: r.segment.id, summary: entry, attributes: r.attributes)
                     indexEntry.directory = r.directory
-                    seg.liveBytes += UInt64(indexEntry.recordSize)
-                    seg.countLive(entry.namespaceID, 1)
+                    st.segments[id]!.liveBytes += UInt64(indexEntry.recordSize)
+                    st.segments[id]!.countLive(entry.namespaceID, 1)
                     st.link(key, indexEntry, now: now)
                     if entry.modifiedNanoseconds > 0 || entry.accessedNanoseconds > 0 {
                         st.extras[key] = BlockExtras(modifiedNanoseconds: entry.modifiedNanoseconds,
@@ -225,7 +228,6 @@ extension BlockStore {
                     st.stats.bytesWritten += UInt64(entry.logicalLength)
                 }
             }
-            st.segments[r.segment.id] = seg
         }
         idle.withLock { idle.broadcast() }
     }

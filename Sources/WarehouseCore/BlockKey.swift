@@ -13,6 +13,7 @@ public struct BlockKey: Hashable, Sendable {
     public let low: UInt64
     public let high: UInt64
 
+    @inlinable
     public init(low: UInt64, high: UInt64) {
         self.low = low
         self.high = high
@@ -29,6 +30,8 @@ public struct BlockKey: Hashable, Sendable {
         high = h.1
     }
 
+    @inlinable
     public static func == (a: BlockKey, b: BlockKey) -> Bool { a.low == b.low && a.high == b.high }
+    @inlinable
     public func hash(into hasher: inout Hasher) { hasher.combine(low) }
 }

@@ -120,9 +120,9 @@ extension WarehouseFileSystem {
 
     /// Handles the complete lines of a write to `.tw/prefetch` or `.tw/engine`; a line over 4 KiB is `E2BIG`.
     func writeLines(_ input: LineInput, bytes: UnsafeRawBufferPointer, caller: Caller) -> FSResult<Void> {
-        guard let lines = input.append(bytes) else { return .failure(FSError(E2BIG)) }
+        let (lines, tooLong) = input.append(bytes)
         if !lines.isEmpty { _ = handleLines(input.purpose, lines, caller: caller) }
-        return .success(())
+        return tooLong ? .failure(FSError(E2BIG)) : .success(())
     }
 
     /// Hints (`NAMESPACE<TAB or space>NAME`) go to the prefetcher when the sender may read the block;

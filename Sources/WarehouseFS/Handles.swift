@@ -3,6 +3,9 @@ import DRAMTier
 import Platform
 import Synchronization
 import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An open file or directory, held by the kernel as `fi->fh` (a retained pointer) until release. What
 /// it is, is a closed set (`Kind`): every handler switches over it exhaustively.
@@ -92,42 +95,70 @@ final class WriteState: Sendable {
 }
 
 /// A control file written line by line: complete lines are handled as each write arrives, so nothing
-/// accumulates but the part of a line not finished yet (at most `maxLine` bytes).
+/// accumulates but the part of a line not finished yet (at most `maxLine` bytes). A line longer than
+/// that is dropped whole, up to its newline, and the writes that carried it fail with `E2BIG`; what a
+/// descriptor holds never grows past `maxLine`, whatever is written to it.
 final class LineInput: Sendable {
     enum Purpose: Sendable { case hints, engine }
     let purpose: Purpose
-    let partial = Mutex<[UInt8]>([])
+    struct State: Sendable {
+        var partial: [UInt8] = []
+        /// Inside a line that passed `maxLine`: bytes are dropped until its newline.
+        var overflowing = false
+    }
+    let state = Mutex(State())
     static let maxLine = 4096
 
     init(_ purpose: Purpose) { self.purpose = purpose }
 
-    /// Appends `bytes` and returns the complete lines, or nil when a line would pass `maxLine`.
-    func append(_ bytes: UnsafeRawBufferPointer) -> [[UInt8]]? {
-        partial.withLock { buffer -> [[UInt8]]? in
+    /// Takes a write: the complete lines it finishes, and whether a line of it was too long (E2BIG).
+    func append(_ bytes: UnsafeRawBufferPointer) -> (lines: [[UInt8]], tooLong: Bool) {
+        state.withLock { st in
             var lines: [[UInt8]] = []
-            var start = bytes.startIndex
-            for i in bytes.indices where bytes[i] == UInt8(ascii: "\n") {
-                buffer.append(contentsOf: bytes[start..<i])
-                if buffer.count > Self.maxLine { return nil }
-                lines.append(buffer)
-                buffer.removeAll(keepingCapacity: true)
-                start = i + 1
+            var tooLong = false
+            var start = 0
+            let base = bytes.baseAddress
+            while start < bytes.count, let base {
+                let rest = bytes.count - start
+                guard let hit = memchr(base + start, Int32(UInt8(ascii: "\n")), rest) else {
+                    // No newline in the rest: keep it as the unfinished line, if it fits.
+                    if st.overflowing {
+                        tooLong = true
+                    } else if st.partial.count + rest > Self.maxLine {
+                        st.partial.removeAll()
+                        st.overflowing = true
+                        tooLong = true
+                    } else {
+                        st.partial.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start...]))
+                    }
+                    return (lines, tooLong)
+                }
+                let end = base.distance(to: UnsafeRawPointer(hit))
+                if st.overflowing || st.partial.count + (end - start) > Self.maxLine {
+                    st.overflowing = false
+                    st.partial.removeAll()
+                    tooLong = true
+                } else {
+                    st.partial.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                    lines.append(st.partial)
+                    st.partial.removeAll(keepingCapacity: true)
+                }
+                start = end + 1
             }
-            buffer.append(contentsOf: bytes[start...])
-            return buffer.count > Self.maxLine ? nil : lines
+            return (lines, tooLong)
         }
     }
 
-    /// What is left when the file is closed (a last line without its newline).
+    /// What is left when the file is closed (a last line without its newline; nothing of a line that
+    /// was too long).
     func finish() -> [UInt8] {
-        partial.withLock { b in
-            defer { b = [] }
-            return b
+        state.withLock { st in
+            defer { st = State() }
+            return st.overflowing ? [] : st.partial
         }
     }
 }
 
-/// `.tw/ctl`: the request written so far, and the answer once it was run.
 final class CommandState: Sendable {
     let state = Mutex<(request: [UInt8], answer: [UInt8]?)>(([], nil))
 }

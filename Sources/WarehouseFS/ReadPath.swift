@@ -9,48 +9,81 @@ import Glibc
 
 /// The verified copies of blocks that open read handles use: one per record, shared by every handle
 /// that reads it (sixteen `O_DIRECT` readers of one 128 MiB block hold one copy, not sixteen), dropped
-/// when the last of them is released.
+/// when the last of them is released. One load at a time per record: the kernel splits one large
+/// `O_DIRECT` read into many requests that arrive at once on different workers, and each loading its
+/// own copy would hold several copies of the block at the same moment.
 ///
-/// Thread-safety: one mutex; loading runs outside it (two handles that load at once keep the first copy).
-final class VerifiedBlocks: Sendable {
+/// Thread-safety: one condition lock guards the table; loading runs outside it, and requests for a
+/// record being loaded wait for that load.
+final class VerifiedBlocks: @unchecked Sendable {
+    // Safe: `entries` is only touched with `lock` held.
     struct Key: Hashable {
         var block: BlockKey
         var sequence: UInt64
     }
 
-    private let entries = Mutex<[Key: (data: BlockData?, users: Int)]>([:])
+    struct Entry {
+        var data: BlockData?
+        var users = 0
+        var loading = false
+    }
+
+    private let lock = ConditionLock()
+    private var entries: [Key: Entry] = [:]
+
+    private static func key(_ located: LocatedBlock) -> Key { Key(block: located.blockKey, sequence: located.sequence) }
 
     /// Counts a handle of `located` as a user of its copy (once per handle, at open; `release` at release).
     func retain(_ located: LocatedBlock) {
-        entries.withLock { $0[Key(block: located.blockKey, sequence: located.sequence), default: (nil, 0)].users += 1 }
+        lock.withLock { entries[Self.key(located), default: Entry()].users += 1 }
     }
 
     func release(_ located: LocatedBlock) {
-        entries.withLock { e in
-            let k = Key(block: located.blockKey, sequence: located.sequence)
-            guard var entry = e[k] else { return }
+        lock.withLock {
+            let k = Self.key(located)
+            guard var entry = entries[k] else { return }
             entry.users -= 1
-            e[k] = entry.users > 0 ? entry : nil
+            entries[k] = entry.users > 0 || entry.loading ? entry : nil
         }
     }
 
     func cached(_ located: LocatedBlock) -> BlockData? {
-        entries.withLock { $0[Key(block: located.blockKey, sequence: located.sequence)]?.data }
+        lock.withLock { entries[Self.key(located)]?.data }
     }
 
-    /// Keeps `data` as the copy of `located` (unless another handle stored one first); returns the copy to use.
-    func store(_ data: BlockData, for located: LocatedBlock) -> BlockData {
-        entries.withLock { e in
-            let k = Key(block: located.blockKey, sequence: located.sequence)
-            guard var entry = e[k] else { return data }
-            if let existing = entry.data { return existing }
-            entry.data = data
-            e[k] = entry
-            return data
+    /// The shared copy of `located`, loaded with `load` by the first request that needs it while the
+    /// others wait. `fresh` says whether this call loaded it (the caller then admits it to the tier).
+    /// Blocks of handles that did not `retain` (none today) are loaded and not kept.
+    func copy(of located: LocatedBlock, load: () throws -> BlockData) throws -> (data: BlockData, fresh: Bool) {
+        let k = Self.key(located)
+        lock.lock()
+        while true {
+            guard let entry = entries[k] else {
+                lock.unlock()
+                return (try load(), true)
+            }
+            if let data = entry.data {
+                lock.unlock()
+                return (data, false)
+            }
+            if !entry.loading { break }
+            lock.wait()
         }
+        entries[k]!.loading = true
+        lock.unlock()
+        let result = Result { try load() }
+        lock.lock()
+        if entries[k] != nil {
+            entries[k]!.loading = false
+            if case .success(let data) = result { entries[k]!.data = data }
+            if entries[k]!.users <= 0 { entries[k] = nil }
+        }
+        lock.broadcast()
+        lock.unlock()
+        return (try result.get(), true)
     }
 
-    var count: Int { entries.withLock { $0.count } }
+    var count: Int { lock.withLock { entries.count } }
 }
 
 /// Reading: replies from the DRAM tier's pinned bytes, or from the verified record read from NVMe
@@ -124,9 +157,9 @@ extension WarehouseFileSystem {
             loaded = shared
             r.block.withLock { $0 = shared }
         } else {
-            let data: BlockData
+            let fresh: Bool
             do {
-                data = try store.read(located)
+                (loaded, fresh) = try verified.copy(of: located) { try store.read(located) }
             } catch let e as StoreError {
                 if case .corruption(let why) = e { warn("twfs: refusing to serve \(r.node.namespace)/\(r.node.key): \(why)") }
                 // A block evicted or deleted after open no longer has bytes to give.
@@ -134,11 +167,10 @@ extension WarehouseFileSystem {
             } catch {
                 return FSError(error)
             }
-            loaded = verified.store(data, for: located)
             r.block.withLock { $0 = loaded }
             // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
             // reader, through the mount or the map, finds it there.
-            if let tiers, admitsToTier(r.node) {
+            if fresh, let tiers, admitsToTier(r.node) {
                 loaded.withBytes { bytes in
                     _ = tiers.insert(located.blockKey, namespaceID: r.node.namespaceID, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
                 }

@@ -264,6 +264,45 @@ final class Harness {
         #expect(try h.names(ns) == ["after", "dir"])
     }
 
+    @Test func aHintFloodWithoutNewlinesHoldsAtMostOneLine() {
+        let input = LineInput(.hints)
+        let chunk = [UInt8](repeating: 0x61, count: 1 << 20)
+        for _ in 0..<64 {
+            let (lines, tooLong) = chunk.withUnsafeBytes { input.append($0) }
+            #expect(lines.isEmpty && tooLong)
+            #expect(input.state.withLock { $0.partial.count } <= LineInput.maxLine)
+        }
+        // The over-long line ends at its newline; the lines after it are taken.
+        let tail = Array("aaaa\nns\t0123456789abcdef\npartial".utf8)
+        let (lines, tooLong) = tail.withUnsafeBytes { input.append($0) }
+        #expect(tooLong && lines == [Array("ns\t0123456789abcdef".utf8)])
+        #expect(input.finish() == Array("partial".utf8))
+    }
+
+    @Test func concurrentReadsOfOneBlockLoadItOnce() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        try h.write(ns, "big", [UInt8](repeating: 5, count: 3 << 20))
+        let located = try #require(h.store.locate(namespace: "ns", key: "big"))
+        h.fs.verified.retain(located)
+        let loads = Atomic<Int>(0)
+        let (verified, store) = (h.fs.verified, h.store)
+        let threads = (0..<8).map { t in
+            BackgroundThread(name: "load\(t)") {
+                _ = try? verified.copy(of: located) {
+                    loads.add(1, ordering: .relaxed)
+                    usleep(20_000)
+                    return try store.read(located)
+                }
+            }
+        }
+        threads.forEach { $0.join() }
+        #expect(loads.load(ordering: .relaxed) == 1)
+        #expect(h.fs.verified.cached(located) != nil)
+        h.fs.verified.release(located)
+        #expect(h.fs.verified.count == 0)
+    }
+
     @Test func directoriesNestPersistAndOnlyEmptyOnesAreRemoved() throws {
         let h = try Harness()
         let ns = try h.namespace()

@@ -206,14 +206,14 @@ extension BlockStore {
             throw StoreError.wrap(error)
         }
         let published = state.withLock { st -> Bool in
-            guard var seg = st.segments[r.segment.id] else { return true }
-            defer { st.segments[r.segment.id] = seg }
-            seg.inflight -= 1
+            let id = r.segment.id   // changed in place (see `finish`)
+            guard st.segments[id] != nil else { return true }
+            st.segments[id]!.inflight -= 1
             if let metadataRecord {
                 var summary = metadataRecord
                 summary.page = r.page
-                seg.summary.append(summary)
-                seg.metadataRecords += 1
+                st.segments[id]!.summary.append(summary)
+                st.segments[id]!.metadataRecords += 1
             } else if let cur = st.index[key], cur.segment == entry.segment, cur.page == entry.page, cur.sequence == entry.sequence {
                 var moved = cur
                 moved.segment = r.segment.id
@@ -234,9 +234,9 @@ extension BlockStore {
                     }
                 }
                 st.index[key] = moved
-                seg.summary.append(summary)
-                seg.liveBytes += UInt64(recordSize)
-                seg.countLive(cur.namespaceID, 1)
+                st.segments[id]!.summary.append(summary)
+                st.segments[id]!.liveBytes += UInt64(recordSize)
+                st.segments[id]!.countLive(cur.namespaceID, 1)
                 st.segments[entry.segment]?.liveBytes -= UInt64(size)
                 st.segments[entry.segment]?.countLive(cur.namespaceID, -1)
             } else {
