@@ -35,7 +35,9 @@ static inline int tw_punch_hole(int fd, int64_t offset, int64_t length) {
 }
 
 /// Bytes of heap in use, by malloc's own count.
-static inline size_t tw_heap_in_use(void) { return mallinfo2().uordblks; }
+/// Bytes malloc has handed out: small chunks in its heap (uordblks) and large ones it mapped on their own (hblkhd),
+/// such as the index's hash table.
+static inline size_t tw_heap_in_use(void) { struct mallinfo2 m = mallinfo2(); return m.uordblks + m.hblkhd; }
 
 /// Keeps large allocations (block buffers of up to 32 MiB, glibc's ceiling) in malloc's heap instead
 /// of a fresh mmap per buffer: reusing heap memory avoids faulting and zeroing every page of every
