@@ -209,8 +209,9 @@ extension BlockStore {
             }
             let members = node.blocks.slice(from: blockStart, limit: left)
             let now = Self.nowSeconds()
-            for (k, next) in members {
-                guard let e = st.index[k], e.directory == id, !Self.isExpired(e, st, now: now), let seg = st.segments[e.segment] else { continue }
+            for (slot, next) in members {
+                guard let (k, e) = st.index.entry(atSlot: slot), e.directory == id, !Self.isExpired(e, st, now: now),
+                      let seg = st.segments[e.segment] else { continue }
                 page.items.append((.block(BlockLocator(segment: seg.segment, page: e.page, headerPages: e.headerPages, key: k, sequence: e.sequence,
                                                        knownKey: st.extras[k]?.renamedKey)), blockPhase + UInt64(next)))
             }

@@ -179,7 +179,7 @@ struct StoreRecovery {
             st.segments[e.segment]!.liveBytes += UInt64(e.recordSize)
             st.segments[e.segment]!.countLive(e.namespaceID, 1)
             st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
-            st.directories.addBlockQuietly(key, namespace: e.namespaceID, directory: e.directory)
+            st.directories.addBlockQuietly(st.index.slot(of: key)!, namespace: e.namespaceID, directory: e.directory)
         }
         for (_, seg) in st.segments { st.usedBytes += seg.length }
         report.blocks = st.index.count

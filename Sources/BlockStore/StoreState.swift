@@ -151,7 +151,7 @@ struct SegmentState {
 
 /// Everything the store's lock guards.
 struct StoreState {
-    var index: [BlockKey: IndexEntry] = [:]
+    var index = BlockIndex()
     /// Names with a put in flight (reserved, not yet published): a second writer gets `.alreadyPresent`.
     var pending: Set<BlockKey> = []
     var extras: [BlockKey: BlockExtras] = [:]
@@ -176,24 +176,24 @@ struct StoreState {
 
     /// Adds a block to the index, its directory and its namespace's figures (the caller accounts the segment).
     mutating func link(_ key: BlockKey, _ entry: IndexEntry, now: UInt64, quiet: Bool = false) {
-        index[key] = entry
+        let slot = index.insert(key, entry)
         usage[entry.namespaceID, default: NamespaceUsage()].add(entry)
         if quiet {
-            directories.addBlockQuietly(key, namespace: entry.namespaceID, directory: entry.directory)
+            directories.addBlockQuietly(slot, namespace: entry.namespaceID, directory: entry.directory)
         } else {
-            directories.addBlock(key, namespace: entry.namespaceID, directory: entry.directory, now: now)
+            directories.addBlock(slot, namespace: entry.namespaceID, directory: entry.directory, now: now)
         }
     }
 
     /// Removes a block from the index, its directory, its namespace's figures and its segment's live bytes.
     @discardableResult
     mutating func unlink(_ key: BlockKey, now: UInt64) -> IndexEntry? {
-        guard let e = index.removeValue(forKey: key) else { return nil }
+        guard let (slot, e) = index.remove(key) else { return nil }
         extras[key] = nil
         usage[e.namespaceID]?.remove(e)
         segments[e.segment]?.liveBytes -= UInt64(e.recordSize)
         segments[e.segment]?.countLive(e.namespaceID, -1)
-        directories.removeBlock(key, namespace: e.namespaceID, directory: e.directory, now: now)
+        directories.removeBlock(slot, namespace: e.namespaceID, directory: e.directory, now: now)
         return e
     }
 }

@@ -99,7 +99,8 @@ struct DirectoryTree: Sendable {
         var accessedNanoseconds: UInt64 = 0
         var children: [String: UInt32] = [:]
         var childOrder = MemberList<UInt32>()
-        var blocks = MemberList<BlockKey>()
+        /// Its blocks, by their slots in the index (`BlockIndex`): 4 bytes a block.
+        var blocks = MemberList<UInt32>()
         /// Open listings (`readdir` in progress): positions must stay valid, so no compaction.
         var listings = 0
 
@@ -339,27 +340,30 @@ struct DirectoryTree: Sendable {
 
     // MARK: Blocks
 
-    mutating func addBlock(_ key: BlockKey, namespace ns: UInt16, directory id: UInt32, now: UInt64) {
+    // Nodes are changed in place (`nodes[id]!.field`): a copy of a node would make the next change of
+    // its member list copy the whole list.
+
+    mutating func addBlock(_ slot: UInt32, namespace ns: UInt16, directory id: UInt32, now: UInt64) {
         if DirectoryID.isFanout(id) { materialize(ns, id, now: now) }
         guard namespaces[ns]?.nodes[id] != nil else { return }
-        namespaces[ns]!.nodes[id]!.blocks.insert(key)
+        namespaces[ns]!.nodes[id]!.blocks.insert(slot)
         namespaces[ns]!.nodes[id]!.modifiedNanoseconds = now
         namespaces[ns]!.nodes[id]!.changedNanoseconds = now
     }
 
-    mutating func removeBlock(_ key: BlockKey, namespace ns: UInt16, directory id: UInt32, now: UInt64) {
-        guard var n = namespaces[ns]?.nodes[id] else { return }
-        n.blocks.remove(key, compactable: n.listings == 0)
-        n.modifiedNanoseconds = now
-        n.changedNanoseconds = now
-        namespaces[ns]!.nodes[id] = n
+    mutating func removeBlock(_ slot: UInt32, namespace ns: UInt16, directory id: UInt32, now: UInt64) {
+        guard namespaces[ns]?.nodes[id] != nil else { return }
+        let compactable = namespaces[ns]!.nodes[id]!.listings == 0
+        namespaces[ns]!.nodes[id]!.blocks.remove(slot, compactable: compactable)
+        namespaces[ns]!.nodes[id]!.modifiedNanoseconds = now
+        namespaces[ns]!.nodes[id]!.changedNanoseconds = now
         dropIfImplicitAndEmpty(ns, id, now: now)
     }
 
-    /// Blocks removed without touching times (recovery building the tree).
-    mutating func addBlockQuietly(_ key: BlockKey, namespace ns: UInt16, directory id: UInt32) {
+    /// Blocks added without touching times (recovery building the tree).
+    mutating func addBlockQuietly(_ slot: UInt32, namespace ns: UInt16, directory id: UInt32) {
         if DirectoryID.isFanout(id) { materialize(ns, id, now: namespaces[ns]?.nodes[DirectoryID.namespaceRoot]?.modifiedNanoseconds ?? 0) }
-        namespaces[ns]?.nodes[id]?.blocks.insert(key)
+        namespaces[ns]?.nodes[id]?.blocks.insert(slot)
     }
 
     // MARK: Listing
@@ -367,13 +371,12 @@ struct DirectoryTree: Sendable {
     mutating func beginListing(_ ns: UInt16, _ id: UInt32) { namespaces[ns]?.nodes[id]?.listings += 1 }
 
     mutating func endListing(_ ns: UInt16, _ id: UInt32, now: UInt64) {
-        guard var n = namespaces[ns]?.nodes[id] else { return }
-        n.listings = max(0, n.listings - 1)
-        if n.listings == 0 {
-            n.blocks.compact()
-            n.childOrder.compact()
+        guard namespaces[ns]?.nodes[id] != nil else { return }
+        namespaces[ns]!.nodes[id]!.listings = max(0, namespaces[ns]!.nodes[id]!.listings - 1)
+        if namespaces[ns]!.nodes[id]!.listings == 0 {
+            namespaces[ns]!.nodes[id]!.blocks.compact()
+            namespaces[ns]!.nodes[id]!.childOrder.compact()
         }
-        namespaces[ns]!.nodes[id] = n
         dropIfImplicitAndEmpty(ns, id, now: now)
     }
 

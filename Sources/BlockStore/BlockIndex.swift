@@ -1,0 +1,150 @@
+import WarehouseCore
+
+/// The in-memory index: every live block's `BlockKey` and `IndexEntry`, in a slab of stable slots
+/// found through chained buckets (docs/benchmarks.md, "Index memory").
+///
+/// Why not a `Dictionary`: a dictionary keeps its load factor between 3/8 and 3/4, so its storage is
+/// 1.3 to 2.7 times the entries (at 1M blocks, 2M slots of 56 bytes: 117 bytes a block), and its
+/// positions move when it grows, so a directory had to list its blocks by their 16-byte keys. Here the
+/// slab grows by a quarter at a time, the buckets are 4 bytes each, and a slot's number never changes
+/// while its block lives: directories list their blocks by 4-byte slot numbers (`DirectoryTree`).
+/// About 66 bytes a block for the index, plus 4 in its directory.
+///
+/// Thread-safety: none; it lives in the store's state and its lock guards it.
+struct BlockIndex: Sequence {
+    struct Slot {
+        var key: BlockKey
+        var entry: IndexEntry
+    }
+
+    private var slots: [Slot] = []
+    /// Per slot: the next slot of its bucket's chain, or of the free list.
+    private var next: [UInt32] = []
+    /// Per bucket: its first slot. A power of two, at least as many as live slots.
+    private var buckets: [UInt32] = [UInt32](repeating: BlockIndex.none, count: 1024)
+    private var freeList = BlockIndex.none
+    private(set) var count = 0
+
+    static let none = UInt32.max
+    /// `IndexEntry.segment` of a free slot (segment ids never reach it).
+    private static let freeMark = UInt32.max
+
+    private var mask: Int { buckets.count - 1 }
+
+    @inline(__always)
+    private func bucket(of key: BlockKey) -> Int { Int(truncatingIfNeeded: key.low ^ (key.high >> 17)) & mask }
+
+    /// The slot holding `key`, if it is in the index.
+    func slot(of key: BlockKey) -> UInt32? {
+        var s = buckets[bucket(of: key)]
+        while s != Self.none {
+            if slots[Int(s)].key == key { return s }
+            s = next[Int(s)]
+        }
+        return nil
+    }
+
+    /// The key and entry in slot `s` (a slot a directory lists; nil when it is free).
+    func entry(atSlot s: UInt32) -> (key: BlockKey, entry: IndexEntry)? {
+        guard Int(s) < slots.count, slots[Int(s)].entry.segment != Self.freeMark else { return nil }
+        return (slots[Int(s)].key, slots[Int(s)].entry)
+    }
+
+    subscript(key: BlockKey) -> IndexEntry? {
+        get { slot(of: key).map { slots[Int($0)].entry } }
+        set {
+            if let newValue {
+                if let s = slot(of: key) { slots[Int(s)].entry = newValue } else { _ = insert(key, newValue) }
+            } else {
+                _ = remove(key)
+            }
+        }
+    }
+
+    /// Adds `key` (not in the index); returns its slot.
+    @discardableResult
+    mutating func insert(_ key: BlockKey, _ entry: IndexEntry) -> UInt32 {
+        precondition(entry.segment != Self.freeMark)
+        if count + 1 > buckets.count { rehash(buckets: buckets.count * 2) }
+        let s: UInt32
+        if freeList != Self.none {
+            s = freeList
+            freeList = next[Int(s)]
+            slots[Int(s)] = Slot(key: key, entry: entry)
+        } else {
+            if slots.count == slots.capacity {
+                // A quarter more at a time: less slack than an array's doubling.
+                let more = Swift.max(1024, slots.count / 4)
+                slots.reserveCapacity(slots.count + more)
+                next.reserveCapacity(slots.count + more)
+            }
+            s = UInt32(slots.count)
+            precondition(s != Self.none, "more than 4 billion blocks")
+            slots.append(Slot(key: key, entry: entry))
+            next.append(Self.none)
+        }
+        let b = bucket(of: key)
+        next[Int(s)] = buckets[b]
+        buckets[b] = s
+        count += 1
+        return s
+    }
+
+    /// Removes `key`; returns its slot and entry.
+    @discardableResult
+    mutating func remove(_ key: BlockKey) -> (slot: UInt32, entry: IndexEntry)? {
+        let b = bucket(of: key)
+        var previous = Self.none
+        var s = buckets[b]
+        while s != Self.none {
+            if slots[Int(s)].key == key {
+                if previous == Self.none { buckets[b] = next[Int(s)] } else { next[Int(previous)] = next[Int(s)] }
+                let entry = slots[Int(s)].entry
+                slots[Int(s)].entry.segment = Self.freeMark
+                next[Int(s)] = freeList
+                freeList = s
+                count -= 1
+                return (s, entry)
+            }
+            previous = s
+            s = next[Int(s)]
+        }
+        return nil
+    }
+
+    mutating func reserveCapacity(_ n: Int) {
+        if n > slots.capacity {
+            slots.reserveCapacity(n)
+            next.reserveCapacity(n)
+        }
+        var b = buckets.count
+        while b < n { b *= 2 }
+        if b > buckets.count { rehash(buckets: b) }
+    }
+
+    private mutating func rehash(buckets n: Int) {
+        buckets = [UInt32](repeating: Self.none, count: n)
+        for i in slots.indices where slots[i].entry.segment != Self.freeMark {
+            let b = bucket(of: slots[i].key)
+            next[i] = buckets[b]
+            buckets[b] = UInt32(i)
+        }
+    }
+
+    /// Live entries, in slot order.
+    struct Iterator: IteratorProtocol {
+        let slots: [Slot]
+        var i = 0
+        mutating func next() -> (key: BlockKey, value: IndexEntry)? {
+            while i < slots.count {
+                defer { i += 1 }
+                if slots[i].entry.segment != BlockIndex.freeMark { return (slots[i].key, slots[i].entry) }
+            }
+            return nil
+        }
+    }
+
+    func makeIterator() -> Iterator { Iterator(slots: slots) }
+
+    var underestimatedCount: Int { count }
+}
