@@ -41,7 +41,7 @@ extension BlockStore {
             if st.directories.child(namespaceID, of: parent, named: name) != nil { throw StoreError.alreadyExists }
             let path = parentPath.isEmpty ? name : parentPath + "/" + name
             if path.utf8.count > BlockName.maxPathLength { throw StoreError.nameTooLong("the path \(path.prefix(100))… is longer than \(BlockName.maxPathLength) bytes") }
-            let depth = path.split(separator: "/").count
+            let depth = BlockPath.components(of: path).count
             if depth > BlockName.maxDepth { throw StoreError.nameTooLong("directories nest at most \(BlockName.maxDepth) deep in a namespace") }
             if Self.live(BlockKey(namespace: ns.name, key: BlockPath.key(directory: parentPath, name: name)), st) != nil {
                 throw StoreError.alreadyExists
@@ -96,7 +96,7 @@ extension BlockStore {
                 throw StoreError.crossDevice("directory \(node.name) holds blocks, whose names are their paths: it is copied, not renamed")
             }
             let path = parentPath.isEmpty ? newName : parentPath + "/" + newName
-            if path.split(separator: "/").count + st.directories.height(namespaceID, id) > BlockName.maxDepth {
+            if BlockPath.components(of: path).count + st.directories.height(namespaceID, id) > BlockName.maxDepth {
                 throw StoreError.nameTooLong("directories nest at most \(BlockName.maxDepth) deep in a namespace")
             }
             if Self.live(BlockKey(namespace: ns.name, key: BlockPath.key(directory: parentPath, name: newName)), st) != nil {

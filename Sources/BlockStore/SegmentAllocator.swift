@@ -103,7 +103,7 @@ extension BlockStore {
         let (path, _) = BlockPath.split(key: key)
         var id = DirectoryID.namespaceRoot
         let now = wallClockNanoseconds()
-        for component in path.split(separator: "/").map(String.init) {
+        for component in BlockPath.components(of: path) {
             if let next = st.directories.child(ns.id, of: id, named: component) {
                 id = next
                 continue

@@ -22,8 +22,9 @@ public enum FileSystem {
     /// Creates `path` and its missing parents with `mode`.
     public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemError) {
         var current = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
-            current += "/" + component
+        // Split at the byte `/` (a `/` and a combining mark after it are one Character in Swift).
+        for component in path.utf8.split(separator: UInt8(ascii: "/")) {
+            current += "/" + String(decoding: component, as: UTF8.self)
             if mkdir(current, mode) != 0 && errno != EEXIST { throw SystemError.last("mkdir", path: current) }
         }
     }

@@ -114,12 +114,18 @@ public enum BlockPath {
     /// The key of a path relative to the namespace (`a/b/c.bin`, `3f/3fa9…`), or nil when the path is
     /// not a valid one (empty components, `.`/`..`, too long or too deep).
     public static func key(relativePath path: String) -> String? {
-        let components = path.split(separator: "/", omittingEmptySubsequences: false)
+        let components = self.components(of: path, keepingEmpty: true)
         guard !components.isEmpty, components.count <= BlockName.maxDepth + 1, path.utf8.count <= BlockName.maxPathLength,
               components.allSatisfy({ BlockName.isValidComponent($0.utf8) }) else { return nil }
-        let name = String(components.last!)
+        let name = components.last!
         let directory = components.dropLast().joined(separator: "/")
         return key(directory: directory, name: name)
+    }
+
+    /// The components of a path, split at the byte `/`. Not at the Character "/": a `/` followed by a
+    /// combining mark is one Character in Swift, and a name may begin with a combining mark.
+    public static func components(of path: String, keepingEmpty: Bool = false) -> [String] {
+        path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: !keepingEmpty).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// A block name as the clients and hint lines give it: a bare canonical hash means its canonical
@@ -139,8 +145,11 @@ public enum BlockPath {
     /// The directory (relative to the namespace, "" for the namespace itself) and file name of a key.
     public static func split(key: String) -> (directory: String, name: String) {
         let path = relativePath(ofKey: key)
-        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", path) }
-        return (String(path[..<slash]), String(path[path.index(after: slash)...]))
+        let bytes = path.utf8
+        guard let slash = bytes.lastIndex(of: UInt8(ascii: "/")) else { return ("", path) }
+        // Sliced by UTF-8 index: `index(after:)` on the String would step over the whole Character
+        // "/" makes with a combining mark after it.
+        return (String(decoding: bytes[..<slash], as: UTF8.self), String(decoding: bytes[bytes.index(after: slash)...], as: UTF8.self))
     }
 }
 

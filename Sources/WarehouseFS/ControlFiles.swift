@@ -143,12 +143,13 @@ extension WarehouseFileSystem {
             var refused = 0
             var namespaces: [String: NamespaceInfo?] = [:]
             for line in lines {
-                let text = String(decoding: line, as: UTF8.self)
-                let parts = text.split(maxSplits: 1, whereSeparator: { $0 == "\t" || $0 == " " })
-                guard parts.count == 2 else { continue }
-                let nsName = String(parts[0])
-                var name = String(parts[1])
-                if name.hasSuffix("\r") { name.removeLast() }
+                // Split at the first tab or space byte (not Character: a combining mark after the tab
+                // would join it into one).
+                guard let cut = line.firstIndex(where: { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") }) else { continue }
+                let nsName = String(decoding: line[..<cut], as: UTF8.self)
+                var name = String(decoding: line[(cut + 1)...], as: UTF8.self)
+                guard !nsName.isEmpty, !name.isEmpty else { continue }
+                if name.utf8.last == UInt8(ascii: "\r") { name = String(decoding: name.utf8.dropLast(), as: UTF8.self) }
                 let info = namespaces[nsName] ?? store.namespace(named: nsName)
                 namespaces[nsName] = info
                 guard let ns = info, let key = BlockPath.key(clientName: name) else { refused += 1; continue }
@@ -169,7 +170,7 @@ extension WarehouseFileSystem {
         let (path, _) = BlockPath.split(key: key)
         var dir = DirectoryID.namespaceRoot
         if !path.isEmpty {
-            for component in path.split(separator: "/") {
+            for component in BlockPath.components(of: path) {
                 guard let next = store.lookupDirectory(namespaceID: ns.id, parent: dir, name: String(component)),
                       let info = store.directory(namespaceID: ns.id, id: next),
                       caller.may(1, mode: info.ownership.mode, owner: info.ownership.uid, group: info.ownership.gid) else { return false }

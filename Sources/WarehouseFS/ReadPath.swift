@@ -205,7 +205,7 @@ extension WarehouseFileSystem {
         let (path, _) = BlockPath.split(key: key)
         guard !path.isEmpty else { return true }
         var dir = DirectoryID.namespaceRoot
-        for component in path.split(separator: "/") {
+        for component in BlockPath.components(of: path) {
             guard let next = store.lookupDirectory(namespaceID: namespaceID, parent: dir, name: String(component)),
                   let info = store.directory(namespaceID: namespaceID, id: next) else { return false }
             let bits = info.ownership.mode & 0o111

@@ -142,7 +142,7 @@ public final class WarehouseFileSystem: Sendable {
         let (path, name) = BlockPath.split(key: key)
         var dir = DirectoryID.namespaceRoot
         if !path.isEmpty {
-            for component in path.split(separator: "/") {
+            for component in BlockPath.components(of: path) {
                 guard let next = store.lookupDirectory(namespaceID: ns.id, parent: dir, name: String(component)) else { return }
                 dir = next
             }

@@ -79,4 +79,15 @@ import WarehouseCore
         #expect(BlockKey(namespace: "a", key: "b") != BlockKey(namespace: "a", key: "c"))
         #expect(BlockKey(namespace: "ns", key: "0a1b2c3d4e5f6071") != BlockKey(namespace: "ns", key: "/0a1b2c3d4e5f6071"))
     }
+
+    @Test func aNameThatStartsWithACombiningMarkKeepsItsDirectory() {
+        // "/" and U+0742 (a combining mark) are one Character in Swift; paths split at the byte.
+        let name = "\u{742}x"
+        let key = BlockPath.key(directory: "dd", name: name)
+        #expect(key == "dd/" + name)
+        #expect(BlockPath.isValidKey(key))
+        #expect(BlockPath.split(key: key) == ("dd", name))
+        #expect(BlockPath.components(of: "a/\u{742}/b") == ["a", "\u{742}", "b"])
+        #expect(BlockPath.key(relativePath: "dd/" + name) == key)
+    }
 }

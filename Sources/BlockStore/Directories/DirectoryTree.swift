@@ -173,7 +173,7 @@ struct DirectoryTree: Sendable {
         let (path, _) = BlockPath.split(key: key)
         var id = DirectoryID.namespaceRoot
         guard !path.isEmpty else { return id }
-        for component in path.split(separator: "/") {
+        for component in BlockPath.components(of: path) {
             guard let next = child(ns, of: id, named: String(component)) else { return nil }
             id = next
         }
@@ -204,7 +204,7 @@ struct DirectoryTree: Sendable {
     /// Depth of a directory below its namespace (0 for the namespace itself).
     func depth(_ ns: UInt16, _ id: UInt32) -> Int {
         guard let p = path(ns, id) else { return 0 }
-        return p.isEmpty ? 0 : p.split(separator: "/").count
+        return p.isEmpty ? 0 : BlockPath.components(of: p).count
     }
 
     // MARK: Changes (the store journals the explicit ones)
