@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,20 +38,10 @@ twfs_binary = mount_harness.twfs_binary
 from engine_util import engine_env, run_engine_process  # noqa: E402
 
 
-def pytest_configure(config):
-    if not config.pluginmanager.hasplugin("timeout"):
-        config.addinivalue_line("markers", "timeout(seconds): per-test time limit (needs pytest-timeout)")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = yield
-    setattr(item, "rep_" + rep.when, rep)
-    return rep
-
-
-def _failed(item) -> bool:
-    return any(getattr(getattr(item, "rep_" + w, None), "failed", False) for w in ("setup", "call"))
+# The mount tests' hooks: the timeout marker, and each phase's report kept on the item for the fixtures.
+pytest_configure = mount_harness.pytest_configure
+pytest_runtest_makereport = mount_harness.pytest_runtest_makereport
+_failed = mount_harness._test_failed
 
 
 @pytest.fixture(scope="session")
@@ -76,40 +64,8 @@ def run_engine(tmp_path):
 @pytest.fixture
 def warehouse_factory(request):
     """make(*extra_args, capacity='2G') -> a started Warehouse; unmounted and killed after the test."""
-    binary = twfs_binary()
-    if os.geteuid() != 0:
-        pytest.skip("twfs integration tests run as root")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing")
-    if not os.access(binary, os.X_OK):
-        msg = f"twfs binary not found at {binary} (build with `swift build -c release` or set TWFS_BIN)"
-        if os.environ.get("TWFS_REQUIRE_BINARY") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    made: list = []
-
-    def make(*extra: str, capacity: str = "2G") -> "Warehouse":
-        base = Path(tempfile.mkdtemp(prefix="twfs-engine-"))
-        os.chmod(base, 0o755)
-        wh = Warehouse(base, capacity=capacity, sync="batch", extra=list(extra))
-        made.append(wh)
-        return wh.start()
-
-    try:
+    with mount_harness.warehouse_pool(request, "twfs-engine-", ()) as make:
         yield make
-    finally:
-        problems = []
-        for wh in made:
-            problems += wh.cleanup()
-        failed = _failed(request.node)
-        if failed or problems:
-            for wh in made:
-                print(f"\n===== twfs log ({wh.base}) =====\n{wh.log_tail()}")
-        for wh in made:
-            if os.environ.get("TWFS_KEEP") != "1" and not mount_harness.mounts_at(wh.mount):
-                shutil.rmtree(wh.base, ignore_errors=True)
-        if problems and not failed:
-            pytest.fail("; ".join(problems))
 
 
 @pytest.fixture

@@ -24,9 +24,7 @@ import importlib.util
 import json
 import os
 import queue
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,20 +51,10 @@ def venv_python() -> Path:
     return (Path(venv) if venv else REPO / ".venv-vllm") / "bin" / "python"
 
 
-def pytest_configure(config):
-    if not config.pluginmanager.hasplugin("timeout"):
-        config.addinivalue_line("markers", "timeout(seconds): per-test time limit (needs pytest-timeout)")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = yield
-    setattr(item, "rep_" + rep.when, rep)
-    return rep
-
-
-def _failed(item) -> bool:
-    return any(getattr(getattr(item, "rep_" + w, None), "failed", False) for w in ("setup", "call"))
+# The mount tests' hooks: the timeout marker, and each phase's report kept on the item for the fixtures.
+pytest_configure = mount_harness.pytest_configure
+pytest_runtest_makereport = mount_harness.pytest_runtest_makereport
+_failed = mount_harness._test_failed
 
 
 def _skip_or_fail(msg: str):
@@ -190,40 +178,8 @@ class EngineProcess:
 @pytest.fixture
 def warehouse_factory(request):
     """make(*extra_args, capacity='2G') -> a started Warehouse; unmounted and killed after the test."""
-    binary = twfs_binary()
-    if os.geteuid() != 0:
-        pytest.skip("twfs integration tests run as root")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing")
-    if not os.access(binary, os.X_OK):
-        msg = f"twfs binary not found at {binary} (build with `swift build -c release` or set TWFS_BIN)"
-        if os.environ.get("TWFS_REQUIRE_BINARY") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    made: list = []
-
-    def make(*extra: str, capacity: str = "2G") -> "Warehouse":
-        base = Path(tempfile.mkdtemp(prefix="twfs-filetier-"))
-        os.chmod(base, 0o755)
-        wh = Warehouse(base, capacity=capacity, sync="batch", extra=["--dram", "64M", *extra])
-        made.append(wh)
-        return wh.start()
-
-    try:
+    with mount_harness.warehouse_pool(request, "twfs-filetier-", ("--dram", "64M")) as make:
         yield make
-    finally:
-        problems = []
-        for wh in made:
-            problems += wh.cleanup()
-        failed = _failed(request.node)
-        if failed or problems:
-            for wh in made:
-                print(f"\n===== twfs log ({wh.base}) =====\n{wh.log_tail()}")
-        for wh in made:
-            if os.environ.get("TWFS_KEEP") != "1" and not mount_harness.mounts_at(wh.mount):
-                shutil.rmtree(wh.base, ignore_errors=True)
-        if problems and not failed:
-            pytest.fail("; ".join(problems))
 
 
 @pytest.fixture

@@ -228,12 +228,11 @@ def _test_failed(item) -> bool:
     return any(getattr(getattr(item, "rep_" + w, None), "failed", False) for w in ("setup", "call"))
 
 
-@pytest.fixture
-def warehouse_factory(request):
-    """Returns make(*extra_args, capacity='2G', sync='batch', start=True) -> Warehouse.
-
-    Every warehouse made is unmounted, killed and reaped after the test, pass or fail.
-    """
+@contextlib.contextmanager
+def warehouse_pool(request, prefix: str = "twfs-it-", default_extra: tuple = ()):
+    """Yields make(*extra_args, capacity='2G', sync='batch', start=True) -> Warehouse; every warehouse made
+    is unmounted, killed and reaped when the block ends, pass or fail, and its log printed on failure.
+    Shared by the mount, file-tier and engine tests (their conftests load this file)."""
     binary = twfs_binary()
     if os.geteuid() != 0:
         pytest.skip("twfs integration tests run as root")
@@ -248,9 +247,9 @@ def warehouse_factory(request):
     made: list[Warehouse] = []
 
     def make(*extra: str, capacity: str = "2G", sync: str = "batch", start: bool = True) -> Warehouse:
-        base = Path(tempfile.mkdtemp(prefix="twfs-it-"))
+        base = Path(tempfile.mkdtemp(prefix=prefix))
         os.chmod(base, 0o755)  # other users must reach the mount point (permission tests)
-        wh = Warehouse(base, capacity=capacity, sync=sync, extra=list(extra))
+        wh = Warehouse(base, capacity=capacity, sync=sync, extra=[*default_extra, *extra])
         made.append(wh)
         if start:
             wh.start()
@@ -274,6 +273,15 @@ def warehouse_factory(request):
         if problems and not failed:
             pytest.fail("; ".join(problems))
 
+
+@pytest.fixture
+def warehouse_factory(request):
+    """Returns make(*extra_args, capacity='2G', sync='batch', start=True) -> Warehouse.
+
+    Every warehouse made is unmounted, killed and reaped after the test, pass or fail.
+    """
+    with warehouse_pool(request) as make:
+        yield make
 
 @pytest.fixture
 def warehouse(warehouse_factory) -> Warehouse:

@@ -15,7 +15,6 @@ Environment: TW_DRAM_STRESS_SECONDS (default 60), and those of conftest.py.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from twfs_util import block_hash, canonical, errno_as_user, errname, pattern, read_block, size_for, wait_until, \
-    write_block
+from twfs_util import LineProcess, block_hash, run_as_user, canonical, pattern, read_block, size_for, wait_until, write_block
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_DIR = REPO / "clients" / "python"
@@ -125,35 +123,6 @@ def make_resident(ns: Path, names, timeout: float = 15.0) -> None:
         f"(user.tw.tier: {sorted({tier_of(canonical(ns, h)) for h in pending})})"
 
 
-def run_as_user(uid: int, gid: int, fn, groups: list[int] | None = None):
-    """fn() in a forked child that dropped to uid/gid; returns its JSON-able result (or raises)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 255
-        try:
-            os.close(r)
-            os.setgroups(groups or [])
-            os.setgid(gid)
-            os.setuid(uid)
-            try:
-                out = {"ok": fn()}
-            except BaseException as e:  # noqa: BLE001
-                out = {"error": f"{type(e).__name__}: {e}"}
-            os.write(w, json.dumps(out).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        raw = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and raw, f"child as {uid}:{gid} failed (status {status})"
-    out = json.loads(raw)
-    assert "error" not in out, f"child as {uid}:{gid}: {out['error']}"
-    return out["ok"]
-
-
 def sha(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -188,15 +157,12 @@ for line in sys.stdin:
 """
 
 
-class ClientProcess:
+class ClientProcess(LineProcess):
     def __init__(self, mount: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", _CLIENT_LOOP, os.fspath(mount)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, close_fds=True, env=child_env())
+        super().__init__(_CLIENT_LOOP, os.fspath(mount), env=child_env())
 
     def _ask(self, line: str) -> str:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        out = self.proc.stdout.readline()
+        out = self.send(line)
         if not out:
             rc = self.proc.wait(timeout=10)
             raise AssertionError(f"client process died (exit {rc}"
@@ -217,16 +183,6 @@ class ClientProcess:
 
     def watched_generation(self) -> int:
         return int(self._ask("watched-generation"))
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
 
 
 # ---------------------------------------------------------------------------------- name, modes, layout

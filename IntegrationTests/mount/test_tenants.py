@@ -293,17 +293,7 @@ def wait_resident(paths, timeout: float = 15.0) -> None:
 
 def read_uncached(path) -> bytes:
     """Read a whole block with its page-cache pages dropped first, so the read reaches the daemon."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        parts = []
-        while True:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                return b"".join(parts)
-            parts.append(b)
-    finally:
-        os.close(fd)
+    return read_block(path, uncached=True)
 
 
 def ctl(mount, request: bytes | str) -> dict:

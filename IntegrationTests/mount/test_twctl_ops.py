@@ -106,19 +106,9 @@ def ns_create(wh, name: str, *opts: str) -> None:
     assert (wh.mount / name).is_dir(), f"`twctl ns create {name}` exited 0 but MOUNT/{name} is not a directory"
 
 
-def read_dropped(path: str) -> bytes:
+def read_dropped(path) -> bytes:
     """Read a whole block with its page-cache pages dropped first, so the read reaches the daemon."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        parts = []
-        while True:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                return b"".join(parts)
-            parts.append(b)
-    finally:
-        os.close(fd)
+    return read_block(path, uncached=True)
 
 
 def outcome(path: str, data: bytes) -> str:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -77,9 +78,12 @@ def write_block(path: str, data: bytes, flags: int = os.O_CREAT | os.O_WRONLY | 
     os.close(fd)
 
 
-def read_block(path: str, chunk: int = 1 << 20) -> bytes:
+def read_block(path: str, chunk: int = 1 << 20, uncached: bool = False) -> bytes:
+    """A whole block; with `uncached`, its page-cache pages are dropped first, so the read reaches the daemon."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        if uncached:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         parts = []
         while True:
             b = os.read(fd, chunk)
@@ -156,7 +160,32 @@ for line in sys.stdin:
 """
 
 
-class Prober:
+class LineProcess:
+    """A Python child driven line by line over a pipe (one request line, one answer line): another
+    process, so what it does (or a crash of it) is its own."""
+
+    def __init__(self, code: str, *args: str, env: dict | None = None):
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, close_fds=True, env=env)
+
+    def send(self, line: str) -> str:
+        """The answer line, or "" when the child died."""
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+class Prober(LineProcess):
     """A helper process that stats, opens and reads paths on request: "another process" for visibility checks.
 
     Start it before opening the file under test: a process started later (fork + exec) would inherit the
@@ -164,13 +193,10 @@ class Prober:
     """
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBER_LOOP], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, close_fds=True)
+        super().__init__(_PROBER_LOOP)
 
     def _ask(self, cmd: str, path) -> str:
-        self.proc.stdin.write(f"{cmd} {os.fspath(path)}\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        line = self.send(f"{cmd} {os.fspath(path)}")
         assert line, "prober process died"
         return line.strip()
 
@@ -184,16 +210,6 @@ class Prober:
         assert not out.startswith("error"), f"another process reading {path}: {out}"
         size, digest = out.split()
         return int(size), digest
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
 
     def __enter__(self):
         return self
@@ -215,31 +231,44 @@ def wait_until(pred, timeout: float, interval: float = 0.05):
         time.sleep(interval)
 
 
-def errno_as_user(uid: int, gid: int, fn, *args) -> int | None:
-    """Run fn(*args) in a forked child that dropped to uid/gid; return its errno (None on success)."""
+def run_as_user(uid: int, gid: int, fn, groups: list[int] | None = None):
+    """fn() in a forked child that dropped to uid/gid; returns its JSON-able result (or raises)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
         code = 255
         try:
             os.close(r)
-            os.setgroups([])
+            os.setgroups(groups or [])
             os.setgid(gid)
             os.setuid(uid)
             try:
-                fn(*args)
-                os.write(w, b"ok")
-            except OSError as e:
-                os.write(w, str(e.errno).encode())
+                out = {"ok": fn()}
+            except BaseException as e:  # noqa: BLE001
+                out = {"error": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
             code = 0
         finally:
             os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as f:
-        out = f.read()
+        raw = f.read()
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and out, f"probe child failed (status {status})"
-    return None if out == b"ok" else int(out)
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, f"child as {uid}:{gid} failed (status {status})"
+    out = json.loads(raw)
+    assert "error" not in out, f"child as {uid}:{gid}: {out['error']}"
+    return out["ok"]
+
+
+def errno_as_user(uid: int, gid: int, fn, *args) -> int | None:
+    """Run fn(*args) in a forked child that dropped to uid/gid; return its errno (None on success)."""
+    def attempt():
+        try:
+            fn(*args)
+            return None
+        except OSError as e:
+            return e.errno
+    return run_as_user(uid, gid, attempt)
 
 
 # --------------------------------------------------------------------------------------------- mounts

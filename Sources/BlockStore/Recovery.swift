@@ -210,21 +210,8 @@ struct StoreRecovery {
     private static func directory(of key: String, namespace ns: NamespaceInfo, state st: inout StoreState,
                                   journal: DirectoryJournal, report: inout RecoveryReport) throws -> UInt32 {
         if let d = st.directories.directory(ofKey: key, namespace: ns.id) { return d }
-        let (path, _) = BlockPath.split(key: key)
-        var id = DirectoryID.namespaceRoot
-        let now = wallClockNanoseconds()
-        for component in BlockPath.components(of: path) {
-            if let next = st.directories.child(ns.id, of: id, named: component) {
-                id = next
-                continue
-            }
-            guard let newID = st.directories.allocateID() else { throw StoreError.noSpace("no directory ids left") }
-            let owner = BlockOwnership(uid: ns.owner, gid: ns.group, mode: ns.mode)
-            try journal.append(.create(ns: ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now))
-            st.directories.add(ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now)
-            report.directoriesRestored += 1
-            id = newID
-        }
+        let (id, made) = try BlockStore.makeDirectories(of: key, namespace: ns, state: &st, journal: journal)
+        report.directoriesRestored += made
         return id
     }
 

@@ -100,8 +100,16 @@ extension BlockStore {
     func resolveDirectory(_ st: inout StoreState, key: String, namespace ns: NamespaceInfo, create: Bool) throws -> UInt32 {
         if let d = st.directories.directory(ofKey: key, namespace: ns.id) { return d }
         guard create else { throw StoreError.notFound }
+        return try Self.makeDirectories(of: key, namespace: ns, state: &st, journal: journal).id
+    }
+
+    /// Makes the missing directories of a key's path, owned like the namespace, and journals them;
+    /// returns the key's directory and how many were made.
+    static func makeDirectories(of key: String, namespace ns: NamespaceInfo, state st: inout StoreState,
+                                journal: DirectoryJournal) throws -> (id: UInt32, made: Int) {
         let (path, _) = BlockPath.split(key: key)
         var id = DirectoryID.namespaceRoot
+        var made = 0
         let now = wallClockNanoseconds()
         for component in BlockPath.components(of: path) {
             if let next = st.directories.child(ns.id, of: id, named: component) {
@@ -113,8 +121,9 @@ extension BlockStore {
             try journal.append(.create(ns: ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now))
             st.directories.add(ns.id, id: newID, parent: id, name: component, ownership: owner, modifiedNanoseconds: now)
             id = newID
+            made += 1
         }
-        return id
+        return (id, made)
     }
 
     /// `reserve` with the lock held; evicted segments go to `doomed` for deletion after unlocking.

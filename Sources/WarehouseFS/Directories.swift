@@ -23,14 +23,9 @@ extension WarehouseFileSystem {
         case .control, .file: return .failure(FSError(ENOTDIR))
         case .directory: break
         }
-        let dir: DirectoryContext
-        switch directoryContext(parent) {
-        case .success(let d): dir = d
-        case .failure(let e): return .failure(e)
-        }
-        let text: String
-        switch checkName(name) {
-        case .success(let t): text = t
+        let dir: DirectoryContext, text: String
+        switch entryOf(parent: parent, name: name) {
+        case .success(let found): (dir, text) = found
         case .failure(let e): return .failure(e)
         }
         if pendingNodeExists(namespace: dir.namespace, key: dir.key(of: text)) { return .failure(FSError(EEXIST)) }

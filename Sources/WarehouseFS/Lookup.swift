@@ -38,6 +38,12 @@ extension WarehouseFileSystem {
         }
     }
 
+    /// The directory `parent` (inside a namespace) and the checked text of `name` in it: what every
+    /// call on a name inside a namespace starts with.
+    func entryOf(parent: UInt64, name: [UInt8]) -> FSResult<(DirectoryContext, String)> {
+        directoryContext(parent).flatMap { dir in checkName(name).map { (dir, $0) } }
+    }
+
     public func lookup(parent: UInt64, name: [UInt8], caller: Caller) -> FSResult<Entry> {
         counters.count(.lookup)
         switch InodeNumber.kind(parent) {
@@ -62,14 +68,9 @@ extension WarehouseFileSystem {
         case .directory:
             break
         }
-        let dir: DirectoryContext
-        switch directoryContext(parent) {
-        case .success(let d): dir = d
-        case .failure(let e): return .failure(e)
-        }
-        let text: String
-        switch checkName(name) {
-        case .success(let t): text = t
+        let dir: DirectoryContext, text: String
+        switch entryOf(parent: parent, name: name) {
+        case .success(let found): (dir, text) = found
         case .failure(let e): return .failure(e)
         }
         if let child = store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) {

@@ -13,14 +13,9 @@ extension WarehouseFileSystem {
 
     public func unlink(parent: UInt64, name: [UInt8], caller: Caller) -> FSResult<Void> {
         counters.count(.unlink)
-        let dir: DirectoryContext
-        switch directoryContext(parent) {
-        case .success(let d): dir = d
-        case .failure(let e): return .failure(e)
-        }
-        let text: String
-        switch checkName(name) {
-        case .success(let t): text = t
+        let dir: DirectoryContext, text: String
+        switch entryOf(parent: parent, name: name) {
+        case .success(let found): (dir, text) = found
         case .failure(let e): return .failure(e)
         }
         if store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) != nil { return .failure(FSError(EISDIR)) }

@@ -31,7 +31,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from typing import Callable, Iterable, Optional, Sequence
 
 import xxhash
@@ -67,6 +66,15 @@ class BlockFormatError(Exception):
     def __init__(self, message: str, foreign: bool = False):
         super().__init__(message)
         self.foreign = foreign
+
+
+def config_flag(v, default: bool) -> bool:
+    """An engine config value as a flag: None is the default; "0", "false", "no", "off" and "" are false."""
+    if v is None:
+        return default
+    if isinstance(v, str):
+        return v.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(v)
 
 
 def hex_name(block_hash) -> str:

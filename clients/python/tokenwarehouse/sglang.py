@@ -48,11 +48,7 @@ _HEX = re.compile(r"[0-9a-f]{16,128}")
 
 
 def _bool(v, default: bool) -> bool:
-    if v is None:
-        return default
-    if isinstance(v, str):
-        return v.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(v)
+    return kvb.config_flag(v, default)
 
 
 class TokenWarehouseStorage(HiCacheStorage):

@@ -200,11 +200,7 @@ class _Req:
 
 
 def _bool(v, default: bool) -> bool:
-    if v is None:
-        return default
-    if isinstance(v, str):
-        return v.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(v)
+    return kvb.config_flag(v, default)
 
 
 class TokenWarehouseConnector(KVConnectorBase_V1):
