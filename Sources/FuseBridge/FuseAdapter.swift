@@ -184,7 +184,10 @@ enum FuseAdapter {
         }
         ops.open = { req, ino, fi in
             let fs = FuseAdapter.fs(req)
-            switch fs.open(ino: ino, flags: fi!.pointee.flags, caller: FuseAdapter.caller(req, groups: true)) {
+            // The groups cost a read of /proc per request: only the control files' checks need them (the
+            // kernel checked a block's permissions before the OPEN).
+            let caller = FuseAdapter.caller(req, groups: WarehouseFileSystem.checksGroupsAtOpen(ino))
+            switch fs.open(ino: ino, flags: fi!.pointee.flags, caller: caller) {
             case .success(let (handle, keepCache, directIO)):
                 FuseAdapter.attach(handle, to: fi)
                 fi!.pointee.keep_cache = keepCache ? 1 : 0

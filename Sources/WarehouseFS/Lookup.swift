@@ -38,6 +38,14 @@ extension WarehouseFileSystem {
         }
     }
 
+    /// Whether `open` of `ino` checks the caller's supplementary groups itself (the control files act
+    /// as their opener: hints and commands are checked against its groups). Blocks' permissions are the
+    /// kernel's to check before the OPEN arrives.
+    public static func checksGroupsAtOpen(_ ino: UInt64) -> Bool {
+        if case .control = InodeNumber.kind(ino) { return true }
+        return false
+    }
+
     /// The directory `parent` (inside a namespace) and the checked text of `name` in it: what every
     /// call on a name inside a namespace starts with.
     func entryOf(parent: UInt64, name: [UInt8]) -> FSResult<(DirectoryContext, String)> {

@@ -70,6 +70,7 @@ public final class WarehouseFileSystem: Sendable {
     let staging: StagingPool
     let limits: ResourceLedger
     let verified = VerifiedBlocks()
+    let scratch = ScratchPool()
     /// Online compaction and other long control commands run on threads of their own.
     let compaction: OnlineCompaction
     let jobs = ControlJobs()

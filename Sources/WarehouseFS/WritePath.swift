@@ -112,6 +112,23 @@ struct WrittenRanges: Sendable {
     }
 }
 
+/// Buffers for the bytes of writes that are not staged (control files, discarded writes): a few
+/// buffers of the largest write, reused, so floods of such writes neither allocate per write nor leave
+/// freed chunks behind in the heap (at most one buffer per worker thread writing at once).
+///
+/// Thread-safety: the free list is behind a mutex.
+final class ScratchPool: Sendable {
+    static let size = 1 << 20
+    private let free = Mutex<[AlignedBuffer]>([])
+
+    func using<R>(_ count: Int, _ body: (AlignedBuffer) -> R) -> R {
+        guard count <= Self.size else { return body(AlignedBuffer(capacity: max(count, 1))) }
+        let buffer = free.withLock { $0.popLast() } ?? AlignedBuffer(capacity: Self.size)
+        defer { free.withLock { $0.append(buffer) } }
+        return body(buffer)
+    }
+}
+
 /// Reserved regions for blocks being written, reused so a write does not map and unmap each time.
 ///
 /// Thread-safety: the free list is behind a mutex.
@@ -271,22 +288,23 @@ extension WarehouseFileSystem {
     public func write(_ handle: OpenFile, count: Int, offset: Int, fill: (UnsafeMutableRawPointer) -> Int) -> FSResult<Int> {
         switch handle.kind {
         case .discard:
-            let scratch = AlignedBuffer(capacity: max(count, 1))
-            return .success(fill(scratch.pointer))
+            return scratch.using(count) { .success(fill($0.pointer)) }
         case .lines(let input):
-            let scratch = AlignedBuffer(capacity: max(count, 1))
-            let n = fill(scratch.pointer)
-            return writeLines(input, bytes: scratch.bytes(count: n), caller: handle.opener).map { n }
+            return scratch.using(count) { buffer in
+                let n = fill(buffer.pointer)
+                return writeLines(input, bytes: buffer.bytes(count: n), caller: handle.opener).map { n }
+            }
         case .command(let c):
             guard count <= ControlRequestLimit.bytes else { return .failure(FSError(E2BIG)) }
-            let scratch = AlignedBuffer(capacity: max(count, 1))
-            let n = fill(scratch.pointer)
-            let ok = c.state.withLock { s -> Bool in
-                guard s.request.count + n <= ControlRequestLimit.bytes else { return false }
-                s.request.append(contentsOf: scratch.bytes(count: n))
-                return true
+            return scratch.using(count) { buffer in
+                let n = fill(buffer.pointer)
+                let ok = c.state.withLock { s -> Bool in
+                    guard s.request.count + n <= ControlRequestLimit.bytes else { return false }
+                    s.request.append(contentsOf: buffer.bytes(count: n))
+                    return true
+                }
+                return ok ? .success(n) : .failure(FSError(E2BIG))
             }
-            return ok ? .success(n) : .failure(FSError(E2BIG))
         case .write(let w):
             return writeStaged(w, count: count, offset: offset, fill: fill)
         case .read, .generated, .directory:
