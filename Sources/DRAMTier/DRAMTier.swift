@@ -23,6 +23,8 @@ public struct TierStatistics: Sendable {
     public var mapHits = 0
     public var insertions = 0
     public var failedInsertions = 0
+    /// Resident copies found damaged (checksum mismatch) when a read was to be served from them.
+    public var damaged = 0
     public var evictions = 0
     public var promotions = 0
     public var reinsertions = 0
@@ -38,28 +40,43 @@ public struct TierStatistics: Sendable {
     public mutating func add(_ o: TierStatistics) {
         capacityBytes += o.capacityBytes; residentBlocks += o.residentBlocks; residentBytes += o.residentBytes
         mountHits += o.mountHits; misses += o.misses; mapHits += o.mapHits; insertions += o.insertions
-        failedInsertions += o.failedInsertions; evictions += o.evictions; promotions += o.promotions
+        failedInsertions += o.failedInsertions; damaged += o.damaged; evictions += o.evictions; promotions += o.promotions
         reinsertions += o.reinsertions; prefetchUsed += o.prefetchUsed; prefetchWasted += o.prefetchWasted
         prefetchPending += o.prefetchPending
     }
 }
 
 /// A resident block held still for a reply: its bytes are not moved, reused or cleared until the
-/// object goes away. Its checksum was verified when it was pinned.
+/// object goes away. Before its bytes are served they are checked against the entry's XXH3-64, once
+/// (`isIntact`): a pin that serves nothing (an open whose reads the page cache answers) costs no pass
+/// over the block.
 public final class PinnedBlock: Sendable {
     let tier: DRAMTier
     let key: BlockKey
     nonisolated(unsafe) private let bytes: UnsafeRawBufferPointer
+    private let checksum: UInt64
+    private let intact = Mutex<Bool?>(nil)
 
-    init(tier: DRAMTier, key: BlockKey, bytes: UnsafeRawBufferPointer) {
+    init(tier: DRAMTier, key: BlockKey, bytes: UnsafeRawBufferPointer, checksum: UInt64) {
         self.tier = tier
         self.key = key
         self.bytes = bytes
+        self.checksum = checksum
     }
 
     deinit { tier.unpin(key) }
 
     public var count: Int { bytes.count }
+
+    /// Whether the resident copy still has the checksum it was inserted with; checked on the first
+    /// call. A damaged copy leaves the tier (the caller then reads the block from NVMe).
+    public func isIntact() -> Bool {
+        if let known = intact.withLock({ $0 }) { return known }
+        let ok = Checksum.xxh3(bytes) == checksum
+        intact.withLock { $0 = ok }
+        if !ok { tier.dropDamaged(key) }
+        return ok
+    }
 
     /// Calls `body` with the block's bytes; the pointer is valid only inside it.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
@@ -266,18 +283,18 @@ public final class DRAMTier: Sendable {
             return (UnsafeRawBufferPointer(start: memory.pointer + dataOffset + item.offset, count: item.length), checksumOfEntry(index))
         }
         guard let (bytes, checksum) = found else { return nil }
-        let pinned = PinnedBlock(tier: self, key: key, bytes: bytes)
-        // Outside the lock: a pinned block's bytes do not move or change.
-        guard Checksum.xxh3(bytes) == checksum else {
-            remove(key)
-            state.withLock { $0.stats.misses += 1 }
-            return nil
-        }
+        let pinned = PinnedBlock(tier: self, key: key, bytes: bytes, checksum: checksum)
         state.withLock { st in
             st.stats.mountHits += 1
             if st.prefetched.remove(key) != nil { st.stats.prefetchUsed += 1 }
         }
         return pinned
+    }
+
+    /// A pinned copy failed its checksum: it leaves the tier (its bytes are cleared once unpinned).
+    func dropDamaged(_ key: BlockKey) {
+        remove(key)
+        state.withLock { $0.stats.damaged += 1 }
     }
 
     func unpin(_ key: BlockKey) {

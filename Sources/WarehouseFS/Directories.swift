@@ -15,7 +15,7 @@ extension WarehouseFileSystem {
             do {
                 let ns = try store.createNamespace(String(decoding: name, as: UTF8.self), owner: caller.uid, group: caller.gid, mode: mode & 0o7777)
                 namespaceChanged(ns)
-                return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+                return entry(for: InodeNumber.namespace(ns.id), timeout: settings.entryTimeout, attributeTimeout: 1)
             } catch {
                 return .failure(FSError(error))
             }
@@ -32,7 +32,7 @@ extension WarehouseFileSystem {
         do {
             let info = try store.makeDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text,
                                                ownership: BlockOwnership(uid: caller.uid, gid: caller.gid, mode: mode & 0o7777))
-            return entry(for: InodeNumber.directory(dir.namespace.id, info.id), timeout: 1)
+            return entry(for: InodeNumber.directory(dir.namespace.id, info.id), timeout: settings.entryTimeout, attributeTimeout: 1)
         } catch {
             return .failure(FSError(error))
         }

@@ -59,13 +59,13 @@ extension WarehouseFileSystem {
             if name.count > 255 { return .failure(FSError(ENAMETOOLONG)) }
             let text = String(decoding: name, as: UTF8.self)
             if text == ".tw" { return entry(for: InodeNumber.controlDirectory, timeout: settings.entryTimeout) }
-            if let ns = store.namespace(named: text) { return entry(for: InodeNumber.namespace(ns.id), timeout: 1) }
+            if let ns = store.namespace(named: text) { return entry(for: InodeNumber.namespace(ns.id), timeout: settings.entryTimeout, attributeTimeout: 1) }
             // A namespace another node announced is created here on first use, unless the caller is
             // creating it itself (mkdir looks the name up first).
             if let cluster, BlockName.isValidNamespace(text), !inspector.isMakingDirectory(caller.pid),
                let ns = cluster.importNamespace(text) {
                 namespaceChanged(ns)
-                return entry(for: InodeNumber.namespace(ns.id), timeout: 1)
+                return entry(for: InodeNumber.namespace(ns.id), timeout: settings.entryTimeout, attributeTimeout: 1)
             }
             return .failure(FSError(ENOENT))
         case .controlDirectory:
@@ -82,8 +82,10 @@ extension WarehouseFileSystem {
         case .failure(let e): return .failure(e)
         }
         if let child = store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) {
-            // Directories change as things are made in them: their attributes are cached briefly.
-            return entry(for: InodeNumber.directory(dir.namespace.id, child), timeout: 1)
+            // A directory keeps its inode while it lives (the kernel updates its own names on rmdir and
+            // rename), so its name is cached as long as a block's; its attributes change as things are made
+            // in it and are cached briefly.
+            return entry(for: InodeNumber.directory(dir.namespace.id, child), timeout: settings.entryTimeout, attributeTimeout: 1)
         }
         let key = dir.key(of: text)
         // A committed block wins over one this process is still writing (that one will be discarded).

@@ -140,7 +140,7 @@ extension WarehouseFileSystem {
 
     private func readBlock(_ r: ReadState, size: Int, offset: Int, reply: (UnsafeRawBufferPointer) -> Void) -> FSError? {
         let began = monotonicNanoseconds()
-        if let pinned = r.pinned {
+        if let pinned = r.pinned, pinned.isIntact() {
             let served = pinned.withBytes { bytes -> Int in
                 let start = min(max(offset, 0), bytes.count), end = min(start + max(size, 0), bytes.count)
                 reply(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))

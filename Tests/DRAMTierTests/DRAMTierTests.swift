@@ -155,8 +155,11 @@ func bytes(_ seed: Int, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfN
         let data = bytes(3, 10_000)
         // A checksum that does not match the bytes stands for memory changed after insertion.
         _ = data.withUnsafeBytes { f.tiers.insert(key, namespaceID: 1, bytes: $0, checksum: Checksum.xxh3($0) ^ 1) }
-        #expect(f.tiers.pin(key, namespaceID: 1) == nil)
+        // The pin itself costs no pass over the block; the check comes before anything is served.
+        let pinned = try #require(f.tiers.pin(key, namespaceID: 1))
+        #expect(!pinned.isIntact())
         #expect(!f.tiers.contains(key, namespaceID: 1))
+        #expect(f.tiers.statistics().damaged == 1)
     }
 
     @Test func aNamespaceThatChangesDomainLeavesItsOldTier() throws {
