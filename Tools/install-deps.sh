@@ -2,7 +2,8 @@
 # Installs the system and Python packages the project builds and tests with (Debian 12). Idempotent.
 set -euo pipefail
 need=()
-for p in libfuse3-dev fuse3 liblz4-dev libxxhash-dev pkg-config fio attr; do
+# rsync, tar, perl and a C compiler: the tests run them on the mount (IntegrationTests/mount/test_tools.py).
+for p in libfuse3-dev fuse3 liblz4-dev libxxhash-dev pkg-config fio attr rsync tar perl gcc util-linux; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

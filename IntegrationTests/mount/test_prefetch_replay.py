@@ -215,7 +215,13 @@ def test_the_tier_can_live_on_a_tmpfs_of_its_own(warehouse_factory, tmp_path):
         assert used() < MiB, used()                 # the memory goes with the daemon
     finally:
         subprocess.run(["umount", "-l", os.fspath(d)])
-    r = subprocess.run([os.fspath(wh.command()[0]), os.fspath(tmp_path / "m2"), "--store", os.fspath(tmp_path / "s2"),
-                        "--dram-dir", "/nonexistent-dir", "-f"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "nonexistent-dir" in r.stderr
+    m2 = tmp_path / "m2"
+    try:
+        r = subprocess.run([os.fspath(wh.command()[0]), os.fspath(m2), "--store", os.fspath(tmp_path / "s2"),
+                            "--dram-dir", "/nonexistent-dir", "-f"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "nonexistent-dir" in r.stderr
+        assert not os.path.ismount(m2), "a start that failed left its mount behind"
+    finally:
+        if os.path.ismount(m2):
+            subprocess.run(["umount", "-l", os.fspath(m2)])

@@ -189,7 +189,7 @@ struct StoreBench: ParsableCommand {
                     // Directories are made as a writer meets them (mkdir -p), as an engine's file tier does.
                     if (try? s.put(namespace: "bench", key: k, payload: UnsafeRawBufferPointer(start: nil, count: 0))) == nil {
                         var parent = DirectoryID.namespaceRoot
-                        for component in BlockPath.split(key: k).directory.split(separator: "/").map(String.init) {
+                        for component in BlockPath.components(of: BlockPath.split(key: k).directory) {
                             if let id = s.lookupDirectory(namespaceID: ns.id, parent: parent, name: component) { parent = id; continue }
                             parent = (try? s.makeDirectory(namespaceID: ns.id, parent: parent, name: component,
                                                            ownership: BlockOwnership(uid: 0, gid: 0, mode: 0o755)).id)
