@@ -14,7 +14,7 @@ if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   python3 -m pytest -q -p no:cacheprovider IntegrationTests/mount "$@"
   # The engines: their own file tiers (vLLM's fs offload tier, SGLang's HiCacheFile, LMCache's disk
   # backends) unmodified on a mount, then a real vLLM engine with our connector and SGLang's storage
-  # interface with our backend (docs/engines.md, docs/compat.md). Their venv is built once (~4 min, 3.7 GB).
+  # interface with our backend (docs/engine.md, docs/compat.md). Their venv is built once (~4 min, 3.7 GB).
   VLLM_PY=$(Tools/vllm-venv.sh | tail -1)
   TWFS_BIN="$PWD/.build/release/twfs" TW_REQUIRE_VLLM=1 python3 -m pytest -q -p no:cacheprovider IntegrationTests/filetiers
   TWFS_BIN="$PWD/.build/release/twfs" TW_REQUIRE_VLLM=1 "$VLLM_PY" -m pytest -q -p no:cacheprovider IntegrationTests/engines

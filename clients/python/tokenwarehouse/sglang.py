@@ -16,7 +16,7 @@
   write the host pool's own pages (the pointers `get_page_buffer_meta` hands out), `batch_exists` counts
   the stored prefix and sends the daemon a prefetch hint for it. Without it, SGLang's generic path calls
   `batch_get` / `batch_set` with flat page tensors; both paths are implemented.
-- A block is the page's bytes and the 64-byte trailer of docs/engines.md (name, layout, checksums): a
+- A block is the page's bytes and the 64-byte trailer of docs/engine.md (name, layout, checksums): a
   damaged, foreign or truncated block is a miss, never wrong KV. Sets chain pages with `user.tw.parent`
   (the previous page's hash, from `extra_info.prefix_keys` for a batch's first page); the first write of
   a name wins.

@@ -6,7 +6,7 @@ the node already computed loads those KV blocks from the warehouse instead of pr
         "kv_connector": "TokenWarehouseConnector", "kv_connector_module_path": "tokenwarehouse.vllm",
         "kv_role": "kv_both", "kv_connector_extra_config": {"mount": "/mnt/kv"}})
 
-How it works (docs/engines.md):
+How it works (docs/engine.md):
 - Names. A block is named by vLLM's own block hash of the request (`Request.block_hashes`, the chained
   hash of every token up to the end of the block, with LoRA, multimodal and cache-salt keys), as
   lowercase hex, in a namespace per model and KV layout built from the engine's config (model, dtype,
@@ -204,7 +204,7 @@ def _bool(v, default: bool) -> bool:
 
 
 class TokenWarehouseConnector(KVConnectorBase_V1):
-    """vLLM KV connector on a TokenWarehouse mount (module docstring; docs/engines.md)."""
+    """vLLM KV connector on a TokenWarehouse mount (module docstring; docs/engine.md)."""
 
     if CacheHitSource is not None:
         _cache_hit_source = CacheHitSource.DISK
