@@ -197,15 +197,29 @@ extension BlockStore {
     public func locate(namespace: String, key: String) -> LocatedBlock? {
         let k = BlockKey(namespace: namespace, key: key)
         let now = monotonicNanoseconds()
-        return state.withLock { st -> LocatedBlock? in
-            guard var e = Self.live(k, st), let seg = st.segments[e.segment] else { return nil }
-            if !e.wasAccessed {
-                e.setFlag(EntryFlags.accessed, true)
-                st.index[k] = e
-            }
-            st.segments[e.segment]!.lastAccess = now
-            return LocatedBlock(entry: e, segment: seg.segment, namespace: namespace, key: key, blockKey: k)
+        return state.withLock { Self.locate(k, namespace: namespace, key: key, now: now, &$0) }
+    }
+
+    /// `locate` and `accessChain` (the block included) under one hold of the lock: an open for reading
+    /// needs both, and the store's lock is the one every reader of the mount goes through.
+    public func locateWithAccess(namespaceID: UInt16, namespace: String, key: String) -> (block: LocatedBlock, access: AccessChain?)? {
+        let k = BlockKey(namespace: namespace, key: key)
+        let components = Self.directoryComponents(of: key)
+        let now = monotonicNanoseconds()
+        return state.withLock { st -> (block: LocatedBlock, access: AccessChain?)? in
+            guard let located = Self.locate(k, namespace: namespace, key: key, now: now, &st) else { return nil }
+            return (located, Self.accessChain(st, namespaceID: namespaceID, components: components, block: k))
         }
+    }
+
+    private static func locate(_ k: BlockKey, namespace: String, key: String, now: UInt64, _ st: inout StoreState) -> LocatedBlock? {
+        guard var e = live(k, st), let seg = st.segments[e.segment] else { return nil }
+        if !e.wasAccessed {
+            e.setFlag(EntryFlags.accessed, true)
+            st.index[k] = e
+        }
+        st.segments[e.segment]!.lastAccess = now
+        return LocatedBlock(entry: e, segment: seg.segment, namespace: namespace, key: key, blockKey: k)
     }
 
     /// Reads and verifies the record `located` points at.

@@ -17,6 +17,40 @@ extension BlockStore {
         }
     }
 
+    /// Everything that decides who may read a block, read under one hold of the lock: the namespace,
+    /// the ownership of each directory on the key's path (outermost first) and, given its `BlockKey`,
+    /// the block's own. An open asks for this; as five separate lookups it was five trips through the
+    /// store's lock, which eight readers on two CPUs spent most of their time waiting for. Nil when the
+    /// namespace, a directory on the path or the block is gone.
+    public func accessChain(namespaceID: UInt16, key: String, block: BlockKey? = nil) -> AccessChain? {
+        let components = Self.directoryComponents(of: key)
+        return state.withLock { Self.accessChain($0, namespaceID: namespaceID, components: components, block: block) }
+    }
+
+    /// The directory names on a key's path, outermost first.
+    static func directoryComponents(of key: String) -> [String] {
+        let (path, _) = BlockPath.split(key: key)
+        return path.isEmpty ? [] : BlockPath.components(of: path)
+    }
+
+    static func accessChain(_ st: StoreState, namespaceID: UInt16, components: [String], block: BlockKey?) -> AccessChain? {
+        guard let ns = st.namespaces.byID[namespaceID] else { return nil }
+        var chain = AccessChain(namespace: ns, directories: [], block: nil)
+        chain.directories.reserveCapacity(components.count)
+        var dir = DirectoryID.namespaceRoot
+        for component in components {
+            guard let next = st.directories.child(namespaceID, of: dir, named: component),
+                  let info = st.directories.info(namespaceID, next, namespace: ns) else { return nil }
+            chain.directories.append(info.ownership)
+            dir = next
+        }
+        if let block {
+            guard let e = live(block, st) else { return nil }
+            chain.block = st.attributes.ownership(e.attributes, namespace: ns)
+        }
+        return chain
+    }
+
     /// The subdirectory `name` of directory `parent`, or nil.
     public func lookupDirectory(namespaceID: UInt16, parent: UInt32, name: String) -> UInt32? {
         state.withLock { $0.directories.child(namespaceID, of: parent, named: name) }

@@ -194,7 +194,19 @@ extension WarehouseFileSystem {
     /// when the block is readable by all and every directory on its path is searchable by all, or
     /// at least by the same owner and group as the namespace.
     func admitsToTier(namespaceID: UInt16, key: String, ownership: BlockOwnership) -> Bool {
-        guard let ns = store.namespace(id: namespaceID) else { return false }
+        guard let chain = store.accessChain(namespaceID: namespaceID, key: key) else { return false }
+        return Self.admitsToTier(chain, block: ownership)
+    }
+
+    func admitsToTier(_ node: FileNode) -> Bool {
+        guard let chain = store.accessChain(namespaceID: node.namespaceID, key: node.key,
+                                            block: BlockKey(namespace: node.namespace, key: node.key)),
+              let block = chain.block else { return false }
+        return Self.admitsToTier(chain, block: block)
+    }
+
+    static func admitsToTier(_ chain: AccessChain, block ownership: BlockOwnership) -> Bool {
+        let ns = chain.namespace
         let nsSearch = ns.mode & 0o111
         // The block: readable by every class the namespace lets in.
         let readable = (nsSearch & 0o100 == 0 || ownership.mode & 0o444 == 0o444 || (ownership.uid == ns.owner && ownership.mode & 0o400 != 0))
@@ -202,22 +214,11 @@ extension WarehouseFileSystem {
             && (nsSearch & 0o001 == 0 || ownership.mode & 0o004 != 0)
         guard readable else { return false }
         // Directories on the path: each lets in at least whom the namespace does.
-        let (path, _) = BlockPath.split(key: key)
-        guard !path.isEmpty else { return true }
-        var dir = DirectoryID.namespaceRoot
-        for component in BlockPath.components(of: path) {
-            guard let next = store.lookupDirectory(namespaceID: namespaceID, parent: dir, name: String(component)),
-                  let info = store.directory(namespaceID: namespaceID, id: next) else { return false }
-            let bits = info.ownership.mode & 0o111
-            let same = info.ownership.uid == ns.owner && info.ownership.gid == ns.group
+        for directory in chain.directories {
+            let bits = directory.mode & 0o111
+            let same = directory.uid == ns.owner && directory.gid == ns.group
             guard bits == 0o111 || (same && bits & nsSearch == nsSearch) else { return false }
-            dir = next
         }
         return true
-    }
-
-    func admitsToTier(_ node: FileNode) -> Bool {
-        guard let a = store.attributes(namespace: node.namespace, key: node.key) else { return false }
-        return admitsToTier(namespaceID: node.namespaceID, key: node.key, ownership: a.ownership)
     }
 }

@@ -264,7 +264,8 @@ extension WarehouseFileSystem {
             guard ok else { return .failure(FSError(ENOENT)) }
             return .success((OpenFile(.write(WriteState(node: node, pending: pending)), opener: caller), false, true))
         }
-        let located = store.locate(namespace: node.namespace, key: node.key)
+        let found = store.locateWithAccess(namespaceID: node.namespaceID, namespace: node.namespace, key: node.key)
+        let located = found?.block
         if node.state.withLock({ $0.discard }) { return .success((OpenFile(.discard(ReadState(node: node, located: located, verified: verified)), opener: caller), false, true)) }
         guard let located else { return .failure(FSError(ENOENT)) }
         // The name now holds another record than this inode showed (deleted or evicted, then written
@@ -278,7 +279,8 @@ extension WarehouseFileSystem {
             // again, and that lookup gives the writer a stand-in inode (see `lookup`).
             return .failure(FSError(ESTALE))
         }
-        let pinned = admitsToTier(node) ? tiers?.pin(located.blockKey, namespaceID: node.namespaceID) : nil
+        let admitted = found?.access.map { chain in chain.block.map { Self.admitsToTier(chain, block: $0) } ?? false } ?? false
+        let pinned = admitted ? tiers?.pin(located.blockKey, namespaceID: node.namespaceID) : nil
         prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid)
         return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified)), opener: caller), true, false))
     }

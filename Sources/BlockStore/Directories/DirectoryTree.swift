@@ -17,6 +17,14 @@ public enum DirectoryID {
 }
 
 /// What the file system shows of a directory.
+/// Who may reach a block: its namespace, the ownership of each directory on its path (outermost
+/// first) and its own (`BlockStore.accessChain`).
+public struct AccessChain: Sendable {
+    public var namespace: NamespaceInfo
+    public var directories: [BlockOwnership]
+    public var block: BlockOwnership?
+}
+
 public struct DirectoryInfo: Sendable, Equatable {
     public var namespaceID: UInt16
     public var id: UInt32
