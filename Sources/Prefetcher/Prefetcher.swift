@@ -212,8 +212,8 @@ public final class Prefetcher: Sendable {
     }
 
     /// A block opened for reading through the mount by process `process`: learns the order, remembers
-    /// the read (late hints), and queues the blocks expected next.
-    public func noteRead(namespace: String, namespaceID: UInt16, name: String, process: Int32) {
+    /// the read (late hints), and, with `speculate`, queues the blocks expected next.
+    public func noteRead(namespace: String, namespaceID: UInt16, name: String, process: Int32, speculate: Bool = true) {
         let key = BlockKey(namespace: namespace, key: name)
         let now = monotonicNanoseconds()
         let queuedAny = state.withLock { st -> Bool in
@@ -226,7 +226,7 @@ public final class Prefetcher: Sendable {
             }
             if st.lastRead.count > 4096 { st.lastRead.removeAll(keepingCapacity: true) }
             st.lastRead[process] = (key, now)
-            return queueSuccessors(&st, of: key, now: now)
+            return speculate && queueSuccessors(&st, of: key, now: now)
         }
         if queuedAny { wakeup.withLock { wakeup.broadcast() } }
     }

@@ -61,6 +61,8 @@ final class ReadState: Sendable {
     let block = Mutex<BlockData?>(nil)
     /// Whether this handle counts as a user of the shared verified copy (it reads from the store).
     let sharesVerifiedCopy: Bool
+    /// Whether a READ request reached this handle (otherwise its reader used the page cache).
+    let wasRead = Atomic<Bool>(false)
 
     init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks) {
         self.node = node

@@ -111,6 +111,10 @@ final class FileNode: Sendable {
         /// Open write handles (open file descriptions) on this inode, by writing process. A process with
         /// more descriptors on the inode than it has other handles holds a duplicate of the one closing.
         var writerHandles: [Int32: Int] = [:]
+        /// The last read handle on it was closed without a READ request: its reader got the bytes from
+        /// the kernel's page cache. Opens of it then do not start speculative loads of what follows it
+        /// (see `open`); a handle that does read clears this.
+        var servedByPageCache = false
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

@@ -281,7 +281,12 @@ extension WarehouseFileSystem {
         }
         let admitted = found?.access.map { chain in chain.block.map { Self.admitsToTier(chain, block: $0) } ?? false } ?? false
         let pinned = admitted ? tiers?.pin(located.blockKey, namespaceID: node.namespaceID) : nil
-        prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid)
+        // While this block's readers are served by the page cache, so are most likely those of the blocks
+        // after it: loading those into the DRAM tier would only take memory bandwidth from the readers
+        // (with more blocks than the tier holds, it halved page-cache reads, Tools/bench/fs_bench.py).
+        let speculate = !node.state.withLock { $0.servedByPageCache }
+        prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid,
+                             speculate: speculate)
         return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified)), opener: caller), true, false))
     }
 
@@ -459,6 +464,8 @@ extension WarehouseFileSystem {
             releaseDirectory(handle)
         case .read(let r), .discard(let r):
             if r.sharesVerifiedCopy, let located = r.located { verified.release(located) }
+            let read = r.wasRead.load(ordering: .relaxed)
+            r.node.state.withLock { $0.servedByPageCache = !read }
         default:
             break
         }

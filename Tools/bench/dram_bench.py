@@ -36,7 +36,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -70,34 +69,7 @@ def series(passes_s: list[float], nbytes: int, **extra) -> dict:
     return d
 
 
-def run_threads(n_items: int, threads: int, fn) -> float:
-    """Runs fn(thread_index, indices) on `threads` threads over a strided split (as fs_bench.run_threads).
-    Returns the seconds from the first thread's start to the last thread's end, read by the workers
-    themselves after a common barrier: with more threads than CPUs the main thread may run late after the
-    barrier, and its own clock would then miss the start of the work."""
-    errors: list[BaseException] = []
-    starts = [0.0] * threads
-    ends = [0.0] * threads
-    barrier = threading.Barrier(threads)
-
-    def body(t: int) -> None:
-        try:
-            barrier.wait()
-            starts[t] = time.perf_counter()
-            fn(t, range(t, n_items, threads))
-            ends[t] = time.perf_counter()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            barrier.abort()
-
-    workers = [threading.Thread(target=body, args=(t,), daemon=True) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if errors:
-        raise BenchError(f"{len(errors)} worker(s) failed; first: {errors[0]!r}")
-    return max(ends) - min(starts)
+run_threads = fb.run_threads
 
 
 def read_files(blocks: fb.Blocks, path_of, threads: int) -> float:

@@ -283,30 +283,33 @@ class Result:
 
 
 def run_threads(n_items: int, threads: int, fn) -> float:
-    """Runs fn(thread_index, indices) on `threads` threads over a strided split; returns seconds."""
+    """Runs fn(thread_index, indices) on `threads` threads over a strided split. Returns the seconds from
+    the first thread's start to the last thread's end, read by the workers themselves after a common
+    barrier: with more threads than CPUs the main thread may run late after the barrier, and its own
+    clock would then miss the start of the work. Shared by the other benchmarks."""
     errors: list[BaseException] = []
-    lock = threading.Lock()
-    start_barrier = threading.Barrier(threads + 1)
+    starts = [0.0] * threads
+    ends = [0.0] * threads
+    barrier = threading.Barrier(threads)
 
     def body(t: int) -> None:
-        start_barrier.wait()
         try:
+            barrier.wait()
+            starts[t] = time.perf_counter()
             fn(t, range(t, n_items, threads))
+            ends[t] = time.perf_counter()
         except BaseException as e:  # noqa: BLE001 - reported below
-            with lock:
-                errors.append(e)
+            errors.append(e)
+            barrier.abort()
 
     workers = [threading.Thread(target=body, args=(t,), daemon=True) for t in range(threads)]
     for w in workers:
         w.start()
-    start_barrier.wait()
-    t0 = time.perf_counter()
     for w in workers:
         w.join()
-    elapsed = time.perf_counter() - t0
     if errors:
         raise BenchError(f"{len(errors)} worker(s) failed; first: {errors[0]!r}")
-    return elapsed
+    return max(ends) - min(starts)
 
 
 class Blocks:

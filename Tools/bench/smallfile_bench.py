@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -115,33 +114,7 @@ def absent_name(i: int) -> str:
     return h[:2] + fb.block_hash(i + (1 << 40))[2:]
 
 
-def run_threads(n_items: int, threads: int, fn) -> float:
-    """Runs fn(thread_index, indices) on `threads` threads over a strided split. Returns the seconds from the
-    first thread's start to the last thread's end, stamped by the workers after a common barrier (with more
-    threads than CPUs the main thread's own clock would start late)."""
-    errors: list[BaseException] = []
-    starts = [0.0] * threads
-    ends = [0.0] * threads
-    barrier = threading.Barrier(threads)
-
-    def body(t: int) -> None:
-        try:
-            barrier.wait()
-            starts[t] = time.perf_counter()
-            fn(t, range(t, n_items, threads))
-            ends[t] = time.perf_counter()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            barrier.abort()
-
-    workers = [threading.Thread(target=body, args=(t,), daemon=True) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if errors:
-        raise BenchError(f"{len(errors)} worker(s) failed; first: {errors[0]!r}")
-    return max(ends) - min(starts)
+run_threads = fb.run_threads
 
 
 def figure(passes: list[tuple[int, float]], **extra) -> dict:
