@@ -152,13 +152,13 @@ extension WarehouseFileSystem {
         }
         guard let located = r.located else { return FSError(EIO) }
         let loaded: BlockData
+        var fresh = false
         if let b = r.block.withLock({ $0 }) {
             loaded = b
         } else if let shared = verified.cached(located) {
             loaded = shared
             r.block.withLock { $0 = shared }
         } else {
-            let fresh: Bool
             do {
                 (loaded, fresh) = try verified.copy(of: located) { try store.read(located) }
             } catch let e as StoreError {
@@ -169,17 +169,6 @@ extension WarehouseFileSystem {
                 return FSError(error)
             }
             r.block.withLock { $0 = loaded }
-            // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
-            // reader, through the mount or the map, finds it there.
-            if fresh, let tiers, admitsToTier(r.node) {
-                loaded.withBytes { bytes in
-                    _ = tiers.insert(located.blockKey, namespaceID: r.node.namespaceID, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
-                }
-                // Unlinked or replaced while we read it: the tier must not keep the old bytes.
-                if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence {
-                    tiers.remove(located.blockKey, namespaceID: r.node.namespaceID)
-                }
-            }
         }
         let served = loaded.withBytes { bytes -> Int in
             let start = min(max(offset, 0), bytes.count), end = min(start + max(size, 0), bytes.count)
@@ -187,6 +176,18 @@ extension WarehouseFileSystem {
             return end - start
         }
         counters.read(tier: .nvme, bytes: served, nanoseconds: monotonicNanoseconds() - began)
+        // A miss loads the block into the DRAM tier (S3-FIFO decides whether it stays), so the next
+        // reader, through the mount or the map, finds it there. After the reply: the copy (and, while
+        // the tier fills, the kernel clearing its fresh pages) is not the reader's to wait for.
+        if fresh, let tiers, admitsToTier(r.node) {
+            loaded.withBytes { bytes in
+                _ = tiers.insert(located.blockKey, namespaceID: r.node.namespaceID, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
+            }
+            // Unlinked or replaced while we read it: the tier must not keep the old bytes.
+            if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence {
+                tiers.remove(located.blockKey, namespaceID: r.node.namespaceID)
+            }
+        }
         return nil
     }
 
