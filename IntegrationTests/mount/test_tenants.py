@@ -344,17 +344,23 @@ def found_in_tiers(tiers, samples: list[bytes]) -> list[tuple[str, int]]:
     return hits
 
 
+def namespace_with_blocks(wh, name: str, label: str, sizes: list[int]) -> tuple[Path, dict[str, bytes]]:
+    """A namespace `name` (mode 0755) holding one block of each size, written through the mount."""
+    ns = wh.namespace(name, 0o755)
+    blocks = {}
+    for i, size in enumerate(sizes):
+        h = block_hash(label, i)
+        blocks[h] = pattern(h, size)
+        write_block(canonical(ns, h), blocks[h])
+    return ns, blocks
+
+
 @pytest.mark.timeout(90)
 def test_bytes_of_removed_blocks_are_cleared_from_the_tier(warehouse_factory):
     """Class 1: removed blocks' bytes are gone from the shared memory (unlink, evict), not just unlisted."""
     wh = warehouse_factory("--dram", "64M")
     base = held_kib(wh)
-    ns = wh.namespace("pub", 0o755)
-    blocks = {}
-    for i in range(6):
-        h = block_hash("clear", i)
-        blocks[h] = pattern(h, 256 * KiB + 1000 * i)
-        write_block(canonical(ns, h), blocks[h])
+    ns, blocks = namespace_with_blocks(wh, "pub", "clear", [256 * KiB + 1000 * i for i in range(6)])
     wait_resident([canonical(ns, h) for h in blocks])
 
     def samples(data: bytes) -> list[bytes]:
@@ -653,12 +659,7 @@ def test_a_damaged_dram_copy_is_never_served(warehouse_factory):
     and the damaged copy is dropped (a client that does not verify then gets the right bytes too)."""
     wh = warehouse_factory("--dram", "64M")
     base = held_kib(wh)
-    ns = wh.namespace("pub", 0o755)
-    blocks = {}
-    for i in range(4):
-        h = block_hash("damage", i)
-        blocks[h] = pattern(h, 512 * KiB + 333 * i)
-        write_block(canonical(ns, h), blocks[h])
+    ns, blocks = namespace_with_blocks(wh, "pub", "damage", [512 * KiB + 333 * i for i in range(4)])
     x, y, z, w = list(blocks)
     # Resident without a read through the mount (writes enter the tier), so no page of them is cached
     # by the kernel: every read below reaches the daemon.
@@ -1721,12 +1722,7 @@ def test_the_store_directory_is_the_daemons_alone(warehouse_factory):
 
     # A normal run: the store's files.
     assert _start_attempt(wh)[0] == "mounted"
-    ns = wh.namespace("ns", 0o755)
-    blocks = {}
-    for i in range(3):
-        h = block_hash("store", i)
-        blocks[h] = pattern(h, 300 * KiB)
-        write_block(canonical(ns, h), blocks[h])
+    ns, blocks = namespace_with_blocks(wh, "ns", "store", [300 * KiB] * 3)
     _stop(wh)
     files = sorted(os.listdir(store))
     segs = sorted(f for f in files if f.startswith("segment-") and f.endswith(".twlog"))
@@ -1837,12 +1833,7 @@ def test_numbers_from_outside_are_refused_or_saturate(warehouse_factory):
     wh = warehouse_factory("--dram", "64M")
     base = held_kib(wh)
     mount = os.fspath(wh.mount)
-    ns = wh.namespace("n", 0o755)
-    blocks = {}
-    for i in range(4):
-        h = block_hash("numbers", i)
-        blocks[h] = pattern(h, 50 * KiB)
-        write_block(canonical(ns, h), blocks[h])
+    ns, blocks = namespace_with_blocks(wh, "n", "numbers", [50 * KiB] * 4)
 
     def intact(what: str):
         assert wh.alive(), f"twfs died after {what}; log:\n{wh.log_tail(4000)}"

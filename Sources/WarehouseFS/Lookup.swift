@@ -52,6 +52,15 @@ extension WarehouseFileSystem {
         directoryContext(parent).flatMap { dir in checkName(name).map { (dir, $0) } }
     }
 
+    /// The block a name stands for (`create`, `unlink`): its directory and key; `EISDIR` when the name
+    /// is a directory.
+    func blockEntryOf(parent: UInt64, name: [UInt8]) -> FSResult<(dir: DirectoryContext, key: String)> {
+        entryOf(parent: parent, name: name).flatMap { dir, text in
+            if store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) != nil { return .failure(FSError(EISDIR)) }
+            return .success((dir, dir.key(of: text)))
+        }
+    }
+
     public func lookup(parent: UInt64, name: [UInt8], caller: Caller) -> FSResult<Entry> {
         counters.count(.lookup)
         switch InodeNumber.kind(parent) {

@@ -13,13 +13,11 @@ extension WarehouseFileSystem {
 
     public func unlink(parent: UInt64, name: [UInt8], caller: Caller) -> FSResult<Void> {
         counters.count(.unlink)
-        let dir: DirectoryContext, text: String
-        switch entryOf(parent: parent, name: name) {
-        case .success(let found): (dir, text) = found
+        let dir: DirectoryContext, key: String
+        switch blockEntryOf(parent: parent, name: name) {
+        case .success(let found): (dir, key) = found
         case .failure(let e): return .failure(e)
         }
-        if store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) != nil { return .failure(FSError(EISDIR)) }
-        let key = dir.key(of: text)
         let blockKey = BlockKey(namespace: dir.namespace.name, key: key)
         if let node = pendingNode(namespace: dir.namespace, key: key, caller: caller) {
             node.state.withLock { $0.unlinked = true }

@@ -167,13 +167,11 @@ extension WarehouseFileSystem {
 
     /// `open(O_CREAT)` of a name the kernel did not find.
     public func create(parent: UInt64, name: [UInt8], flags: Int32, mode: UInt32, caller: Caller) -> FSResult<(Entry, OpenFile)> {
-        let dir: DirectoryContext, text: String
-        switch entryOf(parent: parent, name: name) {
-        case .success(let found): (dir, text) = found
+        let dir: DirectoryContext, key: String
+        switch blockEntryOf(parent: parent, name: name) {
+        case .success(let found): (dir, key) = found
         case .failure(let e): return .failure(e)
         }
-        if store.lookupDirectory(namespaceID: dir.namespace.id, parent: dir.id, name: text) != nil { return .failure(FSError(EISDIR)) }
-        let key = dir.key(of: text)
         if key.utf8.count > BlockName.maxPathLength + 1 { return .failure(FSError(ENAMETOOLONG)) }
         let exclusive = flags & O_EXCL != 0
         // A block that exists (committed since the kernel's lookup): first write wins.

@@ -70,6 +70,10 @@ def series(passes_s: list[float], nbytes: int, **extra) -> dict:
 
 
 run_threads = fb.run_threads
+loadavg = fb.loadavg
+cpu_model = fb.cpu_model
+parse_threads = fb.parse_threads
+_terminate = fb.terminate_on_signal
 
 
 def read_files(blocks: fb.Blocks, path_of, threads: int) -> float:
@@ -105,13 +109,6 @@ def open_close(paths: list[str], threads: int) -> float:
             os.close(os.open(paths[i], os.O_RDONLY | os.O_CLOEXEC))
 
     return run_threads(len(paths), threads, worker)
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def read_status(mnt: Path) -> dict:
@@ -708,31 +705,7 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join([line(head), "-+-".join("-" * w for w in widths)] + [line(b) for b in body])
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 # --------------------------------------------------------------------------------- main -------
-
-def parse_threads(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of thread counts: {text!r}")
-    if not out or any(t <= 0 for t in out):
-        raise argparse.ArgumentTypeError(f"thread counts must be positive: {text!r}")
-    return out
-
-
-def _terminate(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -280,6 +279,40 @@ class Result:
              "files": self.files}
         d.update(self.extra)
         return d
+
+
+def loadavg() -> str:
+    """The load averages (1, 5, 15 minutes) as /proc/loadavg gives them, or "?"."""
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def parse_threads(text: str) -> list[int]:
+    """argparse type for a comma list of thread counts ("1,8")."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of thread counts: {text!r}")
+    if not out or any(t <= 0 for t in out):
+        raise argparse.ArgumentTypeError(f"thread counts must be positive: {text!r}")
+    return out
+
+
+def terminate_on_signal(signum, _frame):
+    """SIGTERM/SIGHUP handler: unwinds like Ctrl-C, so every daemon a benchmark started is stopped."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_threads(n_items: int, threads: int, fn) -> float:

@@ -64,38 +64,11 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------------- helpers ----
 
-def parse_threads(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of thread counts: {text!r}")
-    if not out or any(t <= 0 for t in out):
-        raise argparse.ArgumentTypeError(f"thread counts must be positive: {text!r}")
-    return out
-
-
 def parse_sizes(text: str) -> list[int]:
     out = [fb.parse_size(x) for x in text.split(",") if x.strip()]
     if not out:
         raise argparse.ArgumentTypeError(f"no sizes in {text!r}")
     return out
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def fmt_ops(x: float | None) -> str:
@@ -115,6 +88,10 @@ def absent_name(i: int) -> str:
 
 
 run_threads = fb.run_threads
+loadavg = fb.loadavg
+cpu_model = fb.cpu_model
+parse_threads = fb.parse_threads
+_terminate = fb.terminate_on_signal
 
 
 def figure(passes: list[tuple[int, float]], **extra) -> dict:
@@ -846,10 +823,6 @@ def disk_of(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------- main -------
-
-def _terminate(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
