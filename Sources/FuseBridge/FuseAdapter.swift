@@ -379,10 +379,9 @@ public final class FuseSession {
         let config = fuse_loop_cfg_create()
         defer { fuse_loop_cfg_destroy(config) }
         fuse_loop_cfg_set_max_threads(config, UInt32(threads))
-        // Every worker stays once started: with a lower idle limit libfuse ends a worker whenever more
-        // than that many are waiting and starts one (a thread and a cloned /dev/fuse descriptor) when none
-        // is, which under 8 concurrent callers cost more than the requests (exists of absent names:
-        // 6.8k/s at 8 threads against 15.6k/s at 1).
+        // Every worker stays once started (as memfs, the benchmarks' baseline, runs): with a lower idle
+        // limit libfuse ends a worker whenever more than that many wait and starts one (a thread and a
+        // cloned /dev/fuse descriptor) when none does. No gain was measurable on this 2-CPU machine.
         fuse_loop_cfg_set_idle_threads(config, UInt32(threads))
         // One /dev/fuse descriptor per worker thread: requests are not funnelled through one queue.
         fuse_loop_cfg_set_clone_fd(config, 1)

@@ -848,9 +848,7 @@ def main() -> int:
                           "cpus": os.cpu_count(), "cpu": cpu_model(), "load_average_start": load_start,
                           "load_average_end": loadavg()},
                "results": results, "info": info, "rows": rows, "errors": errors}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nJSON: {args.json}")
+        fb.write_json(args.json, doc)
     return exit_code
 
 

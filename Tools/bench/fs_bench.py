@@ -720,6 +720,13 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join([line(head), sep] + [line(b) for b in body])
 
 
+def write_json(path: Path, doc: dict) -> None:
+    """Writes a benchmark's figures as JSON (shared by the other benchmarks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nJSON: {path}")
+
+
 def disk_of(path: Path) -> str:
     try:
         r = subprocess.run(["df", "--output=source,fstype", str(path)], capture_output=True, text=True)
@@ -860,9 +867,7 @@ def main() -> int:
             "rows": rows,
             "errors": errors,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nJSON: {args.json}")
+        write_json(args.json, doc)
     return exit_code
 
 

@@ -92,6 +92,7 @@ loadavg = fb.loadavg
 cpu_model = fb.cpu_model
 parse_threads = fb.parse_threads
 _terminate = fb.terminate_on_signal
+disk_of = fb.disk_of
 
 
 def figure(passes: list[tuple[int, float]], **extra) -> dict:
@@ -814,14 +815,6 @@ def notes(args, results: dict, info: dict) -> list[str]:
     return out
 
 
-def disk_of(path: Path) -> str:
-    try:
-        r = subprocess.run(["df", "--output=source,fstype", str(path)], capture_output=True, text=True)
-        return " ".join(r.stdout.split()[2:]) if r.returncode == 0 else "?"
-    except OSError:
-        return "?"
-
-
 # --------------------------------------------------------------------------------- main -------
 
 def main() -> int:
@@ -968,9 +961,7 @@ def main() -> int:
                           "cpus": os.cpu_count(), "cpu": cpu_model(), "load_average_start": load_start,
                           "load_average_end": loadavg()},
                "results": run.results, "info": run.info, "rows": rows, "ceiling": crows, "errors": run.errors}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nJSON: {args.json}")
+        fb.write_json(args.json, doc)
     return exit_code
 
 
