@@ -45,7 +45,7 @@ let package = Package(
         // `RemoteTier` on Ceph RADOS (the only importer of CRados; docs/cluster-tier.md).
         .target(name: "RadosTier", dependencies: ["ClusterTier", "WarehouseCore", "Platform", "CRados"]),
         // The typed schema of `.tw/status`, `.tw/ctl` requests and answers, shared by twfs and twctl.
-        .target(name: "ControlPlane"),
+        .target(name: "ControlPlane", dependencies: ["WarehouseCore"]),
         // Prometheus exposition of the status values, and the HTTP server that serves it.
         .target(name: "MetricsExporter", dependencies: ["ControlPlane", "Platform"] + collections),
         // The file system's semantics (docs/fuse.md) over the store and tiers: no CFuse, tested in-process.
@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "WarehouseCore", "Platform"]),
         .testTarget(name: "TracesTests", dependencies: ["Traces", "BlockStore", "DRAMTier", "WarehouseCore"]),
         .testTarget(name: "ClusterTierTests", dependencies: ["ClusterTier", "BlockStore", "WarehouseCore", "Platform"]),
-        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "MetricsExporter"]),
+        .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "MetricsExporter", "WarehouseCore"]),
         .testTarget(name: "WarehouseFSTests", dependencies: ["WarehouseFS", "BlockStore", "DRAMTier", "WarehouseCore", "Platform"]),
         .testTarget(name: "CommandLineTypesTests", dependencies: ["CommandLineTypes"]),
 

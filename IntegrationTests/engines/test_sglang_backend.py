@@ -47,6 +47,15 @@ def page_bytes(pool: MHAHostPool, page: int) -> bytes:
 
 
 @pytest.mark.parametrize("layout", ["page_first", "layer_first"])
+def filled(warehouse, layout: str, pages: int, first_value: int, salt: str):
+    """A host pool whose first `pages` pages hold first_value, first_value + 1, ..., a backend on the
+    mount, and `pages` page keys."""
+    pool = MHAHostPool(layout)
+    for p in range(pages):
+        pool.fill(p, first_value + p)
+    return pool, make_backend(os.fspath(warehouse.mount), pool), page_keys(pages, salt)
+
+
 def test_pages_stored_by_one_process_load_zero_copy_in_another(warehouse, layout):
     keys = page_keys(6, layout)
     # another process stores 6 pages filled from seed 100 (pages 0..5 of its pool)
@@ -82,11 +91,7 @@ def test_pages_stored_by_one_process_load_zero_copy_in_another(warehouse, layout
 
 
 def test_a_damaged_page_is_a_miss_and_a_good_copy_replaces_it(warehouse):
-    pool = MHAHostPool("page_first")
-    for p in range(4):
-        pool.fill(p, 7 + p)
-    backend = make_backend(os.fspath(warehouse.mount), pool)
-    keys = page_keys(4, "damage")
+    pool, backend, keys = filled(warehouse, "page_first", 4, 7, "damage")
     assert backend.batch_set_v1(keys, indices(pool, range(4))) == [True] * 4
     blocks = stored_blocks(namespace_dir(warehouse.mount))
     victim = blocks[keys[2]]
@@ -114,11 +119,7 @@ def test_a_damaged_page_is_a_miss_and_a_good_copy_replaces_it(warehouse):
 
 
 def test_first_write_wins_and_the_generic_path_round_trips_flat_pages(warehouse):
-    pool = MHAHostPool("layer_first")
-    for p in range(3):
-        pool.fill(p, 50 + p)
-    backend = make_backend(os.fspath(warehouse.mount), pool)
-    keys = page_keys(3, "flat")
+    pool, backend, keys = filled(warehouse, "layer_first", 3, 50, "flat")
     pages = [pool.get_data_page(p * pool.page_size).contiguous() for p in range(3)]
     assert backend.batch_set(keys, pages) is True
     assert backend.get_stats()["saved_blocks"] == 3

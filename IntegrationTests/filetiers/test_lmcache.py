@@ -4,19 +4,14 @@ with a remount in the middle (drivers/lmcache_file.py says exactly what runs).""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 
 import pytest
+from twfs_util import file_sha256  # the mount tests' helpers (conftest puts them on the path)
 
 pytestmark = pytest.mark.timeout(600)
 
 LMCACHE = ("lmcache_file", "lmcache.v1.storage_backend.local_disk_backend", "LMCache")
-
-
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 @pytest.mark.parametrize("odirect", [False, True], ids=["buffered", "O_DIRECT"])

@@ -3,20 +3,15 @@ loading, evicting and clearing (drivers/sglang_file.py says exactly what runs)."
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
+from twfs_util import file_sha256  # the mount tests' helpers (conftest puts them on the path)
 
 pytestmark = pytest.mark.timeout(600)
 
 SGLANG = ("sglang_file", "sglang.srt.mem_cache.hicache_storage", "SGLang HiCacheFile")
 PAGE = 32 * 1024
-
-
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_hicache_file_set_remount_get_evict_clear(warehouse, engine):

@@ -4,20 +4,15 @@ between storing and loading (drivers/vllm_fs.py says exactly what runs)."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 
 import pytest
+from twfs_util import file_sha256  # the mount tests' helpers (conftest puts them on the path)
 
 pytestmark = pytest.mark.timeout(600)
 
 VLLM = ("vllm_fs", "vllm.v1.kv_offload.tiering.fs.io", "vLLM fs offload tier")
 BLOCK = 64 * 1024
-
-
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_tier_stores_and_loads_across_remount(warehouse, engine):

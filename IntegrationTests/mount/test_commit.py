@@ -10,13 +10,18 @@ import threading
 
 import pytest
 
-from twfs_util import (Prober, assert_errno, block_hash, canonical, first_difference, pattern, read_block, sha,
-                       write_block)
+from twfs_util import (Prober, assert_errno, block_hash, canonical, first_difference, in_threads, pattern, read_block,
+                       sha, write_block)
 
 pytestmark = pytest.mark.timeout(120)
 
 CREATE = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
 MiB = 1 << 20
+
+
+def _new_block(ns, tag: str, size: int) -> tuple[str, bytes]:
+    """The canonical path of block `tag` and the bytes a test writes to it."""
+    return _path(ns, "canonical", tag), pattern(tag, size)
 
 
 def _path(ns, kind: str, tag: str) -> str:
@@ -383,22 +388,14 @@ def test_parallel_pwrite_of_different_offsets_on_one_fd_gives_exact_bytes(ns):
     data = pattern(path, 8 * MiB + 12345)
     offsets = list(range(0, len(data), chunk))
     fd = os.open(path, CREATE, 0o644)
-    errors = []
 
     def worker(i):
-        try:
-            # Each thread writes every 4th chunk, last first, so offsets arrive out of order.
-            for off in reversed(offsets[i::4]):
-                piece = data[off:off + chunk]
-                assert os.pwrite(fd, piece, off) == len(piece)
-        except BaseException as e:
-            errors.append(e)
+        # Each thread writes every 4th chunk, last first, so offsets arrive out of order.
+        for off in reversed(offsets[i::4]):
+            piece = data[off:off + chunk]
+            assert os.pwrite(fd, piece, off) == len(piece)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = in_threads(worker, 4)
     os.close(fd)
     assert not errors, errors
     got = read_block(path)
@@ -476,8 +473,7 @@ def test_holes_in_a_sparse_block_read_as_zeros_even_after_the_staging_region_is_
 
 
 def test_block_written_out_of_order_reads_back_exactly(ns):
-    path = _path(ns, "canonical", "out-of-order")
-    data = pattern("out-of-order", 3 * MiB + 17)
+    path, data = _new_block(ns, "out-of-order", 3 * MiB + 17)
     fd = os.open(path, CREATE, 0o644)
     try:
         for off in sorted(range(0, len(data), 256 * 1024), reverse=True):
@@ -488,8 +484,7 @@ def test_block_written_out_of_order_reads_back_exactly(ns):
 
 
 def test_a_forked_child_closing_the_descriptor_neither_commits_nor_drops_the_block(ns, other):
-    path = _path(ns, "canonical", "forked-child")
-    data = pattern("forked-child", 3 * MiB)
+    path, data = _new_block(ns, "forked-child", 3 * MiB)
     fd = os.open(path, CREATE, 0o644)
     os.write(fd, data[:MiB])
     pid = os.fork()
@@ -504,8 +499,7 @@ def test_a_forked_child_closing_the_descriptor_neither_commits_nor_drops_the_blo
 
 
 def test_with_two_descriptors_the_last_close_commits_before_it_returns(ns, other):
-    path = _path(ns, "canonical", "two-descriptors")
-    data = pattern("two-descriptors", 2 * MiB)
+    path, data = _new_block(ns, "two-descriptors", 2 * MiB)
     first = os.open(path, CREATE, 0o644)
     second = os.open(path, os.O_WRONLY)
     os.pwrite(first, data[:MiB], 0)

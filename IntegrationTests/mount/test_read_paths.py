@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from twfs_util import block_hash, canonical, first_difference, pattern, read_block, write_block
+from twfs_util import block_hash, canonical, first_difference, in_threads, pattern, read_block, write_block
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,28 +51,21 @@ def test_pread_at_odd_offsets(block):
 
 
 def test_concurrent_preads_on_one_fd(block):
-    import threading
+    import random
     path, data = block
     fd = os.open(path, os.O_RDONLY)
-    errors = []
 
     def worker(seed):
-        import random
         rnd = random.Random(seed)
-        try:
-            for _ in range(200):
-                off = rnd.randrange(0, SIZE)
-                n = rnd.randrange(1, 300000)
-                if os.pread(fd, n, off) != data[off:off + n]:
-                    errors.append((off, n))
-        except OSError as e:
-            errors.append(e)
+        wrong = []
+        for _ in range(200):
+            off = rnd.randrange(0, SIZE)
+            n = rnd.randrange(1, 300000)
+            if os.pread(fd, n, off) != data[off:off + n]:
+                wrong.append((off, n))
+        return wrong
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = in_threads(worker, 8)
     os.close(fd)
     assert not errors, errors[:5]
 

@@ -222,6 +222,11 @@ def sha(data: bytes) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def wait_until(pred, timeout: float, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -229,6 +234,30 @@ def wait_until(pred, timeout: float, interval: float = 0.05):
         if v or time.monotonic() >= deadline:
             return v
         time.sleep(interval)
+
+
+def in_threads(worker, count: int, timeout: float = 60) -> list:
+    """Runs `worker(i)` for i in 0..count-1, each on its own thread, all at once; waits for them (up to
+    `timeout` seconds each) and returns what they raised or returned as failures: an exception, or any
+    value a worker returned other than None (e.g. the (offset, length) of a wrong read)."""
+    import threading
+    failures: list = []
+
+    def run(i):
+        try:
+            failures.extend(worker(i) or [])
+        except BaseException as e:  # noqa: BLE001 - reported to the test's assertion
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    hung = sum(t.is_alive() for t in threads)
+    if hung:
+        failures.append(f"{hung} of {count} threads still running after {timeout} s")
+    return failures
 
 
 def run_as_user(uid: int, gid: int, fn, groups: list[int] | None = None):

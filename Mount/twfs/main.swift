@@ -148,7 +148,7 @@ do {
 }
 let r = store.recovery
 say("twfs: store \(storeDirectory): \(r.blocks) blocks, \(r.directories) directories, capacity \(ByteCount.approximate(capacity)), sync \(options.sync.rawValue); "
-    + "recovered from \(r.segmentsFromSummary) summaries + \(r.segmentsScanned) scanned segments in \(Double(r.nanoseconds / 1_000_000) / 1000) s"
+    + "recovered from \(r.segmentsFromSummary) summaries + \(r.segmentsScanned) scanned segments in \((r.seconds * 1000).rounded() / 1000) s"
     + (r.corruptRecords > 0 ? "; \(r.corruptRecords) corrupt records skipped" : "")
     + (r.tornTailBytes > 0 ? "; torn tail of \(r.tornTailBytes) bytes truncated" : "")
     + (r.directoriesRestored > 0 ? "; \(r.directoriesRestored) directories restored from block paths" : ""))

@@ -54,8 +54,7 @@ public final class BlockStore: Sendable {
         reinsertionPolicy = AccessedShare(share: configuration.reinsertionShare)
         let token = try device.lockExclusively()
         var recovered = try StoreRecovery(device: device, configuration: configuration).recover()
-        recovered.report.nanoseconds = monotonicNanoseconds() - started
-        recovered.state.stats.capacityBytes = configuration.capacity
+        recovered.report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         lockToken = Mutex(token)
         journal = recovered.journal
         state = OrderedMutex(.storeState, recovered.state)
@@ -200,7 +199,8 @@ public final class BlockStore: Sendable {
     /// Counters and current figures.
     public func statistics() -> StoreStatistics {
         state.withLock { st in
-            var s = st.stats
+            var s = StoreStatistics(counters: st.stats)
+            s.capacityBytes = configuration.capacity
             s.blocks = st.index.count
             s.usedBytes = st.usedBytes
             s.segments = st.segments.count

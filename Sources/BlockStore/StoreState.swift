@@ -166,7 +166,7 @@ struct StoreState {
     var namespaces = NamespaceTable()
     var usage: [UInt16: NamespaceUsage] = [:]
     var directories = DirectoryTree()
-    var stats = StoreStatistics()
+    var stats = StoreCounters()
     var closed = false
 
     mutating func takeSequence() -> UInt64 {

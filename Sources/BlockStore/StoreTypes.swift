@@ -56,47 +56,20 @@ public struct BlockLocator: Sendable {
     public let knownKey: String?
 }
 
-/// What recovery found when the store opened.
-public struct RecoveryReport: Sendable {
-    public var segmentsFromSummary = 0
-    public var segmentsScanned = 0
-    public var blocks = 0
-    public var directories = 0
-    public var corruptRecords = 0
-    public var tornTailBytes: UInt64 = 0
-    public var bytesScanned: UInt64 = 0
-    /// Directories that blocks named but the journal lacked (a crash before the journal was synced):
-    /// made again from the blocks' paths.
-    public var directoriesRestored = 0
-    public var nanoseconds: UInt64 = 0
-}
-
-/// Counters since the store opened, and the figures of the moment.
+/// The store's figures of the moment, and its counters since it opened (read as `statistics.puts`).
+@dynamicMemberLookup
 public struct StoreStatistics: Sendable {
+    public var counters: StoreCounters
     public var blocks = 0
     public var capacityBytes: UInt64 = 0
     public var usedBytes: UInt64 = 0
     public var liveBytes: UInt64 = 0
     public var deadBytes: UInt64 = 0
     public var segments = 0
-    public var puts = 0
-    public var duplicatePuts = 0
-    public var bytesWritten: UInt64 = 0
-    public var gets = 0
-    public var bytesRead: UInt64 = 0
-    public var corruptReads = 0
-    public var removes = 0
-    public var renames = 0
-    public var updates = 0
-    public var evictedSegments = 0
-    public var evictedBlocks = 0
-    public var reinsertedBlocks = 0
-    public var compactedSegments = 0
-    public var reclaimedBytes: UInt64 = 0
-    /// Blocks removed because their namespace's time to live passed.
-    public var expiredBlocks = 0
     public var directories = 0
     public var namespaces: [(NamespaceInfo, NamespaceUsage)] = []
+
+    public subscript<Value>(dynamicMember path: KeyPath<StoreCounters, Value>) -> Value { counters[keyPath: path] }
 }
 
 /// What a compaction did.

@@ -116,8 +116,8 @@ extension ClusterTier {
         let done = monotonicNanoseconds()
         let touch = lock.withLock { () -> Bool in
             state.stats.fetched += 1
-            state.stats.clusterRead.add(read - readStarted)
-            state.stats.fetchTime.add(done - readStarted)
+            state.clusterRead.add(read - readStarted)
+            state.fetchTime.add(done - readStarted)
             state.stats.fetchedBytes += UInt64(object.count)
             noteSuccess()
             if state.touched.count > 1 << 20 { state.touched.removeAll() }
@@ -140,7 +140,7 @@ extension ClusterTier {
     func notePublished(bytes: Int, lag: UInt64) {
         state.stats.published += 1
         state.stats.publishedBytes += UInt64(bytes)
-        state.stats.publishLag.add(lag)
+        state.publishLag.add(lag)
         noteSuccess()
     }
 

@@ -70,37 +70,6 @@ public final class ClusterTier: @unchecked Sendable {
         case namespace(String)
     }
 
-    public struct Statistics: Sendable {
-        var queued = 0
-        var published = 0
-        var publishedBytes: UInt64 = 0
-        var publishFailures = 0
-        var dropped = 0
-        /// Commits that found the queue full and waited for room.
-        var backpressureWaits = 0
-        var syncPublished = 0
-        var fetched = 0
-        var fetchedBytes: UInt64 = 0
-        var misses = 0
-        var negativeHits = 0
-        /// Fetches that found another fetch of the same block in flight and took its result.
-        var joinedFetches = 0
-        var fetchFailures = 0
-        var skippedUnavailable = 0
-        var corrupt = 0
-        var touches = 0
-        var namespacesPublished = 0
-        var namespacesImported = 0
-        /// Commit to object stored, of the last published blocks.
-        var publishLag = LatencyWindow()
-        /// A fetch that found the block: the cluster read alone, and the whole fetch (read, verify, store).
-        var clusterRead = LatencyWindow()
-        var fetchTime = LatencyWindow()
-        var connects = 0
-        var connectFailures = 0
-        var lastError: String?
-    }
-
     struct State {
         var queue = Deque<Job>()
         var negative: [BlockKey: UInt64] = [:]
@@ -111,7 +80,13 @@ public final class ClusterTier: @unchecked Sendable {
         var unavailableUntil: UInt64 = 0
         var consecutiveFailures = 0
         var stopping = false
-        var stats = Statistics()
+        /// The counters of the `remote` status (the figures of the moment are filled in by `report()`).
+        var stats = ClusterReport()
+        /// Commit to object stored, of the last published blocks.
+        var publishLag = LatencyWindow()
+        /// A fetch that found the block: the cluster read alone, and the whole fetch (read, verify, store).
+        var clusterRead = LatencyWindow()
+        var fetchTime = LatencyWindow()
         var pending: Int { queue.count }
     }
 

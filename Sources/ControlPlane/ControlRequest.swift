@@ -167,7 +167,8 @@ public struct JobStatus: Codable, Sendable, Equatable {
     public var command: String
     public var running: Bool
     public var seconds = 0.0
-    public var error: String?
+    /// Always in the JSON: null while running and when the job succeeded.
+    @WrittenWhenNil public var error: String? = nil
     /// evict: blocks and logical bytes removed.
     public var removedBlocks: Int?
     public var removedBytes: UInt64?
@@ -189,26 +190,6 @@ public struct JobStatus: Codable, Sendable, Equatable {
         case id, command, running, seconds, error, removedBlocks = "removed_blocks", removedBytes = "removed_bytes", objects
         case bytesBefore = "bytes_before", targetBytes = "target_bytes", removedObjects = "removed_objects"
         case bytesAfter = "bytes_after", location
-    }
-
-    // Written by hand so that `error` is always present (null when the job succeeded): scripts test
-    // `answer["error"] is None` rather than whether the key exists. The command-specific figures are
-    // left out when they do not apply.
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(command, forKey: .command)
-        try c.encode(running, forKey: .running)
-        try c.encode(seconds, forKey: .seconds)
-        try c.encode(error, forKey: .error)
-        try c.encodeIfPresent(removedBlocks, forKey: .removedBlocks)
-        try c.encodeIfPresent(removedBytes, forKey: .removedBytes)
-        try c.encodeIfPresent(objects, forKey: .objects)
-        try c.encodeIfPresent(bytesBefore, forKey: .bytesBefore)
-        try c.encodeIfPresent(targetBytes, forKey: .targetBytes)
-        try c.encodeIfPresent(removedObjects, forKey: .removedObjects)
-        try c.encodeIfPresent(bytesAfter, forKey: .bytesAfter)
-        try c.encodeIfPresent(location, forKey: .location)
     }
 }
 

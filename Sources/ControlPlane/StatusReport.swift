@@ -4,10 +4,43 @@
 // values and twctl decodes the same types, so a key cannot silently change on one side. Plain values:
 // safe from any thread.
 import Foundation
+import WarehouseCore
 
-/// Everything `.tw/status` shows, one JSON object. Keys are snake_case and stable (tests and tools
-/// read them); namespace-specific parts hold only the namespaces the reader may read.
+/// Everything `.tw/status` shows, one JSON object: the store's figures and the parts' reports
+/// (`StatusFigures`) and the store's counters (`StoreCounters`), both at the top level of the object.
+/// Either part's fields read and set as the report's own: `status.puts`, `status.dramTier`.
+@dynamicMemberLookup
 public struct StatusReport: Codable, Sendable, Equatable {
+    public var figures = StatusFigures()
+    public var counters = StoreCounters()
+
+    public init() {}
+
+    public subscript<Value>(dynamicMember path: WritableKeyPath<StatusFigures, Value>) -> Value {
+        get { figures[keyPath: path] }
+        set { figures[keyPath: path] = newValue }
+    }
+
+    public subscript<Value>(dynamicMember path: WritableKeyPath<StoreCounters, Value>) -> Value {
+        get { counters[keyPath: path] }
+        set { counters[keyPath: path] = newValue }
+    }
+
+    // Both parts share the one JSON object (the keys were flat before the counters had a type of their own).
+    public init(from decoder: any Decoder) throws {
+        figures = try StatusFigures(from: decoder)
+        counters = try StoreCounters(from: decoder)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try figures.encode(to: encoder)
+        try counters.encode(to: encoder)
+    }
+}
+
+/// The status's figures of the moment and the parts' reports. Keys are snake_case and stable (tests and
+/// tools read them); namespace-specific parts hold only the namespaces the reader may read.
+public struct StatusFigures: Codable, Sendable, Equatable {
     public var store = ""
     public var sync = ""
     public var blocks = 0
@@ -22,27 +55,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var maxBlockBytes = 0
     public var namespaces: [String] = []
     public var namespaceUsage: [String: NamespaceReport] = [:]
-    public var puts = 0
-    public var duplicatePuts = 0
-    public var bytesWritten: UInt64 = 0
-    public var gets = 0
-    public var bytesRead: UInt64 = 0
-    public var corruptReads = 0
-    public var removes = 0
-    public var renames = 0
-    public var updates = 0
-    public var evictedSegments = 0
-    public var evictedBlocks = 0
-    public var reinsertedBlocks = 0
-    public var compactedSegments = 0
-    public var reclaimedBytes: UInt64 = 0
-    public var expiredBlocks = 0
     public var hitRatios = HitRatios()
     public var compaction = CompactionStatus()
     public var dramTier = DRAMStatus()
-    public var prefetch = PrefetchStatus()
-    public var remote = RemoteStatus()
-    public var recovery = RecoveryStatus()
+    public var prefetch = PrefetchReport()
+    public var remote = ClusterReport()
+    public var recovery = RecoveryReport()
     public var operations = OperationStatus()
     public var limits = LimitStatus()
     public var engines: [String: [String: Int64]] = [:]
@@ -53,10 +71,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         case store, sync, blocks, directories
         case capacityBytes = "capacity_bytes", usedBytes = "used_bytes", liveBytes = "live_bytes", deadBytes = "dead_bytes"
         case deadRatio = "dead_ratio", segments, segmentBytes = "segment_bytes", maxBlockBytes = "max_block_bytes"
-        case namespaces, namespaceUsage = "namespace_usage", puts, duplicatePuts = "duplicate_puts"
-        case bytesWritten = "bytes_written", gets, bytesRead = "bytes_read", corruptReads = "corrupt_reads", removes, renames, updates
-        case evictedSegments = "evicted_segments", evictedBlocks = "evicted_blocks", reinsertedBlocks = "reinserted_blocks"
-        case compactedSegments = "compacted_segments", reclaimedBytes = "reclaimed_bytes", expiredBlocks = "expired_blocks"
+        case namespaces, namespaceUsage = "namespace_usage"
         case hitRatios = "hit_ratios", compaction, dramTier = "dram_tier", prefetch, remote, recovery, operations, limits, engines
     }
 }
@@ -77,7 +92,7 @@ public struct NamespaceReport: Codable, Sendable, Equatable {
     public var pinned = false
     /// The effective share policy (`off` without a cluster) and the one set on the namespace (nil: default).
     public var share = "off"
-    public var shareSet: String?
+    @WrittenWhenNil public var shareSet: String? = nil
 
     public init() {}
 
@@ -85,17 +100,6 @@ public struct NamespaceReport: Codable, Sendable, Equatable {
         case name, owner, group, mode, blocks, logicalBytes = "logical_bytes", storedBytes = "stored_bytes"
         case reservedBytes = "reserved_bytes", compression, quotaBytes = "quota_bytes", ttlSeconds = "ttl_seconds", pinned
         case share, shareSet = "share_set"
-    }
-
-    /// Always written, also when nil (twctl shows "(default)").
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(name, forKey: .name); try c.encode(owner, forKey: .owner); try c.encode(group, forKey: .group)
-        try c.encode(mode, forKey: .mode); try c.encode(blocks, forKey: .blocks); try c.encode(logicalBytes, forKey: .logicalBytes)
-        try c.encode(storedBytes, forKey: .storedBytes); try c.encode(reservedBytes, forKey: .reservedBytes)
-        try c.encode(compression, forKey: .compression); try c.encode(quotaBytes, forKey: .quotaBytes)
-        try c.encode(ttlSeconds, forKey: .ttlSeconds); try c.encode(pinned, forKey: .pinned); try c.encode(share, forKey: .share)
-        try c.encode(shareSet, forKey: .shareSet)
     }
 }
 
@@ -151,113 +155,6 @@ public struct DRAMStatus: Codable, Sendable, Equatable {
         case residentBytes = "resident_bytes", mountHits = "mount_hits", mountMisses = "mount_misses"
         case mountHitRatio = "mount_hit_ratio", mapHits = "map_hits", insertions, failedInsertions = "failed_insertions"
         case evictions, promotions, reinsertions, policy
-    }
-}
-
-public struct PrefetchStatus: Codable, Sendable, Equatable {
-    public var enabled = false
-    public var hinted = 0
-    public var loaded = 0
-    public var loadedHinted = 0
-    public var loadedChain = 0
-    public var loadedLearned = 0
-    public var loadedFromCluster = 0
-    public var alreadyResident = 0
-    public var missing = 0
-    public var dropped = 0
-    public var late = 0
-    public var expired = 0
-    public var failed = 0
-    public var used = 0
-    public var wasted = 0
-    public var pending = 0
-    public var successorLinks = 0
-    public var workers = 0
-    public var bandwidthBytesPerSecond: UInt64 = 0
-    public var depth = 0
-    public init() {}
-
-    enum CodingKeys: String, CodingKey {
-        case enabled, hinted, loaded, loadedHinted = "loaded_hinted", loadedChain = "loaded_chain", loadedLearned = "loaded_learned"
-        case loadedFromCluster = "loaded_from_cluster", alreadyResident = "already_resident", missing, dropped, late, expired
-        case failed, used, wasted, pending, successorLinks = "successor_links", workers
-        case bandwidthBytesPerSecond = "bandwidth_bytes_per_second", depth
-    }
-}
-
-public struct Milliseconds: Codable, Sendable, Equatable {
-    public var p50 = 0.0
-    public var p99 = 0.0
-    public var max = 0.0
-    public init(p50: Double = 0, p99: Double = 0, max: Double = 0) {
-        self.p50 = p50
-        self.p99 = p99
-        self.max = max
-    }
-}
-
-public struct RemoteStatus: Codable, Sendable, Equatable {
-    public var enabled = false
-    public var location: String?
-    public var connected = false
-    public var queueDepth = 0
-    public var queueCapacity = 0
-    public var queued = 0
-    public var published = 0
-    public var publishedBytes: UInt64 = 0
-    public var syncPublished = 0
-    public var publishFailures = 0
-    public var dropped = 0
-    public var backpressureWaits = 0
-    public var publishLagMs = Milliseconds()
-    public var fetchMs = Milliseconds()
-    public var clusterReadMs = Milliseconds()
-    public var namespacesPublished = 0
-    public var namespacesImported = 0
-    public var fetched = 0
-    public var fetchedBytes: UInt64 = 0
-    public var misses = 0
-    public var negativeHits = 0
-    public var joinedFetches = 0
-    public var fetchFailures = 0
-    public var skippedUnavailable = 0
-    public var corrupt = 0
-    public var touches = 0
-    public var failed = 0
-    public var connects = 0
-    public var connectFailures = 0
-    public var defaultShare: String?
-    public var share: [String: String] = [:]
-    public var lastError: String?
-    public init() {}
-
-    enum CodingKeys: String, CodingKey {
-        case enabled, location, connected, queueDepth = "queue_depth", queueCapacity = "queue_capacity", queued, published
-        case publishedBytes = "published_bytes", syncPublished = "sync_published", publishFailures = "publish_failures", dropped
-        case backpressureWaits = "backpressure_waits", publishLagMs = "publish_lag_ms", fetchMs = "fetch_ms"
-        case clusterReadMs = "cluster_read_ms", namespacesPublished = "namespaces_published", namespacesImported = "namespaces_imported"
-        case fetched, fetchedBytes = "fetched_bytes", misses, negativeHits = "negative_hits", joinedFetches = "joined_fetches"
-        case fetchFailures = "fetch_failures", skippedUnavailable = "skipped_unavailable", corrupt, touches, failed, connects
-        case connectFailures = "connect_failures", defaultShare = "default_share", share, lastError = "last_error"
-    }
-}
-
-public struct RecoveryStatus: Codable, Sendable, Equatable {
-    public var segmentsFromSummary = 0
-    public var segmentsScanned = 0
-    public var blocks = 0
-    public var directories = 0
-    public var directoriesRestored = 0
-    public var corruptRecords = 0
-    public var tornTailBytes: UInt64 = 0
-    public var bytesScanned: UInt64 = 0
-    public var seconds = 0.0
-    public init() {}
-
-    enum CodingKeys: String, CodingKey {
-        case segmentsFromSummary = "segments_from_summary", segmentsScanned = "segments_scanned", blocks, directories
-        case directoriesRestored = "directories_restored", corruptRecords = "corrupt_records", tornTailBytes = "torn_tail_bytes"
-        case bytesScanned = "bytes_scanned", seconds
     }
 }
 

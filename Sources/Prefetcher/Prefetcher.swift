@@ -46,32 +46,6 @@ public struct PrefetchSettings: Sendable {
 ///
 /// Thread-safety: all state is behind `state`; loads run on the worker threads, outside the lock.
 public final class Prefetcher: Sendable {
-    public struct Statistics: Sendable {
-        /// Hint lines received.
-        public var hinted = 0
-        /// Blocks loaded into the tier, by signal.
-        public var loadedHinted = 0
-        public var loadedChain = 0
-        public var loadedLearned = 0
-        /// Hinted blocks this node lacked, fetched from the cluster tier.
-        public var loadedFromCluster = 0
-        /// Hints and guesses for blocks already resident (nothing to do).
-        public var alreadyResident = 0
-        /// Hinted blocks that do not exist.
-        public var missing = 0
-        /// Hints dropped because the queue was full.
-        public var dropped = 0
-        /// Hints dropped because the block was read before they were served (they came too late).
-        public var late = 0
-        /// Hints dropped because they waited longer than the deadline.
-        public var expired = 0
-        /// Loads that failed (unreadable record, or no room in the tier).
-        public var failed = 0
-        /// Successor links known (chain and learned).
-        public var successors = 0
-        public var loaded: Int { loadedHinted + loadedChain + loadedLearned + loadedFromCluster }
-    }
-
     enum Source { case hint, chain, learned }
 
     struct Job {
@@ -114,7 +88,7 @@ public final class Prefetcher: Sendable {
         /// When blocks were last read through the mount (bounded), to drop hints that came too late.
         var readAt: [BlockKey: UInt64] = [:]
         var readOrder = Deque<BlockKey>()
-        var stats = Statistics()
+        var stats = PrefetchReport()
     }
 
     let store: BlockStore
@@ -346,12 +320,20 @@ public final class Prefetcher: Sendable {
         }
     }
 
-    public func statistics() -> Statistics {
-        state.withLock { st in
+    /// The prefetcher's counters and settings; the DRAM tier fills in what became of the loaded blocks
+    /// (`used`, `wasted`, `pending`).
+    public func statistics() -> PrefetchReport {
+        var s = state.withLock { st in
             var s = st.stats
-            s.successors = st.successors.count
+            s.successorLinks = st.successors.count
             return s
         }
+        s.enabled = true
+        s.loaded = s.loadedHinted + s.loadedChain + s.loadedLearned + s.loadedFromCluster
+        s.workers = settings.workers
+        s.bandwidthBytesPerSecond = settings.bandwidth
+        s.depth = settings.depth
+        return s
     }
 
 }

@@ -1,3 +1,5 @@
+import WarehouseCore
+
 /// Generates traces in the Mooncake format with the shapes of real KV-cache traffic, so replay and plan
 /// need no file: ids are prefix hashes (a trie of block contents), so equal ids mean equal prefixes.
 public enum SyntheticWorkload: String, CaseIterable, Sendable {
@@ -8,19 +10,6 @@ public enum SyntheticWorkload: String, CaseIterable, Sendable {
     case chat
     /// Retrieval: a shared system prompt, then documents drawn from a popular-first corpus, then a question.
     case rag
-}
-
-/// A small deterministic generator (SplitMix64), so a seed gives the same trace everywhere.
-public struct SeededGenerator: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Assigns prefix-hash ids: the id of a block is determined by its parent's id and its own content.

@@ -33,21 +33,7 @@ extension WarehouseFileSystem {
             r.namespaces.append(info.name)
             r.namespaceUsage[info.name] = namespaceReport(info)
         }
-        r.puts = s.puts
-        r.duplicatePuts = s.duplicatePuts
-        r.bytesWritten = s.bytesWritten
-        r.gets = s.gets
-        r.bytesRead = s.bytesRead
-        r.corruptReads = s.corruptReads
-        r.removes = s.removes
-        r.renames = s.renames
-        r.updates = s.updates
-        r.evictedSegments = s.evictedSegments
-        r.evictedBlocks = s.evictedBlocks
-        r.reinsertedBlocks = s.reinsertedBlocks
-        r.compactedSegments = s.compactedSegments
-        r.reclaimedBytes = s.reclaimedBytes
-        r.expiredBlocks = s.expiredBlocks
+        r.counters = s.counters
         let dramHits = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
         let total = Double(dramHits + s.gets)
         r.hitRatios.dram = total > 0 ? Double(dramHits) / total : 0
@@ -74,79 +60,18 @@ extension WarehouseFileSystem {
             d.reinsertions = t.reinsertions
             r.dramTier = d
             if let prefetcher {
-                let h = prefetcher.statistics()
-                var p = PrefetchStatus()
-                p.enabled = true
-                p.hinted = h.hinted
-                p.loaded = h.loaded
-                p.loadedHinted = h.loadedHinted
-                p.loadedChain = h.loadedChain
-                p.loadedLearned = h.loadedLearned
-                p.loadedFromCluster = h.loadedFromCluster
-                p.alreadyResident = h.alreadyResident
-                p.missing = h.missing
-                p.dropped = h.dropped
-                p.late = h.late
-                p.expired = h.expired
-                p.failed = h.failed
+                var p = prefetcher.statistics()
                 p.used = t.prefetchUsed
                 p.wasted = t.prefetchWasted
                 p.pending = t.prefetchPending
-                p.successorLinks = h.successors
-                p.workers = prefetcher.settings.workers
-                p.bandwidthBytesPerSecond = prefetcher.settings.bandwidth
-                p.depth = prefetcher.settings.depth
                 r.prefetch = p
             }
         }
         if let cluster {
-            let x = cluster.report()
-            var m = RemoteStatus()
-            m.enabled = true
-            m.location = x.location
-            m.connected = x.connected
-            m.queueDepth = x.queueDepth
-            m.queueCapacity = x.queueCapacity
-            m.queued = x.queued
-            m.published = x.published
-            m.publishedBytes = x.publishedBytes
-            m.syncPublished = x.syncPublished
-            m.publishFailures = x.publishFailures
-            m.dropped = x.dropped
-            m.backpressureWaits = x.backpressureWaits
-            func ms(_ p: ClusterReport.Percentiles) -> Milliseconds { Milliseconds(p50: p.p50, p99: p.p99, max: p.max) }
-            m.publishLagMs = ms(x.publishLagMilliseconds)
-            m.fetchMs = ms(x.fetchMilliseconds)
-            m.clusterReadMs = ms(x.clusterReadMilliseconds)
-            m.namespacesPublished = x.namespacesPublished
-            m.namespacesImported = x.namespacesImported
-            m.fetched = x.fetched
-            m.fetchedBytes = x.fetchedBytes
-            m.misses = x.misses
-            m.negativeHits = x.negativeHits
-            m.joinedFetches = x.joinedFetches
-            m.fetchFailures = x.fetchFailures
-            m.skippedUnavailable = x.skippedUnavailable
-            m.corrupt = x.corrupt
-            m.touches = x.touches
-            m.failed = x.failed
-            m.connects = x.connects
-            m.connectFailures = x.connectFailures
-            m.defaultShare = x.defaultShare
-            m.share = x.share.filter { name in r.namespaces.contains(name.key) || caller == nil }
-            m.lastError = x.lastError
-            r.remote = m
+            r.remote = cluster.report()
+            r.remote.share = r.remote.share.filter { name in r.namespaces.contains(name.key) || caller == nil }
         }
-        let rec = store.recovery
-        r.recovery.segmentsFromSummary = rec.segmentsFromSummary
-        r.recovery.segmentsScanned = rec.segmentsScanned
-        r.recovery.blocks = rec.blocks
-        r.recovery.directories = rec.directories
-        r.recovery.directoriesRestored = rec.directoriesRestored
-        r.recovery.corruptRecords = rec.corruptRecords
-        r.recovery.tornTailBytes = rec.tornTailBytes
-        r.recovery.bytesScanned = rec.bytesScanned
-        r.recovery.seconds = Double(rec.nanoseconds) / 1e9
+        r.recovery = store.recovery
         r.operations = counters.report()
         let (usage, refused) = limits.snapshot
         r.limits.pendingBlocks = usage.pendingBlocks

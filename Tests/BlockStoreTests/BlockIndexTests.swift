@@ -12,7 +12,7 @@ import WarehouseCore
         var index = BlockIndex()
         var reference: [BlockKey: IndexEntry] = [:]
         var slots: [BlockKey: UInt32] = [:]
-        var rng = SplitMix(seed: 11)
+        var rng = SeededGenerator(seed: 11)
         for step in 0..<60_000 {
             let key = BlockKey(low: rng.next() % 20_000, high: 7)
             if reference[key] == nil {

@@ -145,7 +145,7 @@ import Platform
             }
         }
         // Cut the power while writers run, then wait for them to notice nothing.
-        var generator = SplitMix(seed: UInt64(seed))
+        var generator = SeededGenerator(seed: UInt64(seed))
         threads[0].join()
         device.losePower(keepingRandomPrefixWith: &generator)
         threads.dropFirst().forEach { $0.join() }

@@ -3,6 +3,7 @@ import Foundation
 import MetricsExporter
 import Platform
 import Testing
+import WarehouseCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,14 +20,32 @@ import Glibc
         s.namespaceUsage["llama"] = ns
         s.prefetch.enabled = true
         s.prefetch.successorLinks = 3
-        s.remote.publishLagMs = Milliseconds(p50: 1, p99: 2, max: 3)
+        s.remote.publishLagMs = Percentiles(p50: 1, p99: 2, max: 3)
+        s.puts = 11
+        s.reinsertedBlocks = 2
         let bytes = ControlJSON.encode(s)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
         #expect(object["capacity_bytes"] as? Int == 1 << 30)
+        // The store's counters sit at the top level beside the figures, as they always did.
+        #expect(object["puts"] as? Int == 11)
+        #expect(object["reinserted_blocks"] as? Int == 2)
+        #expect(object["counters"] == nil && object["figures"] == nil)
         #expect((object["namespace_usage"] as? [String: Any])?["llama"] != nil)
         #expect((object["prefetch"] as? [String: Any])?["successor_links"] as? Int == 3)
         #expect(((object["namespace_usage"] as? [String: [String: Any]])?["llama"]?["share_set"]) is NSNull)
         #expect(try ControlJSON.decode(StatusReport.self, from: bytes) == s)
+    }
+
+    @Test func aJobAlwaysCarriesItsErrorKeyAndReadsBackWithoutIt() throws {
+        var job = JobStatus(id: 3, command: "evict", running: false)
+        job.removedBlocks = 4
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(ControlJSON.encode(job))) as? [String: Any])
+        #expect(object["error"] is NSNull)
+        #expect(object["objects"] == nil)
+        job.error = "no room"
+        #expect(try ControlJSON.decode(JobStatus.self, from: ControlJSON.encode(job)) == job)
+        let withoutError = Array(#"{"id": 1, "command": "evict", "running": true, "seconds": 0}"#.utf8)
+        #expect(try ControlJSON.decode(JobStatus.self, from: withoutError).error == nil)
     }
 
     @Test func requestsParseFromJSONAndFromCommandLines() throws {

@@ -1,4 +1,5 @@
 import Testing
+import WarehouseCore
 @testable import DRAMTier
 
 @Suite struct EvictionPolicyTests {
@@ -21,7 +22,7 @@ import Testing
 
     @Test func placementsNeverOverlapAndStayInBounds() {
         var p = S3FIFOPlacement<Int>(capacity: 1 << 20, alignment: 4096)
-        var rng = SeededRandom(seed: 42)
+        var rng = SeededGenerator(seed: 42)
         for k in 0..<5000 {
             let length = Int.random(in: 1...(96 << 10), using: &rng)
             _ = p.insert(k, length: length)
@@ -35,7 +36,7 @@ import Testing
     @Test func everyEvictionAndMoveIsReportedBeforeTheSpaceIsReused() {
         var p = S3FIFOPlacement<Int>(capacity: 64, smallShare: 0.25)
         var live: [Int: (Int, Int)] = [:]  // key -> (offset, size) as the handler saw them
-        var rng = SeededRandom(seed: 7)
+        var rng = SeededGenerator(seed: 7)
         for k in 0..<400 {
             if k % 3 == 0, let hot = live.keys.sorted().randomElement(using: &rng) { p.recordHit(hot) }
             let item = p.insert(k, length: 1 + k % 5, handle: { event in
@@ -60,18 +61,5 @@ import Testing
         let before = p.item(0)!
         #expect(p.insert(99, length: 1, isPinned: { $0 == 0 }) == nil)
         #expect(p.item(0)?.offset == before.offset)
-    }
-}
-
-/// A seeded generator (SplitMix64), so a failure reproduces.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -141,22 +141,11 @@ def drop_file_pages(paths: list[str]) -> str:
         finally:
             os.close(fd)
     sample = paths[:: max(1, len(paths) // 8)]
-    if all(_cached_fraction(p) == 0.0 for p in sample):
+    if all(fb.cached_fraction(p) == 0.0 for p in sample):
         return "fadvise"
-    if drop_page_cache_global() and all(_cached_fraction(p) == 0.0 for p in sample):
+    if drop_page_cache_global() and all(fb.cached_fraction(p) == 0.0 for p in sample):
         return "drop_caches"
     raise BenchError(f"cannot drop the page cache of {sample[0]} (fadvise and drop_caches both left pages)")
-
-
-def _cached_fraction(path: str) -> float:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        r = fb._resident_fraction(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    if isinstance(r, str):
-        raise BenchError(f"mincore on {path}: {r}")
-    return r
 
 
 def block_array(blocks: fb.Blocks):

@@ -442,6 +442,18 @@ def _resident_fraction(fd: int, size: int) -> float | str:
         _libc.munmap(addr, size)
 
 
+def cached_fraction(path: str) -> float:
+    """Share of the file's pages in the page cache; raises BenchError when mincore cannot tell."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        r = _resident_fraction(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    if isinstance(r, str):
+        raise BenchError(f"mincore on {path}: {r}")
+    return r
+
+
 def errno_name(e: int) -> str:
     return errno.errorcode.get(e, str(e))
 

@@ -28,6 +28,7 @@ and libfuse3-dev (memfs). Python 3.11 standard library only. See Tools/bench/REA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -219,17 +220,6 @@ class BlockSet:
         return run_threads(self.n, threads, worker)
 
 
-def cached_fraction(path: str) -> float:
-    fd = os.open(path, READ_FLAGS)
-    try:
-        r = fb._resident_fraction(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    if isinstance(r, str):
-        raise BenchError(f"mincore on {path}: {r}")
-    return r
-
-
 def drop_file_pages(paths: list[str], how: str = "fadvise") -> str:
     """Drops the page cache of these files: posix_fadvise(DONTNEED) on each ("fadvise") or `echo 1 >
     drop_caches` ("global", which also drops the pages of a store's segment files). Checks a sample with
@@ -244,9 +234,9 @@ def drop_file_pages(paths: list[str], how: str = "fadvise") -> str:
     else:
         fb.drop_caches(level=1)
     sample = paths[:: max(1, len(paths) // 8)]
-    if all(cached_fraction(p) == 0.0 for p in sample):
+    if all(fb.cached_fraction(p) == 0.0 for p in sample):
         return how
-    if how != "global" and fb.drop_caches(level=1) and all(cached_fraction(p) == 0.0 for p in sample):
+    if how != "global" and fb.drop_caches(level=1) and all(fb.cached_fraction(p) == 0.0 for p in sample):
         return "global"
     raise BenchError(f"cannot drop the page cache of {sample[0]} (fadvise and drop_caches both left pages)")
 
@@ -560,16 +550,42 @@ class Run:
                                lambda i, ns=ns: f"{ns}/{absent_name(i)[:2]}/{absent_name(i)}")
         return sets
 
-    def twfs_batch_phase(self, lbl: str, n: int, size: int, base_bytes: bytes) -> None:
-        base = self.tempdir(f"twfs-batch-{lbl}")
+    def twfs_setup(self, sync: str, lbl: str, n: int, size: int, extra: list[str]):
+        """A fresh store and mount point for one twfs phase, and its (not yet started) daemon."""
+        base = self.tempdir(f"twfs-{sync}-{lbl}")
         store, mnt = base / "store", base / "mnt"
         store.mkdir()
         capacity = 2 * len(self.args.threads) * n * size + GiB
-        logp = self.logpath(f"twfs-batch-{lbl}")
-        daemon = Daemon(f"twfs batch {lbl}", self.twfs_cmd(mnt, store, capacity, []), mnt, logp,
+        logp = self.logpath(f"twfs-{sync}-{lbl}")
+        daemon = Daemon(f"twfs {sync} {lbl}", self.twfs_cmd(mnt, store, capacity, extra), mnt, logp,
                         self.args.mount_timeout)
-        last = self.args.threads[-1]
+        return base, store, mnt, capacity, logp, daemon
+
+    @contextlib.contextmanager
+    def twfs_phase(self, what: str, base: Path, logp: Path, daemons: list[Daemon]):
+        """Runs the body of a twfs phase: a failure is recorded under `what` (with the daemon's log), and
+        whatever happens every daemon in `daemons` (the body may add one) is stopped and `base` removed."""
         try:
+            yield
+        except MountError as e:
+            self.twfs_ok = False
+            self.error(what, e)
+        except (BenchError, OSError) as e:
+            self.error(what, f"{e!r}\n--- {logp} ---\n{daemons[-1].log_text(4000)}")
+        finally:
+            for daemon in daemons:
+                rc = daemon.stop()
+                if rc not in (0, None):
+                    self.errors.append(f"{daemon.name}: exited with status {rc}")
+            if not self.args.keep:
+                self.cleanup(base)
+            os.sync()
+
+    def twfs_batch_phase(self, lbl: str, n: int, size: int, base_bytes: bytes) -> None:
+        base, store, mnt, capacity, logp, daemon = self.twfs_setup("batch", lbl, n, size, [])
+        daemons = [daemon]
+        last = self.args.threads[-1]
+        with self.twfs_phase(f"twfs batch {lbl}", base, logp, daemons):
             os.sync()
             daemon.start()
             sets = self.twfs_sets(mnt, n, size, base_bytes)
@@ -605,52 +621,23 @@ class Run:
             fb.drop_caches(3)
             daemon = Daemon(f"twfs --dram 0 {lbl}", self.twfs_cmd(mnt, store, capacity, ["--dram", "0"]), mnt,
                             logp, self.args.mount_timeout)
+            daemons.append(daemon)
             daemon.start()
             bs = self.twfs_sets(mnt, n, size, base_bytes)[last]
             for t in self.args.threads:
                 r = self.m_read(f"{lbl}/t{t}/read/twfs_nvme", bs, t, daemon, "global", mnt)
                 if r.get("read_bytes_dram"):
                     self.errors.append(f"twfs {lbl} --dram 0 reads, {t}T: {r['read_bytes_dram']} bytes from DRAM")
-        except MountError as e:
-            self.twfs_ok = False
-            self.error(f"twfs batch {lbl}", e)
-        except (BenchError, OSError) as e:
-            self.error(f"twfs batch {lbl}", f"{e!r}\n--- {logp} ---\n{daemon.log_text(4000)}")
-        finally:
-            rc = daemon.stop()
-            if rc not in (0, None):
-                self.errors.append(f"twfs {lbl}: exited with status {rc}")
-            if not self.args.keep:
-                self.cleanup(base)
-            os.sync()
 
     def twfs_always_phase(self, lbl: str, n: int, size: int, base_bytes: bytes) -> None:
-        base = self.tempdir(f"twfs-always-{lbl}")
-        store, mnt = base / "store", base / "mnt"
-        store.mkdir()
-        capacity = 2 * len(self.args.threads) * n * size + GiB
-        logp = self.logpath(f"twfs-always-{lbl}")
-        daemon = Daemon(f"twfs always {lbl}", self.twfs_cmd(mnt, store, capacity, ["--sync", "always"]), mnt, logp,
-                        self.args.mount_timeout)
-        try:
+        base, _, mnt, _, logp, daemon = self.twfs_setup("always", lbl, n, size, ["--sync", "always"])
+        with self.twfs_phase(f"twfs always {lbl}", base, logp, [daemon]):
             os.sync()
             daemon.start()
             sets = self.twfs_sets(mnt, n, size, base_bytes)
             for t in self.args.threads:
                 os.mkdir(mnt / f"w{t}")
                 self.m_write(f"{lbl}/t{t}/write/twfs_always", sets[t], t, daemon, mnt=mnt)
-        except MountError as e:
-            self.twfs_ok = False
-            self.error(f"twfs always {lbl}", e)
-        except (BenchError, OSError) as e:
-            self.error(f"twfs always {lbl}", f"{e!r}\n--- {logp} ---\n{daemon.log_text(4000)}")
-        finally:
-            rc = daemon.stop()
-            if rc not in (0, None):
-                self.errors.append(f"twfs always {lbl}: exited with status {rc}")
-            if not self.args.keep:
-                self.cleanup(base)
-            os.sync()
 
 
 # --------------------------------------------------------------------------------- report -----

@@ -2,6 +2,7 @@ import ArgumentParser
 import CommandLineTypes
 import ControlPlane
 import Foundation
+import WarehouseCore
 
 /// `twctl cluster`: the tier shared with other nodes through Ceph RADOS (docs/cluster-tier.md).
 struct Cluster: ParsableCommand {
@@ -11,7 +12,7 @@ struct Cluster: ParsableCommand {
 }
 
 /// One line of `twctl status` for the shared tier.
-func remoteStatusLine(_ r: RemoteStatus) -> String {
+func remoteStatusLine(_ r: ClusterReport) -> String {
     "remote      \(r.location ?? "?") \(r.connected ? "connected" : "NOT CONNECTED"): queue \(r.queueDepth)/\(r.queueCapacity), "
         + "\(r.published) published, \(r.fetched) fetched, \(r.misses) misses, \(r.failed) failed (\(r.corrupt) corrupt), \(r.dropped) dropped"
         + (r.lastError.map { "; last error: \($0)" } ?? "")
