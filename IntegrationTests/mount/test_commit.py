@@ -405,14 +405,12 @@ def test_parallel_pwrite_of_different_offsets_on_one_fd_gives_exact_bytes(ns):
 
 # --------------------------------------------------------------------------------------- maximum size
 
-def _write_expecting_efbig(path: str, total: int) -> int | None:
-    """Write `total` bytes in 1 MiB pieces and close; return the errno of the first failure."""
+def _first_errno(path: str, write) -> int | None:
+    """Creates `path`, calls write(fd) and closes; returns the errno of the first failure (write or close)."""
     fd = os.open(path, CREATE, 0o644)
     failed = None
     try:
-        piece = b"\x5a" * MiB
-        for off in range(0, total, MiB):
-            os.write(fd, piece[:min(MiB, total - off)])
+        write(fd)
     except OSError as e:
         failed = e.errno
     try:
@@ -420,6 +418,15 @@ def _write_expecting_efbig(path: str, total: int) -> int | None:
     except OSError as e:
         failed = failed or e.errno
     return failed
+
+
+def _write_expecting_efbig(path: str, total: int) -> int | None:
+    """Write `total` bytes in 1 MiB pieces and close; return the errno of the first failure."""
+    def write(fd):
+        piece = b"\x5a" * MiB
+        for off in range(0, total, MiB):
+            os.write(fd, piece[:min(MiB, total - off)])
+    return _first_errno(path, write)
 
 
 def test_block_larger_than_max_block_is_efbig_and_not_committed(warehouse_factory):
@@ -440,16 +447,7 @@ def test_pwrite_past_max_block_is_efbig(warehouse_factory):
     wh = warehouse_factory("--max-block", "4M")
     ns = wh.namespace("ns")
     path = os.path.join(ns, "sparse-too-big.pt")
-    fd = os.open(path, CREATE, 0o644)
-    failed = None
-    try:
-        os.pwrite(fd, b"x" * 4096, 5 * MiB)
-    except OSError as e:
-        failed = e.errno
-    try:
-        os.close(fd)
-    except OSError as e:
-        failed = failed or e.errno
+    failed = _first_errno(path, lambda fd: os.pwrite(fd, b"x" * 4096, 5 * MiB))
     assert failed == errno.EFBIG, errno.errorcode.get(failed, failed)
     assert_errno(errno.ENOENT, os.stat, path)
 

@@ -394,11 +394,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: fio,throughput,latency")
-    ap.add_argument("--json", type=Path, help="write all figures as JSON here")
-    ap.add_argument("--mount-timeout", type=float, default=30.0)
-    ap.add_argument("--resident-timeout", type=float, default=60.0)
-    ap.add_argument("--phase-timeout", type=float, default=900.0)
-    ap.add_argument("--keep", action="store_true", help="keep the stores under DIR")
+    fb.add_mount_options(ap, phase_timeout=900.0, resident_timeout=60.0)
     args = ap.parse_args()
 
     args.data = args.data or (256 * MiB if args.quick else 2 * GiB)

@@ -712,16 +712,10 @@ def main() -> int:
     ap.add_argument("--threads", type=parse_threads, default=[1, 4], help="reader thread counts (default 1,4)")
     ap.add_argument("--repeat", type=int, help="timed passes per measurement, the best counts (default 9; --quick: 2)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 32 blocks, 2 passes")
-    ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--skip", default="", help="comma list of phases to leave out: py-map,c-map,mount,memfs,redis")
-    ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")
     ap.add_argument("--load", choices=("hints", "reads"), default="hints",
                     help="how blocks are made resident: prefetch hints (default) or two reads through the mount")
-    ap.add_argument("--resident-timeout", type=float, default=120.0,
-                    help="seconds to wait for hinted blocks to load (default 120)")
-    ap.add_argument("--phase-timeout", type=float, default=600.0,
-                    help="seconds before a hung phase's daemon is killed (default 600)")
-    ap.add_argument("--keep", action="store_true", help="keep the twfs store under DIR")
+    fb.add_mount_options(ap, phase_timeout=600.0, resident_timeout=120.0)
     args = ap.parse_args()
 
     if args.blocks is None:
@@ -818,18 +812,10 @@ def main() -> int:
                      f"{'yes' if info['redis']['hiredis_parser'] else 'no'}")
     notes.append(f"load average: {load_start} at the start, {loadavg()} at the end (other work on the machine "
                  f"skews every figure; compare ratios within one run)")
-    if notes:
-        print()
-        print("\n".join(notes))
-    if errors:
-        print("\nerrors:")
-        for e in errors:
-            print(f"  - {e}")
+    if fb.print_notes_and_errors(notes, errors):
         exit_code = exit_code or 1
     if args.json:
-        doc = {"command": command,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-               "duration_s": round(time.time() - t_start, 1),
+        doc = {**fb.run_record(command, t_start),
                "config": {"dir": str(args.dir), "block_size": args.block_size, "blocks": args.blocks, "bytes": total,
                           "threads": args.threads, "repeat": args.repeat, "quick": args.quick, "twfs": str(args.twfs),
                           "dram": args.dram, "capacity": args.capacity, "load": args.load, "twfs_args": args.twfs_args,

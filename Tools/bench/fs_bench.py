@@ -368,15 +368,7 @@ class Blocks:
             mv = memoryview(buf)
             for i in indices:
                 buf[0:16] = block_header(i)
-                fd = os.open(path_of(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    off = 0
-                    while off < size:
-                        off += os.write(fd, mv[off:])
-                    if fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
+                write_new_file(path_of(i), mv, fsync=fsync)
 
         secs = run_threads(self.n, threads, worker)
         return Result(self.n * size, secs, self.n)
@@ -440,6 +432,32 @@ def _resident_fraction(fd: int, size: int) -> float | str:
         return sum(b & 1 for b in vec.raw) / len(vec.raw)
     finally:
         _libc.munmap(addr, size)
+
+
+def add_mount_options(ap, *, phase_timeout: float, resident_timeout: float | None = None) -> None:
+    """The options every mount benchmark takes: where the JSON goes, its time limits, and --keep."""
+    ap.add_argument("--json", type=Path, help="write every figure as JSON here")
+    ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")
+    if resident_timeout is not None:
+        ap.add_argument("--resident-timeout", type=float, default=resident_timeout,
+                        help=f"seconds to wait for prefetched blocks to load (default {resident_timeout:.0f})")
+    ap.add_argument("--phase-timeout", type=float, default=phase_timeout,
+                    help=f"seconds before a hung phase's daemon is killed (default {phase_timeout:.0f})")
+    ap.add_argument("--keep", action="store_true", help="keep the twfs stores under DIR")
+
+
+def write_new_file(path: str, data: memoryview, *, fsync: bool = False) -> None:
+    """Creates `path` (it must not exist), writes all of `data` (a short write is continued) and closes it,
+    with an fsync before the close when asked: one block as an engine writes it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        off = 0
+        while off < len(data):
+            off += os.write(fd, data[off:])
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def cached_fraction(path: str) -> float:
@@ -732,6 +750,24 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join([line(head), sep] + [line(b) for b in body])
 
 
+def print_notes_and_errors(notes: list[str], errors: list) -> bool:
+    """The end of a benchmark's report: its notes, then its errors. True when there were errors."""
+    if notes:
+        print()
+        print("\n".join(notes))
+    if errors:
+        print("\nerrors:")
+        for e in errors:
+            print(f"  - {e}")
+    return bool(errors)
+
+
+def run_record(command: str, t_start: float) -> dict:
+    """The head of a benchmark's JSON: the command that ran, when it started and how long it took."""
+    return {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+            "duration_s": round(time.time() - t_start, 1)}
+
+
 def write_json(path: Path, doc: dict) -> None:
     """Writes a benchmark's figures as JSON (shared by the other benchmarks)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -763,12 +799,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=4, help="reader/writer concurrency (default 4)")
     ap.add_argument("--repeat", type=int, default=3, help="cached-read passes, best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--json", type=Path, help="write all figures as JSON here")
-    ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")
-    ap.add_argument("--phase-timeout", type=float, default=900.0,
-                    help="seconds before a hung phase's daemon is killed (default 900)")
+    add_mount_options(ap, phase_timeout=900.0)
     ap.add_argument("--skip", default="", help="comma list of phases to skip: fio,ext4,twfs,memfs")
-    ap.add_argument("--keep", action="store_true", help="keep the twfs stores under DIR")
     args = ap.parse_args()
 
     if args.blocks is None:
@@ -857,20 +889,12 @@ def main() -> int:
     for key in ("ext4_write_fsync", "ext4_write_nofsync"):
         if key in results:
             extra.append(f"{key}: untimed sync afterwards took {results[key].extra['sync_after_s']} s")
-    if extra:
-        print()
-        print("\n".join(extra))
-    if errors:
-        print("\nerrors:")
-        for e in errors:
-            print(f"  - {e}")
+    if print_notes_and_errors(extra, errors):
         exit_code = exit_code or 1
 
     if args.json:
         doc = {
-            "command": command,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-            "duration_s": round(time.time() - t_start, 1),
+            **run_record(command, t_start),
             "config": {"dir": str(args.dir), "disk": disk_of(args.dir), "block_size": args.block_size,
                        "blocks": args.blocks, "bytes": total, "threads": args.threads, "repeat": args.repeat,
                        "quick": args.quick, "twfs": str(args.twfs), "twfs_args": args.twfs_args,

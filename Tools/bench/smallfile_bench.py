@@ -51,7 +51,6 @@ from fs_bench import BenchError, Daemon, MountError, Watchdog  # noqa: E402
 
 MiB = fb.MiB
 GiB = fb.GiB
-WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 MEMFS_TIMEOUT_LINE = "#define TIMEOUT_S (86400.0)"
 AT_FDCWD = -100
@@ -123,22 +122,14 @@ class BlockSet:
         self.headers = [fb.block_header(i) for i in range(n)]
 
     def write(self, threads: int, *, fsync: bool = False) -> float:
-        size, paths, headers = self.size, self.paths, self.headers
+        paths, headers = self.paths, self.headers
 
         def worker(t: int, indices) -> None:
             buf = bytearray(self.base)
             mv = memoryview(buf)
             for i in indices:
                 buf[0:16] = headers[i]
-                fd = os.open(paths[i], WRITE_FLAGS, 0o644)
-                try:
-                    off = os.write(fd, mv)
-                    while off < size:
-                        off += os.write(fd, mv[off:])
-                    if fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fb.write_new_file(paths[i], mv, fsync=fsync)
 
         return run_threads(self.n, threads, worker)
 
@@ -824,14 +815,8 @@ def main() -> int:
     ap.add_argument("--stat-ops", type=int, help="stat calls per stat measurement, all passes (default 200000; --quick 4000)")
     ap.add_argument("--ceiling-files", type=int, help="files in the FUSE-ceiling memfs mounts (default 4096; --quick 200)")
     ap.add_argument("--quick", action="store_true", help="smoke run: few blocks, 2 passes")
-    ap.add_argument("--json", type=Path, help="write every figure as JSON here")
     ap.add_argument("--skip", default="", help="comma list of phases to leave out: ceiling,memfs,ext4,twfs,always")
-    ap.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for a mount (default 30)")
-    ap.add_argument("--resident-timeout", type=float, default=120.0,
-                    help="seconds to wait for prefetch hints to load (default 120)")
-    ap.add_argument("--phase-timeout", type=float, default=900.0,
-                    help="seconds before a hung measurement's daemon is killed (default 900)")
-    ap.add_argument("--keep", action="store_true", help="keep the twfs stores under DIR")
+    fb.add_mount_options(ap, phase_timeout=900.0, resident_timeout=120.0)
     args = ap.parse_args()
 
     if os.geteuid() != 0:
@@ -930,17 +915,10 @@ def main() -> int:
     extra = notes(args, run.results, run.info)
     extra.append(f"load average: {load_start} at the start, {loadavg()} at the end (other work on the machine skews "
                  f"every figure; compare ratios within one run)")
-    print()
-    print("\n".join(extra))
-    if run.errors:
-        print("\nerrors:")
-        for e in run.errors:
-            print(f"  - {e}")
+    if fb.print_notes_and_errors(extra, run.errors):
         exit_code = exit_code or 1
     if args.json:
-        doc = {"command": command,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-               "duration_s": round(time.time() - t_start, 1),
+        doc = {**fb.run_record(command, t_start),
                "config": {"dir": str(args.dir), "disk": disk_of(args.dir), "sizes": args.sizes,
                           "blocks": counts, "threads": args.threads, "repeat": args.repeat,
                           "stat_ops": args.stat_ops, "ceiling_files": args.ceiling_files, "quick": args.quick,
