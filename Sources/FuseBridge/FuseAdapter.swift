@@ -62,6 +62,11 @@ enum FuseAdapter {
         case .success(let e):
             var param = entryParameters(e)
             fuse_reply_entry(req, &param)
+        case .failure(let e) where e.code == ENOENT && e.absenceTimeout > 0:
+            // A negative entry: inode 0, which the kernel keeps as "absent" for the timeout.
+            var param = fuse_entry_param()
+            param.entry_timeout = e.absenceTimeout
+            fuse_reply_entry(req, &param)
         case .failure(let e):
             fuse_reply_err(req, e.code)
         }

@@ -112,14 +112,31 @@ extension WarehouseFileSystem {
         }
         // A local miss looks in the shared tier, unless the caller is creating the name (its open has
         // O_CREAT): a writer's lookup must not wait for the cluster.
-        if let cluster, inspector.openFlags(of: caller.pid).map({ $0 & O_CREAT == 0 }) ?? true {
-            switch cluster.fetch(namespace: dir.namespace.name, key: key) {
-            case .stored: return committedEntry(namespace: dir.namespace, key: key, directory: dir.id)
-            case .corrupt: return .failure(FSError(EIO))
-            case .absent, .unavailable: break
+        var absenceTimeout = settings.negativeTimeout
+        if let cluster {
+            absenceTimeout = min(absenceTimeout, cluster.settings.negativeSeconds)
+            if inspector.openFlags(of: caller.pid).map({ $0 & O_CREAT == 0 }) ?? true {
+                switch cluster.fetch(namespace: dir.namespace.name, key: key) {
+                case .stored: return committedEntry(namespace: dir.namespace, key: key, directory: dir.id)
+                case .corrupt: return .failure(FSError(EIO))
+                case .absent: break
+                case .unavailable: absenceTimeout = 0  // the cluster may have it: ask again next time
+                }
             }
         }
-        return .failure(FSError(ENOENT))
+        return .failure(absence(namespace: dir.namespace, key: key, timeout: absenceTimeout))
+    }
+
+    /// ENOENT for a name inside a namespace, cached by the kernel for `timeout` when that is safe: when
+    /// nobody is writing the name. A writer that commits after the store was asked has a pending node
+    /// until after its commit, so the order (store missed, then no pending node, then the store still
+    /// misses) leaves no gap; a writer that starts later goes through the kernel's `create`, which
+    /// replaces the negative entry (the parent directory's lock keeps it from racing this lookup).
+    func absence(namespace ns: NamespaceInfo, key: String, timeout: Double) -> FSError {
+        guard timeout > 0, !pendingNodeExists(namespace: ns, key: key), !store.contains(namespace: ns.name, key: key) else {
+            return FSError(ENOENT)
+        }
+        return .absent(cacheFor: timeout)
     }
 
     func entry(for ino: UInt64, timeout: Double, attributeTimeout: Double? = nil) -> FSResult<Entry> {

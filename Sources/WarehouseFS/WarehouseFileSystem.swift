@@ -23,6 +23,12 @@ public struct MountSettings: Sendable {
     /// How long the kernel may cache names and attributes of committed blocks (they are immutable).
     public var entryTimeout: Double = 60
     public var attributeTimeout: Double = 60
+    /// How long the kernel may remember that a name inside a namespace is absent (a negative entry), so
+    /// engines' `exists` of blocks nobody stored costs no round trip. Safe without invalidation: it is
+    /// given only while nobody writes the name, and a writer's `create` goes through the kernel, which
+    /// replaces the negative entry. With a cluster tier, no longer than the tier's own memory of a miss
+    /// (another node may publish the block).
+    public var negativeTimeout: Double = 10
     public var storeDirectory: String = ""
     /// Committed blocks also enter the DRAM tier (as a miss would: S3-FIFO's small ring, so blocks
     /// never read again leave without pushing out hot ones). The next turn of a conversation reads
@@ -36,7 +42,15 @@ public struct MountSettings: Sendable {
 /// An errno a handler answers with.
 public struct FSError: Error, Equatable, Sendable {
     public let code: Int32
+    /// For ENOENT from a lookup: how long the kernel may remember the absence (0: ask again each time).
+    public var absenceTimeout: Double = 0
     public init(_ code: Int32) { self.code = code }
+    /// A name that does not exist, which the kernel may remember as absent for `seconds`.
+    public static func absent(cacheFor seconds: Double) -> FSError {
+        var e = FSError(ENOENT)
+        e.absenceTimeout = seconds
+        return e
+    }
     /// The errno of a store or system error; anything else is EIO.
     public init(_ error: any Error) {
         if let e = error as? StoreError { code = e.errnoCode } else if let e = error as? SystemError { code = e.code } else { code = EIO }

@@ -115,6 +115,32 @@ final class Harness {
         #expect(try h.read(ns, "a.bin", caller: other) == [1, 2, 3])
     }
 
+    @Test func anAbsentNameMayBeRememberedUnlessSomeoneIsWritingIt() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        let other = Caller(uid: 0, gid: 0, pid: 200)
+        func absence(_ name: String) -> Double? {
+            if case .failure(let e) = h.lookup(ns, name, caller: other), e.code == ENOENT { return e.absenceTimeout }
+            return nil
+        }
+        // Nobody stored it: the kernel may keep the answer (a negative entry).
+        #expect(absence("never.bin") == MountSettings().negativeTimeout)
+        // Being written by another process: absent for now, but asked again next time.
+        let (handle, _) = try h.write(ns, "soon.bin", [7], close: false)
+        #expect(absence("soon.bin") == 0)
+        // Committed but not yet released (the pending node is still there): visible.
+        #expect(h.fs.flush(handle, caller: h.root) == nil)
+        #expect(absence("soon.bin") == nil)
+        h.fs.release(handle)
+        #expect(try h.read(ns, "soon.bin", caller: other) == [7])
+        // An absent namespace is not remembered (one another node announces is made on first use).
+        if case .failure(let e) = h.fs.lookup(parent: InodeNumber.root, name: Array("nons".utf8), caller: other) {
+            #expect(e.code == ENOENT && e.absenceTimeout == 0)
+        } else {
+            Issue.record("a namespace nobody made was found")
+        }
+    }
+
     @Test func firstWriteWinsAndExclusiveCreateOfAnExistingBlockFails() throws {
         let h = try Harness()
         let ns = try h.namespace()
