@@ -333,15 +333,18 @@ public final class DRAMTier: Sendable {
                 return nil
             }
             let pins = st.pins
-            let slots = st.slots
-            // Events are applied as they happen: the space of an evicted block is reused only after
-            // its entry was unpublished.
+            // The policy's events (evictions, moves) are applied in order once it has decided, still under
+            // the lock, before the new block's bytes are copied: the space of an evicted block is reused only
+            // after its entry was unpublished. Applying them inside the policy's call would modify `slots`
+            // while the closures below read it, and cost a copy of the whole table per insert.
+            var events: [S3FIFOPlacement<BlockKey>.Event] = []
             var placement = st.placement
             st.placement = S3FIFOPlacement(capacity: 0)
             let item = placement.insert(key, length: bytes.count, expected: hinted, isPinned: { pins[$0] != nil },
-                                        extraHits: { k in slots[k].map { min(self.takeHitsCounting($0), 1) } ?? 0 },
-                                        handle: { self.apply($0, &st) })
+                                        extraHits: { k in st.slots[k].map { min(self.takeHitsCounting($0), 1) } ?? 0 },
+                                        handle: { events.append($0) })
             st.placement = placement
+            for event in events { apply(event, &st) }
             guard let item else {
                 st.stats.failedInsertions += 1
                 return nil

@@ -1,4 +1,5 @@
 import Platform
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -97,6 +98,24 @@ public struct ProcCallerInspector: CallerInspector {
     /// every descriptor's `fdinfo` is read.
     let mountPoint: String?
 
+    private let threadGroups = ThreadGroupMemory()
+
+    /// Thread id: its group, and until when (monotonic nanoseconds) that answer is used.
+    final class ThreadGroupMemory: Sendable {
+        private let table = Mutex<[Int32: (group: Int32, until: UInt64)]>([:])
+
+        func group(of tid: Int32, now: UInt64) -> Int32? {
+            table.withLock { t in t[tid].flatMap { now < $0.until ? $0.group : nil } }
+        }
+
+        func remember(_ tid: Int32, group: Int32, until: UInt64) {
+            table.withLock { t in
+                if t.count >= 4096 { t.removeAll(keepingCapacity: true) }
+                t[tid] = (group, until)
+            }
+        }
+    }
+
     public init(mountPoint: String? = nil) {
         self.mountPoint = mountPoint.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
     }
@@ -104,9 +123,10 @@ public struct ProcCallerInspector: CallerInspector {
     /// The system call a thread is blocked in: its number and arguments; nil when unknown.
     static func currentSyscall(of tid: Int32) -> (number: Int, arguments: [UInt64])? {
         guard tid > 0, let bytes = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
-        let fields = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
-        guard let first = fields.first, let number = Int(first) else { return nil }
-        let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
+        // "NUMBER 0xARG1 0xARG2 ... 0xSP 0xPC"; "running" or "-1 ..." when not in a call.
+        let fields = ProcText.fields(bytes)
+        guard let first = fields.first, let number = ProcText.decimal(bytes[first]) else { return nil }
+        let arguments = fields.dropFirst().prefix(6).map { ProcText.hexadecimal(bytes[$0]) ?? 0 }
         return (number, arguments)
     }
 
@@ -131,13 +151,14 @@ public struct ProcCallerInspector: CallerInspector {
         guard tid > 0, let bytes = try? FileSystem.readFile("/proc/\(tid)/stat") else { return .running }
         // Fields after the command name, which is in parentheses and may contain spaces.
         guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return .running }
-        let rest = String(decoding: bytes[(close + 1)...], as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
+        let rest = ProcText.fields(bytes, from: close + 1)
         // rest[0] is field 3 (state); flags is field 9; exit_code is field 52 (rest[49]).
-        guard rest.count > 6, let flags = UInt64(rest[6]) else { return .running }
-        let pfExiting: UInt64 = 0x4
-        let exiting = flags & pfExiting != 0 || rest[0] == "Z" || rest[0] == "X"
+        guard rest.count > 6, let flags = ProcText.decimal(bytes[rest[6]]) else { return .running }
+        let pfExiting = 0x4
+        let state = bytes[rest[0].lowerBound]
+        let exiting = flags & pfExiting != 0 || state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")
         guard exiting else { return .running }
-        if rest.count > 49, let code = Int(rest[49]), code & 0x7f != 0 { return .killed }
+        if rest.count > 49, let code = ProcText.decimal(bytes[rest[49]]), code & 0x7f != 0 { return .killed }
         return .exiting
     }
 
@@ -158,11 +179,79 @@ public struct ProcCallerInspector: CallerInspector {
         return count
     }
 
+    /// A thread's group from `/proc/TID/status` (the kernel formats the whole file, memory figures
+    /// included: the costliest /proc read here), remembered for a second: a writer's create and its close
+    /// ask about the same thread, and a thread id is not reused that fast (the kernel hands out every other
+    /// id up to pid_max first).
     public func threadGroup(of tid: Int32) -> Int32 {
+        let now = monotonicNanoseconds()
+        if let known = threadGroups.group(of: tid, now: now) { return known }
         guard let bytes = try? FileSystem.readFile("/proc/\(tid)/status") else { return tid }
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
-            return Int32(line.dropFirst(5).drop { $0 == " " || $0 == "\t" }) ?? tid
+        let group = ProcText.value(of: "Tgid:", in: bytes).flatMap { Int32(exactly: $0) } ?? tid
+        threadGroups.remember(tid, group: group, until: now + 1_000_000_000)
+        return group
+    }
+}
+
+/// Parsing of /proc text as bytes (no String: these files are read on every create and close).
+enum ProcText {
+    /// The ranges of the space- or newline-separated fields of `bytes` from `start`.
+    static func fields(_ bytes: [UInt8], from start: Int = 0) -> [Range<Int>] {
+        var fields: [Range<Int>] = []
+        var i = start
+        while i < bytes.count {
+            while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A { i += 1 }
+            let begin = i
+            while i < bytes.count, bytes[i] != 0x20, bytes[i] != 0x0A { i += 1 }
+            if i > begin { fields.append(begin..<i) }
         }
-        return tid
+        return fields
+    }
+
+    /// A non-negative or negative decimal number, nil if the bytes are not one.
+    static func decimal(_ digits: ArraySlice<UInt8>) -> Int? {
+        var rest = digits[...]
+        let negative = rest.first == UInt8(ascii: "-")
+        if negative { rest = rest.dropFirst() }
+        guard !rest.isEmpty, rest.count <= 18 else { return nil }
+        var value = 0
+        for c in rest {
+            guard c >= 0x30, c <= 0x39 else { return nil }
+            value = value * 10 + Int(c - 0x30)
+        }
+        return negative ? -value : value
+    }
+
+    /// A hexadecimal number written with a 0x prefix.
+    static func hexadecimal(_ digits: ArraySlice<UInt8>) -> UInt64? {
+        guard digits.count > 2, digits.count <= 18, digits.starts(with: [0x30, 0x78]) else { return nil }
+        var value: UInt64 = 0
+        for c in digits.dropFirst(2) {
+            let v: UInt8
+            switch c {
+            case 0x30...0x39: v = c - 0x30
+            case 0x61...0x66: v = c - 0x61 + 10
+            case 0x41...0x46: v = c - 0x41 + 10
+            default: return nil
+            }
+            value = value << 4 | UInt64(v)
+        }
+        return value
+    }
+
+    /// The number after `label` at the start of a line ("Tgid:\t1234").
+    static func value(of label: StaticString, in bytes: [UInt8]) -> Int? {
+        let tag = UnsafeRawBufferPointer(start: label.utf8Start, count: label.utf8CodeUnitCount)
+        var lineStart = 0
+        while lineStart < bytes.count {
+            let end = bytes[lineStart...].firstIndex(of: 0x0A) ?? bytes.count
+            if end - lineStart > tag.count, bytes[lineStart..<lineStart + tag.count].elementsEqual(tag) {
+                var i = lineStart + tag.count
+                while i < end, bytes[i] == 0x20 || bytes[i] == 0x09 { i += 1 }
+                return decimal(bytes[i..<end])
+            }
+            lineStart = end + 1
+        }
+        return nil
     }
 }

@@ -47,6 +47,8 @@ final class PendingWrite: Sendable {
         /// Staged bytes and quota bytes charged for this block so far.
         var stagedCharge: UInt64 = 0
         var quotaCharge: UInt64 = 0
+        /// A committed block that enters the DRAM tier at RELEASE, from the staging region (see `commit`).
+        var tierAdmission: (key: String, sequence: UInt64, length: Int, checksum: UInt64?)?
     }
 
     init(region: ReservedRegion, creator: Int32, creatorUID: UInt32, namespaceID: UInt16, ownership: BlockOwnership) {
@@ -209,7 +211,11 @@ extension WarehouseFileSystem {
             table.addPending(node, key: blockKey, directory: dir.id)
             return node
         }
-        return .success((Entry(attributes: fileAttributes(of: node), entryTimeout: 0, attributeTimeout: 0),
+        // The name is not cached (others must keep asking: to them it is absent until the commit), but the
+        // new inode's attributes may be, briefly: only this writer reaches the inode, the kernel keeps its
+        // size itself as the writer writes, and the open that follows the create checks permissions on
+        // these attributes instead of asking for them again (one GETATTR less per block written).
+        return .success((Entry(attributes: fileAttributes(of: node), entryTimeout: 0, attributeTimeout: 1),
                          OpenFile(.write(WriteState(node: node, pending: pending)), opener: caller)))
     }
 
@@ -453,6 +459,7 @@ extension WarehouseFileSystem {
             }
             let done = w.pending.state.withLock { $0.openHandles == 0 && $0.finished }
             guard done else { return }
+            admitCommitted(w.node, w.pending)
             if w.node.state.withLock({ $0.pending === w.pending }) {
                 detachPending(w.node, w.pending)
             } else {
@@ -466,6 +473,18 @@ extension WarehouseFileSystem {
             r.node.state.withLock { $0.servedByPageCache = !read }
         default:
             break
+        }
+    }
+
+    /// Copies a committed block into the DRAM tier from its staging region (before the region is reused).
+    func admitCommitted(_ node: FileNode, _ pending: PendingWrite) {
+        guard let tiers, let admission = pending.state.withLock({ s in defer { s.tierAdmission = nil }; return s.tierAdmission }) else { return }
+        let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: admission.length)
+        let blockKey = BlockKey(namespace: node.namespace, key: admission.key)
+        tiers.insert(blockKey, namespaceID: node.namespaceID, bytes: bytes, checksum: admission.checksum ?? Checksum.xxh3(bytes))
+        // Unlinked, renamed or written again meanwhile: the tier must not keep these bytes.
+        if store.attributes(namespace: node.namespace, key: admission.key)?.sequence != admission.sequence {
+            tiers.remove(blockKey, namespaceID: node.namespaceID)
         }
     }
 
@@ -504,12 +523,13 @@ extension WarehouseFileSystem {
             guard outcome == .stored else { return nil }
             prefetcher?.noteCommit(namespace: node.namespace, namespaceID: node.namespaceID, name: key, parent: metadata.parent)
             cluster?.committed(namespace: node.namespace, key: key, payload: bytes, metadata: stored, checksum: checksum)
-            // Only the bytes that were stored (first write wins: a losing writer's are discarded).
-            if settings.admitWrites, let tiers, admitsToTier(namespaceID: node.namespaceID, key: key, ownership: stored.ownership!) {
-                let blockKey = BlockKey(namespace: node.namespace, key: key)
-                tiers.insert(blockKey, namespaceID: node.namespaceID, bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes))
-                // Unlinked meanwhile: the tier must not keep it.
-                if !store.contains(namespace: node.namespace, key: key) { tiers.remove(blockKey, namespaceID: node.namespaceID) }
+            // Only the bytes that were stored (first write wins: a losing writer's are discarded). They
+            // enter the tier at RELEASE, which the kernel sends after `close` has returned: the copy (and,
+            // while the tier fills, the kernel clearing its fresh pages) is not the writer's to wait for.
+            // The staging region holds the bytes until then.
+            if settings.admitWrites, tiers != nil, admitsToTier(namespaceID: node.namespaceID, key: key, ownership: stored.ownership!),
+               let sequence = store.attributes(namespace: node.namespace, key: key)?.sequence {
+                pending.state.withLock { $0.tierAdmission = (key, sequence, length, checksum) }
             }
             return nil
         } catch {

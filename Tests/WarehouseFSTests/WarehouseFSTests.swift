@@ -141,6 +141,27 @@ final class Harness {
         }
     }
 
+    @Test func procTextIsParsedAsTheKernelWritesIt() throws {
+        let syscall = Array("257 0xffffff9c 0x7ffd2a 0x241 0x1b6 0x0 0x0 0x7ffd28 0x7f12ab\n".utf8)
+        let fields = ProcText.fields(syscall)
+        #expect(fields.count == 9)
+        #expect(ProcText.decimal(syscall[fields[0]]) == 257)
+        #expect(ProcText.hexadecimal(syscall[fields[3]]) == 0x241)
+        #expect(ProcText.hexadecimal(syscall[fields[1]]) == 0xffff_ff9c)
+        #expect(ProcText.decimal(Array("-1".utf8)[...]) == -1)
+        #expect(ProcText.decimal(Array("12a".utf8)[...]) == nil)
+        #expect(ProcText.hexadecimal(Array("0xzz".utf8)[...]) == nil)
+        let status = Array("Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4250\n".utf8)
+        #expect(ProcText.value(of: "Tgid:", in: status) == 4242)
+        #expect(ProcText.value(of: "Pid:", in: status) == 4250)
+        #expect(ProcText.value(of: "PPid:", in: status) == nil)
+        // The real files of this process: its thread group is its pid, and it is running.
+        let inspector = ProcCallerInspector()
+        #expect(inspector.threadGroup(of: getpid()) == getpid())
+        #expect(inspector.threadGroup(of: getpid()) == getpid())  // remembered
+        #expect(inspector.exitState(of: getpid()) == .running)
+    }
+
     @Test func firstWriteWinsAndExclusiveCreateOfAnExistingBlockFails() throws {
         let h = try Harness()
         let ns = try h.namespace()
