@@ -102,7 +102,7 @@ public struct ProcCallerInspector: CallerInspector {
 
     /// Thread id: its group, and until when (monotonic nanoseconds) that answer is used.
     final class ThreadGroupMemory: Sendable {
-        private let table = Mutex<[Int32: (group: Int32, until: UInt64)]>([:])
+        private let table = OrderedMutex<[Int32: (group: Int32, until: UInt64)]>(.leaf, [:])
 
         func group(of tid: Int32, now: UInt64) -> Int32? {
             table.withLock { t in t[tid].flatMap { now < $0.until ? $0.group : nil } }

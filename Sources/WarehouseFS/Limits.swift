@@ -34,7 +34,7 @@ final class ResourceLedger: Sendable {
         var pendingBlocks = 0
     }
 
-    private let state = Mutex<(total: Usage, byUser: [UInt32: Usage], refused: Int)>((Usage(), [:], 0))
+    private let state = OrderedMutex<(total: Usage, byUser: [UInt32: Usage], refused: Int)>(.leaf, (Usage(), [:], 0))
 
     init(limits: ResourceLimits) { self.limits = limits }
 

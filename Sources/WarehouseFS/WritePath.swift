@@ -121,7 +121,7 @@ struct WrittenRanges: Sendable {
 /// Thread-safety: the free list is behind a mutex.
 final class ScratchPool: Sendable {
     static let size = 1 << 20
-    private let free = Mutex<[AlignedBuffer]>([])
+    private let free = OrderedMutex<[AlignedBuffer]>(.leaf, [])
 
     func using<R>(_ count: Int, _ body: (AlignedBuffer) -> R) -> R {
         guard count <= Self.size else { return body(AlignedBuffer(capacity: max(count, 1))) }
@@ -136,7 +136,7 @@ final class ScratchPool: Sendable {
 /// Thread-safety: the free list is behind a mutex.
 final class StagingPool: Sendable {
     let regionSize: Int
-    private let free = Mutex<[ReservedRegion]>([])
+    private let free = OrderedMutex<[ReservedRegion]>(.leaf, [])
     private let keep: Int
 
     init(regionSize: Int, keep: Int = 16) {
