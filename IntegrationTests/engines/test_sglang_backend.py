@@ -46,7 +46,6 @@ def page_bytes(pool: MHAHostPool, page: int) -> bytes:
     return pool.get_data_page(page * pool.page_size).contiguous().numpy().tobytes()
 
 
-@pytest.mark.parametrize("layout", ["page_first", "layer_first"])
 def filled(warehouse, layout: str, pages: int, first_value: int, salt: str):
     """A host pool whose first `pages` pages hold first_value, first_value + 1, ..., a backend on the
     mount, and `pages` page keys."""
@@ -56,6 +55,7 @@ def filled(warehouse, layout: str, pages: int, first_value: int, salt: str):
     return pool, make_backend(os.fspath(warehouse.mount), pool), page_keys(pages, salt)
 
 
+@pytest.mark.parametrize("layout", ["page_first", "layer_first"])
 def test_pages_stored_by_one_process_load_zero_copy_in_another(warehouse, layout):
     keys = page_keys(6, layout)
     # another process stores 6 pages filled from seed 100 (pages 0..5 of its pool)
