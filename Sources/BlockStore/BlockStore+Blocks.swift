@@ -21,7 +21,7 @@ extension BlockStore {
     ///     whatever the outcome.
     ///   - createDirectories: make the key's missing directories (a block fetched from another node);
     ///     otherwise a missing directory is `.notFound`.
-    /// - Returns: `.stored`, or `.alreadyPresent` when the name exists or another writer of it is in flight.
+    /// - Returns: `.stored` with the record's sequence, or `.alreadyPresent` when the name exists or another writer of it is in flight.
     /// - Throws: `StoreError` (`.tooLarge`, `.invalidName`, `.notFound`, `.noSpace`, `.quotaExceeded`, `.io`).
     ///   Durability on return follows `configuration.sync` (docs/format.md, "Durability").
     public func put(namespace: String, key: String, payload: UnsafeRawBufferPointer,
@@ -113,7 +113,7 @@ extension BlockStore {
         var summary = Self.summaryEntry(for: header, namespaceID: ns.id, page: placed.page, directory: placed.directory)
         summary.ownership = metadata.ownership
         finish(placed, key: blockKey, entries: [summary], size: recordSize)
-        return .stored
+        return .stored(sequence: placed.sequence)
     }
 
     /// The summary entry of a record (from its header; the directory is the caller's to resolve).

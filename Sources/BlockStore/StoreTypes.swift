@@ -40,8 +40,14 @@ public struct BlockAttributes: Sendable, Equatable {
 
 /// Whether a put stored a new block or found one already there (first write wins).
 public enum PutOutcome: Sendable, Equatable {
-    case stored
+    /// Stored as a new record; a name written again later gets a higher sequence.
+    case stored(sequence: UInt64)
     case alreadyPresent
+
+    public var isStored: Bool {
+        if case .stored = self { return true }
+        return false
+    }
 }
 
 /// A block found by a directory listing, to turn into a name with `name(of:)`.

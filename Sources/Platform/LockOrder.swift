@@ -55,7 +55,7 @@ public final class OrderedMutex<Value: ~Copyable>: @unchecked Sendable {
     }
 
     deinit {
-        _ = value.move()
+        value.deinitialize(count: 1)
         value.deallocate()
         pthread_mutex_destroy(lock)
         lock.deallocate()

@@ -1,5 +1,4 @@
 import Platform
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -210,7 +209,7 @@ enum ProcText {
 
     /// A non-negative or negative decimal number, nil if the bytes are not one.
     static func decimal(_ digits: ArraySlice<UInt8>) -> Int? {
-        var rest = digits[...]
+        var rest = digits
         let negative = rest.first == UInt8(ascii: "-")
         if negative { rest = rest.dropFirst() }
         guard !rest.isEmpty, rest.count <= 18 else { return nil }

@@ -181,11 +181,7 @@ extension WarehouseFileSystem {
         // the tier fills, the kernel clearing its fresh pages) is not the reader's to wait for.
         if fresh, let tiers, admitsToTier(r.node) {
             loaded.withBytes { bytes in
-                _ = tiers.insert(located.blockKey, namespaceID: r.node.namespaceID, bytes: bytes, checksum: loaded.checksum ?? Checksum.xxh3(bytes))
-            }
-            // Unlinked or replaced while we read it: the tier must not keep the old bytes.
-            if store.attributes(namespace: located.namespace, key: located.key)?.sequence != located.sequence {
-                tiers.remove(located.blockKey, namespaceID: r.node.namespaceID)
+                admit(tiers, (located.namespace, located.key, located.blockKey), namespaceID: r.node.namespaceID, sequence: located.sequence, bytes: bytes, checksum: loaded.checksum)
             }
         }
         return nil
@@ -195,6 +191,16 @@ extension WarehouseFileSystem {
     /// everyone who can map that tier must be able to read the block through the mount. That holds
     /// when the block is readable by all and every directory on its path is searchable by all, or
     /// at least by the same owner and group as the namespace.
+    /// Copies record `sequence` of a block into the DRAM tier (S3-FIFO decides whether it stays), unless
+    /// the name was unlinked, renamed or written again meanwhile: then the tier must not keep these bytes.
+    func admit(_ tiers: DRAMTiers, _ block: (namespace: String, key: String, blockKey: BlockKey), namespaceID: UInt16, sequence: UInt64,
+               bytes: UnsafeRawBufferPointer, checksum: UInt64?) {
+        tiers.insert(block.blockKey, namespaceID: namespaceID, bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes))
+        if store.attributes(namespace: block.namespace, key: block.key)?.sequence != sequence {
+            tiers.remove(block.blockKey, namespaceID: namespaceID)
+        }
+    }
+
     func admitsToTier(namespaceID: UInt16, key: String, ownership: BlockOwnership) -> Bool {
         guard let chain = store.accessChain(namespaceID: namespaceID, key: key) else { return false }
         return Self.admitsToTier(chain, block: ownership)

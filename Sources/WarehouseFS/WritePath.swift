@@ -479,13 +479,8 @@ extension WarehouseFileSystem {
     /// Copies a committed block into the DRAM tier from its staging region (before the region is reused).
     func admitCommitted(_ node: FileNode, _ pending: PendingWrite) {
         guard let tiers, let admission = pending.state.withLock({ s in defer { s.tierAdmission = nil }; return s.tierAdmission }) else { return }
-        let bytes = UnsafeRawBufferPointer(start: pending.region.pointer, count: admission.length)
-        let blockKey = BlockKey(namespace: node.namespace, key: admission.key)
-        tiers.insert(blockKey, namespaceID: node.namespaceID, bytes: bytes, checksum: admission.checksum ?? Checksum.xxh3(bytes))
-        // Unlinked, renamed or written again meanwhile: the tier must not keep these bytes.
-        if store.attributes(namespace: node.namespace, key: admission.key)?.sequence != admission.sequence {
-            tiers.remove(blockKey, namespaceID: node.namespaceID)
-        }
+        admit(tiers, (node.namespace, admission.key, BlockKey(namespace: node.namespace, key: admission.key)), namespaceID: node.namespaceID, sequence: admission.sequence,
+              bytes: UnsafeRawBufferPointer(start: pending.region.pointer, count: admission.length), checksum: admission.checksum)
     }
 
     /// Commits a block being written; first write wins, so a name that exists keeps its bytes.
@@ -520,15 +515,14 @@ extension WarehouseFileSystem {
             let outcome = try store.put(namespace: node.namespace, key: key, payload: bytes, metadata: stored,
                                         stagedInPlace: true, payloadChecksum: checksum, quotaReservation: quota)
             counters.count(.commit)
-            guard outcome == .stored else { return nil }
+            guard case .stored(let sequence) = outcome else { return nil }
             prefetcher?.noteCommit(namespace: node.namespace, namespaceID: node.namespaceID, name: key, parent: metadata.parent)
             cluster?.committed(namespace: node.namespace, key: key, payload: bytes, metadata: stored, checksum: checksum)
             // Only the bytes that were stored (first write wins: a losing writer's are discarded). They
             // enter the tier at RELEASE, which the kernel sends after `close` has returned: the copy (and,
             // while the tier fills, the kernel clearing its fresh pages) is not the writer's to wait for.
             // The staging region holds the bytes until then.
-            if settings.admitWrites, tiers != nil, admitsToTier(namespaceID: node.namespaceID, key: key, ownership: stored.ownership!),
-               let sequence = store.attributes(namespace: node.namespace, key: key)?.sequence {
+            if settings.admitWrites, tiers != nil, admitsToTier(namespaceID: node.namespaceID, key: key, ownership: stored.ownership!) {
                 pending.state.withLock { $0.tierAdmission = (key, sequence, length, checksum) }
             }
             return nil

@@ -13,7 +13,7 @@ import Platform
         try ensureNamespace(store)
         for (i, size) in [0, 1, 4095, 4096, 4097, 100_000, 1 << 20].enumerated() {
             let bytes = pattern(i, count: size)
-            #expect(try store.put("m", "block-\(i)", bytes) == .stored)
+            #expect(try store.put("m", "block-\(i)", bytes).isStored)
             #expect(try store.get("m", "block-\(i)") == bytes)
             #expect(store.attributes(namespace: "m", key: "block-\(i)")?.logicalLength == size)
         }
@@ -23,7 +23,7 @@ import Platform
     @Test func firstWriteWins() throws {
         let store = try makeStore(MemoryStorageDevice())
         try ensureNamespace(store)
-        #expect(try store.put("m", "k", pattern(1, count: 5000)) == .stored)
+        #expect(try store.put("m", "k", pattern(1, count: 5000)).isStored)
         #expect(try store.put("m", "k", pattern(2, count: 7000)) == .alreadyPresent)
         #expect(try store.get("m", "k") == pattern(1, count: 5000))
         try store.close()
@@ -71,7 +71,7 @@ import Platform
         #expect(throws: StoreError.notFound) { try store.get("m", "gone") }
         #expect(try store.get("m", "kept") == pattern(2, count: 100))
         // A name can be written again after unlink, with new bytes.
-        #expect(try store.put("m", "gone", pattern(3, count: 50)) == .stored)
+        #expect(try store.put("m", "gone", pattern(3, count: 50)).isStored)
         try store.close()
         store = try makeStore(device)
         #expect(try store.get("m", "gone") == pattern(3, count: 50))
