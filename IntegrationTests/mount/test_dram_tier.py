@@ -673,3 +673,34 @@ def test_prefetch_hint_loads_blocks_into_the_tier(warehouse_factory):
         for h in want:
             assert c.get("ns", h) == blocks[h]
         assert c.stats["map_hits"] >= 1, c.stats
+
+
+@pytest.mark.timeout(180)
+def test_blocks_read_in_write_order_after_a_restart_are_read_ahead_along_the_log(warehouse_factory):
+    """After a restart nothing is learned yet; the log still holds the write order, and a process that
+    reads blocks in that order gets the blocks after them loaded ahead, except one the tier may not hold."""
+    wh = warehouse_factory()
+    ns = wh.namespace("ns")
+    names = [block_hash("log-order", i) for i in range(24)]
+    blocks = {}
+    for i, h in enumerate(names):
+        data = pattern(h, 256 * KiB + i)
+        if i == 10:
+            # Readable by its owner alone: readers who map the tier could not read it through the mount.
+            fd = os.open(canonical(ns, h), os.O_CREAT | os.O_WRONLY, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        else:
+            write_block(canonical(ns, h), data)
+        blocks[h] = data
+    wh.restart()
+    assert all(tier_of(canonical(ns, h)) != "dram" for h in names), "the tier is empty after a restart"
+    for h in names[:8]:
+        assert read_block(canonical(ns, h), uncached=True) == blocks[h]
+    ahead = names[8:10] + names[11:16]
+    ok = wait_until(lambda: all(tier_of(canonical(ns, h)) == "dram" for h in ahead), 15, 0.1)
+    assert ok, f"blocks after the run not loaded: {[tier_of(canonical(ns, h)) for h in ahead]}"
+    assert wh.status()["prefetch"]["loaded_log_order"] >= len(ahead)
+    assert tier_of(canonical(ns, names[10])) != "dram", "a block only its owner may read entered the shared tier"
+    for h in names[8:]:
+        assert read_block(canonical(ns, h), uncached=True) == blocks[h]

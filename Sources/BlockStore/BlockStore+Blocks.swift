@@ -226,7 +226,8 @@ extension BlockStore {
     public func read(_ located: LocatedBlock) throws -> BlockData {
         state.withLock { $0.stats.gets += 1 }
         do {
-            let data = try readRecord(located.entry, from: located.segment, namespace: located.namespace, key: located.key)
+            let data = try readRecord(located.entry, from: located.segment, namespace: located.namespace,
+                                      key: located.key.isEmpty ? nil : located.key, blockKey: located.blockKey)
             state.withLock { $0.stats.bytesRead += UInt64(data.count) }
             return data
         } catch let e as StoreError {
@@ -240,7 +241,9 @@ extension BlockStore {
     /// Reads a record, checks that it is the block record the index expects (namespace, sequence,
     /// lengths, and the name unless the block was renamed since) and that both checksums hold, and
     /// decompresses.
-    func readRecord(_ entry: IndexEntry, from segment: Segment, namespace: String, key: String) throws -> BlockData {
+    /// A block found by its place in the log has no name at hand (`key` nil): its record must then
+    /// hash to `blockKey`.
+    func readRecord(_ entry: IndexEntry, from segment: Segment, namespace: String, key: String?, blockKey: BlockKey? = nil) throws -> BlockData {
         let areaSize = entry.headerPages * RecordFormat.alignment
         let total = entry.recordSize
         let buffer = AlignedBuffer(capacity: total)
@@ -251,7 +254,7 @@ extension BlockStore {
             throw StoreError.corruption("\(location): bad header")
         }
         guard header.type == .block, header.namespace == namespace, header.sequence == entry.sequence,
-              entry.isUpdated || header.key == key,
+              entry.isUpdated || (key.map { header.key == $0 } ?? (BlockKey(namespace: header.namespace, key: header.key) == blockKey)),
               header.storedLength == Int(entry.storedLength), header.logicalLength == Int(entry.logicalLength) else {
             throw StoreError.corruption("\(location): record belongs to \(header.namespace)/\(header.key) (sequence \(header.sequence))")
         }

@@ -27,6 +27,23 @@ extension BlockStore {
         return state.withLock { Self.accessChain($0, namespaceID: namespaceID, components: components, block: block) }
     }
 
+    /// `accessChain` of a block found by its place rather than its name (read ahead in log order): the
+    /// directories from the one the block lies in up to the namespace. Nil when it is gone.
+    public func accessChain(of located: LocatedBlock) -> AccessChain? {
+        state.withLock { st -> AccessChain? in
+            guard let ns = st.namespaces.byID[located.entry.namespaceID], let e = Self.live(located.blockKey, st),
+                  e.sequence == located.sequence else { return nil }
+            var directories: [BlockOwnership] = []
+            var dir = e.directory
+            while dir != DirectoryID.namespaceRoot {
+                guard directories.count < 4096, let info = st.directories.info(ns.id, dir, namespace: ns) else { return nil }
+                directories.append(info.ownership)
+                dir = info.parent
+            }
+            return AccessChain(namespace: ns, directories: directories.reversed(), block: st.attributes.ownership(e.attributes, namespace: ns))
+        }
+    }
+
     /// The directory names on a key's path, outermost first.
     static func directoryComponents(of key: String) -> [String] {
         let (path, _) = BlockPath.split(key: key)

@@ -38,6 +38,8 @@ public final class BlockStore: Sendable {
     let threads = Mutex<[BackgroundThread]>([])
     /// Signalled when the last write in flight finishes (`close` waits for it).
     let idle = ConditionLock()
+    /// The sealed segment whose summary `blocksFollowing` decoded last (read ahead in log order).
+    let logOrderSummary = Mutex<(segment: UInt32, entries: [SummaryEntry])?>(nil)
 
     /// Opens the store in `directory` (creating it; it must be the daemon's alone), recovering its index.
     public convenience init(directory: String, configuration: StoreConfiguration) throws {

@@ -3,6 +3,7 @@
 // this module.
 #ifndef TW_CTOKENWAREHOUSE_SHIM_H
 #define TW_CTOKENWAREHOUSE_SHIM_H
+#include <sys/resource.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -48,6 +49,9 @@ static inline void tw_keep_large_allocations_in_heap(void) {
 }
 
 /// Names the calling thread (shown by top -H, gdb, /proc/TID/comm); at most 15 bytes are kept.
+/// Lowest scheduling priority (nice 19) for the calling thread alone (Linux keeps a nice value per thread).
+static inline void tw_lower_thread_priority(void) { (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
+
 static inline void tw_set_thread_name(const char *name) {
     char short_name[16];
     strncpy(short_name, name, 15);

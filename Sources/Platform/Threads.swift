@@ -86,6 +86,10 @@ public final class BackgroundThread: @unchecked Sendable {
     public func join() { pthread_join(thread, nil) }
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19): for background work that should take
+/// only time nobody else wants.
+public func lowerThreadPriority() { tw_lower_thread_priority() }
+
 /// The name the kernel shows for the calling thread (for tests of thread naming).
 public func currentThreadName() -> String {
     (try? FileSystem.readFile("/proc/thread-self/comm")).map { String(decoding: $0, as: UTF8.self).trimmingNewline() } ?? ""

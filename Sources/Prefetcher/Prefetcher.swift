@@ -36,7 +36,11 @@ public struct PrefetchSettings: Sendable {
 /// 1. explicit hints (`MOUNT/.tw/prefetch`, `Client.prefetch`, `twctl prefetch`): served first, placed
 ///    as expected blocks (the tier's main ring);
 /// 2. chain links: a committed block's `user.tw.parent` makes it its parent's successor;
-/// 3. learned order: the block a process reads after another becomes that one's successor.
+/// 3. learned order: the block a process reads after another becomes that one's successor;
+/// 4. log order: when a process reads blocks in the order the log holds them (the order they were
+///    written, which the log keeps across restarts, when nothing was learned yet), the blocks that
+///    follow in the log. It starts at the second block of such a run, so random reads load nothing extra,
+///    and takes only blocks of the same namespace that the read path would admit to the tier too.
 /// Reading a block through the mount queues its successors (up to `depth` ahead) as speculative loads,
 /// which enter the tier like misses (the small ring): a block loaded on a guess and never read leaves
 /// without pushing out blocks that were read twice (S3-FIFO admission).
@@ -46,7 +50,7 @@ public struct PrefetchSettings: Sendable {
 ///
 /// Thread-safety: all state is behind `state`; loads run on the worker threads, outside the lock.
 public final class Prefetcher: Sendable {
-    enum Source { case hint, chain, learned }
+    enum Source { case hint, chain, learned, logOrder }
 
     struct Job {
         var namespace: String
@@ -55,6 +59,23 @@ public final class Prefetcher: Sendable {
         var key: BlockKey
         var source: Source
         var queuedAt: UInt64
+        /// Where a block found by its place in the log is (it has no name at hand).
+        var located: LocatedBlock? = nil
+    }
+
+    /// A process reading blocks in log order: what it read last, the blocks found after it (queued, or
+    /// passed over because the tier may not hold them), and whether a worker is looking for more.
+    struct LogStream {
+        var namespaceID: UInt16
+        var ahead = Deque<LogPosition>()
+        var frontier: LogPosition
+        var scanning = false
+    }
+
+    /// Work for a loader: a block to load, or the log to search for the blocks after a stream's frontier.
+    enum Work {
+        case load(Job)
+        case scan(process: Int32, namespaceID: UInt16, after: LogPosition, count: Int)
     }
 
     struct Link {
@@ -83,8 +104,10 @@ public final class Prefetcher: Sendable {
         /// Successors of a block: at most two, the most recent first.
         var successors: [BlockKey: [Link]] = [:]
         var successorOrder = Deque<BlockKey>()
-        /// The last block each process read through the mount, and when.
-        var lastRead: [Int32: (key: BlockKey, at: UInt64)] = [:]
+        /// The last block each process read through the mount, when, and where it lies in the log.
+        var lastRead: [Int32: (key: BlockKey, at: UInt64, position: LogPosition?)] = [:]
+        var streams: [Int32: LogStream] = [:]
+        var scans = Deque<Work>()
         /// When blocks were last read through the mount (bounded), to drop hints that came too late.
         var readAt: [BlockKey: UInt64] = [:]
         var readOrder = Deque<BlockKey>()
@@ -98,17 +121,55 @@ public final class Prefetcher: Sendable {
     private let wakeup = ConditionLock()
     private let threads = Mutex<[BackgroundThread]>([])
     private let throttle: Throttle
+    private let loading = LoadsInFlight()
     /// Brings a hinted block that this node lacks from the cluster tier (stored locally and put in the
     /// tier); true when it did. Nil without `--cluster`.
     let fetchMissing: (@Sendable (String, String) -> Bool)?
+    /// Whether a block found in the log may enter the tier (the read path's rule: everyone who can map
+    /// the tier could read it through the mount). Without it, the log is not followed.
+    let admits: (@Sendable (LocatedBlock) -> Bool)?
 
     public init(store: BlockStore, tier: DRAMTiers, settings: PrefetchSettings = PrefetchSettings(),
-                fetchMissing: (@Sendable (String, String) -> Bool)? = nil) {
+                fetchMissing: (@Sendable (String, String) -> Bool)? = nil, admits: (@Sendable (LocatedBlock) -> Bool)? = nil) {
         self.store = store
         self.tier = tier
         self.settings = settings
         self.fetchMissing = fetchMissing
+        self.admits = admits
         throttle = Throttle(bytesPerSecond: settings.bandwidth)
+    }
+
+    /// Blocks a worker is reading now. A reader that opens one waits for it to reach the tier rather
+    /// than reading it from NVMe a second time beside the worker.
+    final class LoadsInFlight: @unchecked Sendable {
+        // Safe: `keys` is read and written only with `lock` held.
+        private let lock = ConditionLock()
+        private var keys: Set<BlockKey> = []
+
+        func begin(_ key: BlockKey) { lock.withLock { _ = keys.insert(key) } }
+
+        func end(_ key: BlockKey) {
+            lock.withLock {
+                keys.remove(key)
+                lock.broadcast()
+            }
+        }
+
+        func wait(for key: BlockKey, atMost nanoseconds: UInt64) {
+            let deadline = monotonicNanoseconds() &+ nanoseconds
+            lock.withLock {
+                while keys.contains(key) {
+                    let now = monotonicNanoseconds()
+                    guard now < deadline else { return }
+                    lock.wait(nanoseconds: deadline - now)
+                }
+            }
+        }
+    }
+
+    /// Waits (100 ms at most) while a worker loads `key` into the tier: the opener then finds it there.
+    public func awaitLoad(of key: BlockKey) {
+        loading.wait(for: key, atMost: 100_000_000)
     }
 
     /// Starts the worker threads (after the daemon has forked into the background).
@@ -186,8 +247,10 @@ public final class Prefetcher: Sendable {
     }
 
     /// A block opened for reading through the mount by process `process`: learns the order, remembers
-    /// the read (late hints), and, with `speculate`, queues the blocks expected next.
-    public func noteRead(namespace: String, namespaceID: UInt16, name: String, process: Int32, speculate: Bool = true) {
+    /// the read (late hints), and, with `speculate`, queues the blocks expected next: its successors, or
+    /// when it has none and `position` continues the process's run through the log, the blocks after it.
+    public func noteRead(namespace: String, namespaceID: UInt16, name: String, process: Int32, speculate: Bool = true,
+                         position: LogPosition? = nil) {
         let key = BlockKey(namespace: namespace, key: name)
         let now = monotonicNanoseconds()
         let queuedAny = state.withLock { st -> Bool in
@@ -195,12 +258,17 @@ public final class Prefetcher: Sendable {
                 st.readOrder.append(key)
                 if st.readOrder.count > settings.hintQueueLimit { st.readAt[st.readOrder.removeFirst()] = nil }
             }
-            if let last = st.lastRead[process], last.key != key, now &- last.at < 2_000_000_000, now >= last.at {
+            let last = st.lastRead[process]
+            if let last, last.key != key, now &- last.at < 2_000_000_000, now >= last.at {
                 addSuccessor(&st, of: last.key, Link(namespace: namespace, namespaceID: namespaceID, name: name, learned: true, key: key))
             }
             if st.lastRead.count > 4096 { st.lastRead.removeAll(keepingCapacity: true) }
-            st.lastRead[process] = (key, now)
-            return speculate && queueSuccessors(&st, of: key, now: now)
+            st.lastRead[process] = (key, now, position)
+            guard speculate else { return false }
+            if queueSuccessors(&st, of: key, now: now) { return true }
+            guard let position, admits != nil, settings.depth > 0 else { return false }
+            return followLog(&st, process: process, namespaceID: namespaceID, key: key, at: position,
+                             previous: last?.key != key ? last?.position : nil)
         }
         if queuedAny { wakeup.withLock { wakeup.broadcast() } }
     }
@@ -245,11 +313,82 @@ public final class Prefetcher: Sendable {
         return queuedAny
     }
 
+    /// Whether `b` comes right after `a` in the log, allowing for other writers' records in between
+    /// (up to 8 MiB of them) and for `a` closing a segment and `b` opening one of the next.
+    static func follows(_ b: LogPosition, _ a: LogPosition) -> Bool {
+        if a.segment == b.segment { return b.page >= a.endPage && b.page - a.endPage <= 2048 }
+        return b.segment > a.segment && b.segment - a.segment <= 2 && b.page <= 64
+    }
+
+    static func precedes(_ a: LogPosition, _ b: LogPosition) -> Bool {
+        a.segment < b.segment || (a.segment == b.segment && a.page < b.page)
+    }
+
+    /// Keeps a process's run through the log `depth` blocks ahead of its reads: a read of a block the run
+    /// found, or of the block after the last one read, continues it; any other read ends it.
+    private func followLog(_ st: inout State, process: Int32, namespaceID: UInt16, key: BlockKey, at position: LogPosition,
+                           previous: LogPosition?) -> Bool {
+        var stream: LogStream
+        if var known = st.streams[process], known.namespaceID == namespaceID, let i = known.ahead.firstIndex(of: position) {
+            known.ahead.removeFirst(i + 1)
+            stream = known
+            // The reader caught up with a load that has not started: it reads the block itself, so the
+            // load would only read it a second time.
+            if st.queued.contains(key), let j = st.speculative.lastIndex(where: { $0.key == key }) {
+                st.speculative.remove(at: j)
+                st.queued.remove(key)
+            }
+        } else if let previous, Self.follows(position, previous) {
+            stream = st.streams[process].flatMap { $0.namespaceID == namespaceID ? $0 : nil } ?? LogStream(namespaceID: namespaceID, frontier: position)
+            stream.ahead.removeAll()
+            // The reader went past what was found (or nothing was): search on from here.
+            if !stream.scanning && !Self.precedes(position, stream.frontier) { stream.frontier = position }
+        } else {
+            st.streams[process] = nil
+            return false
+        }
+        defer { st.streams[process] = stream }
+        let wanted = settings.depth - stream.ahead.count
+        guard wanted > 0, !stream.scanning else { return false }
+        stream.scanning = true
+        if st.streams.count > 1024 { st.streams.removeAll(keepingCapacity: true) }
+        st.scans.append(.scan(process: process, namespaceID: namespaceID, after: stream.frontier, count: wanted))
+        return true
+    }
+
+    /// Finds the blocks after a stream's frontier and queues those the tier may hold, nearest first.
+    private func scan(process: Int32, namespaceID: UInt16, after: LogPosition, count: Int) {
+        let found = store.blocksFollowing(after, namespaceID: namespaceID, count: count)
+        let admitted = found.map { admits?($0) ?? false }
+        let now = monotonicNanoseconds()
+        state.withLock { st in
+            guard var stream = st.streams[process], stream.namespaceID == namespaceID else { return }
+            stream.scanning = false
+            var jobs: [Job] = []
+            for (located, admit) in zip(found, admitted) {
+                stream.ahead.append(located.logPosition)
+                stream.frontier = located.logPosition
+                let k = located.blockKey
+                guard admit, !st.queued.contains(k), !tier.contains(k, namespaceID: namespaceID) else { continue }
+                jobs.append(Job(namespace: located.namespace, namespaceID: namespaceID, name: "", key: k, source: .logOrder,
+                                queuedAt: now, located: located))
+                st.queued.insert(k)
+            }
+            st.streams[process] = stream
+            // Newest guesses are served first: queue the farthest first, so the nearest is loaded first.
+            for job in jobs.reversed() {
+                st.speculative.append(job)
+                if st.speculative.count > settings.speculativeQueueLimit { st.queued.remove(st.speculative.removeFirst().key) }
+            }
+        }
+        wakeup.withLock { wakeup.broadcast() }
+    }
+
     // MARK: Loading
 
-    private func next() -> Job? {
+    private func next() -> Work? {
         while true {
-            let job = state.withLock { st -> Job?? in
+            let work = state.withLock { st -> Work?? in
                 if st.stopping { return .some(nil) }
                 let now = monotonicNanoseconds()
                 while let job = st.hints.first {
@@ -263,28 +402,38 @@ public final class Prefetcher: Sendable {
                         st.stats.expired += 1
                         continue
                     }
-                    return .some(job)
+                    return .some(.load(job))
                 }
+                // Searching the log is quick (memory, or one summary file) and feeds the loads below.
+                if let scan = st.scans.popFirst() { return .some(scan) }
                 // Newest guesses first: they belong to the reads happening now.
                 if let job = st.speculative.popLast() {
                     st.queued.remove(job.key)
-                    return .some(job)
+                    return .some(.load(job))
                 }
                 return nil
             }
-            if let job { return job }
+            if let work { return work }
             wakeup.withLock { wakeup.wait(nanoseconds: 50_000_000) }
         }
     }
 
     private func work() {
-        while let job = next() {
+        while let work = next() {
+            let job: Job
+            switch work {
+            case .scan(let process, let namespaceID, let after, let count):
+                scan(process: process, namespaceID: namespaceID, after: after, count: count)
+                continue
+            case .load(let j):
+                job = j
+            }
             if tier.contains(job.key, namespaceID: job.namespaceID) {
                 state.withLock { $0.stats.alreadyResident += 1 }
                 continue
             }
             do {
-                guard let located = store.locate(namespace: job.namespace, key: job.name) else {
+                guard let located = job.located ?? store.locate(namespace: job.namespace, key: job.name) else {
                     // Hinted but not here: another node may have computed it (the fetch puts it in the tier).
                     if job.source == .hint, let fetchMissing, fetchMissing(job.namespace, job.name) {
                         state.withLock { $0.stats.loadedFromCluster += 1 }
@@ -293,13 +442,15 @@ public final class Prefetcher: Sendable {
                     throw StoreError.notFound
                 }
                 throttle.acquire(located.storedLength)
+                loading.begin(job.key)
+                defer { loading.end(job.key) }
                 let data = try store.read(located)
                 let inserted = data.withBytes {
                     tier.insert(job.key, namespaceID: job.namespaceID, bytes: $0, checksum: data.checksum ?? Checksum.xxh3($0),
                                 hinted: job.source == .hint, prefetched: true)
                 }
                 // Unlinked or replaced while it was read: do not keep the old bytes.
-                if store.attributes(namespace: job.namespace, key: job.name)?.sequence != located.sequence { tier.remove(job.key, namespaceID: job.namespaceID) }
+                if store.attributes(of: job.key)?.sequence != located.sequence { tier.remove(job.key, namespaceID: job.namespaceID) }
                 state.withLock { st in
                     guard inserted else {
                         // Resident already (a read loaded it meanwhile) is not a failure.
@@ -310,6 +461,7 @@ public final class Prefetcher: Sendable {
                     case .hint: st.stats.loadedHinted += 1
                     case .chain: st.stats.loadedChain += 1
                     case .learned: st.stats.loadedLearned += 1
+                    case .logOrder: st.stats.loadedLogOrder += 1
                     }
                 }
             } catch StoreError.notFound {
@@ -329,7 +481,7 @@ public final class Prefetcher: Sendable {
             return s
         }
         s.enabled = true
-        s.loaded = s.loadedHinted + s.loadedChain + s.loadedLearned + s.loadedFromCluster
+        s.loaded = s.loadedHinted + s.loadedChain + s.loadedLearned + s.loadedLogOrder + s.loadedFromCluster
         s.workers = settings.workers
         s.bandwidthBytesPerSecond = settings.bandwidth
         s.depth = settings.depth

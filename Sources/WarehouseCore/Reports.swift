@@ -81,6 +81,8 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
     public var loadedHinted = 0
     public var loadedChain = 0
     public var loadedLearned = 0
+    /// Blocks loaded because they follow, in the log, blocks a process was reading in that order.
+    public var loadedLogOrder = 0
     /// Hinted blocks this node lacked, fetched from the cluster tier.
     public var loadedFromCluster = 0
     /// Hints and guesses for blocks already resident (nothing to do).
@@ -109,6 +111,7 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case enabled, hinted, loaded, loadedHinted = "loaded_hinted", loadedChain = "loaded_chain", loadedLearned = "loaded_learned"
+        case loadedLogOrder = "loaded_log_order"
         case loadedFromCluster = "loaded_from_cluster", alreadyResident = "already_resident", missing, dropped, late, expired
         case failed, used, wasted, pending, successorLinks = "successor_links", workers
         case bandwidthBytesPerSecond = "bandwidth_bytes_per_second", depth

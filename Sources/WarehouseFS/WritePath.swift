@@ -284,13 +284,14 @@ extension WarehouseFileSystem {
             return .failure(FSError(ESTALE))
         }
         let admitted = found?.access.map { chain in chain.block.map { Self.admitsToTier(chain, block: $0) } ?? false } ?? false
+        if admitted { prefetcher?.awaitLoad(of: located.blockKey) }
         let pinned = admitted ? tiers?.pin(located.blockKey, namespaceID: node.namespaceID) : nil
         // While this block's readers are served by the page cache, so are most likely those of the blocks
         // after it: loading those into the DRAM tier would only take memory bandwidth from the readers
         // (with more blocks than the tier holds, it halved page-cache reads, Tools/bench/fs_bench.py).
         let speculate = !node.state.withLock { $0.servedByPageCache }
         prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid,
-                             speculate: speculate)
+                             speculate: speculate, position: located.logPosition)
         return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified)), opener: caller), true, false))
     }
 

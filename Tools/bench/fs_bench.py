@@ -523,6 +523,9 @@ def fio_phase(args, blocks: Blocks, work: Path) -> dict[str, Result]:
             cmd = [fio, f"--name=seq{rw}", f"--directory={d}", "--direct=1", f"--rw={rw}",
                    f"--bs={blocks.size}", f"--size={per_job}", f"--numjobs={args.threads}",
                    "--group_reporting", "--output-format=json"]
+            if args.fio_iodepth:
+                # The disk's own parallelism from one job: what one engine thread's prefix load competes with.
+                cmd[-2:-2] = ["--ioengine=libaio", f"--iodepth={args.fio_iodepth}"]
             os.sync()
             log(f"fio {rw}: {shlex.join(cmd)}")
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.phase_timeout)
@@ -797,6 +800,9 @@ def main() -> int:
     ap.add_argument("--block-size", type=parse_size, default=2 * MiB, help="block size (default 2M)")
     ap.add_argument("--blocks", type=int, help="number of blocks (default: ~2 GiB of data; --quick: ~128 MiB)")
     ap.add_argument("--threads", type=int, default=4, help="reader/writer concurrency (default 4)")
+    ap.add_argument("--fio-iodepth", type=int, default=0,
+                    help="fio with libaio at this queue depth per job (default: psync, depth 1); "
+                         "'--threads 1 --fio-iodepth 16' compares one reader or writer with the disk's parallelism")
     ap.add_argument("--repeat", type=int, default=3, help="cached-read passes, best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     add_mount_options(ap, phase_timeout=900.0)

@@ -78,7 +78,7 @@ struct Status: ParsableCommand {
         print("hit ratios  \(String(format: "%.3f", s.hitRatios.dram)) DRAM, \(String(format: "%.3f", s.hitRatios.nvme)) NVMe (of block reads that found their block)")
         let p = s.prefetch
         if p.enabled {
-            print("prefetch    \(p.hinted) hinted, \(p.loaded) loaded (\(p.loadedHinted) hinted, \(p.loadedChain) chain, \(p.loadedLearned) learned), "
+            print("prefetch    \(p.hinted) hinted, \(p.loaded) loaded (\(p.loadedHinted) hinted, \(p.loadedChain) chain, \(p.loadedLearned) learned, \(p.loadedLogOrder) log order), "
                   + "\(p.used) used, \(p.wasted) wasted; \(p.alreadyResident) already resident, \(p.missing) missing, \(p.late) late, \(p.dropped) dropped")
         }
         if s.remote.enabled { print(remoteStatusLine(s.remote)) }
