@@ -49,6 +49,21 @@ static inline void tw_keep_large_allocations_in_heap(void) {
 }
 
 /// Names the calling thread (shown by top -H, gdb, /proc/TID/comm); at most 15 bytes are kept.
+/// The device and inode number of what `path` (relative to `directory`, or AT_FDCWD) leads to
+/// (following a /proc/PID/fd link), from the
+/// attributes the kernel has cached: AT_STATX_DONT_SYNC keeps a FUSE or network filesystem from being
+/// asked (the daemon may be asking about a file of its own mount). 0 on success, -1 with errno.
+static inline int tw_statx_identity(int directory, const char *path, uint64_t *device, uint64_t *inode) {
+    unsigned char buffer[256];  /* struct statx: stx_ino at 32, stx_dev_major/minor at 136/140 */
+    if (syscall(SYS_statx, directory, path, 0x4000 /* AT_STATX_DONT_SYNC */, 0x100 /* STATX_INO */, buffer) != 0) return -1;
+    uint32_t major, minor;
+    memcpy(inode, buffer + 32, 8);
+    memcpy(&major, buffer + 136, 4);
+    memcpy(&minor, buffer + 140, 4);
+    *device = ((uint64_t)major << 32) | minor;
+    return 0;
+}
+
 /// Lowest scheduling priority (nice 19) for the calling thread alone (Linux keeps a nice value per thread).
 static inline void tw_lower_thread_priority(void) { (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
 

@@ -71,6 +71,35 @@ public enum FileSystem {
     }
 
     /// The target of a symbolic link (also /proc's magic links, e.g. `/proc/PID/fd/N`).
+    /// The device (major << 32 | minor) and inode number of what `path` leads to, from cached
+    /// attributes (no FUSE or network filesystem is asked); nil when it cannot be found.
+    public static func identity(of path: String) -> (device: UInt64, inode: UInt64)? {
+        var device: UInt64 = 0, inode: UInt64 = 0
+        return tw_statx_identity(AT_FDCWD, path, &device, &inode) == 0 ? (device, inode) : nil
+    }
+
+    /// `identity(of:)` of every entry of `directory` (a /proc/PID/fd listing: what each descriptor leads
+    /// to), calling `body` with each until it returns false. The directory is opened once and each entry
+    /// looked up relative to it, so an entry costs one `statx` of one path component.
+    public static func forEachIdentity(in directory: String, _ body: (UInt64, UInt64) -> Bool) throws(SystemError) {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { throw SystemError.last("open", path: directory) }
+        guard let dir = fdopendir(fd) else {
+            let e = SystemError.last("fdopendir", path: directory)
+            close(fd)
+            throw e
+        }
+        defer { closedir(dir) }
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        while let entry = readdir(dir) {
+            let name = (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self)
+            if name[0] == 0x2E { continue }  // "." and ".."
+            var device: UInt64 = 0, inode: UInt64 = 0
+            guard tw_statx_identity(fd, name, &device, &inode) == 0 else { continue }
+            if !body(device, inode) { return }
+        }
+    }
+
     public static func readLink(_ path: String) throws(SystemError) -> String {
         var buffer = [CChar](repeating: 0, count: 4097)
         let n = readlink(path, &buffer, 4096)

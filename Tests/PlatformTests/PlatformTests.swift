@@ -32,6 +32,29 @@ import Glibc
         #expect(seen.withLock { $0 } == "tw-test-name")
     }
 
+    /// What the daemon asks at a writer's close: how many of the process's descriptors lead to one file.
+    @Test func descriptorsAreCountedByWhatTheyLeadTo() throws {
+        let path = "/tmp/tw-unit-\(getpid())-identity-\(UInt32.random(in: 0...UInt32.max))"
+        let a = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        #expect(a >= 0)
+        defer { close(a); unlink(path) }
+        let file = try #require(FileSystem.identity(of: path))
+        func count() throws -> Int {
+            var n = 0
+            try FileSystem.forEachIdentity(in: "/proc/self/fd") { device, inode in
+                if device == file.device && inode == file.inode { n += 1 }
+                return true
+            }
+            return n
+        }
+        #expect(try count() == 1)
+        let b = dup(a)
+        #expect(try count() == 2)
+        close(b)
+        #expect(try count() == 1)
+        #expect(FileSystem.identity(of: path + "-missing") == nil)
+    }
+
     @Test func ownFilesAreNeverReachedThroughASymlinkOrAFifo() throws {
         let dir = "/tmp/tw-unit-\(getpid())-own-\(UInt32.random(in: 0...UInt32.max))"
         try FileSystem.makeDirectories(dir, mode: 0o700)
