@@ -816,6 +816,10 @@ def main() -> int:
     ap.add_argument("--ceiling-files", type=int, help="files in the FUSE-ceiling memfs mounts (default 4096; --quick 200)")
     ap.add_argument("--quick", action="store_true", help="smoke run: few blocks, 2 passes")
     ap.add_argument("--skip", default="", help="comma list of phases to leave out: ceiling,memfs,ext4,twfs,always")
+    ap.add_argument("--writer-fds", type=int, default=0,
+                    help="extra descriptors (of /dev/null) the benchmark process holds throughout, as an engine "
+                         "holds its GPU devices, sockets and memory files: twfs checks the writer's descriptors "
+                         "at each close (default 0)")
     fb.add_mount_options(ap, phase_timeout=900.0, resident_timeout=120.0)
     args = ap.parse_args()
 
@@ -842,6 +846,7 @@ def main() -> int:
     args.dir = args.dir.resolve()
     args.twfs = Path(os.path.abspath(args.twfs))
 
+    held = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(max(0, args.writer_fds))]
     signal.signal(signal.SIGTERM, _terminate)
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable] + sys.argv))
     print(f"command: {command}")
