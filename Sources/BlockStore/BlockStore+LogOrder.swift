@@ -11,12 +11,6 @@ public struct LogPosition: Sendable, Equatable {
     public let page: UInt32
     /// The first page after the record.
     public let endPage: UInt32
-
-    public init(segment: UInt32, page: UInt32, endPage: UInt32) {
-        self.segment = segment
-        self.page = page
-        self.endPage = endPage
-    }
 }
 
 extension LocatedBlock {
