@@ -704,3 +704,7 @@ def test_blocks_read_in_write_order_after_a_restart_are_read_ahead_along_the_log
     assert tier_of(canonical(ns, names[10])) != "dram", "a block only its owner may read entered the shared tier"
     for h in names[8:]:
         assert read_block(canonical(ns, h), uncached=True) == blocks[h]
+    # The hit ratio is where the readers' blocks came from: the read-ahead's own loads from NVMe are not
+    # reads a reader waited for.
+    ratios = wh.status()["hit_ratios"]
+    assert ratios["dram"] > 0.6, ratios

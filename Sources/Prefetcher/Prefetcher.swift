@@ -365,14 +365,24 @@ public final class Prefetcher: Sendable {
             guard var stream = st.streams[process], stream.namespaceID == namespaceID else { return }
             stream.scanning = false
             var jobs: [Job] = []
+            // The reader may have gone on while the log was searched: what it read already is behind it.
+            let lastRead = st.lastRead[process]?.position
             for (located, admit) in zip(found, admitted) {
-                stream.ahead.append(located.logPosition)
                 stream.frontier = located.logPosition
+                if let lastRead, !Self.precedes(lastRead, located.logPosition) { continue }
+                stream.ahead.append(located.logPosition)
                 let k = located.blockKey
                 guard admit, !st.queued.contains(k), !tier.contains(k, namespaceID: namespaceID) else { continue }
                 jobs.append(Job(namespace: located.namespace, namespaceID: namespaceID, name: "", key: k, source: .logOrder,
                                 queuedAt: now, located: located))
                 st.queued.insert(k)
+            }
+            // Reads that came while this search ran could not start another: top the run up now, unless
+            // the log ended (fewer blocks found than asked for).
+            let wanted = settings.depth - stream.ahead.count
+            if wanted > 0 && found.count == count {
+                stream.scanning = true
+                st.scans.append(.scan(process: process, namespaceID: namespaceID, after: stream.frontier, count: wanted))
             }
             st.streams[process] = stream
             // Newest guesses are served first: queue the farthest first, so the nearest is loaded first.

@@ -15,10 +15,16 @@ final class OperationCounters: Sendable {
     private let operations = AtomicCounters(count: Operation.allCases.count)
     private let readBytes = AtomicCounters(count: Tier.allCases.count)
     private let writtenBytes = AtomicCounters(count: 1)
+    /// Blocks a reader's miss loaded from NVMe (one per load, however many readers shared it): the NVMe
+    /// side of the hit ratio. The store's `gets` also count the prefetcher's and the publisher's reads.
+    private let readerLoads = AtomicCounters(count: 1)
     /// Per tier: one counter per bucket, then the count, then the sum in nanoseconds.
     private let latency = AtomicCounters(count: Tier.allCases.count * (boundsMicroseconds.count + 2))
 
     func count(_ op: Operation) { operations.add(op.rawValue) }
+
+    func loadedForReader() { readerLoads.add(0) }
+    var blocksLoadedForReaders: UInt64 { readerLoads[0] }
 
     func wrote(bytes: Int) {
         operations.add(Operation.write.rawValue)

@@ -161,6 +161,7 @@ extension WarehouseFileSystem {
         } else {
             do {
                 (loaded, fresh) = try verified.copy(of: located) { try store.read(located) }
+                if fresh { counters.loadedForReader() }
             } catch let e as StoreError {
                 if case .corruption(let why) = e { warn("twfs: refusing to serve \(r.node.namespace)/\(r.node.key): \(why)") }
                 // A block evicted or deleted after open no longer has bytes to give.

@@ -34,10 +34,13 @@ extension WarehouseFileSystem {
             r.namespaceUsage[info.name] = namespaceReport(info)
         }
         r.counters = s.counters
+        // Where readers' blocks came from: the tier (mount and map), or a load from NVMe for a reader. Not
+        // the store's `gets`: those also count what the prefetcher and the cluster publisher read.
         let dramHits = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
-        let total = Double(dramHits + s.gets)
+        let nvmeLoads = Int(counters.blocksLoadedForReaders)
+        let total = Double(dramHits + nvmeLoads)
         r.hitRatios.dram = total > 0 ? Double(dramHits) / total : 0
-        r.hitRatios.nvme = total > 0 ? Double(s.gets) / total : 0
+        r.hitRatios.nvme = total > 0 ? Double(nvmeLoads) / total : 0
         r.compaction = compactionStatus()
         if let tiers, let t {
             var d = DRAMStatus()
