@@ -69,18 +69,14 @@ extension BlockStore {
         }
     }
 
-    /// Every record of segment `id` in log order, or nil when it is gone or its summary unreadable.
+    /// Every record of segment `id` in log order (`entries(of:)`), or nil when it is gone or its summary
+    /// unreadable; a sealed segment's summary file is decoded once for consecutive calls.
     private func summaryEntries(of id: UInt32) -> [SummaryEntry]? {
-        let inMemory = state.withLock { st -> [SummaryEntry]?? in
-            guard let s = st.segments[id] else { return .some(nil) }
-            if !s.summaryWritten || !s.summary.isEmpty { return .some(s.summary) }
-            return .none
-        }
-        if let inMemory { return inMemory }
-        if let cached = logOrderSummary.withLock({ $0?.segment == id ? $0?.entries : nil }) { return cached }
-        guard let bytes = try? device.readWhole(SegmentFormat.summaryFileName(id)),
-              let entries = SummaryEntry.decodeFile(bytes, segmentID: id) else { return nil }
-        logOrderSummary.withLock { $0 = (id, entries) }
+        guard let segment = state.withLock({ $0.segments[id] }) else { return nil }
+        let sealed = segment.summaryWritten && segment.summary.isEmpty
+        if sealed, let cached = logOrderSummary.withLock({ $0?.segment == id ? $0?.entries : nil }) { return cached }
+        let entries = entries(of: segment)
+        if sealed, let entries { logOrderSummary.withLock { $0 = (id, entries) } }
         return entries
     }
 }

@@ -99,12 +99,23 @@ public struct ProcCallerInspector: CallerInspector {
 
     private let threadGroups = ThreadGroupMemory()
 
-    /// Thread id: its group, and until when (monotonic nanoseconds) that answer is used.
+    /// Thread id: its group, and until when (monotonic nanoseconds) that answer is used; and the
+    /// mount's device.
     final class ThreadGroupMemory: Sendable {
         private let table = OrderedMutex<[Int32: (group: Int32, until: UInt64)]>(.leaf, [:])
 
         func group(of tid: Int32, now: UInt64) -> Int32? {
             table.withLock { t in t[tid].flatMap { now < $0.until ? $0.group : nil } }
+        }
+
+        /// The mount's device, looked up at the first close that needs it (the mount is up by then).
+        private let device = OrderedMutex<UInt64?>(.leaf, nil)
+
+        func mountDevice(of mountPoint: String) -> UInt64? {
+            if let known = device.withLock({ $0 }) { return known }
+            guard let found = FileSystem.identity(of: mountPoint)?.device else { return nil }
+            device.withLock { $0 = found }
+            return found
         }
 
         func remember(_ tid: Int32, group: Int32, until: UInt64) {
@@ -166,7 +177,7 @@ public struct ProcCallerInspector: CallerInspector {
         // One statx a descriptor, relative to the open /proc/PID/fd: the device and inode it leads to,
         // compared with the mount's. A writer with hundreds of descriptors (an engine's CUDA devices,
         // sockets, memory files) pays this at every close of a block.
-        if let mountPoint, let device = FileSystem.identity(of: mountPoint)?.device {
+        if let mountPoint, let device = threadGroups.mountDevice(of: mountPoint) {
             var count = 0
             do {
                 try FileSystem.forEachIdentity(in: "/proc/\(pid)/fd") { d, i in
