@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -708,3 +709,40 @@ def test_blocks_read_in_write_order_after_a_restart_are_read_ahead_along_the_log
     # reads a reader waited for.
     ratios = wh.status()["hit_ratios"]
     assert ratios["dram"] > 0.6, ratios
+
+
+def test_a_process_that_maps_the_tier_gets_loads_ahead_even_when_the_page_cache_served_it(warehouse_factory):
+    """After a block's readers were served by the kernel's page cache, a plain reader of it starts no
+    loads of its chain successors (they would only take bandwidth from page-cache readers); a process
+    that took the tiers from the broker does (it looks in the map first, docs/design.md "Prefetcher")."""
+    wh = warehouse_factory("--dram", "64M", "--prefetch-depth", "4", "--dram-admit-writes", "off")
+    ns = wh.namespace("pc")
+    names = [block_hash("page-cache", i) for i in range(6)]
+    size = 128 * KiB
+    write_block(canonical(ns, names[0]), pattern(names[0], size))
+    for _ in range(2):      # the second read is served from the page cache: no READ reaches the daemon
+        assert read_block(canonical(ns, names[0])) == pattern(names[0], size)
+    for i in range(1, len(names)):
+        h = names[i]
+        fd = os.open(canonical(ns, h), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, pattern(h, size))
+            os.setxattr(canonical(ns, h), "user.tw.parent", names[i - 1].encode())
+        finally:
+            os.close(fd)
+    successors = [canonical(ns, h) for h in names[1:5]]
+    assert all(tier_of(p) == "nvme" for p in successors)
+    first = canonical(ns, names[0])
+    plain = f"open({os.fspath(first)!r}, 'rb').read()"
+    subprocess.run([sys.executable, "-c", plain], check=True, timeout=30)
+    time.sleep(1.0)
+    assert all(tier_of(p) == "nvme" for p in successors), [tier_of(p) for p in successors]
+    assert wh.status()["prefetch"]["loaded_chain"] == 0, wh.status()["prefetch"]
+    mapped = (f"from tokenwarehouse import Client\n"
+              f"with Client({os.fspath(wh.mount)!r}) as c:\n"
+              f"    assert c.mapped, c.tier_error\n"
+              f"    open({os.fspath(first)!r}, 'rb').read()\n")
+    subprocess.run([sys.executable, "-c", mapped], check=True, timeout=30, env=child_env())
+    assert wait_until(lambda: all(tier_of(p) == "dram" for p in successors), 10, 0.1), \
+        [tier_of(p) for p in successors]
+    assert wh.status()["prefetch"]["loaded_chain"] >= 4, wh.status()["prefetch"]

@@ -26,19 +26,6 @@ struct LatencyWindow: Sendable {
     }
 }
 
-/// What a garbage collection of the pool did.
-public struct GarbageReport: Sendable {
-    public var location = ""
-    public var objects = 0
-    public var bytesBefore: UInt64 = 0
-    public var targetBytes: UInt64 = 0
-    public var removedObjects = 0
-    public var removedBytes: UInt64 = 0
-    public var bytesAfter: UInt64 = 0
-    public var seconds = 0.0
-    public var error: String?
-}
-
 extension ClusterTier {
     /// The figures of the shared tier now: its counters, the queue and the latency windows.
     public func report() -> ClusterReport {
@@ -65,7 +52,6 @@ extension ClusterTier {
     /// (`twctl cluster gc`). Access times are those `touch` recorded (at most hourly per object and
     /// node), else the last write. Runs on the caller's thread (the control plane's job thread).
     public func collectGarbage(targetBytes: UInt64) -> GarbageReport {
-        let started = monotonicNanoseconds()
         var r = GarbageReport()
         r.location = tier.location
         r.targetBytes = targetBytes
@@ -89,7 +75,6 @@ extension ClusterTier {
             r.removedBytes += object.size
         }
         r.bytesAfter = total
-        r.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return r
     }
 }

@@ -1,3 +1,5 @@
+import WarehouseCore
+
 /// A request to the daemon through `MOUNT/.tw/ctl` (docs/operations.md): open it read-write, write one
 /// request, read the answer (`ControlResponse`) from the same descriptor. A request is a JSON object
 /// (what twctl sends) or, for people at a shell, a command line `VERB KEY=VALUE ...` with the same
@@ -161,7 +163,8 @@ public struct CompactionCandidate: Codable, Sendable, Equatable {
 }
 
 /// A long command the daemon runs on a thread of its own (not inside the request): its progress and,
-/// once done, its result.
+/// once done, its result. A collection's figures (`GarbageReport`) stand beside the job's own keys in
+/// one JSON object.
 public struct JobStatus: Codable, Sendable, Equatable {
     public var id: Int
     public var command: String
@@ -172,13 +175,10 @@ public struct JobStatus: Codable, Sendable, Equatable {
     /// evict: blocks and logical bytes removed.
     public var removedBlocks: Int?
     public var removedBytes: UInt64?
-    /// cluster-gc: what the collection did.
-    public var objects: Int?
-    public var bytesBefore: UInt64?
-    public var targetBytes: UInt64?
-    public var removedObjects: Int?
-    public var bytesAfter: UInt64?
-    public var location: String?
+    /// cluster-gc: what the collection did (nil until it is done).
+    public var collection: GarbageReport?
+
+    public static let clusterGCCommand = "cluster-gc"
 
     public init(id: Int, command: String, running: Bool) {
         self.id = id
@@ -187,9 +187,34 @@ public struct JobStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, command, running, seconds, error, removedBlocks = "removed_blocks", removedBytes = "removed_bytes", objects
-        case bytesBefore = "bytes_before", targetBytes = "target_bytes", removedObjects = "removed_objects"
-        case bytesAfter = "bytes_after", location
+        case id, command, running, seconds, error, removedBlocks = "removed_blocks", removedBytes = "removed_bytes"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int.self, forKey: .id)
+        command = try c.decode(String.self, forKey: .command)
+        running = try c.decode(Bool.self, forKey: .running)
+        seconds = try c.decodeIfPresent(Double.self, forKey: .seconds) ?? 0
+        error = try c.decodeIfPresent(String.self, forKey: .error)
+        removedBlocks = try c.decodeIfPresent(Int.self, forKey: .removedBlocks)
+        if command == Self.clusterGCCommand, !running {
+            collection = try GarbageReport(from: decoder)
+        } else {
+            removedBytes = try c.decodeIfPresent(UInt64.self, forKey: .removedBytes)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(command, forKey: .command)
+        try c.encode(running, forKey: .running)
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(_error, forKey: .error)
+        try c.encodeIfPresent(removedBlocks, forKey: .removedBlocks)
+        try c.encodeIfPresent(removedBytes, forKey: .removedBytes)
+        try collection?.encode(to: encoder)
     }
 }
 

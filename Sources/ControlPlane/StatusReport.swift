@@ -7,35 +7,12 @@ import Foundation
 import WarehouseCore
 
 /// Everything `.tw/status` shows, one JSON object: the store's figures and the parts' reports
-/// (`StatusFigures`) and the store's counters (`StoreCounters`), both at the top level of the object.
-/// Either part's fields read and set as the report's own: `status.puts`, `status.dramTier`.
-@dynamicMemberLookup
-public struct StatusReport: Codable, Sendable, Equatable {
-    public var figures = StatusFigures()
-    public var counters = StoreCounters()
+/// (`StatusFigures`) and the store's counters (`StoreCounters`), both at the top level of the object
+/// (the keys were flat before the counters had a type of their own).
+public typealias StatusReport = Merged<StatusFigures, StoreCounters>
 
-    public init() {}
-
-    public subscript<Value>(dynamicMember path: WritableKeyPath<StatusFigures, Value>) -> Value {
-        get { figures[keyPath: path] }
-        set { figures[keyPath: path] = newValue }
-    }
-
-    public subscript<Value>(dynamicMember path: WritableKeyPath<StoreCounters, Value>) -> Value {
-        get { counters[keyPath: path] }
-        set { counters[keyPath: path] = newValue }
-    }
-
-    // Both parts share the one JSON object (the keys were flat before the counters had a type of their own).
-    public init(from decoder: any Decoder) throws {
-        figures = try StatusFigures(from: decoder)
-        counters = try StoreCounters(from: decoder)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        try figures.encode(to: encoder)
-        try counters.encode(to: encoder)
-    }
+extension Merged where Base == StatusFigures, Extra == StoreCounters {
+    public init() { self.init(StatusFigures(), StoreCounters()) }
 }
 
 /// The status's figures of the moment and the parts' reports. Keys are snake_case and stable (tests and
@@ -128,33 +105,28 @@ public struct CompactionStatus: Codable, Sendable, Equatable {
     }
 }
 
-public struct DRAMStatus: Codable, Sendable, Equatable {
+/// The status's `dram_tier`: the daemon's settings of the tier (`DRAMSettings`) and the tiers' own
+/// figures (`TierStatistics`, as `DRAMTiers` counts them), in one JSON object.
+public typealias DRAMStatus = Merged<DRAMSettings, TierStatistics>
+
+extension Merged where Base == DRAMSettings, Extra == TierStatistics {
+    public init() { self.init(DRAMSettings(), TierStatistics()) }
+}
+
+/// How the daemon runs its DRAM tier (part of the status's `dram_tier`).
+public struct DRAMSettings: Codable, Sendable, Equatable {
     public var enabled = false
     /// The tier broker's socket (what `.tw/dram` names).
     public var socket: String?
     /// Where the tier's memory comes from, and why.
     public var memory: String?
     public var domains = 0
-    public var capacityBytes = 0
-    public var residentBlocks = 0
-    public var residentBytes = 0
-    public var mountHits = 0
-    public var mountMisses = 0
     public var mountHitRatio = 0.0
-    public var mapHits = 0
-    public var insertions = 0
-    public var failedInsertions = 0
-    public var evictions = 0
-    public var promotions = 0
-    public var reinsertions = 0
     public var policy = "S3-FIFO"
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case enabled, socket, memory, domains, capacityBytes = "capacity_bytes", residentBlocks = "resident_blocks"
-        case residentBytes = "resident_bytes", mountHits = "mount_hits", mountMisses = "mount_misses"
-        case mountHitRatio = "mount_hit_ratio", mapHits = "map_hits", insertions, failedInsertions = "failed_insertions"
-        case evictions, promotions, reinsertions, policy
+        case enabled, socket, memory, domains, mountHitRatio = "mount_hit_ratio", policy
     }
 }
 

@@ -10,42 +10,6 @@ import WarehouseCore
 import Glibc
 #endif
 
-/// Figures of the DRAM tier (one file, or all of them summed).
-public struct TierStatistics: Sendable {
-    public var capacityBytes = 0
-    public var residentBlocks = 0
-    public var residentBytes = 0
-    /// Reads through the mount served from the tier.
-    public var mountHits = 0
-    /// Reads through the mount that missed the tier.
-    public var misses = 0
-    /// Hits that clients counted through the map.
-    public var mapHits = 0
-    public var insertions = 0
-    public var failedInsertions = 0
-    /// Resident copies found damaged (checksum mismatch) when a read was to be served from them.
-    public var damaged = 0
-    public var evictions = 0
-    public var promotions = 0
-    public var reinsertions = 0
-    /// Blocks the prefetcher loaded that were read (through the mount or the map) before they left.
-    public var prefetchUsed = 0
-    /// Blocks the prefetcher loaded that left (evicted or unlinked) without being read.
-    public var prefetchWasted = 0
-    /// Prefetched blocks still resident and not read yet.
-    public var prefetchPending = 0
-
-    public init() {}
-
-    public mutating func add(_ o: TierStatistics) {
-        capacityBytes += o.capacityBytes; residentBlocks += o.residentBlocks; residentBytes += o.residentBytes
-        mountHits += o.mountHits; misses += o.misses; mapHits += o.mapHits; insertions += o.insertions
-        failedInsertions += o.failedInsertions; damaged += o.damaged; evictions += o.evictions; promotions += o.promotions
-        reinsertions += o.reinsertions; prefetchUsed += o.prefetchUsed; prefetchWasted += o.prefetchWasted
-        prefetchPending += o.prefetchPending
-    }
-}
-
 /// A resident block held still for a reply: its bytes are not moved, reused or cleared until the
 /// object goes away. Before its bytes are served they are checked against the entry's XXH3-64, once
 /// (`isIntact`): a pin that serves nothing (an open whose reads the page cache answers) costs no pass
@@ -296,7 +260,7 @@ public final class DRAMTier: Sendable {
     public func pin(_ key: BlockKey) -> PinnedBlock? {
         let found = state.withLock { st -> (UnsafeRawBufferPointer, UInt64)? in
             guard let index = st.slots[key], let item = st.placement.item(key) else {
-                st.stats.misses += 1
+                st.stats.mountMisses += 1
                 return nil
             }
             st.pins[key, default: 0] += 1

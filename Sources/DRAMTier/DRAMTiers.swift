@@ -1,3 +1,4 @@
+import DequeModule
 import Platform
 import Synchronization
 import WarehouseCore
@@ -169,9 +170,27 @@ public final class DRAMTiers: Sendable {
         var total = TierStatistics()
         for t in tiers { total.add(t.statistics()) }
         total.capacityBytes = budget
-        total.misses += missesWithoutTier.withLock { $0 }
+        total.mountMisses += missesWithoutTier.withLock { $0 }
         return total
     }
+
+    /// Processes that asked the broker for the tiers: they read blocks from the map, so blocks loaded
+    /// ahead of their reads help them even when the kernel's page cache serves their reads through the
+    /// mount (WarehouseFS's open path). The latest 4096; a process id reused by another process counts
+    /// as a client until it ages out (it only gets loads ahead it may not use).
+    private let clients = Mutex<(known: Set<Int32>, order: Deque<Int32>)>(([], []))
+
+    /// Records that process `pid` (a thread group id, as SO_PEERCRED gives it) took the tiers.
+    public func noteClient(process pid: Int32) {
+        clients.withLock { c in
+            guard c.known.insert(pid).inserted else { return }
+            c.order.append(pid)
+            if c.order.count > 4096 { c.known.remove(c.order.removeFirst()) }
+        }
+    }
+
+    /// Whether process `pid` (a thread group id) took the tiers from the broker.
+    public func isClient(process pid: Int32) -> Bool { clients.withLock { $0.known.contains(pid) } }
 
     /// Number of tier files (security domains with a namespace).
     public var domainCount: Int { state.withLock { $0.domains.count } }

@@ -74,6 +74,7 @@ public final class TierBroker: Sendable {
     private func answer(_ connection: borrowing UnixConnection) {
         connection.setTimeout(seconds: 1)
         guard let peer = try? connection.peer() else { return }
+        tiers.noteClient(process: peer.pid)
         var sent = 0
         for (_, tier, namespaces) in tiers.readable(uid: peer.uid, gid: peer.gid, groups: peer.groups) {
             guard let (data, hits) = try? tier.descriptorsForReader() else { continue }

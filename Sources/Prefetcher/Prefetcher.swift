@@ -70,6 +70,9 @@ public final class Prefetcher: Sendable {
         var ahead = Deque<LogPosition>()
         var frontier: LogPosition
         var scanning = false
+        /// How many blocks the run keeps loaded ahead: 2 when it starts, doubled (up to `depth`) each time
+        /// the reader reaches a block the run loaded, so a run that stops soon wastes at most a few loads.
+        var window = 2
     }
 
     /// Work for a loader: a block to load, or the log to search for the blocks after a stream's frontier.
@@ -265,7 +268,9 @@ public final class Prefetcher: Sendable {
             if st.lastRead.count > 4096 { st.lastRead.removeAll(keepingCapacity: true) }
             st.lastRead[process] = (key, now, position)
             guard speculate else { return false }
-            if queueSuccessors(&st, of: key, now: now) { return true }
+            // Known successors (chain links, learned order) say better than the log what comes next, also
+            // when they are all resident already.
+            if st.successors[key] != nil { return queueSuccessors(&st, of: key, now: now) }
             guard let position, admits != nil, settings.depth > 0 else { return false }
             return followLog(&st, process: process, namespaceID: namespaceID, key: key, at: position,
                              previous: last?.key != key ? last?.position : nil)
@@ -324,13 +329,14 @@ public final class Prefetcher: Sendable {
         a.segment < b.segment || (a.segment == b.segment && a.page < b.page)
     }
 
-    /// Keeps a process's run through the log `depth` blocks ahead of its reads: a read of a block the run
-    /// found, or of the block after the last one read, continues it; any other read ends it.
+    /// Keeps a process's run through the log up to `depth` blocks ahead of its reads: a read of a block the
+    /// run found, or of the block after the last one read, continues it; any other read ends it.
     private func followLog(_ st: inout State, process: Int32, namespaceID: UInt16, key: BlockKey, at position: LogPosition,
                            previous: LogPosition?) -> Bool {
         var stream: LogStream
         if var known = st.streams[process], known.namespaceID == namespaceID, let i = known.ahead.firstIndex(of: position) {
             known.ahead.removeFirst(i + 1)
+            known.window = min(settings.depth, known.window * 2)
             stream = known
             // The reader caught up with a load that has not started: it reads the block itself, so the
             // load would only read it a second time.
@@ -339,7 +345,8 @@ public final class Prefetcher: Sendable {
                 st.queued.remove(key)
             }
         } else if let previous, Self.follows(position, previous) {
-            stream = st.streams[process].flatMap { $0.namespaceID == namespaceID ? $0 : nil } ?? LogStream(namespaceID: namespaceID, frontier: position)
+            stream = st.streams[process].flatMap { $0.namespaceID == namespaceID ? $0 : nil }
+                ?? LogStream(namespaceID: namespaceID, frontier: position, window: min(2, settings.depth))
             stream.ahead.removeAll()
             // The reader went past what was found (or nothing was): search on from here.
             if !stream.scanning && !Self.precedes(position, stream.frontier) { stream.frontier = position }
@@ -348,7 +355,7 @@ public final class Prefetcher: Sendable {
             return false
         }
         defer { st.streams[process] = stream }
-        let wanted = settings.depth - stream.ahead.count
+        let wanted = stream.window - stream.ahead.count
         guard wanted > 0, !stream.scanning else { return false }
         stream.scanning = true
         if st.streams.count > 1024 { st.streams.removeAll(keepingCapacity: true) }
@@ -379,7 +386,7 @@ public final class Prefetcher: Sendable {
             }
             // Reads that came while this search ran could not start another: top the run up now, unless
             // the log ended (fewer blocks found than asked for).
-            let wanted = settings.depth - stream.ahead.count
+            let wanted = stream.window - stream.ahead.count
             if wanted > 0 && found.count == count {
                 stream.scanning = true
                 st.scans.append(.scan(process: process, namespaceID: namespaceID, after: stream.frontier, count: wanted))

@@ -118,6 +118,69 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
     }
 }
 
+/// Figures of the DRAM tier: one tier file, or all of them summed (the status's `dram_tier`, beside the
+/// daemon's settings in ControlPlane's `DRAMStatus`).
+public struct TierStatistics: Codable, Sendable, Equatable {
+    public var capacityBytes = 0
+    public var residentBlocks = 0
+    public var residentBytes = 0
+    /// Reads through the mount served from the tier, and those that missed it.
+    public var mountHits = 0
+    public var mountMisses = 0
+    /// Hits that clients counted through the map.
+    public var mapHits = 0
+    public var insertions = 0
+    public var failedInsertions = 0
+    /// Resident copies found damaged (checksum mismatch) when a read was to be served from them.
+    public var damaged = 0
+    public var evictions = 0
+    public var promotions = 0
+    public var reinsertions = 0
+    /// Blocks the prefetcher loaded that were read (through the mount or the map) before they left, that
+    /// left (evicted or unlinked) without being read, and that are still resident and not read yet.
+    public var prefetchUsed = 0
+    public var prefetchWasted = 0
+    public var prefetchPending = 0
+
+    public init() {}
+
+    public mutating func add(_ o: TierStatistics) {
+        capacityBytes += o.capacityBytes; residentBlocks += o.residentBlocks; residentBytes += o.residentBytes
+        mountHits += o.mountHits; mountMisses += o.mountMisses; mapHits += o.mapHits; insertions += o.insertions
+        failedInsertions += o.failedInsertions; damaged += o.damaged; evictions += o.evictions; promotions += o.promotions
+        reinsertions += o.reinsertions; prefetchUsed += o.prefetchUsed; prefetchWasted += o.prefetchWasted
+        prefetchPending += o.prefetchPending
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case capacityBytes = "capacity_bytes", residentBlocks = "resident_blocks", residentBytes = "resident_bytes"
+        case mountHits = "mount_hits", mountMisses = "mount_misses", mapHits = "map_hits", insertions
+        case failedInsertions = "failed_insertions", damaged, evictions, promotions, reinsertions
+        case prefetchUsed = "prefetch_used", prefetchWasted = "prefetch_wasted", prefetchPending = "prefetch_pending"
+    }
+}
+
+/// What a garbage collection of the shared pool did (`twctl cluster gc`; ControlPlane's `JobStatus`
+/// shows it beside the job's own keys).
+public struct GarbageReport: Codable, Sendable, Equatable {
+    public var location = ""
+    public var objects = 0
+    public var bytesBefore: UInt64 = 0
+    public var targetBytes: UInt64 = 0
+    public var removedObjects = 0
+    public var removedBytes: UInt64 = 0
+    public var bytesAfter: UInt64 = 0
+    /// Why it stopped early; the job reports it as its own `error`, so it is not one of these keys.
+    public var error: String?
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case location, objects, bytesBefore = "bytes_before", targetBytes = "target_bytes"
+        case removedObjects = "removed_objects", removedBytes = "removed_bytes", bytesAfter = "bytes_after"
+    }
+}
+
 /// What the shared (cluster) tier did (the status's `remote`, the `tw_remote_*` metrics).
 public struct ClusterReport: Codable, Sendable, Equatable {
     public var enabled = false

@@ -263,16 +263,10 @@ extension WarehouseFileSystem {
             guard caller.isRoot else { return denied("garbage collection of the shared pool is root's") }
             guard let cluster else { return ControlResponse(error: "this mount has no shared tier (twfs --cluster CONF --pool POOL)") }
             let target = r.target!
-            out.job = jobs.start(command: "cluster-gc", owner: caller.uid) { status in
-                let g = cluster.collectGarbage(targetBytes: target)
-                status.location = g.location
-                status.objects = g.objects
-                status.bytesBefore = g.bytesBefore
-                status.targetBytes = g.targetBytes
-                status.removedObjects = g.removedObjects
-                status.removedBytes = g.removedBytes
-                status.bytesAfter = g.bytesAfter
-                status.error = g.error
+            out.job = jobs.start(command: JobStatus.clusterGCCommand, owner: caller.uid) { status in
+                let collection = cluster.collectGarbage(targetBytes: target)
+                status.collection = collection
+                status.error = collection.error
             }
         case .job:
             guard let job = jobs.status(r.job!, caller: caller) else { return ControlResponse(error: "no job \(r.job!)") }

@@ -33,7 +33,7 @@ extension WarehouseFileSystem {
             r.namespaces.append(info.name)
             r.namespaceUsage[info.name] = namespaceReport(info)
         }
-        r.counters = s.counters
+        r.extra = s.counters
         // Where readers' blocks came from: the tier (mount and map), or a load from NVMe for a reader. Not
         // the store's `gets`: those also count what the prefetcher and the cluster publisher read.
         let dramHits = (t?.mountHits ?? 0) + (t?.mapHits ?? 0)
@@ -48,19 +48,9 @@ extension WarehouseFileSystem {
             d.socket = tierSocket
             d.memory = tierMemory
             d.domains = tiers.domainCount
-            d.capacityBytes = t.capacityBytes
-            d.residentBlocks = t.residentBlocks
-            d.residentBytes = t.residentBytes
-            d.mountHits = t.mountHits
-            d.mountMisses = t.misses
-            let lookups = t.mountHits + t.misses
+            d.extra = t
+            let lookups = t.mountHits + t.mountMisses
             d.mountHitRatio = lookups > 0 ? Double(t.mountHits) / Double(lookups) : 0
-            d.mapHits = t.mapHits
-            d.insertions = t.insertions
-            d.failedInsertions = t.failedInsertions
-            d.evictions = t.evictions
-            d.promotions = t.promotions
-            d.reinsertions = t.reinsertions
             r.dramTier = d
             if let prefetcher {
                 var p = prefetcher.statistics()

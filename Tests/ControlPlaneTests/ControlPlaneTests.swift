@@ -29,7 +29,7 @@ import Glibc
         // The store's counters sit at the top level beside the figures, as they always did.
         #expect(object["puts"] as? Int == 11)
         #expect(object["reinserted_blocks"] as? Int == 2)
-        #expect(object["counters"] == nil && object["figures"] == nil)
+        #expect(object["base"] == nil && object["extra"] == nil)
         #expect((object["namespace_usage"] as? [String: Any])?["llama"] != nil)
         #expect((object["prefetch"] as? [String: Any])?["successor_links"] as? Int == 3)
         #expect(((object["namespace_usage"] as? [String: [String: Any]])?["llama"]?["share_set"]) is NSNull)
@@ -46,6 +46,41 @@ import Glibc
         #expect(try ControlJSON.decode(JobStatus.self, from: ControlJSON.encode(job)) == job)
         let withoutError = Array(#"{"id": 1, "command": "evict", "running": true, "seconds": 0}"#.utf8)
         #expect(try ControlJSON.decode(JobStatus.self, from: withoutError).error == nil)
+    }
+
+    @Test func theDRAMTiersFiguresAndSettingsShareOneObject() throws {
+        var s = StatusReport()
+        s.dramTier.enabled = true
+        s.dramTier.memory = "tmpfs huge=always"
+        s.dramTier.mountHits = 9
+        s.dramTier.mountMisses = 1
+        s.dramTier.mountHitRatio = 0.9
+        let bytes = ControlJSON.encode(s)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+        let tier = try #require(object["dram_tier"] as? [String: Any])
+        #expect(tier["enabled"] as? Bool == true && tier["mount_hits"] as? Int == 9 && tier["mount_misses"] as? Int == 1)
+        #expect(tier["mount_hit_ratio"] as? Double == 0.9 && tier["policy"] as? String == "S3-FIFO")
+        #expect(tier["base"] == nil && tier["extra"] == nil)
+        #expect(try ControlJSON.decode(StatusReport.self, from: bytes) == s)
+    }
+
+    @Test func aCollectionsFiguresStandBesideTheJobsKeys() throws {
+        var job = JobStatus(id: 5, command: JobStatus.clusterGCCommand, running: false)
+        var g = GarbageReport()
+        g.location = "ceph:pool"
+        g.objects = 3
+        g.removedObjects = 1
+        g.removedBytes = 4096
+        g.bytesAfter = 8192
+        job.collection = g
+        let bytes = ControlJSON.encode(job)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+        #expect(object["removed_objects"] as? Int == 1 && object["removed_bytes"] as? Int == 4096 && object["bytes_after"] as? Int == 8192)
+        #expect(object["collection"] == nil && object["error"] is NSNull)
+        #expect(try ControlJSON.decode(JobStatus.self, from: bytes) == job)
+        // While it runs there is nothing to show yet.
+        let running = JobStatus(id: 6, command: JobStatus.clusterGCCommand, running: true)
+        #expect(try ControlJSON.decode(JobStatus.self, from: ControlJSON.encode(running)).collection == nil)
     }
 
     @Test func requestsParseFromJSONAndFromCommandLines() throws {

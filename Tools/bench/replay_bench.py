@@ -47,19 +47,25 @@ def replay(trace: Path, block_bytes: int, hints: bool, args) -> dict:
     capacity = max(256 * MiB, int(stats["unique_blocks"] * record * 1.5))
     dram_data = int(footprint * args.dram_share)
     dram = dram_data + dram_data // 100 + 64 * KiB + 4 * KiB   # the table: 0.8% of the data, 64 KiB at least
-    dram = max(dram, 6 * MiB)
+    dram = max(dram, 8 * MiB)     # twfs's smallest tier
     work = Path(tempfile.mkdtemp(prefix="tw-replay-"))
     mnt, store = work / "mnt", work / "store"
     mnt.mkdir()
     store.mkdir()
     daemon = subprocess.Popen([TWFS, mnt, "--store", store, "--capacity", str(capacity), "--dram", str(dram), "-f"], stdout=subprocess.DEVNULL, stderr=open(work / "twfs.log", "w"))
     try:
-        for _ in range(100):
+        for _ in range(300):
             if (mnt / ".tw/status").exists():
+                break
+            if daemon.poll() is not None:
                 break
             time.sleep(0.1)
         else:
-            raise RuntimeError(f"twfs did not mount; see {work}/twfs.log")
+            daemon.poll()
+        if not (mnt / ".tw/status").exists():
+            log = (work / "twfs.log").read_text(errors="replace")[-2000:]
+            state = f"exited with {daemon.returncode}" if daemon.returncode is not None else "still running after 30 s"
+            raise RuntimeError(f"twfs did not mount ({state}); its log ends:\n{log}")
         cmd = [TWCTL, "replay", mnt, trace, "--block-bytes", str(block_bytes), "--speed", str(args.speed),
                "--concurrency", str(args.concurrency), "--lead-ms", str(args.lead_ms), "--hints", "on" if hints else "off", "--json"]
         print("$ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)

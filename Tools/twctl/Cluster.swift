@@ -46,7 +46,8 @@ struct ClusterGC: ParsableCommand {
         request.target = target.bytes
         let job = try runJob(mount, request)
         if json { printJSON(job); return }
-        print("\(job.location ?? "?"): \(job.objects ?? 0) objects, \(bytes(job.bytesBefore ?? 0)) -> \(bytes(job.bytesAfter ?? 0)); "
-              + "removed \(job.removedObjects ?? 0) objects (\(bytes(job.removedBytes ?? 0))) in \(String(format: "%.2f", job.seconds)) s")
+        let g = job.collection ?? GarbageReport()
+        print("\(g.location): \(g.objects) objects, \(bytes(g.bytesBefore)) -> \(bytes(g.bytesAfter)); "
+              + "removed \(g.removedObjects) objects (\(bytes(g.removedBytes))) in \(String(format: "%.2f", job.seconds)) s")
     }
 }
