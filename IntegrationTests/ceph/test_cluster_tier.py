@@ -229,6 +229,9 @@ def test_without_osd_b_serves_local_blocks_and_misses_within_timeout_then_catche
     publish_on(a, local_name, local_data)
     assert read_block(canonical(kv_b, local_name)) == local_data  # now local on B
     publish_on(a, remote_name, remote_data)                        # only in the pool for B
+    sync_ns = f"sync-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    out = twctl("ns", "create", str(a.mount), sync_ns, "--share", "sync")
+    assert out.returncode == 0, out.stderr
 
     cluster.stop_osd()
     try:
@@ -248,6 +251,13 @@ def test_without_osd_b_serves_local_blocks_and_misses_within_timeout_then_catche
         assert read_block(canonical(kv_a, late_name)) == late_data
         wait_for(lambda: a.remote()["publish_failures"] >= 1, 3 * CLUSTER_TIMEOUT_S + 5, "A's publish to fail")
         assert a.remote()["published"] == 2
+        # share=sync while publishing fails: queued at once, not a wait of the whole timeout per commit.
+        sync_name, sync_data = new_block("sync", 256 * 1024)
+        t0 = time.monotonic()
+        write_block(canonical(a.mount / sync_ns, sync_name), sync_data)
+        waited = time.monotonic() - t0
+        assert waited < 1.0, f"a share=sync commit waited {waited:.1f} s for a cluster known to be away"
+        assert a.remote()["sync_deferred"] >= 1, a.remote()
         assert b.proc.poll() is None and a.proc.poll() is None
     finally:
         cluster.start_osd()
@@ -260,7 +270,8 @@ def test_without_osd_b_serves_local_blocks_and_misses_within_timeout_then_catche
     wait_for(catches_up, 60, "B to read both blocks after the OSD returned", interval=0.5)
     print(f"caught up {time.monotonic() - t0:.1f} s after the OSD was back", file=sys.stderr)
     # A's publisher retried the block it could not publish and has nothing left queued.
-    wait_for(lambda: (lambda r: r["published"] == 3 and r["queue_depth"] == 0)(a.remote()), 10, "A's queue to drain")
+    wait_for(lambda: (lambda r: r["published"] == 4 and r["queue_depth"] == 0)(a.remote()), 10, "A's queue to drain")
+    assert read_block(canonical(b.mount / sync_ns, sync_name)) == sync_data
 
 
 def twctl(*args: str) -> subprocess.CompletedProcess:

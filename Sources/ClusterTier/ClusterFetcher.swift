@@ -138,6 +138,7 @@ extension ClusterTier {
 
     /// Call with `lock` held.
     func notePublished(bytes: Int, lag: UInt64) {
+        state.publishingFails = false
         state.stats.published += 1
         state.stats.publishedBytes += UInt64(bytes)
         state.publishLag.add(lag)

@@ -19,6 +19,19 @@ extension ClusterTier {
         case .off: return
         case .async: enqueue(.publish(namespace: namespace, key: key, queued: monotonicNanoseconds()), holdWriter: true)
         case .sync:
+            // While publishing fails (the cluster away), a sync commit would wait out the whole timeout
+            // only to be queued anyway: queue it now. The first commit after the cluster went away still
+            // waits (that is how it is found out); the publisher's retries find the way back.
+            let now = monotonicNanoseconds()
+            let away = lock.withLock { () -> Bool in
+                let away = state.publishingFails || state.unavailableUntil > now || !tier.isConnected
+                if away { state.stats.syncDeferred += 1 }
+                return away
+            }
+            if away {
+                enqueue(.publish(namespace: namespace, key: key, queued: now), holdWriter: true)
+                return
+            }
             let commit = store.locate(namespace: namespace, key: key).map { UInt64($0.commitSeconds) * 1_000_000_000 } ?? wallClockNanoseconds()
             let object = RemoteRecord.encode(namespace: namespace, key: key, payload: payload, metadata: metadata,
                                              commitNanoseconds: commit, payloadChecksum: checksum)
@@ -31,6 +44,7 @@ extension ClusterTier {
             } catch {
                 lock.withLock {
                     state.stats.publishFailures += 1
+                    if case .unavailable? = error as? RemoteTierError { state.publishingFails = true }
                     noteFailure(error)
                 }
                 enqueue(.publish(namespace: namespace, key: key, queued: monotonicNanoseconds()))
@@ -109,6 +123,7 @@ extension ClusterTier {
                 var retry: [Job] = []
                 for (job, error) in failures {
                     if case .publish = job { state.stats.publishFailures += 1 }
+                    if case .unavailable = error { state.publishingFails = true }
                     noteFailure(error)
                     // Kept for when the cluster is back (front of the queue: order is kept).
                     if case .unavailable = error { retry.append(job) }
@@ -139,7 +154,12 @@ extension ClusterTier {
                 RemoteNamespace.encode(ns).withUnsafeBytes { bytes in
                     do throws(RemoteTierError) { try tier.publish(name: RemoteNamespace.objectName(name), object: bytes) } catch { failure = error }
                 }
-                if let failure { failures.append((job, failure)) } else { lock.withLock { state.stats.namespacesPublished += 1 } }
+                if let failure { failures.append((job, failure)) } else {
+                    lock.withLock {
+                        state.stats.namespacesPublished += 1
+                        state.publishingFails = false
+                    }
+                }
             case .publish(let namespace, let key, let queued):
                 // Gone meanwhile (removed, evicted): nothing to share.
                 guard let located = store.locate(namespace: namespace, key: key),

@@ -79,6 +79,9 @@ public final class ClusterTier: @unchecked Sendable {
         var touched: [BlockKey: UInt64] = [:]
         var unavailableUntil: UInt64 = 0
         var consecutiveFailures = 0
+        /// A publish failed because the cluster was away, and none has got through since: `sync` commits
+        /// are queued instead of waiting out the timeout each (the publisher's retries find the way back).
+        var publishingFails = false
         var stopping = false
         /// The counters of the `remote` status (the figures of the moment are filled in by `report()`).
         var stats = ClusterReport()

@@ -192,6 +192,8 @@ public struct ClusterReport: Codable, Sendable, Equatable {
     public var published = 0
     public var publishedBytes: UInt64 = 0
     public var syncPublished = 0
+    /// `sync` commits queued as `async` at once because publishing was failing (the cluster away).
+    public var syncDeferred = 0
     public var publishFailures = 0
     public var dropped = 0
     public var backpressureWaits = 0
@@ -222,7 +224,7 @@ public struct ClusterReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case enabled, location, connected, queueDepth = "queue_depth", queueCapacity = "queue_capacity", queued, published
-        case publishedBytes = "published_bytes", syncPublished = "sync_published", publishFailures = "publish_failures", dropped
+        case publishedBytes = "published_bytes", syncPublished = "sync_published", syncDeferred = "sync_deferred", publishFailures = "publish_failures", dropped
         case backpressureWaits = "backpressure_waits", publishLagMs = "publish_lag_ms", fetchMs = "fetch_ms"
         case clusterReadMs = "cluster_read_ms", namespacesPublished = "namespaces_published", namespacesImported = "namespaces_imported"
         case fetched, fetchedBytes = "fetched_bytes", misses, negativeHits = "negative_hits", joinedFetches = "joined_fetches"
