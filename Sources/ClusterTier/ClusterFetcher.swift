@@ -151,6 +151,14 @@ extension ClusterTier {
         state.unavailableUntil = 0
     }
 
+    /// Call with `lock` held. A write to the pool (a publish, an announcement, a touch) failed: as
+    /// `noteFailure`, and when the cluster is away, `sync` commits queue instead of trying until a
+    /// publish gets through (`publishingFails`).
+    func notePublishFailure(_ error: any Error) {
+        if case .unavailable? = error as? RemoteTierError { state.publishingFails = true }
+        noteFailure(error)
+    }
+
     /// Call with `lock` held. A timeout or lost connection opens the back-off window; three failures
     /// in a row also drop the connection, so the publisher opens a fresh one.
     func noteFailure(_ error: any Error) {

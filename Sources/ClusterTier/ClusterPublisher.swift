@@ -44,8 +44,7 @@ extension ClusterTier {
             } catch {
                 lock.withLock {
                     state.stats.publishFailures += 1
-                    if case .unavailable? = error as? RemoteTierError { state.publishingFails = true }
-                    noteFailure(error)
+                    notePublishFailure(error)
                 }
                 enqueue(.publish(namespace: namespace, key: key, queued: monotonicNanoseconds()))
             }
@@ -123,8 +122,7 @@ extension ClusterTier {
                 var retry: [Job] = []
                 for (job, error) in failures {
                     if case .publish = job { state.stats.publishFailures += 1 }
-                    if case .unavailable = error { state.publishingFails = true }
-                    noteFailure(error)
+                    notePublishFailure(error)
                     // Kept for when the cluster is back (front of the queue: order is kept).
                     if case .unavailable = error { retry.append(job) }
                 }

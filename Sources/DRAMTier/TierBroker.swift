@@ -74,7 +74,6 @@ public final class TierBroker: Sendable {
     private func answer(_ connection: borrowing UnixConnection) {
         connection.setTimeout(seconds: 1)
         guard let peer = try? connection.peer() else { return }
-        tiers.noteClient(process: peer.pid)
         var sent = 0
         for (_, tier, namespaces) in tiers.readable(uid: peer.uid, gid: peer.gid, groups: peer.groups) {
             guard let (data, hits) = try? tier.descriptorsForReader() else { continue }
@@ -86,6 +85,8 @@ public final class TierBroker: Sendable {
             if (try? connection.send(Array(text.utf8), descriptors: [data, hits])) == nil { return }
             sent += 1
         }
+        // A process handed a tier reads blocks from the map (see `DRAMTiers.isClient`).
+        if sent > 0 { tiers.noteClient(process: peer.pid) }
         let end = Array("\(TierProtocol.endMessage) \(sent)\n".utf8)
         if let alive = try? liveness.readOnlyDescriptor() {
             defer { close(alive) }
