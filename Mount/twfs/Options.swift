@@ -2,6 +2,7 @@ import ArgumentParser
 import BlockStore
 import CommandLineTypes
 import Prefetcher
+import WarehouseFS
 
 /// twfs's command line (docs/operations.md "twfs"). `-o k=v,...` (how mount(8) and /etc/fstab pass
 /// options) is rewritten into the same flags before parsing (`OptionList`), so both forms mean the same.
@@ -31,6 +32,8 @@ struct TWFS: ParsableCommand {
     var dramGroup: String?
     @Option(help: "Ignored: tier files are named uniquely per daemon.") var dramName: String?
     @Option(help: "Committed blocks also enter the DRAM tier: on or off.") var dramAdmitWrites: OnOff = .on
+    @Option(help: "Reads through the page cache: reused (blocks read again within 10 s; others with direct I/O, one copy) or always (docs/fuse.md \"Reading\").")
+    var readCache: ReadCache = .reused
     @Option(help: "What close() promises: always, batch or none (docs/format.md \"Durability\").") var sync: SyncPolicy = .batch
     @Option(help: "Under batch, milliseconds between the flusher's syncs (0.1 to 10000).") var syncInterval: Double = 5
     @Option(help: "Largest block accepted; larger writes fail with EFBIG.") var maxBlock = ByteCount(bytes: UInt64(StoreConfiguration.defaultMaxBlockSize))
@@ -56,7 +59,7 @@ struct TWFS: ParsableCommand {
 
     /// The options that take a value, by their long names: what `-o name=value` may set.
     static let valueOptions: Set<String> = [
-        "store", "capacity", "dram", "dram-dir", "dram-group", "dram-name", "dram-admit-writes", "sync", "sync-interval",
+        "store", "capacity", "dram", "dram-dir", "dram-group", "dram-name", "dram-admit-writes", "read-cache", "sync", "sync-interval",
         "max-block", "segment-size", "threads", "prefetch-workers", "prefetch-bandwidth", "prefetch-depth", "max-staged",
         "max-staged-per-user", "metrics", "cluster", "pool", "cluster-timeout", "share", "cluster-queue",
     ]
@@ -124,3 +127,5 @@ extension String {
         return replacingOccurrences(of: a.first!, with: b.first!)
     }
 }
+
+extension ReadCache: ExpressibleByArgument {}

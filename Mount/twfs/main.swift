@@ -200,6 +200,7 @@ if options.dram.bytes > 0 {
 var settings = MountSettings()
 settings.storeDirectory = storeDirectory
 settings.admitWrites = options.dramAdmitWrites == .on
+settings.readCache = options.readCache
 if let total = options.maxStaged { settings.limits.stagedBytesTotal = total.bytes }
 settings.limits.stagedBytesPerUser = options.maxStagedPerUser?.bytes ?? settings.limits.stagedBytesTotal / 2
 var prefetch = PrefetchSettings()

@@ -368,6 +368,12 @@ public final class FuseSession {
             throw MountError(message: "could not mount at \(mountpoint)",
                              cause: "is /dev/fuse there and may this user mount (fusermount3, user_allow_other in /etc/fuse.conf)?")
         }
+        // Send and receive through InitNegotiation's functions, which add what libfuse 3.14 cannot ask for.
+        // Without them (this cannot fail but for memory) reads simply keep the page cache.
+        var io = InitNegotiation.customIO()
+        if fuse_session_custom_io(session, &io, fuse_session_fd(session)) != 0 {
+            filesystem.kernelNegotiated(directIOMappable: false)
+        }
         nonisolated(unsafe) let mounted = session
         filesystem.setEntryInvalidator { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
         // Offset -1: the inode's attributes only (no page-cache lock is taken).

@@ -61,13 +61,16 @@ final class ReadState: Sendable {
     let block = Mutex<BlockData?>(nil)
     /// Whether this handle counts as a user of the shared verified copy (it reads from the store).
     let sharesVerifiedCopy: Bool
-    /// Whether a READ request reached this handle (otherwise its reader used the page cache).
+    /// Whether a READ request reached this handle (otherwise its reader used the page cache, or read nothing).
     let wasRead = Atomic<Bool>(false)
+    /// Opened with `keep_cache` alone (reads through the page cache), not `direct_io` (`ReadCache`).
+    let throughPageCache: Bool
 
-    init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks) {
+    init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks, throughPageCache: Bool = true) {
         self.node = node
         self.located = located
         self.pinned = pinned
+        self.throughPageCache = throughPageCache
         sharesVerifiedCopy = pinned == nil && located != nil
         if sharesVerifiedCopy, let located { verified.retain(located) }
     }

@@ -115,6 +115,9 @@ final class FileNode: Sendable {
         /// the kernel's page cache. Opens of it then do not start speculative loads of what follows it
         /// (see `open`); a handle that does read clears this.
         var servedByPageCache = false
+        /// When a read handle on it last received a READ request (monotonic nanoseconds; 0: never):
+        /// a block read again soon after is kept in the page cache (`WarehouseFileSystem.readsThroughPageCache`).
+        var lastReadNanoseconds: UInt64 = 0
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

@@ -34,9 +34,26 @@ public struct MountSettings: Sendable {
     /// never read again leave without pushing out hot ones). The next turn of a conversation reads
     /// what the last one wrote.
     public var admitWrites = true
+    /// Which reads of committed blocks go through the kernel's page cache (docs/fuse.md "Reading").
+    public var readCache: ReadCache = .reused
     public var limits = ResourceLimits()
 
     public init() {}
+}
+
+/// Which opens of committed blocks read through the kernel's page cache (`keep_cache`) and which straight
+/// from the daemon (`direct_io`: one copy, from the DRAM tier or the verified record into the reader's
+/// buffer, instead of a copy into fresh page-cache pages and a second one out of them).
+public enum ReadCache: String, Sendable, CaseIterable {
+    /// A block read again within `ReadCache.reuseWindow` of its last read, or whose last reader found its
+    /// pages cached, reads through the page cache; others directly. Needs a kernel that lets a
+    /// `direct_io` file be mapped shared (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6); without it, `always`.
+    case reused
+    /// Every read through the page cache.
+    case always
+
+    /// How soon a second read makes a block worth keeping in the page cache (on top of the DRAM tier).
+    public static let reuseWindowNanoseconds: UInt64 = 10_000_000_000
 }
 
 /// An errno a handler answers with.
@@ -96,6 +113,8 @@ public final class WarehouseFileSystem: Sendable {
     /// Tells the kernel to forget a cached name (set by `FuseSession` once mounted).
     let entryInvalidator = Mutex<(@Sendable (UInt64, String) -> Void)?>(nil)
     let attributeInvalidator = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
+    /// Whether the kernel agreed to map files opened with `direct_io` (set once, when the mount starts).
+    let directReadsMappable = Atomic<Bool>(false)
 
     public init(store: BlockStore, tiers: DRAMTiers?, tierSocket: String?, settings: MountSettings,
                 prefetch: PrefetchSettings = PrefetchSettings(), cluster: ClusterTier? = nil,
@@ -142,6 +161,18 @@ public final class WarehouseFileSystem: Sendable {
 
     /// Logs a problem a person should know about (a refused corrupt block, a failed commit).
     func warn(_ message: String) { logger.warning("\(message)") }
+
+    /// What the kernel agreed to at the mount's start: whether a file opened with `direct_io` may be
+    /// mapped shared. Without that, reads keep the page cache, or `mmap` of a block would fail (ENODEV).
+    public func kernelNegotiated(directIOMappable: Bool) {
+        directReadsMappable.store(directIOMappable, ordering: .relaxed)
+        guard settings.readCache == .reused else { return }
+        if directIOMappable {
+            logger.info("twfs: blocks not read in the last \(ReadCache.reuseWindowNanoseconds / 1_000_000_000) s are read with direct I/O (one copy); re-read blocks through the page cache")
+        } else {
+            logger.info("twfs: every read goes through the page cache: this kernel cannot map files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6)")
+        }
+    }
 
     /// How the file system tells the kernel to forget a cached name (set by the FUSE session once mounted).
     public func setEntryInvalidator(_ invalidate: (@Sendable (UInt64, String) -> Void)?) {

@@ -296,7 +296,27 @@ extension WarehouseFileSystem {
             || (tiers?.isClient(process: inspector.threadGroup(of: caller.pid)) ?? false)
         prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid,
                              speculate: speculate, position: located.logPosition)
-        return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified)), opener: caller), true, false))
+        let cached = readsThroughPageCache(node)
+        // keep_cache also on a direct open: without it the kernel would drop the block's cached pages,
+        // which stay valid (a committed block never changes; a rewritten name gets another inode).
+        return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified, throughPageCache: cached)),
+                                  opener: caller), true, !cached))
+    }
+
+    /// Whether an open of a committed block reads through the kernel's page cache or directly
+    /// (`ReadCache`). Directly, each read is one copy from the DRAM tier or the verified record into the
+    /// reader's buffer; through the page cache, a block's first read costs two (into fresh page-cache
+    /// pages, then out of them), and later reads none. So the page cache is worth its copy and its
+    /// memory (the DRAM tier holds the block already) only for a block that is read again: one whose
+    /// last reader was served by the page cache, or that was read within `ReadCache.reuseWindow`.
+    /// A single thread reading 2 MiB blocks of the DRAM tier with the page cache dropped went from
+    /// 700-850 to 1000-1200 MiB/s, 16 KiB blocks from 4900-5900 to 6400-8700 a second (docs/benchmarks.md).
+    func readsThroughPageCache(_ node: FileNode) -> Bool {
+        guard settings.readCache == .reused, directReadsMappable.load(ordering: .relaxed) else { return true }
+        let now = monotonicNanoseconds()
+        return node.state.withLock { s in
+            s.servedByPageCache || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds)
+        }
     }
 
     /// Writes `count` bytes at `offset`: `fill` copies them to the destination it is given (the staging
@@ -475,7 +495,13 @@ extension WarehouseFileSystem {
         case .read(let r), .discard(let r):
             if r.sharesVerifiedCopy, let located = r.located { verified.release(located) }
             let read = r.wasRead.load(ordering: .relaxed)
-            r.node.state.withLock { $0.servedByPageCache = !read }
+            let now = monotonicNanoseconds()
+            r.node.state.withLock { s in
+                // A page-cache handle that saw no READ was served by the page cache (or read nothing); a
+                // direct handle that saw none read nothing, and says nothing about the page cache.
+                if r.throughPageCache || read { s.servedByPageCache = !read }
+                if read { s.lastReadNanoseconds = now }
+            }
         default:
             break
         }

@@ -1,0 +1,85 @@
+"""Which reads go through the kernel's page cache (docs/fuse.md "Reading", `--read-cache`).
+
+At the default (`reused`), a block not read lately is opened with direct I/O: each read is one copy from
+the daemon into the reader's buffer, and nothing is left in the page cache. A block read again within
+10 s is opened with keep_cache, so from then on the kernel serves it. Files opened with direct I/O can
+still be mapped shared: the daemon asks the kernel for FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6), which
+libfuse 3.14 cannot ask for. Where the kernel does not grant it, every read uses the page cache.
+
+What the tests observe is the number of READ requests that reached the daemon (`.tw/status`): a read
+the page cache served sends none."""
+
+import mmap
+import os
+
+import pytest
+
+from twfs_util import block_hash, canonical, first_difference, pattern, read_block, write_block
+
+pytestmark = pytest.mark.timeout(60)
+
+SIZE = (1 << 20) + 12345
+GRANTED = "are read with direct I/O"
+REFUSED = "every read goes through the page cache"
+
+
+def reads_reaching_daemon(warehouse, body) -> int:
+    before = warehouse.status()["operations"]["counts"]["read"]
+    body()
+    return warehouse.status()["operations"]["counts"]["read"] - before
+
+
+def direct_reads_granted(warehouse) -> bool:
+    log = warehouse.log_tail(1 << 20)
+    assert GRANTED in log or REFUSED in log, "the daemon did not say how it reads:\n" + warehouse.log_tail()
+    return GRANTED in log
+
+
+def fresh_block(ns, tag: str) -> tuple[str, bytes]:
+    path = canonical(ns, block_hash(tag))
+    data = pattern(path, SIZE)
+    write_block(path, data)
+    return path, data
+
+
+def check_read(path: str, data: bytes) -> None:
+    got = read_block(path)
+    assert got == data, first_difference(got, data)
+
+
+def test_a_block_read_once_leaves_the_page_cache_alone_and_a_reused_one_is_kept_there(warehouse, ns):
+    path, data = fresh_block(ns, "read-cache-reused")
+    first = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    second = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    third = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    fourth = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    assert first > 0
+    if direct_reads_granted(warehouse):
+        # Direct I/O left no pages: the second read reached the daemon again, and (a re-read) filled the
+        # page cache, which served the third and fourth.
+        assert second > 0, "the first read left the block in the page cache: it was not opened with direct I/O"
+        assert third == 0 and fourth == 0, f"a block read again was not kept in the page cache: {third}, {fourth} READs"
+    else:
+        assert second == 0 and third == 0, f"page cache only, yet later reads reached the daemon: {second}, {third}"
+
+
+def test_a_block_opened_with_direct_io_can_be_mapped_shared(warehouse, ns):
+    path, data = fresh_block(ns, "read-cache-mmap")
+    # Its first open since the commit: with direct I/O where the kernel grants mapping such files.
+    with open(path, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
+            got = m[:]
+            assert got == data, first_difference(got, data)
+            # A read through the same descriptor while mapped.
+            assert os.pread(f.fileno(), 4096, SIZE - 4096) == data[-4096:]
+    direct_reads_granted(warehouse)
+
+
+def test_read_cache_always_keeps_every_block_in_the_page_cache(warehouse_factory):
+    warehouse = warehouse_factory("--read-cache", "always")
+    ns = warehouse.namespace()
+    path, data = fresh_block(ns, "read-cache-always")
+    assert reads_reaching_daemon(warehouse, lambda: check_read(path, data)) > 0
+    assert reads_reaching_daemon(warehouse, lambda: check_read(path, data)) == 0, \
+        "with --read-cache always, a block read once should be served by the page cache"
+    assert GRANTED not in warehouse.log_tail(1 << 20)
