@@ -83,3 +83,38 @@ def test_read_cache_always_keeps_every_block_in_the_page_cache(warehouse_factory
     assert reads_reaching_daemon(warehouse, lambda: check_read(path, data)) == 0, \
         "with --read-cache always, a block read once should be served by the page cache"
     assert GRANTED not in warehouse.log_tail(1 << 20)
+
+
+def test_a_block_being_written_can_be_mapped_and_only_what_is_stored_before_close_commits(warehouse, ns):
+    """Writers' descriptors use direct I/O too, so the flag also lets a writer map its block (numpy's
+    memmap(mode="w+"), refused with ENODEV before). The block commits at the writer's last close: bytes
+    stored through the map after it are not part of the block, and no reader sees them."""
+    import ctypes
+    import numpy as np
+
+    path = canonical(ns, block_hash("read-cache-memmap"))
+    m = np.memmap(path, dtype=np.uint8, mode="w+", shape=(SIZE,))
+    m[:] = np.frombuffer(pattern(path, SIZE), dtype=np.uint8)
+    m.flush()
+    del m
+    check_read(path, pattern(path, SIZE))
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    path = canonical(ns, block_hash("read-cache-after-close"))
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    os.ftruncate(fd, 8192)
+    addr = libc.mmap(None, 8192, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), f"mmap: {os.strerror(ctypes.get_errno())}"
+    ctypes.memmove(addr, b"hello", 5)
+    os.close(fd)                       # the writer's only descriptor: the block commits here
+    ctypes.memmove(addr + 5, b"world", 5)
+    ctypes.memmove(addr + 4096, b"later", 5)
+    libc.msync(addr, 8192, 4)          # MS_SYNC: the kernel sends the pages; the committed block ignores them
+    libc.munmap(addr, 8192)
+    want = b"hello" + bytes(8192 - 5)
+    for _ in range(3):                 # a direct open, then re-reads through the page cache
+        check_read(path, want)
