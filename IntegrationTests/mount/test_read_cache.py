@@ -49,18 +49,25 @@ def check_read(path: str, data: bytes) -> None:
 
 def test_a_block_read_once_leaves_the_page_cache_alone_and_a_reused_one_is_kept_there(warehouse, ns):
     path, data = fresh_block(ns, "read-cache-reused")
-    first = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
-    second = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
-    third = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
-    fourth = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
-    assert first > 0
-    if direct_reads_granted(warehouse):
-        # Direct I/O left no pages: the second read reached the daemon again, and (a re-read) filled the
-        # page cache, which served the third and fourth.
-        assert second > 0, "the first read left the block in the page cache: it was not opened with direct I/O"
-        assert third == 0 and fourth == 0, f"a block read again was not kept in the page cache: {third}, {fourth} READs"
-    else:
-        assert second == 0 and third == 0, f"page cache only, yet later reads reached the daemon: {second}, {third}"
+    reads = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(4)]
+    assert reads[0] > 0
+    if not direct_reads_granted(warehouse):
+        assert reads[1:] == [0, 0, 0], f"page cache only, yet later reads reached the daemon: {reads}"
+        return
+    # Direct I/O left no pages, so the second read (a re-read: through the page cache) reached the daemon
+    # again and filled them; they served the third and fourth.
+    assert reads[1] > 0, f"the first read left the block in the page cache: it was not opened with direct I/O ({reads})"
+    assert reads[2:] == [0, 0], f"a block read again was not kept in the page cache: {reads}"
+
+    # The pages go (as under memory pressure): the next read through the page cache finds them gone and
+    # fills them again; the one after it is direct (it reaches the daemon although the pages are back);
+    # the next is served by them.
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    again = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(3)]
+    assert again[0] > 0 and again[1] > 0 and again[2] == 0, \
+        f"after its pages went: expected a refill, one direct read, then the page cache: {again}"
 
 
 def test_a_block_opened_with_direct_io_can_be_mapped_shared(warehouse, ns):

@@ -309,13 +309,44 @@ extension WarehouseFileSystem {
     /// pages, then out of them), and later reads none. So the page cache is worth its copy and its
     /// memory (the DRAM tier holds the block already) only for a block that is read again: one whose
     /// last reader was served by the page cache, or that was read within `ReadCache.reuseWindow`.
-    /// A single thread reading 2 MiB blocks of the DRAM tier with the page cache dropped went from
-    /// 700-850 to 1000-1200 MiB/s, 16 KiB blocks from 4900-5900 to 6400-8700 a second (docs/benchmarks.md).
+    /// A page-cache open that found gone the pages an earlier one had filled (the kernel reclaimed
+    /// them, or someone dropped them) filled them again, at the page cache's slower pace; the block's
+    /// next reads are direct, 1, 2, 4 ... up to 64 of them after 1, 2, 3 ... such misses in a row (each
+    /// within a minute of the last), before the page cache is tried again: a block whose pages keep going is read directly, one
+    /// whose pages stay is served by them.
     func readsThroughPageCache(_ node: FileNode) -> Bool {
         guard settings.readCache == .reused, directReadsMappable.load(ordering: .relaxed) else { return true }
         let now = monotonicNanoseconds()
         return node.state.withLock { s in
-            s.servedByPageCache || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds)
+            if s.directReadsBeforeRetry > 0 { return false }
+            return s.servedByPageCache || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds)
+        }
+    }
+
+    /// What a released read handle tells about the block's pages (`readsThroughPageCache`). A
+    /// page-cache handle that saw no READ was served by the page cache (or read nothing); a direct
+    /// handle that saw none read nothing, and says nothing.
+    func noteReadReleased(_ r: ReadState) {
+        let read = r.wasRead.load(ordering: .relaxed)
+        let now = monotonicNanoseconds()
+        r.node.state.withLock { s in
+            if read { s.lastReadNanoseconds = now }
+            if r.throughPageCache {
+                s.servedByPageCache = !read
+                if read && s.pagesFilled {
+                    // Misses a minute apart are not a row. (A handle without READs proves no hit: it may
+                    // have read nothing at all, as the `posix_fadvise` that drops the pages does.)
+                    let inRow = now &- s.lastMissNanoseconds < 60_000_000_000
+                    s.pageCacheMisses = inRow ? min(s.pageCacheMisses + 1, 7) : 1
+                    s.lastMissNanoseconds = now
+                    s.directReadsBeforeRetry = 1 << (s.pageCacheMisses - 1)
+                }
+                // Its reads filled the pages, or it found them there (direct reads leave them alone).
+                s.pagesFilled = true
+            } else if read {
+                s.servedByPageCache = false
+                if s.directReadsBeforeRetry > 0 { s.directReadsBeforeRetry -= 1 }
+            }
         }
     }
 
@@ -494,14 +525,7 @@ extension WarehouseFileSystem {
             releaseDirectory(handle)
         case .read(let r), .discard(let r):
             if r.sharesVerifiedCopy, let located = r.located { verified.release(located) }
-            let read = r.wasRead.load(ordering: .relaxed)
-            let now = monotonicNanoseconds()
-            r.node.state.withLock { s in
-                // A page-cache handle that saw no READ was served by the page cache (or read nothing); a
-                // direct handle that saw none read nothing, and says nothing about the page cache.
-                if r.throughPageCache || read { s.servedByPageCache = !read }
-                if read { s.lastReadNanoseconds = now }
-            }
+            noteReadReleased(r)
         default:
             break
         }
