@@ -65,12 +65,16 @@ final class ReadState: Sendable {
     let wasRead = Atomic<Bool>(false)
     /// Opened with `keep_cache` alone (reads through the page cache), not `direct_io` (`ReadCache`).
     let throughPageCache: Bool
+    /// Through the page cache, after an earlier page-cache reader filled the pages: a READ means they went.
+    let expectsCachedPages: Bool
 
-    init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks, throughPageCache: Bool = true) {
+    init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks,
+         throughPageCache: Bool = true, expectsCachedPages: Bool = false) {
         self.node = node
         self.located = located
         self.pinned = pinned
         self.throughPageCache = throughPageCache
+        self.expectsCachedPages = expectsCachedPages
         sharesVerifiedCopy = pinned == nil && located != nil
         if sharesVerifiedCopy, let located { verified.retain(located) }
     }

@@ -118,13 +118,11 @@ final class FileNode: Sendable {
         /// When a read handle on it last received a READ request (monotonic nanoseconds; 0: never):
         /// a block read again soon after is kept in the page cache (`WarehouseFileSystem.readsThroughPageCache`).
         var lastReadNanoseconds: UInt64 = 0
-        /// A page-cache handle on it was released: its pages were filled then (or found there).
+        /// A handle reading through the page cache was opened on it: its reads fill the pages (or find them).
         var pagesFilled = false
-        /// Page-cache handles on it in a row that received READ requests after `pagesFilled` (its pages
-        /// had gone), and the direct reads still to come before the page cache is tried again.
-        var pageCacheMisses: UInt8 = 0
-        var lastMissNanoseconds: UInt64 = 0
-        var directReadsBeforeRetry: UInt16 = 0
+        /// A page-cache handle on it needed READ requests after `pagesFilled` (its pages had gone): the
+        /// next open reads directly.
+        var readDirectNext = false
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

@@ -296,11 +296,12 @@ extension WarehouseFileSystem {
             || (tiers?.isClient(process: inspector.threadGroup(of: caller.pid)) ?? false)
         prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid,
                              speculate: speculate, position: located.logPosition)
-        let cached = readsThroughPageCache(node)
+        let (cached, expectsCachedPages) = readsThroughPageCache(node)
         // keep_cache also on a direct open: without it the kernel would drop the block's cached pages,
         // which stay valid (a committed block never changes; a rewritten name gets another inode).
-        return .success((OpenFile(.read(ReadState(node: node, located: located, pinned: pinned, verified: verified, throughPageCache: cached)),
-                                  opener: caller), true, !cached))
+        let state = ReadState(node: node, located: located, pinned: pinned, verified: verified,
+                              throughPageCache: cached, expectsCachedPages: expectsCachedPages)
+        return .success((OpenFile(.read(state), opener: caller), true, !cached))
     }
 
     /// Whether an open of a committed block reads through the kernel's page cache or directly
@@ -310,44 +311,44 @@ extension WarehouseFileSystem {
     /// memory (the DRAM tier holds the block already) only for a block that is read again: one whose
     /// last reader was served by the page cache, or that was read within `ReadCache.reuseWindow`.
     /// A page-cache open that found gone the pages an earlier one had filled (the kernel reclaimed
-    /// them, or someone dropped them) filled them again, at the page cache's slower pace; the block's
-    /// next reads are direct, 1, 2, 4 ... up to 64 of them after 1, 2, 3 ... such misses in a row (each
-    /// within a minute of the last), before the page cache is tried again: a block whose pages keep going is read directly, one
-    /// whose pages stay is served by them.
-    func readsThroughPageCache(_ node: FileNode) -> Bool {
-        guard settings.readCache == .reused, directReadsMappable.load(ordering: .relaxed) else { return true }
+    /// them, or someone dropped them) filled them again, at the page cache's slower pace; whether they
+    /// stay is unknown, so the block's next read is direct, and the one after it finds out. (Backing off
+    /// further, 1, 2, 4 ... direct reads after misses in a row, was tried: a daemon cannot see a page
+    /// cache hit, only the absence of requests, so blocks whose pages had come back stayed direct, and
+    /// cached reads fell from 13 to 6 GB/s in `dram_bench.py`.)
+    /// Returns whether this open reads through the page cache, and whether its pages should be there
+    /// already (an earlier page-cache reader filled them).
+    func readsThroughPageCache(_ node: FileNode) -> (cached: Bool, expectsCachedPages: Bool) {
+        let always = settings.readCache == .always || !directReadsMappable.load(ordering: .relaxed)
         let now = monotonicNanoseconds()
         return node.state.withLock { s in
-            if s.directReadsBeforeRetry > 0 { return false }
-            return s.servedByPageCache || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds)
+            let cached = always || !s.readDirectNext && (s.servedByPageCache
+                || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds))
+            guard cached else { return (false, false) }
+            defer { s.pagesFilled = true }
+            return (true, s.pagesFilled)
         }
     }
 
-    /// What a released read handle tells about the block's pages (`readsThroughPageCache`). A
-    /// page-cache handle that saw no READ was served by the page cache (or read nothing); a direct
-    /// handle that saw none read nothing, and says nothing.
-    func noteReadReleased(_ r: ReadState) {
-        let read = r.wasRead.load(ordering: .relaxed)
+    /// What a handle's first READ request tells about the block's pages (`readsThroughPageCache`). Noted
+    /// when it arrives, not at RELEASE: the kernel sends RELEASE without waiting for it, so releases of
+    /// consecutive readers may reach the daemon out of order, while a reader's READs come before it
+    /// returns from `read`.
+    func noteFirstRead(_ r: ReadState) {
         let now = monotonicNanoseconds()
         r.node.state.withLock { s in
-            if read { s.lastReadNanoseconds = now }
-            if r.throughPageCache {
-                s.servedByPageCache = !read
-                if read && s.pagesFilled {
-                    // Misses a minute apart are not a row. (A handle without READs proves no hit: it may
-                    // have read nothing at all, as the `posix_fadvise` that drops the pages does.)
-                    let inRow = now &- s.lastMissNanoseconds < 60_000_000_000
-                    s.pageCacheMisses = inRow ? min(s.pageCacheMisses + 1, 7) : 1
-                    s.lastMissNanoseconds = now
-                    s.directReadsBeforeRetry = 1 << (s.pageCacheMisses - 1)
-                }
-                // Its reads filled the pages, or it found them there (direct reads leave them alone).
-                s.pagesFilled = true
-            } else if read {
-                s.servedByPageCache = false
-                if s.directReadsBeforeRetry > 0 { s.directReadsBeforeRetry -= 1 }
-            }
+            s.lastReadNanoseconds = now
+            s.servedByPageCache = false
+            // A page-cache reader that needs the daemon for pages an earlier one filled: they went.
+            s.readDirectNext = r.throughPageCache && r.expectsCachedPages
         }
+    }
+
+    /// A released handle that saw no READ: through the page cache, its reader found every page there
+    /// (or read nothing); directly, it read nothing, which says nothing.
+    func noteReadReleased(_ r: ReadState) {
+        guard r.throughPageCache, !r.wasRead.load(ordering: .relaxed) else { return }
+        r.node.state.withLock { $0.servedByPageCache = true }
     }
 
     /// Writes `count` bytes at `offset`: `fill` copies them to the destination it is given (the staging
