@@ -720,8 +720,13 @@ def test_a_process_that_maps_the_tier_gets_loads_ahead_even_when_the_page_cache_
     names = [block_hash("page-cache", i) for i in range(6)]
     size = 128 * KiB
     write_block(canonical(ns, names[0]), pattern(names[0], size))
-    for _ in range(3):      # direct, then through the page cache (filling it), then served by it: no READ
+    # Read directly twice; the re-read block is then put into the page cache by the daemon, and the third
+    # read is served from there: no READ reaches the daemon.
+    pushed = lambda: wh.status()["operations"]["counts"]["page_cache_push"]
+    for _ in range(2):
         assert read_block(canonical(ns, names[0])) == pattern(names[0], size)
+    assert wait_until(lambda: pushed() >= 1, 10, 0.02), wh.status()["operations"]["counts"]
+    assert read_block(canonical(ns, names[0])) == pattern(names[0], size)
     for i in range(1, len(names)):
         h = names[i]
         fd = os.open(canonical(ns, h), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)

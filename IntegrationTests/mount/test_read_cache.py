@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from twfs_util import block_hash, canonical, first_difference, pattern, read_block, write_block
+from twfs_util import block_hash, canonical, first_difference, pattern, read_block, wait_until, write_block
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,28 +47,47 @@ def check_read(path: str, data: bytes) -> None:
     assert got == data, first_difference(got, data)
 
 
-def test_a_block_read_once_leaves_the_page_cache_alone_and_a_reused_one_is_kept_there(warehouse, ns):
+def pushes(warehouse) -> int:
+    return warehouse.status()["operations"]["counts"]["page_cache_push"]
+
+
+def wait_for_push(warehouse, before: int) -> None:
+    """The daemon puts a re-read block into the page cache after its reader closed it, on a thread of
+    its own: wait for that before the next read."""
+    assert wait_until(lambda: pushes(warehouse) > before, 10, 0.02), \
+        f"the daemon did not put the re-read block into the page cache: {warehouse.status()['operations']['counts']}"
+
+
+def test_a_block_read_once_leaves_the_page_cache_alone_and_a_reused_one_is_put_there(warehouse, ns):
     path, data = fresh_block(ns, "read-cache-reused")
-    reads = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(4)]
-    assert reads[0] > 0
+    first = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    assert first > 0
     if not direct_reads_granted(warehouse):
-        assert reads[1:] == [0, 0, 0], f"page cache only, yet later reads reached the daemon: {reads}"
+        later = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(3)]
+        assert later == [0, 0, 0], f"page cache only, yet later reads reached the daemon: {later}"
         return
-    # Direct I/O left no pages, so the second read (a re-read: through the page cache) reached the daemon
-    # again and filled them; they served the third and fourth.
-    assert reads[1] > 0, f"the first read left the block in the page cache: it was not opened with direct I/O ({reads})"
-    assert reads[2:] == [0, 0], f"a block read again was not kept in the page cache: {reads}"
+    # Direct I/O left no pages: the second read reaches the daemon too, and being a re-read, its block is
+    # then put into the page cache by the daemon, which serves the reads after it.
+    before = pushes(warehouse)
+    second = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    assert second > 0, "the first read left the block in the page cache: it was not opened with direct I/O"
+    wait_for_push(warehouse, before)
+    later = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(2)]
+    assert later == [0, 0], f"a block read again was not served by the page cache: {first}, {second}, {later}"
 
     # The pages go (as under memory pressure): the next read through the page cache finds them gone and
-    # fills them again; the one after it is direct (it reaches the daemon although the pages are back);
-    # then the page cache serves the block again. (Now and then the kernel asks for one page more on the
-    # way back: a read or two later, it serves every page.)
+    # fills them again; the one after it is direct (it reaches the daemon although the pages are back),
+    # and puts the block back; the next is served by the page cache.
     fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
-    again = [reads_reaching_daemon(warehouse, lambda: check_read(path, data)) for _ in range(5)]
-    assert again[0] > 0 and again[1] > 0 and 0 in again[2:], \
-        f"after its pages went: expected a refill, one direct read, then the page cache: {again}"
+    refill = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    before = pushes(warehouse)
+    direct = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    wait_for_push(warehouse, before)
+    served = reads_reaching_daemon(warehouse, lambda: check_read(path, data))
+    assert (refill > 0, direct > 0, served) == (True, True, 0), \
+        f"after its pages went: expected a refill, one direct read, then the page cache: {refill}, {direct}, {served}"
 
 
 def test_a_block_opened_with_direct_io_can_be_mapped_shared(warehouse, ns):

@@ -32,7 +32,7 @@ struct TWFS: ParsableCommand {
     var dramGroup: String?
     @Option(help: "Ignored: tier files are named uniquely per daemon.") var dramName: String?
     @Option(help: "Committed blocks also enter the DRAM tier: on or off.") var dramAdmitWrites: OnOff = .on
-    @Option(help: "Reads through the page cache: reused (blocks read again within 10 s; others with direct I/O, one copy) or always (docs/fuse.md \"Reading\").")
+    @Option(help: "Reads through the page cache: reused (blocks read again within 10 s go into it; others are read with direct I/O, one copy) or always (docs/fuse.md \"Reading\").")
     var readCache: ReadCache = .reused
     @Option(help: "What close() promises: always, batch or none (docs/format.md \"Durability\").") var sync: SyncPolicy = .batch
     @Option(help: "Under batch, milliseconds between the flusher's syncs (0.1 to 10000).") var syncInterval: Double = 5

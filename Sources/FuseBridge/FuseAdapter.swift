@@ -378,6 +378,13 @@ public final class FuseSession {
         filesystem.setEntryInvalidator { parent, name in _ = fuse_lowlevel_notify_inval_entry(mounted, parent, name, name.utf8.count) }
         // Offset -1: the inode's attributes only (no page-cache lock is taken).
         filesystem.setAttributeInvalidator { ino in _ = fuse_lowlevel_notify_inval_inode(mounted, ino, -1, 0) }
+        // Bytes into an inode's cached pages, from the daemon (re-read blocks; docs/fuse.md "Reading").
+        filesystem.setPageCacheStore { ino, offset, bytes in
+            var vector = fuse_bufvec(count: 1, idx: 0, off: 0,
+                                     buf: fuse_buf(size: bytes.count, flags: fuse_buf_flags(0),
+                                                   mem: UnsafeMutableRawPointer(mutating: bytes.baseAddress), fd: -1, pos: 0))
+            return fuse_lowlevel_notify_store(mounted, ino, off_t(offset), &vector, fuse_buf_copy_flags(0))
+        }
     }
 
     /// Detaches from the terminal unless `foreground` (libfuse's fuse_daemonize).
@@ -403,6 +410,7 @@ public final class FuseSession {
     public func close() {
         filesystem.setEntryInvalidator(nil)
         filesystem.setAttributeInvalidator(nil)
+        filesystem.setPageCacheStore(nil)
         fuse_session_unmount(session)
         fuse_remove_signal_handlers(session)
         fuse_session_destroy(session)

@@ -14,7 +14,7 @@ public enum PrometheusText {
         func one(_ name: String, _ type: String, _ help: String, _ value: Double) { metric(name, type, help, [("", value)]) }
 
         let ops = s.operations
-        metric("tw_operations_total", "counter", "Filesystem requests served, by operation",
+        metric("tw_operations_total", "counter", "Filesystem requests served, by operation (page_cache_push: re-read blocks the daemon put into the page cache)",
                ops.counts.sorted { $0.key < $1.key }.map { ("{op=\"\($0.key)\"}", Double($0.value)) })
         metric("tw_read_bytes_total", "counter", "Block bytes read through the mount, by the tier that served them",
                ops.readBytes.sorted { $0.key < $1.key }.map { ("{tier=\"\($0.key)\"}", Double($0.value)) })

@@ -67,6 +67,9 @@ final class ReadState: Sendable {
     let throughPageCache: Bool
     /// Through the page cache, after an earlier page-cache reader filled the pages: a READ means they went.
     let expectsCachedPages: Bool
+    /// Read directly within `ReadCache.reuseWindow` of the block's last read: its bytes go into the page
+    /// cache after this handle is released (`PageCachePusher`).
+    let pushToPageCache = Atomic<Bool>(false)
 
     init(node: FileNode, located: LocatedBlock?, pinned: PinnedBlock? = nil, verified: VerifiedBlocks,
          throughPageCache: Bool = true, expectsCachedPages: Bool = false) {

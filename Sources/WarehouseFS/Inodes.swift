@@ -123,6 +123,8 @@ final class FileNode: Sendable {
         /// A page-cache handle on it needed READ requests after `pagesFilled` (its pages had gone): the
         /// next open reads directly.
         var readDirectNext = false
+        /// The daemon put its bytes into the page cache (`PageCachePusher`) since it was last read directly.
+        var pagesPushed = false
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

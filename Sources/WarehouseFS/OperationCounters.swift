@@ -6,7 +6,13 @@ import Platform
 ///
 /// Thread-safety: any thread may count; snapshots are per counter, not of all at one instant.
 final class OperationCounters: Sendable {
-    enum Operation: Int, CaseIterable { case lookup, read, write, commit, unlink, rename, mkdir, readdir }
+    enum Operation: Int, CaseIterable {
+        case lookup, read, write, commit, unlink, rename, mkdir, readdir
+        /// A re-read block the daemon put into the kernel's page cache (`PageCachePusher`).
+        case pageCachePush
+
+        var name: String { self == .pageCachePush ? "page_cache_push" : "\(self)" }
+    }
     enum Tier: Int, CaseIterable { case dram, nvme, cluster }
 
     /// 10 us to 1 s: a DRAM-tier reply takes microseconds, an NVMe read of a large block milliseconds.
@@ -43,7 +49,7 @@ final class OperationCounters: Sendable {
 
     func report() -> OperationStatus {
         var r = OperationStatus()
-        for op in Operation.allCases { r.counts["\(op)"] = operations[op.rawValue] }
+        for op in Operation.allCases { r.counts[op.name] = operations[op.rawValue] }
         for t in Tier.allCases { r.readBytes["\(t)"] = readBytes[t.rawValue] }
         r.writtenBytes = writtenBytes[0]
         let stride = Self.boundsMicroseconds.count + 2

@@ -45,8 +45,8 @@ public struct MountSettings: Sendable {
 /// from the daemon (`direct_io`: one copy, from the DRAM tier or the verified record into the reader's
 /// buffer, instead of a copy into fresh page-cache pages and a second one out of them).
 public enum ReadCache: String, Sendable, CaseIterable {
-    /// A block read again within `ReadCache.reuseWindow` of its last read, or whose last reader found its
-    /// pages cached, reads through the page cache; others directly. Needs a kernel that lets a
+    /// A block read again within `ReadCache.reuseWindow` of its last read is put into the page cache by
+    /// the daemon after that read, and read through it from then on; others directly. Needs a kernel that lets a
     /// `direct_io` file be mapped shared (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6); without it, `always`.
     case reused
     /// Every read through the page cache.
@@ -115,6 +115,8 @@ public final class WarehouseFileSystem: Sendable {
     let attributeInvalidator = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
     /// Whether the kernel agreed to map files opened with `direct_io` (set once, when the mount starts).
     let directReadsMappable = Atomic<Bool>(false)
+    /// Puts re-read blocks into the kernel's page cache (set by `FuseSession` once mounted).
+    let pageCachePusher = Mutex<PageCachePusher?>(nil)
 
     public init(store: BlockStore, tiers: DRAMTiers?, tierSocket: String?, settings: MountSettings,
                 prefetch: PrefetchSettings = PrefetchSettings(), cluster: ClusterTier? = nil,
@@ -162,13 +164,23 @@ public final class WarehouseFileSystem: Sendable {
     /// Logs a problem a person should know about (a refused corrupt block, a failed commit).
     func warn(_ message: String) { logger.warning("\(message)") }
 
+    /// How to put bytes into an inode's cached pages (libfuse's NOTIFY_STORE): `store(ino, offset, bytes)`
+    /// returns 0 or -errno. Re-read blocks are pushed there after their reader got its bytes; nil stops it.
+    public func setPageCacheStore(_ store: (@Sendable (UInt64, Int, UnsafeRawBufferPointer) -> Int32)?) {
+        let old = pageCachePusher.withLock { p in
+            defer { p = store.map { [counters] in PageCachePusher(store: $0, pushed: { counters.count(.pageCachePush) }) } }
+            return p
+        }
+        old?.close()
+    }
+
     /// What the kernel agreed to at the mount's start: whether a file opened with `direct_io` may be
     /// mapped shared. Without that, reads keep the page cache, or `mmap` of a block would fail (ENODEV).
     public func kernelNegotiated(directIOMappable: Bool) {
         directReadsMappable.store(directIOMappable, ordering: .relaxed)
         guard settings.readCache == .reused else { return }
         if directIOMappable {
-            logger.info("twfs: blocks not read in the last \(ReadCache.reuseWindowNanoseconds / 1_000_000_000) s are read with direct I/O (one copy); re-read blocks through the page cache")
+            logger.info("twfs: blocks not read in the last \(ReadCache.reuseWindowNanoseconds / 1_000_000_000) s are read with direct I/O (one copy); re-read blocks go into the page cache")
         } else {
             logger.info("twfs: every read goes through the page cache: this kernel cannot map files opened with direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6)")
         }

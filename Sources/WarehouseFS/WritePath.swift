@@ -308,8 +308,9 @@ extension WarehouseFileSystem {
     /// (`ReadCache`). Directly, each read is one copy from the DRAM tier or the verified record into the
     /// reader's buffer; through the page cache, a block's first read costs two (into fresh page-cache
     /// pages, then out of them), and later reads none. So the page cache is worth its copy and its
-    /// memory (the DRAM tier holds the block already) only for a block that is read again: one whose
-    /// last reader was served by the page cache, or that was read within `ReadCache.reuseWindow`.
+    /// memory (the DRAM tier holds the block already) only for a block that is read again: a block read
+    /// directly within `ReadCache.reuseWindow` of its last read is put into the page cache by the daemon
+    /// after its reader is done (`PageCachePusher`), and its next opens read from there.
     /// A page-cache open that found gone the pages an earlier one had filled (the kernel reclaimed
     /// them, or someone dropped them) filled them again, at the page cache's slower pace; whether they
     /// stay is unknown, so the block's next read is direct, and the one after it finds out. (Backing off
@@ -317,16 +318,18 @@ extension WarehouseFileSystem {
     /// cache hit, only the absence of requests, so blocks whose pages had come back stayed direct, and
     /// cached reads fell from 13 to 6 GB/s in `dram_bench.py`.)
     /// Returns whether this open reads through the page cache, and whether its pages should be there
-    /// already (an earlier page-cache reader filled them).
+    /// already (an earlier page-cache reader filled them, or the daemon pushed them).
     func readsThroughPageCache(_ node: FileNode) -> (cached: Bool, expectsCachedPages: Bool) {
         let always = settings.readCache == .always || !directReadsMappable.load(ordering: .relaxed)
+        let pushes = pageCachePusher.withLock { $0 != nil }
         let now = monotonicNanoseconds()
         return node.state.withLock { s in
-            let cached = always || !s.readDirectNext && (s.servedByPageCache
-                || (s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds))
+            // Without a pusher (no mount), a re-read fills the pages through the page cache itself.
+            let reread = !pushes && s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
+            let cached = always || !s.readDirectNext && (s.servedByPageCache || s.pagesPushed || reread)
             guard cached else { return (false, false) }
             defer { s.pagesFilled = true }
-            return (true, s.pagesFilled)
+            return (true, s.pagesFilled || s.pagesPushed)
         }
     }
 
@@ -336,19 +339,31 @@ extension WarehouseFileSystem {
     /// returns from `read`.
     func noteFirstRead(_ r: ReadState) {
         let now = monotonicNanoseconds()
-        r.node.state.withLock { s in
-            s.lastReadNanoseconds = now
+        let reread = r.node.state.withLock { s -> Bool in
+            defer { s.lastReadNanoseconds = now }
             s.servedByPageCache = false
-            // A page-cache reader that needs the daemon for pages an earlier one filled: they went.
+            // A page-cache reader that needs the daemon for pages that were there: they went.
             s.readDirectNext = r.throughPageCache && r.expectsCachedPages
+            if s.readDirectNext { s.pagesPushed = false }
+            return s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
         }
+        if reread && !r.throughPageCache { r.pushToPageCache.store(true, ordering: .relaxed) }
     }
 
     /// A released handle that saw no READ: through the page cache, its reader found every page there
-    /// (or read nothing); directly, it read nothing, which says nothing.
+    /// (or read nothing); directly, it read nothing, which says nothing. A re-read block read directly
+    /// goes into the page cache now, from the bytes this handle served.
     func noteReadReleased(_ r: ReadState) {
-        guard r.throughPageCache, !r.wasRead.load(ordering: .relaxed) else { return }
-        r.node.state.withLock { $0.servedByPageCache = true }
+        if r.throughPageCache && !r.wasRead.load(ordering: .relaxed) {
+            r.node.state.withLock { $0.servedByPageCache = true }
+        }
+        guard r.pushToPageCache.load(ordering: .relaxed), let pusher = pageCachePusher.withLock({ $0 }) else { return }
+        if let data = r.block.withLock({ $0 }) {
+            pusher.push(r.node, source: data.buffer, bytes: data.buffer.bytes(data.offset, count: data.count))
+        } else if let pinned = r.pinned, pinned.isIntact() {
+            // The pointer stays valid while the pin lives, and the job holds the pin.
+            pusher.push(r.node, source: pinned, bytes: pinned.withBytes { $0 })
+        }
     }
 
     /// Writes `count` bytes at `offset`: `fill` copies them to the destination it is given (the staging
