@@ -77,7 +77,7 @@ def test_a_block_read_once_leaves_the_page_cache_alone_and_a_reused_one_is_put_t
 
     # The pages go (as under memory pressure): the next read through the page cache finds them gone and
     # fills them again; the one after it is direct (it reaches the daemon although the pages are back),
-    # and puts the block back; the next is served by the page cache.
+    # and puts the block back whole; the next is served by the page cache.
     fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)

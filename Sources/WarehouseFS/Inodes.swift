@@ -118,13 +118,12 @@ final class FileNode: Sendable {
         /// When a read handle on it last received a READ request (monotonic nanoseconds; 0: never):
         /// a block read again soon after is kept in the page cache (`WarehouseFileSystem.readsThroughPageCache`).
         var lastReadNanoseconds: UInt64 = 0
-        /// A handle reading through the page cache was opened on it: its reads fill the pages (or find them).
+        /// Its pages should be in the page cache: a handle reading through the page cache was opened on
+        /// it (its reads fill them, or find them), or the daemon put them there (`PageCachePusher`).
         var pagesFilled = false
         /// A page-cache handle on it needed READ requests after `pagesFilled` (its pages had gone): the
         /// next open reads directly.
         var readDirectNext = false
-        /// The daemon put its bytes into the page cache (`PageCachePusher`) since it was last read directly.
-        var pagesPushed = false
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

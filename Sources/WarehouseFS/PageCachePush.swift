@@ -62,6 +62,8 @@ final class PageCachePusher: @unchecked Sendable {
     }
 
     private func run() {
+        // The copies are for later readers: they take only CPU time nobody reading now wants.
+        lowerThreadPriority()
         while true {
             lock.lock()
             while queue.isEmpty && !closed { lock.wait() }
@@ -83,7 +85,7 @@ final class PageCachePusher: @unchecked Sendable {
             // The kernel forgot the inode, or the name went meanwhile: nothing is cached, and the next
             // open reads directly as before.
             if !failed {
-                job.node.state.withLock { $0.pagesPushed = true }
+                job.node.state.withLock { $0.pagesFilled = true }
                 pushed()
             }
         }

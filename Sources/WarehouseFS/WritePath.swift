@@ -318,7 +318,7 @@ extension WarehouseFileSystem {
     /// cache hit, only the absence of requests, so blocks whose pages had come back stayed direct, and
     /// cached reads fell from 13 to 6 GB/s in `dram_bench.py`.)
     /// Returns whether this open reads through the page cache, and whether its pages should be there
-    /// already (an earlier page-cache reader filled them, or the daemon pushed them).
+    /// already (an earlier page-cache reader filled them, or the daemon pushed them: `pagesFilled`).
     func readsThroughPageCache(_ node: FileNode) -> (cached: Bool, expectsCachedPages: Bool) {
         let always = settings.readCache == .always || !directReadsMappable.load(ordering: .relaxed)
         let pushes = pageCachePusher.withLock { $0 != nil }
@@ -326,10 +326,10 @@ extension WarehouseFileSystem {
         return node.state.withLock { s in
             // Without a pusher (no mount), a re-read fills the pages through the page cache itself.
             let reread = !pushes && s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
-            let cached = always || !s.readDirectNext && (s.servedByPageCache || s.pagesPushed || reread)
+            let cached = always || !s.readDirectNext && (s.servedByPageCache || s.pagesFilled || reread)
             guard cached else { return (false, false) }
             defer { s.pagesFilled = true }
-            return (true, s.pagesFilled || s.pagesPushed)
+            return (true, s.pagesFilled)
         }
     }
 
@@ -339,15 +339,19 @@ extension WarehouseFileSystem {
     /// returns from `read`.
     func noteFirstRead(_ r: ReadState) {
         let now = monotonicNanoseconds()
-        let reread = r.node.state.withLock { s -> Bool in
+        let push = r.node.state.withLock { s -> Bool in
             defer { s.lastReadNanoseconds = now }
             s.servedByPageCache = false
-            // A page-cache reader that needs the daemon for pages that were there: they went.
+            // A page-cache reader that needs the daemon for pages that were there: they went (its reads
+            // put them back).
             s.readDirectNext = r.throughPageCache && r.expectsCachedPages
-            if s.readDirectNext { s.pagesPushed = false }
-            return s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
+            let reread = s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
+            // Also after a miss: the refill's reads went through the page cache, but a direct read since
+            // leaves the kernel asking for a page again now and then (seen in the mount tests); the push
+            // makes the block whole there.
+            return reread && !r.throughPageCache
         }
-        if reread && !r.throughPageCache { r.pushToPageCache.store(true, ordering: .relaxed) }
+        if push { r.pushToPageCache.store(true, ordering: .relaxed) }
     }
 
     /// A released handle that saw no READ: through the page cache, its reader found every page there
