@@ -337,19 +337,17 @@ extension WarehouseFileSystem {
     /// when it arrives, not at RELEASE: the kernel sends RELEASE without waiting for it, so releases of
     /// consecutive readers may reach the daemon out of order, while a reader's READs come before it
     /// returns from `read`.
-    func noteFirstRead(_ r: ReadState) {
+    func noteFirstRead(_ r: ReadState, offset: Int) {
         let now = monotonicNanoseconds()
         let push = r.node.state.withLock { s -> Bool in
             defer { s.lastReadNanoseconds = now }
             s.servedByPageCache = false
-            // A page-cache reader that needs the daemon for pages that were there: they went (its reads
-            // put them back).
-            s.readDirectNext = r.throughPageCache && r.expectsCachedPages
+            // A page-cache reader that needs the daemon for the first page, which was there: the pages
+            // went (its reads put them back). A READ further in is a page or two the kernel let go (seen
+            // now and then after a direct read of the block), not a drop.
+            s.readDirectNext = r.throughPageCache && r.expectsCachedPages && offset == 0
             let reread = s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
-            // Also after a miss: the refill's reads went through the page cache, but a direct read since
-            // leaves the kernel asking for a page again now and then (seen in the mount tests); the push
-            // makes the block whole there.
-            return reread && !r.throughPageCache
+            return reread && !r.throughPageCache && !s.pagesFilled
         }
         if push { r.pushToPageCache.store(true, ordering: .relaxed) }
     }
