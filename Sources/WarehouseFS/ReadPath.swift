@@ -109,7 +109,7 @@ extension WarehouseFileSystem {
         case .write(let w):
             return readStaged(w, size: size, offset: offset, reply: reply)
         case .read(let r), .discard(let r):
-            if !r.wasRead.exchange(true, ordering: .relaxed) { noteFirstRead(r, offset: offset) }
+            if !r.wasRead.exchange(true, ordering: .relaxed) { noteFirstRead(r) }
             return readBlock(r, size: size, offset: offset, reply: reply)
         case .lines, .directory:
             return FSError(EBADF)
