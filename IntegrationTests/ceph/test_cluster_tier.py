@@ -70,7 +70,7 @@ class Node:
         self.mount = self.base / "mnt"
         self.store = self.base / "store"
         self.log = self.base / "twfs.log"
-        self.mount.mkdir(parents=True)
+        self.mount.mkdir(parents=True, exist_ok=True)  # exists when a node restarts on its store
         cmd = [twfs_binary(), str(self.mount), "--store", str(self.store), "--capacity", "256M", "--dram", "64M",
                "--cluster", str(conf), "--pool", pool,
                "--cluster-timeout", str(CLUSTER_TIMEOUT_S), "-f", *(extra or [])]
@@ -487,3 +487,29 @@ def test_a_read_while_a_hint_pulls_the_same_block_gets_the_block(cluster, nodes)
     r = b.remote()
     assert r["fetched"] == len(blocks) and r["misses"] == 0, r
     print(f"joined fetches: {r['joined_fetches']}", file=sys.stderr)
+
+
+def test_large_block_is_fetched_in_ranges_and_its_copy_survives_kill_9(cluster, nodes):
+    # 25 MiB and an odd tail: the first 4 MiB come with the object's size, the rest in six ranges, four
+    # in flight. B's copy is a replica, written through the page cache and not waited on: a kill -9 of
+    # B loses nothing (the kernel keeps the page cache), so restarted on its store B serves the block
+    # with the pool's object gone.
+    a, b = nodes
+    name, data = new_block("ranges", (25 << 20) + 4321)
+    objects_before = block_objects(cluster)
+    publish_on(a, name, data)
+    (obj,) = block_objects(cluster) - objects_before
+    assert read_block(canonical(b.mount / "kv", name)) == data
+    r = b.remote()
+    assert r["fetched"] == 1 and r["corrupt"] == 0, r
+    assert all(r[k]["max"] > 0 for k in ("cluster_read_ms", "fetch_verify_ms", "fetch_store_ms", "fetch_tier_ms")), r
+    assert cluster.rados("-p", POOL, "rm", obj).returncode == 0
+    b.proc.kill()
+    b.proc.wait(timeout=10)
+    lazy_unmount(b.mount)
+    restarted = Node(b.base.parent, "b", cluster.conf)
+    try:
+        assert read_block(canonical(restarted.mount / "kv", name)) == data
+        assert restarted.remote()["fetched"] == 0
+    finally:
+        restarted.close()

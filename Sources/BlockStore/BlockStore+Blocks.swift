@@ -21,13 +21,17 @@ extension BlockStore {
     ///     whatever the outcome.
     ///   - createDirectories: make the key's missing directories (a block fetched from another node);
     ///     otherwise a missing directory is `.notFound`.
+    ///   - replica: the block is a copy of one the shared tier holds. Its record is written through the
+    ///     page cache and never waited on, whatever `sync` says: a crash that loses it costs a fetch, not
+    ///     data, and the caller's reader is waiting. The next sync of the segment (the flusher's, an
+    ///     `always` commit's, the seal's) makes it durable with everything written before it.
     /// - Returns: `.stored` with the record's sequence, or `.alreadyPresent` when the name exists or another writer of it is in flight.
     /// - Throws: `StoreError` (`.tooLarge`, `.invalidName`, `.notFound`, `.noSpace`, `.quotaExceeded`, `.io`).
     ///   Durability on return follows `configuration.sync` (docs/format.md, "Durability").
     public func put(namespace: String, key: String, payload: UnsafeRawBufferPointer,
                     metadata: BlockMetadata = BlockMetadata(), commitNanoseconds: UInt64? = nil,
                     stagedInPlace: Bool = false, payloadChecksum knownChecksum: UInt64? = nil,
-                    quotaReservation: UInt64 = 0, createDirectories: Bool = false) throws -> PutOutcome {
+                    quotaReservation: UInt64 = 0, createDirectories: Bool = false, replica: Bool = false) throws -> PutOutcome {
         var reservation = quotaReservation
         defer { if reservation > 0, let id = self.namespace(named: namespace)?.id { releaseQuota(namespaceID: id, bytes: reservation) } }
         guard payload.count <= configuration.maxBlockSize else { throw StoreError.tooLarge(size: payload.count, limit: configuration.maxBlockSize) }
@@ -61,7 +65,7 @@ extension BlockStore {
                                   commitTimeNanoseconds: commitNanoseconds ?? wallClockNanoseconds(), payloadChecksum: payloadChecksum)
         let areaSize = header.headerAreaSize
         let recordSize = header.recordSize
-        let direct = writesDirect(recordSize: recordSize)
+        let direct = !replica && writesDirect(recordSize: recordSize)
 
         let padding = RecordFormat.align(stored.count) - stored.count
         let area = AlignedBuffer(capacity: areaSize)
@@ -96,7 +100,7 @@ extension BlockStore {
             do {
                 try placed.segment.file.write(parts, at: placed.offset, direct: direct)
                 let ticket = placed.segment.commit.writeCompleted()
-                if configuration.sync == .always { try placed.segment.commit.waitDurable(ticket: ticket, file: placed.segment.file) }
+                if configuration.sync == .always && !replica { try placed.segment.commit.waitDurable(ticket: ticket, file: placed.segment.file) }
                 break
             } catch {
                 abandon(placed, key: blockKey, size: recordSize)

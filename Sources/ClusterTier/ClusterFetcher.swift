@@ -84,14 +84,19 @@ extension ClusterTier {
             }
             return .absent
         }
+        var verified = read, stored = read
         do {
             try object.withBytes { bytes in try RemoteRecord.withVerifiedPayload(bytes, namespace: namespace, key: key) { header, payload in
+                verified = monotonicNanoseconds()
                 let uncompressed = header.flags & RecordFormat.flagCompressedLZ4 == 0
                 // The payload lies in a page-aligned buffer of ours with room to the next page: the
-                // store may write it in place.
+                // store may write it in place. A replica: through the page cache, not waited on (the
+                // reader waits for this lookup; the pool keeps the block should the copy be lost).
                 _ = try store.put(namespace: namespace, key: key, payload: payload, metadata: header.metadata,
                                   commitNanoseconds: header.commitTimeNanoseconds, stagedInPlace: true,
-                                  payloadChecksum: uncompressed ? header.payloadChecksum : nil, createDirectories: true)
+                                  payloadChecksum: uncompressed ? header.payloadChecksum : nil, createDirectories: true,
+                                  replica: true)
+                stored = monotonicNanoseconds()
                 if let dram, let id = store.namespace(named: namespace)?.id {
                     dram.insert(blockKey, namespaceID: id, bytes: payload, checksum: uncompressed ? header.payloadChecksum : Checksum.xxh3(payload))
                 }
@@ -117,6 +122,9 @@ extension ClusterTier {
         let touch = lock.withLock { () -> Bool in
             state.stats.fetched += 1
             state.clusterRead.add(read - readStarted)
+            state.verifyTime.add(verified - read)
+            state.storeTime.add(stored - verified)
+            state.tierTime.add(done - stored)
             state.fetchTime.add(done - readStarted)
             state.stats.fetchedBytes += UInt64(object.count)
             noteSuccess()

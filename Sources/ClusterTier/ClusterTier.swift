@@ -87,9 +87,13 @@ public final class ClusterTier: @unchecked Sendable {
         var stats = ClusterReport()
         /// Commit to object stored, of the last published blocks.
         var publishLag = LatencyWindow()
-        /// A fetch that found the block: the cluster read alone, and the whole fetch (read, verify, store).
-        var clusterRead = LatencyWindow()
+        /// A fetch that found the block: the whole fetch, and its parts in order: the cluster read, the
+        /// record's verification (and decompression), the local store's put, the copy into the DRAM tier.
         var fetchTime = LatencyWindow()
+        var clusterRead = LatencyWindow()
+        var verifyTime = LatencyWindow()
+        var storeTime = LatencyWindow()
+        var tierTime = LatencyWindow()
         var pending: Int { queue.count }
     }
 

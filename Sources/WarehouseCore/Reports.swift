@@ -200,6 +200,10 @@ public struct ClusterReport: Codable, Sendable, Equatable {
     public var publishLagMs = Percentiles()
     public var fetchMs = Percentiles()
     public var clusterReadMs = Percentiles()
+    /// The parts of a fetch after the cluster read: verifying the record, the local put, the DRAM copy.
+    public var fetchVerifyMs = Percentiles()
+    public var fetchStoreMs = Percentiles()
+    public var fetchTierMs = Percentiles()
     public var namespacesPublished = 0
     public var namespacesImported = 0
     public var fetched = 0
@@ -226,7 +230,8 @@ public struct ClusterReport: Codable, Sendable, Equatable {
         case enabled, location, connected, queueDepth = "queue_depth", queueCapacity = "queue_capacity", queued, published
         case publishedBytes = "published_bytes", syncPublished = "sync_published", syncDeferred = "sync_deferred", publishFailures = "publish_failures", dropped
         case backpressureWaits = "backpressure_waits", publishLagMs = "publish_lag_ms", fetchMs = "fetch_ms"
-        case clusterReadMs = "cluster_read_ms", namespacesPublished = "namespaces_published", namespacesImported = "namespaces_imported"
+        case clusterReadMs = "cluster_read_ms", fetchVerifyMs = "fetch_verify_ms", fetchStoreMs = "fetch_store_ms"
+        case fetchTierMs = "fetch_tier_ms", namespacesPublished = "namespaces_published", namespacesImported = "namespaces_imported"
         case fetched, fetchedBytes = "fetched_bytes", misses, negativeHits = "negative_hits", joinedFetches = "joined_fetches"
         case fetchFailures = "fetch_failures", skippedUnavailable = "skipped_unavailable", corrupt, touches, failed, connects
         case connectFailures = "connect_failures", defaultShare = "default_share", share, lastError = "last_error"

@@ -124,6 +124,11 @@ final class FileNode: Sendable {
         /// A page-cache handle on it needed READ requests after `pagesFilled` (its pages had gone): the
         /// next open reads directly.
         var readDirectNext = false
+
+        /// Whether a handle read it within `ReadCache.reuseWindowNanoseconds` before `now`.
+        func wasReadRecently(now: UInt64) -> Bool {
+            lastReadNanoseconds != 0 && now &- lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
+        }
     }
 
     init(ino: UInt64, namespaceID: UInt16, namespace: String, key: String, directory: UInt32, pending: PendingWrite?) {

@@ -117,6 +117,8 @@ public final class WarehouseFileSystem: Sendable {
     let directReadsMappable = Atomic<Bool>(false)
     /// Puts re-read blocks into the kernel's page cache (set by `FuseSession` once mounted).
     let pageCachePusher = Mutex<PageCachePusher?>(nil)
+    /// Whether `pageCachePusher` is set: asked by every open, which need not take the lock for it.
+    let pushesToPageCache = Atomic<Bool>(false)
 
     public init(store: BlockStore, tiers: DRAMTiers?, tierSocket: String?, settings: MountSettings,
                 prefetch: PrefetchSettings = PrefetchSettings(), cluster: ClusterTier? = nil,
@@ -169,6 +171,7 @@ public final class WarehouseFileSystem: Sendable {
     public func setPageCacheStore(_ store: (@Sendable (UInt64, Int, UnsafeRawBufferPointer) -> Int32)?) {
         let old = pageCachePusher.withLock { p in
             defer { p = store.map { [counters] in PageCachePusher(store: $0, pushed: { counters.count(.pageCachePush) }) } }
+            pushesToPageCache.store(store != nil, ordering: .relaxed)
             return p
         }
         old?.close()

@@ -321,11 +321,11 @@ extension WarehouseFileSystem {
     /// already (an earlier page-cache reader filled them, or the daemon pushed them: `pagesFilled`).
     func readsThroughPageCache(_ node: FileNode) -> (cached: Bool, expectsCachedPages: Bool) {
         let always = settings.readCache == .always || !directReadsMappable.load(ordering: .relaxed)
-        let pushes = pageCachePusher.withLock { $0 != nil }
+        let pushes = pushesToPageCache.load(ordering: .relaxed)
         let now = monotonicNanoseconds()
         return node.state.withLock { s in
             // Without a pusher (no mount), a re-read fills the pages through the page cache itself.
-            let reread = !pushes && s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
+            let reread = !pushes && s.wasReadRecently(now: now)
             let cached = always || !s.readDirectNext && (s.servedByPageCache || s.pagesFilled || reread)
             guard cached else { return (false, false) }
             defer { s.pagesFilled = true }
@@ -347,8 +347,7 @@ extension WarehouseFileSystem {
             // after a drop does not always start there, and with only those counted, one thread's reads
             // with the pages dropped fell from 0.90 to 0.67-0.71 of memfs --direct-io (dram_bench.py).
             s.readDirectNext = r.throughPageCache && r.expectsCachedPages
-            let reread = s.lastReadNanoseconds != 0 && now &- s.lastReadNanoseconds < ReadCache.reuseWindowNanoseconds
-            return reread && !r.throughPageCache && !s.pagesFilled
+            return s.wasReadRecently(now: now) && !r.throughPageCache && !s.pagesFilled
         }
         if push { r.pushToPageCache.store(true, ordering: .relaxed) }
     }
