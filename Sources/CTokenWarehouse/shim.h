@@ -66,6 +66,7 @@ static inline int tw_statx_identity(int directory, const char *path, uint64_t *d
 
 /// Lowest scheduling priority (nice 19) for the calling thread alone (Linux keeps a nice value per thread).
 static inline void tw_lower_thread_priority(void) { (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
+static inline int tw_thread_id(void) { return (int)syscall(SYS_gettid); }
 
 static inline void tw_set_thread_name(const char *name) {
     char short_name[16];

@@ -90,6 +90,9 @@ public final class BackgroundThread: @unchecked Sendable {
 /// only time nobody else wants.
 public func lowerThreadPriority() { tw_lower_thread_priority() }
 
+/// The kernel's id of the calling thread (its /proc/TID directory).
+public func currentThreadID() -> Int32 { tw_thread_id() }
+
 /// The name the kernel shows for the calling thread (for tests of thread naming).
 public func currentThreadName() -> String {
     (try? FileSystem.readFile("/proc/thread-self/comm")).map { String(decoding: $0, as: UTF8.self).trimmingNewline() } ?? ""

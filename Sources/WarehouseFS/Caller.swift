@@ -126,13 +126,32 @@ public struct ProcCallerInspector: CallerInspector {
         }
     }
 
+    private static let running = Array("running".utf8)
+
     public init(mountPoint: String? = nil) {
         self.mountPoint = mountPoint.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
     }
 
     /// The system call a thread is blocked in: its number and arguments; nil when unknown.
+    ///
+    /// The kernel hands the daemon a request as soon as it is queued, and its sender goes to sleep
+    /// after that: in between (for instance when the daemon's wakeup preempted the sender on its CPU)
+    /// /proc says "running" although the thread is in the call. The requests that ask (LOOKUP, CREATE,
+    /// OPEN, SETATTR, MKDIR) are synchronous, so the sender is about to block: ask again, for a few
+    /// milliseconds at most. Answering "unknown" there would refuse a write open (EACCES) or mistake a
+    /// truncate.
     static func currentSyscall(of tid: Int32) -> (number: Int, arguments: [UInt64])? {
-        guard tid > 0, let bytes = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
+        guard tid > 0 else { return nil }
+        var attempt = 0
+        var text: [UInt8]
+        while true {
+            guard let bytes = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
+            text = bytes
+            guard text.starts(with: Self.running), attempt < 64 else { break }
+            attempt += 1
+            if attempt <= 8 { sched_yield() } else { usleep(50) }
+        }
+        let bytes = text
         // "NUMBER 0xARG1 0xARG2 ... 0xSP 0xPC"; "running" or "-1 ..." when not in a call.
         let fields = ProcText.fields(bytes)
         guard let first = fields.first, let number = ProcText.decimal(bytes[first]) else { return nil }

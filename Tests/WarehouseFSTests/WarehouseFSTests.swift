@@ -162,6 +162,42 @@ final class Harness {
         #expect(inspector.exitState(of: getpid()) == .running)
     }
 
+    @Test func theSystemCallOfAThreadIsReadWhenItBlocksAndGivenUpOnWhenItRuns() throws {
+        // A thread blocked in read(2) on a pipe: its call is read. A thread that never blocks: /proc
+        // says "running" each time, and the inspector gives up within milliseconds, not forever.
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let readerEnd = ends[0]
+        let tids = Mutex<[Int32]>([])
+        let spinning = Atomic<Bool>(true)
+        let blocked = BackgroundThread(name: "tw-test-blocked") {
+            tids.withLock { $0.append(currentThreadID()) }
+            var byte: UInt8 = 0
+            _ = read(readerEnd, &byte, 1)
+        }
+        let spinner = BackgroundThread(name: "tw-test-spin") {
+            tids.withLock { $0.append(-currentThreadID()) }
+            while spinning.load(ordering: .relaxed) {}
+        }
+        while tids.withLock({ $0.count }) < 2 { usleep(1000) }
+        usleep(50_000)
+        let blockedTid = tids.withLock { $0.first { $0 > 0 }! }, spinningTid = -tids.withLock { $0.first { $0 < 0 }! }
+        #if arch(x86_64)
+        #expect(ProcCallerInspector.currentSyscall(of: blockedTid)?.number == 0)
+        #elseif arch(arm64)
+        #expect(ProcCallerInspector.currentSyscall(of: blockedTid)?.number == 63)
+        #endif
+        let started = monotonicNanoseconds()
+        #expect(ProcCallerInspector.currentSyscall(of: spinningTid) == nil)
+        #expect(monotonicNanoseconds() - started < 1_000_000_000)
+        spinning.store(false, ordering: .relaxed)
+        var one: UInt8 = 1
+        _ = write(ends[1], &one, 1)
+        blocked.join()
+        spinner.join()
+    }
+
     @Test func firstWriteWinsAndExclusiveCreateOfAnExistingBlockFails() throws {
         let h = try Harness()
         let ns = try h.namespace()
