@@ -513,3 +513,20 @@ def test_large_block_is_fetched_in_ranges_and_its_copy_survives_kill_9(cluster, 
         assert restarted.remote()["fetched"] == 0
     finally:
         restarted.close()
+
+
+def test_a_fetched_block_only_its_owner_may_read_stays_out_of_the_shared_tier(cluster, nodes):
+    # B's DRAM tier is mapped by everyone who may search the namespace on B: the block the pool brings
+    # is stored and served through the mount, but not put where they could read it.
+    a, b = nodes
+    name, data = new_block("private", 1 << 20)
+    before = a.remote()["published"]
+    fd = os.open(canonical(a.mount / "kv", name), os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, data)
+    os.close(fd)
+    wait_for(lambda: a.remote()["published"] > before, 20, f"{name} to be published")
+    path = canonical(b.mount / "kv", name)
+    assert read_block(path) == data
+    assert b.remote()["fetched"] == 1
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.getxattr(path, "user.tw.tier") != b"dram"

@@ -676,6 +676,29 @@ def test_prefetch_hint_loads_blocks_into_the_tier(warehouse_factory):
         assert c.stats["map_hits"] >= 1, c.stats
 
 
+@pytest.mark.timeout(120)
+def test_a_hint_from_its_owner_does_not_put_a_private_block_into_the_shared_tier(warehouse_factory):
+    """Everyone who may search the namespace maps its tier: a block only its owner may read stays out,
+    even when the owner (who may read it) hints it."""
+    wh = warehouse_factory("--dram", "64M")
+    ns = wh.namespace("ns", 0o755)
+    private, public = block_hash("hinted-private"), block_hash("hinted-public")
+    data = {h: pattern(h, 64 * KiB) for h in (private, public)}
+    for h, mode in ((private, 0o600), (public, 0o644)):
+        fd = os.open(canonical(ns, h), os.O_CREAT | os.O_WRONLY, mode)
+        os.write(fd, data[h])
+        os.close(fd)
+    wh.restart()  # an empty tier: what a hint loads is all that is there
+    assert tier_of(canonical(ns, private)) != "dram" and tier_of(canonical(ns, public)) != "dram"
+    with Client(wh.mount, verify=True) as c:
+        assert c.prefetch("ns", [private, public]) is True
+    assert wait_until(lambda: tier_of(canonical(ns, public)) == "dram", 15, 0.1), "the readable block was not loaded"
+    assert wait_until(lambda: wh.status()["prefetch"]["not_admitted"] >= 1, 15, 0.1), wh.status()["prefetch"]
+    assert tier_of(canonical(ns, private)) != "dram", "a block only its owner may read entered the shared tier"
+    assert read_block(canonical(ns, private)) == data[private]
+    assert tier_of(canonical(ns, private)) != "dram"
+
+
 @pytest.mark.timeout(180)
 def test_blocks_read_in_write_order_after_a_restart_are_read_ahead_along_the_log(warehouse_factory):
     """After a restart nothing is learned yet; the log still holds the write order, and a process that

@@ -97,7 +97,11 @@ extension ClusterTier {
                                   payloadChecksum: uncompressed ? header.payloadChecksum : nil, createDirectories: true,
                                   replica: true)
                 stored = monotonicNanoseconds()
-                if let dram, let id = store.namespace(named: namespace)?.id {
+                // Into the DRAM tier under the rule every other way in follows: a block not everyone the
+                // namespace lets in may read stays out of memory they can map.
+                if let dram, let id = store.namespace(named: namespace)?.id,
+                   let chain = store.accessChain(namespaceID: id, key: key, block: blockKey), let block = chain.block,
+                   chain.admitsToSharedTier(block: block) {
                     dram.insert(blockKey, namespaceID: id, bytes: payload, checksum: uncompressed ? header.payloadChecksum : Checksum.xxh3(payload))
                 }
             } }

@@ -128,8 +128,9 @@ public final class Prefetcher: Sendable {
     /// Brings a hinted block that this node lacks from the cluster tier (stored locally and put in the
     /// tier); true when it did. Nil without `--cluster`.
     let fetchMissing: (@Sendable (String, String) -> Bool)?
-    /// Whether a block found in the log may enter the tier (the read path's rule: everyone who can map
-    /// the tier could read it through the mount). Without it, the log is not followed.
+    /// Whether a block may enter the tier (the read path's rule: everyone who can map the tier could read
+    /// it through the mount), asked before every load. Without it (tests), every block may, and the log
+    /// is not followed.
     let admits: (@Sendable (LocatedBlock) -> Bool)?
 
     public init(store: BlockStore, tier: DRAMTiers, settings: PrefetchSettings = PrefetchSettings(),
@@ -457,6 +458,12 @@ public final class Prefetcher: Sendable {
                         continue
                     }
                     throw StoreError.notFound
+                }
+                // Every map client of the namespace's domain reads what the tier holds: a hint from a
+                // reader of a block others may not read must not put it there.
+                if let admits, !admits(located) {
+                    state.withLock { $0.stats.notAdmitted += 1 }
+                    continue
                 }
                 throttle.acquire(located.storedLength)
                 loading.begin(job.key)

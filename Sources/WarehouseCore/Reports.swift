@@ -97,6 +97,8 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
     public var expired = 0
     /// Loads that failed (unreadable record, or no room in the tier).
     public var failed = 0
+    /// Blocks kept out of the shared tier: readable by fewer than the namespace lets in.
+    public var notAdmitted = 0
     /// Prefetched blocks read before they left the tier, left unread, and still waiting to be read.
     public var used = 0
     public var wasted = 0
@@ -113,7 +115,7 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
         case enabled, hinted, loaded, loadedHinted = "loaded_hinted", loadedChain = "loaded_chain", loadedLearned = "loaded_learned"
         case loadedLogOrder = "loaded_log_order"
         case loadedFromCluster = "loaded_from_cluster", alreadyResident = "already_resident", missing, dropped, late, expired
-        case failed, used, wasted, pending, successorLinks = "successor_links", workers
+        case failed, notAdmitted = "not_admitted", used, wasted, pending, successorLinks = "successor_links", workers
         case bandwidthBytesPerSecond = "bandwidth_bytes_per_second", depth
     }
 }

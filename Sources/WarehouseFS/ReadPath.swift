@@ -188,10 +188,6 @@ extension WarehouseFileSystem {
         return nil
     }
 
-    /// Whether a committed block may enter the shared-memory tier of its namespace's security domain:
-    /// everyone who can map that tier must be able to read the block through the mount. That holds
-    /// when the block is readable by all and every directory on its path is searchable by all, or
-    /// at least by the same owner and group as the namespace.
     /// Copies record `sequence` of a block into the DRAM tier (S3-FIFO decides whether it stays), unless
     /// the name was unlinked, renamed or written again meanwhile: then the tier must not keep these bytes.
     func admit(_ tiers: DRAMTiers, _ block: (namespace: String, key: String, blockKey: BlockKey), namespaceID: UInt16, sequence: UInt64,
@@ -202,32 +198,16 @@ extension WarehouseFileSystem {
         }
     }
 
+    /// Whether the block may enter the DRAM tier (`AccessChain.admitsToSharedTier`), with `ownership`.
     func admitsToTier(namespaceID: UInt16, key: String, ownership: BlockOwnership) -> Bool {
         guard let chain = store.accessChain(namespaceID: namespaceID, key: key) else { return false }
-        return Self.admitsToTier(chain, block: ownership)
+        return chain.admitsToSharedTier(block: ownership)
     }
 
     func admitsToTier(_ node: FileNode) -> Bool {
         guard let chain = store.accessChain(namespaceID: node.namespaceID, key: node.key,
                                             block: BlockKey(namespace: node.namespace, key: node.key)),
               let block = chain.block else { return false }
-        return Self.admitsToTier(chain, block: block)
-    }
-
-    static func admitsToTier(_ chain: AccessChain, block ownership: BlockOwnership) -> Bool {
-        let ns = chain.namespace
-        let nsSearch = ns.mode & 0o111
-        // The block: readable by every class the namespace lets in.
-        let readable = (nsSearch & 0o100 == 0 || ownership.mode & 0o444 == 0o444 || (ownership.uid == ns.owner && ownership.mode & 0o400 != 0))
-            && (nsSearch & 0o010 == 0 || ownership.mode & 0o044 == 0o044 || (ownership.gid == ns.group && ownership.mode & 0o040 != 0))
-            && (nsSearch & 0o001 == 0 || ownership.mode & 0o004 != 0)
-        guard readable else { return false }
-        // Directories on the path: each lets in at least whom the namespace does.
-        for directory in chain.directories {
-            let bits = directory.mode & 0o111
-            let same = directory.uid == ns.owner && directory.gid == ns.group
-            guard bits == 0o111 || (same && bits & nsSearch == nsSearch) else { return false }
-        }
-        return true
+        return chain.admitsToSharedTier(block: block)
     }
 }

@@ -138,10 +138,10 @@ public final class WarehouseFileSystem: Sendable {
                 return false
             }
         }
-        // Blocks found by following the log enter the tier under the read path's rule.
+        // Loaded blocks (hinted, learned, found by following the log) enter the tier under the read path's rule.
         let admits: @Sendable (LocatedBlock) -> Bool = { [store] located in
             guard let chain = store.accessChain(of: located), let block = chain.block else { return false }
-            return WarehouseFileSystem.admitsToTier(chain, block: block)
+            return chain.admitsToSharedTier(block: block)
         }
         prefetcher = tiers.map { Prefetcher(store: store, tier: $0, settings: prefetch, fetchMissing: fetch, admits: admits) }
         compaction = OnlineCompaction(store: store)

@@ -25,6 +25,30 @@ public struct AccessChain: Sendable {
     public var block: BlockOwnership?
 }
 
+extension AccessChain {
+    /// Whether a block with `ownership` at the end of this chain may enter the shared-memory tier of its
+    /// namespace's security domain: everyone who can map that tier must be able to read the block
+    /// through the mount. That holds when the block is readable by every class the namespace lets in,
+    /// and every directory on its path is searchable by all, or at least by the same owner and group as
+    /// the namespace. Every way into the tier asks: the read path, commits, prefetches, cluster fetches.
+    public func admitsToSharedTier(block ownership: BlockOwnership) -> Bool {
+        let ns = namespace
+        let nsSearch = ns.mode & 0o111
+        // The block: readable by every class the namespace lets in.
+        let readable = (nsSearch & 0o100 == 0 || ownership.mode & 0o444 == 0o444 || (ownership.uid == ns.owner && ownership.mode & 0o400 != 0))
+            && (nsSearch & 0o010 == 0 || ownership.mode & 0o044 == 0o044 || (ownership.gid == ns.group && ownership.mode & 0o040 != 0))
+            && (nsSearch & 0o001 == 0 || ownership.mode & 0o004 != 0)
+        guard readable else { return false }
+        // Directories on the path: each lets in at least whom the namespace does.
+        for directory in directories {
+            let bits = directory.mode & 0o111
+            let same = directory.uid == ns.owner && directory.gid == ns.group
+            guard bits == 0o111 || (same && bits & nsSearch == nsSearch) else { return false }
+        }
+        return true
+    }
+}
+
 public struct DirectoryInfo: Sendable, Equatable {
     public var namespaceID: UInt16
     public var id: UInt32
