@@ -699,6 +699,29 @@ def test_a_hint_from_its_owner_does_not_put_a_private_block_into_the_shared_tier
     assert tier_of(canonical(ns, private)) != "dram"
 
 
+@pytest.mark.timeout(120)
+def test_a_directory_closed_to_others_takes_the_blocks_below_it_out_of_the_shared_tier(warehouse_factory):
+    """chmod 0700 of a directory: those who map the namespace's tier may no longer read the blocks below
+    it through the mount, so the tier lets them go, nested ones included, and does not take them back."""
+    wh = warehouse_factory("--dram", "64M")
+    ns = wh.namespace("ns", 0o755)
+    os.mkdir(ns / "sub", 0o755)
+    os.mkdir(ns / "sub" / "inner", 0o755)
+    os.mkdir(ns / "other", 0o755)
+    paths = {p: pattern(p, 64 * KiB) for p in (str(ns / "sub" / "a"), str(ns / "sub" / "inner" / "b"), str(ns / "other" / "c"))}
+    for p, data in paths.items():
+        write_block(p, data)
+        read_block(p)
+    assert wait_until(lambda: all(tier_of(p) == "dram" for p in paths), 15, 0.1), [tier_of(p) for p in paths]
+    os.chmod(ns / "sub", 0o700)
+    below = [str(ns / "sub" / "a"), str(ns / "sub" / "inner" / "b")]
+    assert [tier_of(p) for p in below] == ["nvme", "nvme"], [tier_of(p) for p in below]
+    assert tier_of(str(ns / "other" / "c")) == "dram"
+    for p in below:
+        assert read_block(p) == paths[p]
+    assert all(tier_of(p) != "dram" for p in below), "a read put a block others may not read back into the tier"
+
+
 @pytest.mark.timeout(180)
 def test_blocks_read_in_write_order_after_a_restart_are_read_ahead_along_the_log(warehouse_factory):
     """After a restart nothing is learned yet; the log still holds the write order, and a process that

@@ -47,6 +47,9 @@ extension WarehouseFileSystem {
             } catch {
                 return .failure(FSError(error))
             }
+            // The blocks below may no longer be readable by everyone who maps the namespace's tier (the
+            // namespace directory's own change moves it to another domain instead).
+            if owned && id != DirectoryID.namespaceRoot { evictFromTier(namespaceID: ns, below: id) }
             return attributes(of: ino)
         case .file:
             break
@@ -91,6 +94,29 @@ extension WarehouseFileSystem {
             }
         }
         return .success(fileAttributes(of: node))
+    }
+
+    /// Takes every block below directory `id` out of the DRAM tier, after its owner, group or mode changed.
+    /// Reads put back the blocks the tier may still hold (`AccessChain.admitsToSharedTier`); a chmod of a
+    /// directory is rare, and keeping a block that others may no longer read would not be safe.
+    func evictFromTier(namespaceID: UInt16, below id: UInt32) {
+        guard let tiers else { return }
+        var directories = [id]
+        while let directory = directories.popLast() {
+            store.beginListing(namespaceID: namespaceID, id: directory)
+            defer { store.endListing(namespaceID: namespaceID, id: directory) }
+            var cursor: UInt64 = 0
+            while cursor != BlockStore.DirectoryPage.end {
+                let page = store.listDirectory(namespaceID: namespaceID, id: directory, from: cursor, limit: 1024)
+                for (item, _) in page.items {
+                    switch item {
+                    case .directory(_, let child): directories.append(child)
+                    case .block(let locator): tiers.remove(locator.key, namespaceID: namespaceID)
+                    }
+                }
+                cursor = page.next
+            }
+        }
     }
 
     // MARK: Extended attributes
