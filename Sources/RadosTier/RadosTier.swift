@@ -193,15 +193,18 @@ public final class RadosTier: RemoteTier {
         while offset < total && failure == nil {
             let length = min(Self.rangeSize, total - offset)
             var completion: rados_completion_t? = nil
-            var started = rados_aio_create_completion2(nil, nil, &completion)
-            if started == 0, let completion {
-                started = rados_aio_read(c.io, name, completion, (whole.pointer + offset).assumingMemoryBound(to: CChar.self), length, UInt64(offset))
-                if started < 0 { rados_aio_release(completion) } else { inFlight.append((completion, offset, length)) }
-            }
-            if started != 0 {
-                failure = Self.error(started < 0 ? started : -ENOMEM, "reading \(name) from \(location)")
+            let created = rados_aio_create_completion2(nil, nil, &completion)
+            guard created == 0, let completion else {
+                failure = Self.error(created < 0 ? created : -ENOMEM, "starting a read of \(name)")
                 break
             }
+            let started = rados_aio_read(c.io, name, completion, (whole.pointer + offset).assumingMemoryBound(to: CChar.self), length, UInt64(offset))
+            guard started == 0 else {
+                rados_aio_release(completion)
+                failure = Self.error(started < 0 ? started : -EIO, "reading \(name) from \(location)")
+                break
+            }
+            inFlight.append((completion, offset, length))
             offset += length
             if inFlight.count >= Self.rangesInFlight { waitOldest() }
         }
