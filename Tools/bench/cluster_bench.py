@@ -44,6 +44,15 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(len(s) * p))] if s else 0.0
 
 
+def read_into(path: str, view: memoryview) -> int:
+    """open, one readv into `view`, close: the bytes read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.readv(fd, [view])
+    finally:
+        os.close(fd)
+
+
 def timed_reads(paths: list[str], size: int, expect: dict[str, bytes], drop_cache: bool = True) -> list[float]:
     """Reads each file whole into one buffer allocated beforehand, as an engine reads a block of known size
     into its own memory (and `rados bench` into its buffer): timed from open to the last byte; returns
@@ -60,11 +69,7 @@ def timed_reads(paths: list[str], size: int, expect: dict[str, bytes], drop_cach
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
         t = time.perf_counter()
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            n = os.readv(fd, [view])
-        finally:
-            os.close(fd)
+        n = read_into(p, view)
         out.append(time.perf_counter() - t)
         assert n == size and buffer == expect[p.rsplit("/", 1)[1]], f"wrong bytes in {p}"
     return out
@@ -86,11 +91,7 @@ def parallel_reads(paths: list[str], size: int, expect: dict[str, bytes], thread
                 if not todo:
                     return
                 p = todo.pop()
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                n = os.readv(fd, [view])
-            finally:
-                os.close(fd)
+            n = read_into(p, view)
             if n != size or buffer != expect[p.rsplit("/", 1)[1]]:
                 with lock:
                     errors.append(p)
