@@ -833,7 +833,9 @@ def test_tier_file_mapped_read_only(env, client):
 
 def _churn(path: str, names: list[str], datas: list[bytes], stop, ready) -> None:
     """A fake daemon process that evicts and refills one data slot with alternating blocks, as fast as it
-    can, while readers copy from it."""
+    can, while readers copy from it. One block in four stays for half a millisecond: with every block
+    gone within microseconds, a reader on a loaded 2-CPU machine could go a whole run without a hit
+    (seen in CI), and the test would not have exercised the map path it is about."""
     tier = _reopen(path)
     off = tier.data_offset
     slots = [tier.slot_for(block_key("ns", n)) for n in names]
@@ -843,7 +845,10 @@ def _churn(path: str, names: list[str], datas: list[bytes], stop, ready) -> None
         j = k % len(names)
         tier.mm[off:off + len(datas[j])] = datas[j]
         tier.publish(slots[j], block_key("ns", names[j]), off, len(datas[j]), xxhash.xxh3_64_intdigest(datas[j]))
+        hold_until = time.perf_counter() + (0.0005 if k % 4 == 0 else 0.0)
         for _ in range(50):
+            pass
+        while time.perf_counter() < hold_until:
             pass
         tier.remove(slots[j])
         k += 1
@@ -875,10 +880,12 @@ def test_concurrent_evict_refill_never_returns_wrong_bytes(env):
         assert ready.wait(10)
         with Client(mount.root) as c:
             wrong = 0
-            deadline = time.monotonic() + float(os.environ.get("TW_UNIT_CHURN_SECONDS", "3"))
+            start = time.monotonic()
+            deadline = start + float(os.environ.get("TW_UNIT_CHURN_SECONDS", "3"))
             buf = bytearray(256 * KiB)
             k = 0
-            while time.monotonic() < deadline:
+            # Past the deadline only while no read has hit the map yet (at most 30 s in all).
+            while time.monotonic() < deadline or (c.stats["map_hits"] == 0 and time.monotonic() < start + 30):
                 j = k % 3
                 if k & 1:
                     n = c.get_into("ns", names[j], buf)
