@@ -100,8 +100,7 @@ extension ClusterTier {
                 // Into the DRAM tier under the rule every other way in follows: a block not everyone the
                 // namespace lets in may read stays out of memory they can map.
                 if let dram, let id = store.namespace(named: namespace)?.id,
-                   let chain = store.accessChain(namespaceID: id, key: key, block: blockKey), let block = chain.block,
-                   chain.admitsToSharedTier(block: block) {
+                   store.accessChain(namespaceID: id, key: key, block: blockKey)?.admitsItsBlockToSharedTier ?? false {
                     dram.insert(blockKey, namespaceID: id, bytes: payload, checksum: uncompressed ? header.payloadChecksum : Checksum.xxh3(payload))
                 }
             } }

@@ -31,16 +31,16 @@ extension ClusterTier {
     public func report() -> ClusterReport {
         let connected = tier.isConnected
         // Copied under the lock, sorted for percentiles outside it.
-        var (r, depth, lag, fetch, parts) = lock.withLock {
-            (state.stats, state.pending, state.publishLag, state.fetchTime, [state.clusterRead, state.verifyTime, state.storeTime, state.tierTime])
+        var (r, depth, lag, fetch, read, verify, put, tierCopy) = lock.withLock {
+            (state.stats, state.pending, state.publishLag, state.fetchTime, state.clusterRead, state.verifyTime, state.storeTime, state.tierTime)
         }
         r.queueDepth = depth
         r.publishLagMs = lag.milliseconds
         r.fetchMs = fetch.milliseconds
-        r.clusterReadMs = parts[0].milliseconds
-        r.fetchVerifyMs = parts[1].milliseconds
-        r.fetchStoreMs = parts[2].milliseconds
-        r.fetchTierMs = parts[3].milliseconds
+        r.clusterReadMs = read.milliseconds
+        r.fetchVerifyMs = verify.milliseconds
+        r.fetchStoreMs = put.milliseconds
+        r.fetchTierMs = tierCopy.milliseconds
         r.enabled = true
         r.location = tier.location
         r.connected = connected

@@ -142,16 +142,13 @@ public struct ProcCallerInspector: CallerInspector {
     /// truncate.
     static func currentSyscall(of tid: Int32) -> (number: Int, arguments: [UInt64])? {
         guard tid > 0 else { return nil }
-        var attempt = 0
-        var text: [UInt8]
-        while true {
-            guard let bytes = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
-            text = bytes
-            guard text.starts(with: Self.running), attempt < 64 else { break }
-            attempt += 1
-            if attempt <= 8 { sched_yield() } else { usleep(50) }
+        var bytes: [UInt8] = []
+        for attempt in 0...64 {
+            guard let read = try? FileSystem.readFile("/proc/\(tid)/syscall") else { return nil }
+            bytes = read
+            guard attempt < 64, bytes.starts(with: Self.running) else { break }
+            if attempt < 8 { sched_yield() } else { usleep(50) }
         }
-        let bytes = text
         // "NUMBER 0xARG1 0xARG2 ... 0xSP 0xPC"; "running" or "-1 ..." when not in a call.
         let fields = ProcText.fields(bytes)
         guard let first = fields.first, let number = ProcText.decimal(bytes[first]) else { return nil }

@@ -205,9 +205,7 @@ extension WarehouseFileSystem {
     }
 
     func admitsToTier(_ node: FileNode) -> Bool {
-        guard let chain = store.accessChain(namespaceID: node.namespaceID, key: node.key,
-                                            block: BlockKey(namespace: node.namespace, key: node.key)),
-              let block = chain.block else { return false }
-        return chain.admitsToSharedTier(block: block)
+        store.accessChain(namespaceID: node.namespaceID, key: node.key,
+                          block: BlockKey(namespace: node.namespace, key: node.key))?.admitsItsBlockToSharedTier ?? false
     }
 }

@@ -140,8 +140,7 @@ public final class WarehouseFileSystem: Sendable {
         }
         // Loaded blocks (hinted, learned, found by following the log) enter the tier under the read path's rule.
         let admits: @Sendable (LocatedBlock) -> Bool = { [store] located in
-            guard let chain = store.accessChain(of: located), let block = chain.block else { return false }
-            return chain.admitsToSharedTier(block: block)
+            store.accessChain(of: located)?.admitsItsBlockToSharedTier ?? false
         }
         prefetcher = tiers.map { Prefetcher(store: store, tier: $0, settings: prefetch, fetchMissing: fetch, admits: admits) }
         compaction = OnlineCompaction(store: store)

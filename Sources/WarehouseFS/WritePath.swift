@@ -283,7 +283,7 @@ extension WarehouseFileSystem {
             // again, and that lookup gives the writer a stand-in inode (see `lookup`).
             return .failure(FSError(ESTALE))
         }
-        let admitted = found?.access.map { chain in chain.block.map { chain.admitsToSharedTier(block: $0) } ?? false } ?? false
+        let admitted = found?.access?.admitsItsBlockToSharedTier ?? false
         if admitted { prefetcher?.awaitLoad(of: located.blockKey) }
         let pinned = admitted ? tiers?.pin(located.blockKey, namespaceID: node.namespaceID) : nil
         // While this block's readers are served by the page cache, so are most likely those of the blocks

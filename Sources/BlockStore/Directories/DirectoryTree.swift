@@ -47,6 +47,9 @@ extension AccessChain {
         }
         return true
     }
+
+    /// `admitsToSharedTier` for the block the chain was made for (false when it names none).
+    public var admitsItsBlockToSharedTier: Bool { block.map { admitsToSharedTier(block: $0) } ?? false }
 }
 
 public struct DirectoryInfo: Sendable, Equatable {
