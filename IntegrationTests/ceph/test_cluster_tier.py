@@ -490,7 +490,7 @@ def test_a_read_while_a_hint_pulls_the_same_block_gets_the_block(cluster, nodes)
 
 
 def test_large_block_is_fetched_in_ranges_and_its_copy_survives_kill_9(cluster, nodes):
-    # 25 MiB and an odd tail: the first 4 MiB come with the object's size, the rest in six ranges, four
+    # 25 MiB and an odd tail: the first 4 MiB come with the object's size, the rest in 22 ranges, sixteen
     # in flight. B's copy is a replica, written through the page cache and not waited on: a kill -9 of
     # B loses nothing (the kernel keeps the page cache), so restarted on its store B serves the block
     # with the pool's object gone.

@@ -26,8 +26,8 @@ public final class RadosTier: RemoteTier {
     /// Objects up to this size are read in one operation (with their size); the rest of a larger one is
     /// read in ranges of `rangeSize`, `rangesInFlight` at a time.
     static let firstReadSize = 4 << 20
-    static let rangeSize = 4 << 20
-    static let rangesInFlight = 4
+    static let rangeSize = 1 << 20
+    static let rangesInFlight = 16
     /// Objects up to this size are written in one atomic operation (librados refuses writes above
     /// `osd_max_write_size`, 90 MiB by default); larger records are written in pieces of this size.
     static let writePieceSize = 64 << 20
@@ -149,8 +149,9 @@ public final class RadosTier: RemoteTier {
     /// One operation asks for the object's size and its first `firstReadSize` bytes, so a block up to that
     /// size costs one round trip. The rest of a larger object is read in `rangeSize` pieces, up to
     /// `rangesInFlight` at once: one large read leaves the OSD waiting on the network and the network on
-    /// the OSD (16 MiB objects: 27 ms in one read against 20 ms in four ranges on the single-host cluster
-    /// of docs/benchmarks.md; a 1 MiB object gains nothing from being split, so small ones are not).
+    /// the OSD (`Tools/bench/rados_ranges.py` on the single-host cluster of docs/benchmarks.md: a 16 MiB
+    /// object in 24.6-27.0 ms whole, 19.5-22.3 ms as four ranges, 16.4-18.1 ms as sixteen; a 1 MiB object
+    /// gains nothing from being split, so small ones are not).
     public func fetch(name: String) throws(RemoteTierError) -> RemoteObject? {
         let c = try open()
         let first = AlignedBuffer(capacity: Self.firstReadSize)
