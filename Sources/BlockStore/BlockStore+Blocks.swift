@@ -99,8 +99,7 @@ extension BlockStore {
             }
             do {
                 try placed.segment.file.write(parts, at: placed.offset, direct: direct)
-                let ticket = placed.segment.commit.writeCompleted()
-                if configuration.sync == .always && !replica { try placed.segment.commit.waitDurable(ticket: ticket, file: placed.segment.file) }
+                try settle(placed.segment, wrote: recordSize, replica: replica)
                 break
             } catch {
                 abandon(placed, key: blockKey, size: recordSize)
@@ -331,8 +330,7 @@ extension BlockStore {
         }
         do {
             try r.segment.file.write([area.bytes(count: size)], at: r.offset, direct: writesDirect(recordSize: size))
-            let ticket = r.segment.commit.writeCompleted()
-            if configuration.sync == .always { try r.segment.commit.waitDurable(ticket: ticket, file: r.segment.file) }
+            try settle(r.segment, wrote: size)
         } catch {
             abandon(r, key: nil, size: size)
             throw StoreError.wrap(error)

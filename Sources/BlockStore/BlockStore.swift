@@ -70,16 +70,30 @@ public final class BlockStore: Sendable {
     /// Total and available bytes of the filesystem under the store.
     public func deviceSpace() -> (total: UInt64, available: UInt64) { device.space() }
 
-    /// Whether a record of `size` bytes goes straight to the device (`O_DIRECT`) or through the page
-    /// cache. Under `always` every record is direct (it is synced before close returns anyway). Under
-    /// `batch` records below 1 MiB go through the page cache, which the flusher syncs within the batch
-    /// interval: a small commit costs a copy into memory, not a device round trip, and the page cache
-    /// survives a `kill -9` of the daemon. Large records stay direct (no double copy). `none` never is.
-    func writesDirect(recordSize: Int) -> Bool {
+    /// Whether a record goes straight to the device (`O_DIRECT`) or through the page cache. Under
+    /// `always` every record is direct (it is synced before close returns anyway). Under `batch` and
+    /// `none` none is: a commit costs a copy into the page cache, not a device round trip, and the page
+    /// cache survives a `kill -9` of the daemon. Under `batch` the flusher syncs it within the batch
+    /// interval, and `settle` bounds what may wait for it.
+    func writesDirect(recordSize: Int) -> Bool { configuration.sync == .always }
+
+    /// After a record's write finished: under `always`, returns once it is durable (writers share the
+    /// sync). Under `batch`, returns at once unless the segment holds more than
+    /// `StoreConfiguration.batchBacklogBytes` written since the last sync finished, a writer faster than
+    /// the disk: then it waits for a sync too, so a power cut never loses more than that bound. A replica
+    /// (a copy of a block the shared tier keeps) never waits.
+    func settle(_ segment: Segment, wrote bytes: Int, replica: Bool = false) throws {
+        let ticket = segment.commit.writeCompleted(bytes: bytes)
+        guard !replica else { return }
         switch configuration.sync {
-        case .always: return true
-        case .batch: return recordSize >= StoreConfiguration.directWriteThreshold
-        case .none: return false
+        case .always:
+            try segment.commit.waitDurable(ticket: ticket, file: segment.file)
+        case .batch:
+            if segment.commit.unsyncedBytes > StoreConfiguration.batchBacklogBytes {
+                try segment.commit.waitDurable(ticket: ticket, file: segment.file)
+            }
+        case .none:
+            break
         }
     }
 

@@ -3,22 +3,29 @@ import Platform
 
 /// Group commit: writers that need durability share `fdatasync` calls. A writer takes a ticket after
 /// its write completed; a sync started after ticket T was handed out covers every write up to T.
+/// It also counts the bytes written and not yet synced: the backlog `--sync batch` bounds.
 final class GroupCommit: @unchecked Sendable {
     // Safe: every field is read and written only with `lock` held.
     private let lock = ConditionLock()
     private var completed: UInt64 = 0
     private var synced: UInt64 = 0
+    private var completedBytes: UInt64 = 0
+    private var syncedBytes: UInt64 = 0
     private var syncing = false
 
-    /// Records that a write finished; returns its ticket.
-    func writeCompleted() -> UInt64 {
+    /// Records that a write of `bytes` finished; returns its ticket.
+    func writeCompleted(bytes: Int) -> UInt64 {
         lock.withLock {
             completed += 1
+            completedBytes += UInt64(bytes)
             return completed
         }
     }
 
     var hasUnsyncedWrites: Bool { lock.withLock { completed > synced } }
+
+    /// Bytes written and not yet covered by a finished sync.
+    var unsyncedBytes: UInt64 { lock.withLock { completedBytes - syncedBytes } }
 
     /// Returns once every write up to `ticket` is durable, syncing `file` itself or waiting for a sync in flight.
     func waitDurable(ticket: UInt64, file: any DeviceFile) throws {
@@ -30,13 +37,16 @@ final class GroupCommit: @unchecked Sendable {
                 continue
             }
             syncing = true
-            let target = completed
+            let target = completed, targetBytes = completedBytes
             lock.unlock()
             var failure: (any Error)?
             do { try file.synchronize() } catch { failure = error }
             lock.lock()
             syncing = false
-            if failure == nil { synced = max(synced, target) }
+            if failure == nil {
+                synced = max(synced, target)
+                syncedBytes = max(syncedBytes, targetBytes)
+            }
             lock.broadcast()
             if let failure { throw failure }
         }
