@@ -13,16 +13,16 @@ extension BlockStore {
     ///   - key: the block's key (`BlockPath`): a canonical hash, or the path inside the namespace.
     ///   - metadata: xattrs, owner and mode (nil owner: shown as the namespace's with mode 0444).
     ///   - stagedInPlace: the caller owns writable, page-aligned memory at `payload` with room up to the
-    ///     next page boundary; the store zeroes that tail and may write the payload straight from it
-    ///     with O_DIRECT (no copy).
+    ///     next page boundary; the store zeroes that tail and writes the payload and its padding
+    ///     straight from it (no copy into a buffer of its own).
     ///   - payloadChecksum: XXH3-64 of `payload` if the caller already has it (must be right: a wrong
     ///     one makes the block unreadable, never wrong).
     ///   - quotaReservation: bytes the caller reserved with `reserveQuota` for this block; released here
     ///     whatever the outcome.
     ///   - createDirectories: make the key's missing directories (a block fetched from another node);
     ///     otherwise a missing directory is `.notFound`.
-    ///   - replica: the block is a copy of one the shared tier holds. Its record is written through the
-    ///     page cache and never waited on, whatever `sync` says: a crash that loses it costs a fetch, not
+    ///   - replica: the block is a copy of one the shared tier holds. Its record is never waited on,
+    ///     whatever `sync` says: a crash that loses it costs a fetch, not
     ///     data, and the caller's reader is waiting. The next sync of the segment (the flusher's, an
     ///     `always` commit's, the seal's) makes it durable with everything written before it.
     /// - Returns: `.stored` with the record's sequence, or `.alreadyPresent` when the name exists or another writer of it is in flight.
@@ -65,7 +65,6 @@ extension BlockStore {
                                   commitTimeNanoseconds: commitNanoseconds ?? wallClockNanoseconds(), payloadChecksum: payloadChecksum)
         let areaSize = header.headerAreaSize
         let recordSize = header.recordSize
-        let direct = !replica && writesDirect(recordSize: recordSize)
 
         let padding = RecordFormat.align(stored.count) - stored.count
         let area = AlignedBuffer(capacity: areaSize)
@@ -98,7 +97,7 @@ extension BlockStore {
                 parts = [area.bytes(count: areaSize), UnsafeRawBufferPointer(start: base, count: payload.count + padding)]
             }
             do {
-                try placed.segment.file.write(parts, at: placed.offset, direct: direct)
+                try placed.segment.file.write(parts, at: placed.offset)
                 try settle(placed.segment, wrote: recordSize, replica: replica)
                 break
             } catch {
@@ -329,7 +328,7 @@ extension BlockStore {
             at += header.headerAreaSize
         }
         do {
-            try r.segment.file.write([area.bytes(count: size)], at: r.offset, direct: writesDirect(recordSize: size))
+            try r.segment.file.write([area.bytes(count: size)], at: r.offset)
             try settle(r.segment, wrote: size)
         } catch {
             abandon(r, key: nil, size: size)

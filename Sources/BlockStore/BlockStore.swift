@@ -70,15 +70,9 @@ public final class BlockStore: Sendable {
     /// Total and available bytes of the filesystem under the store.
     public func deviceSpace() -> (total: UInt64, available: UInt64) { device.space() }
 
-    /// Whether a record goes straight to the device (`O_DIRECT`) or through the page cache. Under
-    /// `always` every record is direct (it is synced before close returns anyway). Under `batch` and
-    /// `none` none is: a commit costs a copy into the page cache, not a device round trip, and the page
-    /// cache survives a `kill -9` of the daemon. Under `batch` the flusher syncs it within the batch
-    /// interval, and `settle` bounds what may wait for it.
-    func writesDirect(recordSize: Int) -> Bool { configuration.sync == .always }
-
-    /// After a record's write finished: under `always`, returns once it is durable (writers share the
-    /// sync). Under `batch`, returns at once unless the segment holds more than
+    /// After a record's write into the page cache finished (a copy into memory, not a device round
+    /// trip; the page cache survives a `kill -9` of the daemon): under `always`, returns once it is
+    /// durable (writers share the sync). Under `batch`, returns at once unless the segment holds more than
     /// `StoreConfiguration.batchBacklogBytes` written since the last sync finished, a writer faster than
     /// the disk: then it waits for a sync too, so a power cut never loses more than that bound. A replica
     /// (a copy of a block the shared tier keeps) never waits.

@@ -171,7 +171,7 @@ final class MemoryFile: DeviceFile {
 
     func dropCachedPages() {}
 
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct: Bool) throws {
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
         var bytes: [UInt8] = []
         for p in parts { bytes.append(contentsOf: p) }
         try device.withFile(name) { f in

@@ -74,7 +74,7 @@ struct StoreRecovery {
             if !scan.headerValid {
                 let page = AlignedBuffer(capacity: SegmentFormat.headerSize)
                 SegmentFormat.encodeHeader(id: id, createdNanoseconds: wallClockNanoseconds(), into: page.mutableBytes(count: SegmentFormat.headerSize))
-                try file.write([page.bytes(count: SegmentFormat.headerSize)], at: 0, direct: false)
+                try file.write([page.bytes(count: SegmentFormat.headerSize)], at: 0)
             }
             var summary: [SummaryEntry] = []
             for r in scan.records {

@@ -247,7 +247,7 @@ extension BlockStore {
         let page = AlignedBuffer(capacity: SegmentFormat.headerSize)
         SegmentFormat.encodeHeader(id: id, createdNanoseconds: wallClockNanoseconds(), into: page.mutableBytes(count: SegmentFormat.headerSize))
         try file.truncate(to: 0)
-        try file.write([page.bytes(count: SegmentFormat.headerSize)], at: 0, direct: false)
+        try file.write([page.bytes(count: SegmentFormat.headerSize)], at: 0)
         try device.synchronizeDirectory()
         st.segments[id] = SegmentState(segment: Segment(id: id, file: file), length: UInt64(SegmentFormat.headerSize))
         st.activeID = id

@@ -30,9 +30,9 @@ public protocol StorageDevice: Sendable {
 /// A file of the store. Positional reads and writes may run concurrently from many threads.
 public protocol DeviceFile: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
-    /// Writes `parts` one after another at `offset`; with `direct`, bypassing the page cache when
-    /// every part is page-aligned (`O_DIRECT`), otherwise through it.
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct: Bool) throws
+    /// Writes `parts` one after another at `offset`, through the page cache (`BlockStore.settle` says
+    /// when it is synced).
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws
     /// Lets the kernel drop cached pages of the file (after they were synced).
     func dropCachedPages()
     func synchronize() throws
@@ -125,10 +125,14 @@ public struct DirectoryStorageDevice: StorageDevice {
     }
 }
 
-/// A segment file on disk, open twice: with `O_DIRECT` for page-aligned record reads (and writes under
-/// `--sync always`: no page-cache copy, as fio's direct I/O), and buffered for everything else. Linux keeps the two coherent
-/// (direct I/O writes back and invalidates cached pages of its range). Filesystems without `O_DIRECT`
-/// (tmpfs) get the buffered descriptor only.
+/// A segment file on disk, open twice: with `O_DIRECT` for page-aligned record reads, and buffered for
+/// writes and everything else. Linux keeps the two coherent (a direct read writes back dirty cached
+/// pages of its range first). Filesystems without `O_DIRECT` (tmpfs) get the buffered descriptor only.
+///
+/// Why writes are buffered, `--sync always` included: a commit is then a copy into memory, and the
+/// device sees the flusher's or the group commit's `fdatasync`, which writes many records at once. With
+/// `O_DIRECT` records, four writers of 2 MiB blocks at `always` made 247-254 MiB/s against 398-408
+/// buffered (docs/benchmarks.md).
 final class PosixDeviceFile: DeviceFile {
     let buffered: FileDescriptor
     /// Opened with O_DIRECT when `directIO`; otherwise a second buffered descriptor.
@@ -163,10 +167,7 @@ final class PosixDeviceFile: DeviceFile {
         return try buffered.read(into: buffer, at: offset)
     }
 
-    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64, direct useDirect: Bool) throws {
-        if useDirect && directIO && offset % 4096 == 0 && parts.allSatisfy({ Self.aligned($0.baseAddress, $0.count) }) {
-            return try direct.write(parts, at: offset)
-        }
+    func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
         try buffered.write(parts, at: offset)
     }
 

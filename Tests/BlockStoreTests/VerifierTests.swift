@@ -16,10 +16,10 @@ import Platform
         let file = try device.open(name, create: false)
         let end = try file.length()
         let zeros = [UInt8](repeating: 0, count: 3 * 4096)
-        try zeros.withUnsafeBytes { try file.write([$0], at: end, direct: false) }
+        try zeros.withUnsafeBytes { try file.write([$0], at: end) }
         #expect(try StoreVerifier.verify(device: device).findings.isEmpty)
         let torn = pattern(7, count: 4096 + 100)
-        try torn.withUnsafeBytes { try file.write([$0], at: end + UInt64(zeros.count), direct: false) }
+        try torn.withUnsafeBytes { try file.write([$0], at: end + UInt64(zeros.count)) }
         let findings = try StoreVerifier.verify(device: device).findings
         #expect(findings.count == 1)
         #expect(findings.first?.reason == "torn or damaged tail")

@@ -166,7 +166,7 @@ final class DirectoryJournal: @unchecked Sendable {
     /// Appends one change (through the page cache; `synchronize` makes it durable).
     func append(_ change: DirectoryChange) throws {
         let bytes = change.encoded()
-        try bytes.withUnsafeBytes { try file.write([$0], at: length, direct: false) }
+        try bytes.withUnsafeBytes { try file.write([$0], at: length) }
         length += UInt64(bytes.count)
         dirty = true
         appended += 1

@@ -199,7 +199,7 @@ extension BlockStore {
             header.encode(into: newArea.mutableBytes(count: header.headerAreaSize))
         }
         do {
-            try r.segment.file.write(parts, at: r.offset, direct: writesDirect(recordSize: recordSize))
+            try r.segment.file.write(parts, at: r.offset)
             _ = r.segment.commit.writeCompleted(bytes: recordSize)
         } catch {
             abandon(r, key: nil, size: recordSize)
