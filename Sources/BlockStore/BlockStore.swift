@@ -79,15 +79,18 @@ public final class BlockStore: Sendable {
     func settle(_ segment: Segment, wrote bytes: Int, replica: Bool = false) throws {
         let ticket = segment.commit.writeCompleted(bytes: bytes)
         guard !replica else { return }
+        let waits: Bool
         switch configuration.sync {
-        case .always:
+        case .always: waits = true
+        case .batch: waits = segment.commit.unsyncedBytes > StoreConfiguration.batchBacklogBytes
+        case .none: waits = false
+        }
+        guard waits else { return }
+        do {
             try segment.commit.waitDurable(ticket: ticket, file: segment.file)
-        case .batch:
-            if segment.commit.unsyncedBytes > StoreConfiguration.batchBacklogBytes {
-                try segment.commit.waitDurable(ticket: ticket, file: segment.file)
-            }
-        case .none:
-            break
+        } catch {
+            noteSyncFailure()
+            throw error
         }
     }
 

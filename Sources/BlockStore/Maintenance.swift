@@ -37,13 +37,19 @@ extension BlockStore {
             }
             return (active, sealed)
         }
-        if configuration.sync != .none { state.withLock { _ in try? journal.synchronize() } }
+        if configuration.sync != .none {
+            let journalSynced = state.withLock { _ in (try? journal.synchronize()) != nil }
+            if !journalSynced { noteSyncFailure() }
+        }
         if let active = work.active, active.commit.hasUnsyncedWrites {
-            if (try? active.commit.synchronizeAll(file: active.file)) != nil { active.file.dropCachedPages() }
+            if (try? active.commit.synchronizeAll(file: active.file)) != nil { active.file.dropCachedPages() } else { noteSyncFailure() }
         }
         for (segment, summary) in work.sealed {
             do {
-                try segment.commit.synchronizeAll(file: segment.file)
+                do { try segment.commit.synchronizeAll(file: segment.file) } catch {
+                    noteSyncFailure()
+                    throw error
+                }
                 segment.file.dropCachedPages()
                 try device.replaceAtomically(SegmentFormat.summaryFileName(segment.id), bytes: SummaryEntry.encodeFile(segmentID: segment.id, entries: summary))
                 state.withLock { st in
@@ -58,6 +64,9 @@ extension BlockStore {
             }
         }
     }
+
+    /// Counts a failed sync (`StoreCounters.syncFailures`): the status and the metrics show it.
+    func noteSyncFailure() { state.withLock { $0.stats.syncFailures += 1 } }
 
     /// One pass of maintenance: expire, evict down to the low watermark, compact one segment, and
     /// rewrite the directory journal when it is mostly history.

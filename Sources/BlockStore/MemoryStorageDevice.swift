@@ -23,6 +23,7 @@ public final class MemoryStorageDevice: StorageDevice {
 
     private let files = Mutex<[String: FileState]>([:])
     private let locked = Mutex(false)
+    private let syncError = Mutex<Int32?>(nil)
     public let capacity: UInt64
 
     public init(capacity: UInt64 = 1 << 40) { self.capacity = capacity }
@@ -111,6 +112,12 @@ public final class MemoryStorageDevice: StorageDevice {
         locked.withLock { $0 = false }
     }
 
+    /// Makes every file's `synchronize` fail with `code` (a disk that reports write errors), or succeed
+    /// again with nil.
+    package func failSyncs(with code: Int32?) { syncError.withLock { $0 = code } }
+
+    func synchronizeError() -> Int32? { syncError.withLock { $0 } }
+
     /// Bytes read from each file since the last power cycle or `resetReadCounters`.
     package func bytesRead() -> [String: Int] { files.withLock { $0.mapValues(\.bytesRead) } }
 
@@ -185,6 +192,7 @@ final class MemoryFile: DeviceFile {
     }
 
     func synchronize() throws {
+        if let code = device.synchronizeError() { throw SystemError(code, "fdatasync", path: name) }
         try device.withFile(name) { f in
             f.durable = f.volatile
             f.unsynced = []

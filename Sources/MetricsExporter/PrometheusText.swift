@@ -38,6 +38,7 @@ public enum PrometheusText {
         one("tw_store_puts_total", "counter", "Blocks committed", Double(s.puts))
         one("tw_store_gets_total", "counter", "Blocks read from NVMe", Double(s.gets))
         one("tw_store_corrupt_reads_total", "counter", "Reads refused because a checksum did not match", Double(s.corruptReads))
+        one("tw_store_sync_failures_total", "counter", "fdatasync calls of the store that failed (a disk write error)", Double(s.syncFailures))
         one("tw_evicted_segments_total", "counter", "Segments evicted for capacity", Double(s.evictedSegments))
         one("tw_evicted_blocks_total", "counter", "Blocks evicted for capacity", Double(s.evictedBlocks))
         one("tw_reinserted_blocks_total", "counter", "Read blocks copied forward instead of evicted", Double(s.reinsertedBlocks))

@@ -22,6 +22,10 @@ public struct StoreCounters: Codable, Sendable, Equatable {
     public var reclaimedBytes: UInt64 = 0
     /// Blocks removed because their namespace's time to live passed.
     public var expiredBlocks = 0
+    /// `fdatasync`s of a segment or the directory journal that failed (the disk reported a write error):
+    /// blocks committed since the last good sync may not survive a power cut, and reading one whose
+    /// write was lost fails its checksum (EIO), never returns wrong bytes.
+    public var syncFailures = 0
 
     public init() {}
 
@@ -29,7 +33,7 @@ public struct StoreCounters: Codable, Sendable, Equatable {
         case puts, duplicatePuts = "duplicate_puts", bytesWritten = "bytes_written", gets, bytesRead = "bytes_read"
         case corruptReads = "corrupt_reads", removes, renames, updates, evictedSegments = "evicted_segments"
         case evictedBlocks = "evicted_blocks", reinsertedBlocks = "reinserted_blocks", compactedSegments = "compacted_segments"
-        case reclaimedBytes = "reclaimed_bytes", expiredBlocks = "expired_blocks"
+        case reclaimedBytes = "reclaimed_bytes", expiredBlocks = "expired_blocks", syncFailures = "sync_failures"
     }
 }
 

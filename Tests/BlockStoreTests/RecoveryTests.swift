@@ -187,6 +187,32 @@ import Platform
         try store.close()
     }
 
+    /// A disk that reports write errors: an `always` commit fails with EIO and is not published, the
+    /// flusher's failed syncs are counted, and the store works again once the disk does.
+    @Test func failedSyncsFailAlwaysCommitsAndAreCounted() throws {
+        let device = MemoryStorageDevice()
+        let store = try makeStore(device, sync: .always)
+        try ensureNamespace(store)
+        device.failSyncs(with: EIO)
+        #expect(storeErrno { _ = try store.put("m", "lost", pattern(1, count: 5000)) } == EIO)
+        #expect(throws: StoreError.notFound) { try store.get("m", "lost") }
+        #expect(store.statistics().syncFailures == 1)
+        device.failSyncs(with: nil)
+        _ = try store.put("m", "kept", pattern(2, count: 5000))
+        #expect(try store.get("m", "kept") == pattern(2, count: 5000))
+        try store.close()
+
+        let batchDevice = MemoryStorageDevice()
+        let batch = try makeStore(batchDevice, sync: .batch)
+        try ensureNamespace(batch)
+        _ = try batch.put("m", "b", pattern(3, count: 5000))
+        batchDevice.failSyncs(with: EIO)
+        batch.flushOnce()
+        #expect(batch.statistics().syncFailures >= 1)
+        batchDevice.failSyncs(with: nil)
+        try batch.close()
+    }
+
     /// `--sync batch`: a commit is a write into memory, synced later by the flusher, unless the segment
     /// already holds `batchBacklogBytes` unsynced: then the commit waits for a sync. A power cut with no
     /// flusher running loses the commits since the last such sync, never more than the bound.
