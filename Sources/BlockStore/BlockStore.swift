@@ -77,21 +77,15 @@ public final class BlockStore: Sendable {
     /// the disk: then it waits for a sync too, so a power cut never loses more than that bound. A replica
     /// (a copy of a block the shared tier keeps) never waits.
     func settle(_ segment: Segment, wrote bytes: Int, replica: Bool = false) throws {
-        let ticket = segment.commit.writeCompleted(bytes: bytes)
+        let (ticket, unsynced) = segment.commit.writeCompleted(bytes: bytes)
         guard !replica else { return }
         let waits: Bool
         switch configuration.sync {
         case .always: waits = true
-        case .batch: waits = segment.commit.unsyncedBytes > StoreConfiguration.batchBacklogBytes
+        case .batch: waits = unsynced > StoreConfiguration.batchBacklogBytes
         case .none: waits = false
         }
-        guard waits else { return }
-        do {
-            try segment.commit.waitDurable(ticket: ticket, file: segment.file)
-        } catch {
-            noteSyncFailure()
-            throw error
-        }
+        if waits { try countingSyncFailure { try segment.commit.waitDurable(ticket: ticket, file: segment.file) } }
     }
 
     // MARK: Namespaces

@@ -13,19 +13,18 @@ final class GroupCommit: @unchecked Sendable {
     private var syncedBytes: UInt64 = 0
     private var syncing = false
 
-    /// Records that a write of `bytes` finished; returns its ticket.
-    func writeCompleted(bytes: Int) -> UInt64 {
+    /// Records that a write of `bytes` finished; returns its ticket and the bytes written and not yet
+    /// covered by a finished sync, this write's included.
+    @discardableResult
+    func writeCompleted(bytes: Int) -> (ticket: UInt64, unsyncedBytes: UInt64) {
         lock.withLock {
             completed += 1
             completedBytes += UInt64(bytes)
-            return completed
+            return (completed, completedBytes - syncedBytes)
         }
     }
 
     var hasUnsyncedWrites: Bool { lock.withLock { completed > synced } }
-
-    /// Bytes written and not yet covered by a finished sync.
-    var unsyncedBytes: UInt64 { lock.withLock { completedBytes - syncedBytes } }
 
     /// Returns once every write up to `ticket` is durable, syncing `file` itself or waiting for a sync in flight.
     func waitDurable(ticket: UInt64, file: any DeviceFile) throws {

@@ -41,15 +41,13 @@ extension BlockStore {
             let journalSynced = state.withLock { _ in (try? journal.synchronize()) != nil }
             if !journalSynced { noteSyncFailure() }
         }
-        if let active = work.active, active.commit.hasUnsyncedWrites {
-            if (try? active.commit.synchronizeAll(file: active.file)) != nil { active.file.dropCachedPages() } else { noteSyncFailure() }
+        if let active = work.active, active.commit.hasUnsyncedWrites,
+           (try? countingSyncFailure { try active.commit.synchronizeAll(file: active.file) }) != nil {
+            active.file.dropCachedPages()
         }
         for (segment, summary) in work.sealed {
             do {
-                do { try segment.commit.synchronizeAll(file: segment.file) } catch {
-                    noteSyncFailure()
-                    throw error
-                }
+                try countingSyncFailure { try segment.commit.synchronizeAll(file: segment.file) }
                 segment.file.dropCachedPages()
                 try device.replaceAtomically(SegmentFormat.summaryFileName(segment.id), bytes: SummaryEntry.encodeFile(segmentID: segment.id, entries: summary))
                 state.withLock { st in
@@ -67,6 +65,15 @@ extension BlockStore {
 
     /// Counts a failed sync (`StoreCounters.syncFailures`): the status and the metrics show it.
     func noteSyncFailure() { state.withLock { $0.stats.syncFailures += 1 } }
+
+    /// Runs `sync` (a segment's); a failure is counted, then rethrown. Not for syncs made with the store's
+    /// lock held: counting takes it.
+    func countingSyncFailure(_ sync: () throws -> Void) throws {
+        do { try sync() } catch {
+            noteSyncFailure()
+            throw error
+        }
+    }
 
     /// One pass of maintenance: expire, evict down to the low watermark, compact one segment, and
     /// rewrite the directory journal when it is mostly history.

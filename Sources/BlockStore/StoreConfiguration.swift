@@ -46,7 +46,7 @@ public struct StoreConfiguration: Sendable {
     public static let defaultMaxBlockSize = 256 << 20
     /// Under `--sync batch`, the most bytes of a segment written through the page cache and not yet
     /// synced before a commit waits for the sync (`BlockStore.settle`): what a power cut can lose when
-    /// writers outpace the disk. 32 MiB is 10-30 ms of an NVMe drive's writing.
+    /// writers outpace the disk. 32 MiB is 10-30 ms of writing at 1-3 GB/s.
     public static let batchBacklogBytes: UInt64 = 32 << 20
 
     public init(capacity: UInt64, segmentSize: UInt64? = nil, maxBlockSize: Int = StoreConfiguration.defaultMaxBlockSize,

@@ -200,7 +200,7 @@ extension BlockStore {
         }
         do {
             try r.segment.file.write(parts, at: r.offset)
-            _ = r.segment.commit.writeCompleted(bytes: recordSize)
+            r.segment.commit.writeCompleted(bytes: recordSize)
         } catch {
             abandon(r, key: nil, size: recordSize)
             throw StoreError.wrap(error)
