@@ -78,6 +78,7 @@ let package = Package(
         .testTarget(name: "ControlPlaneTests", dependencies: ["ControlPlane", "MetricsExporter", "WarehouseCore"]),
         .testTarget(name: "WarehouseFSTests", dependencies: ["WarehouseFS", "BlockStore", "DRAMTier", "WarehouseCore", "Platform"]),
         .testTarget(name: "CommandLineTypesTests", dependencies: ["CommandLineTypes"]),
+        .testTarget(name: "PrefetcherTests", dependencies: ["Prefetcher", "BlockStore", "DRAMTier", "WarehouseCore", "Platform"]),
 
         // libFuzzer targets (Tools/fuzz/run.sh builds them with -sanitize=fuzzer,address -D FUZZING;
         // built plainly they replay a corpus). CLibFuzzer declares libFuzzer's driver entry.

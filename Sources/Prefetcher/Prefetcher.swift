@@ -424,9 +424,17 @@ public final class Prefetcher: Sendable {
                 }
                 // Searching the log is quick (memory, or one summary file) and feeds the loads below.
                 if let scan = st.scans.popFirst() { return .some(scan) }
-                // Newest guesses first: they belong to the reads happening now.
-                if let job = st.speculative.popLast() {
+                // Newest guesses first: they belong to the reads happening now. A guess whose block was
+                // opened since it was queued is dropped: its reader read it itself, and loading it now
+                // would read it a second time for nobody (four readers of more blocks than the tier
+                // holds left the workers a backlog of such loads that ran on for two passes after the
+                // reads had gone to the page cache, taking the CPU the readers' copies needed).
+                while let job = st.speculative.popLast() {
                     st.queued.remove(job.key)
+                    if let read = st.readAt[job.key], read >= job.queuedAt {
+                        st.stats.late += 1
+                        continue
+                    }
                     return .some(.load(job))
                 }
                 return nil

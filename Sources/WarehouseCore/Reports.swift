@@ -95,7 +95,8 @@ public struct PrefetchReport: Codable, Sendable, Equatable {
     public var missing = 0
     /// Hints dropped because the queue was full.
     public var dropped = 0
-    /// Hints dropped because the block was read before they were served (they came too late).
+    /// Hints and speculative loads dropped because the block was opened before they were served (they
+    /// came too late: its reader read it itself).
     public var late = 0
     /// Hints dropped because they waited longer than the deadline.
     public var expired = 0

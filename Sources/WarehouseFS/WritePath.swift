@@ -292,11 +292,15 @@ extension WarehouseFileSystem {
         // Unless the reader maps the tier (an engine's connector): it looks there first, and the page
         // cache does not serve it there (a replay of 8 requests at once without hints: 0.89 of Belady's
         // DRAM hit ratio with the rule applied to it, 0.96 without).
-        let speculate = !node.state.withLock { $0.servedByPageCache }
+        // The same holds from the first open that expects the pages there (the daemon pushed them, or an
+        // earlier reader filled them), not only once a reader found them all: with more blocks than the
+        // tier holds, the prefetch workers otherwise spent a pass over pushed blocks loading their
+        // successors from NVMe, and took the CPU the readers' copies needed (docs/benchmarks.md).
+        let (cached, expectsCachedPages) = readsThroughPageCache(node)
+        let speculate = !(expectsCachedPages || node.state.withLock { $0.servedByPageCache })
             || (tiers?.isClient(process: inspector.threadGroup(of: caller.pid)) ?? false)
         prefetcher?.noteRead(namespace: node.namespace, namespaceID: node.namespaceID, name: node.key, process: caller.pid,
                              speculate: speculate, position: located.logPosition)
-        let (cached, expectsCachedPages) = readsThroughPageCache(node)
         // keep_cache also on a direct open: without it the kernel would drop the block's cached pages,
         // which stay valid (a committed block never changes; a rewritten name gets another inode).
         let state = ReadState(node: node, located: located, pinned: pinned, verified: verified,
