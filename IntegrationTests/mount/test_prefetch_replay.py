@@ -86,7 +86,12 @@ def test_written_blocks_enter_the_tier_unless_told_not_to(warehouse_factory):
         ns = wh.namespace("w")
         h = block_hash("w", 1)
         write_block(canonical(ns, h), pattern(h, 256 * 1024))
-        assert tier_of(canonical(ns, h)) == ("dram" if wh is on else "nvme")
+        if wh is on:
+            # The copy into the tier happens at RELEASE, which the kernel sends without waiting for it
+            # after `close` returned: this getxattr may be answered first (seen once in a full run).
+            assert wait_until(lambda: tier_of(canonical(ns, h)) == "dram", timeout=5)
+        else:
+            assert tier_of(canonical(ns, h)) == "nvme"
         assert read_block(canonical(ns, h)) == pattern(h, 256 * 1024)
 
 
