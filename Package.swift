@@ -69,7 +69,7 @@ let package = Package(
                                                        .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Tools/twctl"),
 
-        .testTarget(name: "WarehouseCoreTests", dependencies: ["WarehouseCore"]),
+        .testTarget(name: "WarehouseCoreTests", dependencies: ["WarehouseCore", "CXXHash"]),
         .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
         .testTarget(name: "BlockStoreTests", dependencies: ["BlockStore", "WarehouseCore", "Platform"]),
         .testTarget(name: "DRAMTierTests", dependencies: ["DRAMTier", "WarehouseCore", "Platform"]),
