@@ -97,13 +97,11 @@ struct StoreRecovery {
         // The newest record of every name decides (a relocated copy keeps its sequence: ties go to the
         // later segment, which holds the copy).
         // Positions in `all`, not copies of the entries: the table is a fifth of the size.
-        var newest: [BlockKey: Int] = [:]
-        newest.reserveCapacity(all.count)
+        var newest = NewestRecords(capacity: all.count)
         for (i, f) in all.enumerated() {
             st.nextSequence = max(st.nextSequence, f.entry.sequence + 1)
             if f.entry.type != .block { st.segments[f.segment]?.metadataRecords += 1 }
-            if let old = newest[f.entry.key], all[old].entry.sequence > f.entry.sequence { continue }
-            newest[f.entry.key] = i
+            newest.offer(f.entry.key, position: i) { all[$0].entry.sequence > f.entry.sequence }
         }
         // Block records that updates bind other names to.
         var wanted = Set<UInt64>()
@@ -116,7 +114,7 @@ struct StoreRecovery {
         var needsHeader: [(BlockKey, Found, Found?)] = []
         let now = wallClockNanoseconds()
         st.index.reserveCapacity(newest.count)
-        for (key, i) in newest {
+        for (key, i) in newest.entries {
             let f = all[i]
             var e = f.entry
             var located = f
@@ -141,11 +139,11 @@ struct StoreRecovery {
             if f.entry.type == .update || e.flags & EntryFlags.timed != 0 || !st.directories.isDirectory(e.namespaceID, e.directory) {
                 needsHeader.append((key, located, f.entry.type == .update ? f : nil))
             }
-            st.index[key] = entry
+            st.index.insert(key, entry)  // each name once: `newest` holds one record per name
         }
 
         all = []
-        newest = [:]
+        newest = NewestRecords(capacity: 0)
 
         // The few blocks whose record header must be read: renamed or updated ones (their current name),
         // explicit modification times, and blocks whose directory the journal lost.
@@ -175,11 +173,27 @@ struct StoreRecovery {
             }
         }
 
-        for (key, e) in st.index {
-            st.segments[e.segment]!.liveBytes += UInt64(e.recordSize)
-            st.segments[e.segment]!.countLive(e.namespaceID, 1)
+        // Live bytes and blocks per segment and namespace, summed here and stored once per segment: a
+        // dictionary update per block was a third of a restart at 1M blocks (docs/benchmarks.md).
+        var live: [UInt32: (bytes: UInt64, blocks: [UInt16: Int])] = [:]
+        var lastSegment = UInt32.max
+        var tally: (bytes: UInt64, blocks: [UInt16: Int]) = (0, [:])
+        let index = st.index
+        index.forEachLive { slot, _, e in
+            if e.segment != lastSegment {
+                if lastSegment != .max { live[lastSegment] = tally }
+                lastSegment = e.segment
+                tally = live[e.segment] ?? (0, [:])
+            }
+            tally.bytes += UInt64(e.recordSize)
+            tally.blocks[e.namespaceID, default: 0] += 1
             st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
-            st.directories.addBlockQuietly(st.index.slot(of: key)!, namespace: e.namespaceID, directory: e.directory)
+            st.directories.addBlockQuietly(slot, namespace: e.namespaceID, directory: e.directory)
+        }
+        if lastSegment != .max { live[lastSegment] = tally }
+        for (segment, sums) in live {
+            st.segments[segment]!.liveBytes += sums.bytes
+            for (namespaceID, blocks) in sums.blocks { st.segments[segment]!.countLive(namespaceID, blocks) }
         }
         for (_, seg) in st.segments { st.usedBytes += seg.length }
         report.blocks = st.index.count
@@ -223,5 +237,47 @@ struct StoreRecovery {
             throw StoreError.corruption("page \(page): bad header")
         }
         return header
+    }
+}
+
+/// The newest record of each name while recovery reads the summaries: open addressing on the key's own
+/// bits (a `BlockKey` is already an XXH3-128 of the name), positions in recovery's list of records. A
+/// `Dictionary` hashed every key again with SipHash: at 1M blocks its inserts were a quarter of a
+/// restart.
+private struct NewestRecords {
+    private var keys: [BlockKey]
+    private var positions: [Int]
+    private let mask: Int
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        var n = 16
+        while n < capacity * 2 { n *= 2 }
+        keys = [BlockKey](repeating: BlockKey(low: 0, high: 0), count: n)
+        positions = [Int](repeating: -1, count: n)
+        mask = n - 1
+    }
+
+    /// Records `position` for `key` unless the position it has is newer (`keepsOld` of that position).
+    mutating func offer(_ key: BlockKey, position: Int, keepsOld: (Int) -> Bool) {
+        var i = Int(truncatingIfNeeded: key.low) & mask
+        while positions[i] >= 0 {
+            if keys[i] == key {
+                if !keepsOld(positions[i]) { positions[i] = position }
+                return
+            }
+            i = (i + 1) & mask
+        }
+        keys[i] = key
+        positions[i] = position
+        count += 1
+    }
+
+    /// The positions of the newest records.
+    var values: some Sequence<Int> { positions.lazy.filter { $0 >= 0 } }
+
+    /// Every name and the position of its newest record.
+    var entries: some Sequence<(BlockKey, Int)> {
+        zip(keys, positions).lazy.filter { $0.1 >= 0 }
     }
 }
