@@ -131,11 +131,11 @@ struct BlockIndex: Sequence {
         }
     }
 
-    /// Calls `body` with the slot, key and entry of every live block, in slot order (recovery's tally:
-    /// the slot comes with the entry instead of a second hash probe for it).
-    func forEachLive(_ body: (UInt32, BlockKey, IndexEntry) throws -> Void) rethrows {
+    /// Calls `body` with the slot and entry of every live block, in slot order (recovery's tally: the
+    /// slot comes with the entry instead of a second hash probe for it).
+    func forEachLive(_ body: (UInt32, IndexEntry) throws -> Void) rethrows {
         for i in slots.indices where slots[i].entry.segment != Self.freeMark {
-            try body(UInt32(i), slots[i].key, slots[i].entry)
+            try body(UInt32(i), slots[i].entry)
         }
     }
 
