@@ -1788,6 +1788,28 @@ def test_the_store_directory_is_the_daemons_alone(warehouse_factory):
     if (store / "directories.twdir").exists():
         check_run("directories.twdir as a symlink", {"directories.twdir": "symlink"})
     check_run("namespaces as a symlink", {"namespaces": "symlink"}, work=False)
+    # The index snapshot of the last clean stop: a planted one is not followed, and the start reads the
+    # log instead. The real one put back afterwards no longer describes the store (blocks were written).
+    check_run("index.snapshot as a symlink", {"index.snapshot": "symlink", "index.snapshot.tmp": "symlink"})
+    check_run("index.snapshot as a fifo", {"index.snapshot": "fifo"})
+    # A clean stop's snapshot put back after the store changed: ignored, and the new block is found.
+    assert _start_attempt(wh)[0] == "mounted"
+    _stop(wh)
+    saved = (store / "index.snapshot").read_bytes()
+    assert _start_attempt(wh)[0] == "mounted"
+    late = wh.namespace("after-the-snapshot", 0o755)
+    late_hash = block_hash("after-the-snapshot", 0)
+    write_block(canonical(late, late_hash), pattern(late_hash, 100 * KiB))
+    _stop(wh)
+    (store / "index.snapshot").write_bytes(saved)
+    mark = wh.log_path.stat().st_size
+    assert _start_attempt(wh)[0] == "mounted"
+    text = _log_since(wh, mark)
+    assert "index snapshot ignored: the store changed after it was written" in text, f"a stale snapshot:\n{text[-1500:]}"
+    assert read_block(canonical(late, late_hash)) == pattern(late_hash, 100 * KiB)
+    for h, d in blocks.items():
+        assert read_block(canonical(ns, h)) == d
+    _stop(wh)
     for kind in ("fifo", "devzero"):
         state, took, text = check_run(f"namespaces as a {kind}", {"namespaces": kind}, work=False)
         assert state == "exited" and took < 10, f"namespaces as a {kind}: {state} after {took:.1f} s"

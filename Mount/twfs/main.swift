@@ -148,7 +148,10 @@ do {
 }
 let r = store.recovery
 say("twfs: store \(storeDirectory): \(r.blocks) blocks, \(r.directories) directories, capacity \(ByteCount.approximate(capacity)), sync \(options.sync.rawValue); "
-    + "recovered from \(r.segmentsFromSummary) summaries + \(r.segmentsScanned) scanned segments in \((r.seconds * 1000).rounded() / 1000) s"
+    + (r.indexSnapshot == "loaded" ? "index read from the snapshot of the last clean stop"
+                                    : "recovered from \(r.segmentsFromSummary) summaries + \(r.segmentsScanned) scanned segments")
+    + " in \((r.seconds * 1000).rounded() / 1000) s"
+    + (r.indexSnapshot.hasPrefix("ignored") ? "; index snapshot \(r.indexSnapshot)" : "")
     + (r.corruptRecords > 0 ? "; \(r.corruptRecords) corrupt records skipped" : "")
     + (r.tornTailBytes > 0 ? "; torn tail of \(r.tornTailBytes) bytes truncated" : "")
     + (r.directoriesRestored > 0 ? "; \(r.directoriesRestored) directories restored from block paths" : ""))
@@ -272,5 +275,8 @@ do {
     try store.close()
 } catch {
     fail("unmounted, but flushing the store failed: \(error)", code: 3)
+}
+if let why = store.indexSnapshotFailure {
+    logger.warning("twfs: no index snapshot written (\(why)): the next start rebuilds the index from the segment summaries")
 }
 exit(cleanExit ? 0 : 1)

@@ -156,3 +156,77 @@ struct BlockIndex: Sequence {
 
     var underestimatedCount: Int { count }
 }
+
+/// The index's arrays as they lie in memory, written and read back whole by `IndexSnapshot` (a clean stop
+/// and the next start): loading them is a sequential read, where rebuilding them costs a hash probe
+/// and a cache miss or two per block.
+extension BlockIndex {
+    /// Identifies the arrays' in-memory layout and the bucket function: a snapshot written by a build
+    /// whose layout or hashing differs is not loaded (the log is read instead).
+    static var layoutTag: UInt64 {
+        let bucketFunctionVersion: UInt64 = 1
+        var tag = bucketFunctionVersion
+        let figures: [Int] = [
+            MemoryLayout<Slot>.stride, MemoryLayout<Slot>.offset(of: \Slot.key) ?? -1, MemoryLayout<Slot>.offset(of: \Slot.entry) ?? -1,
+            MemoryLayout<BlockKey>.stride, MemoryLayout<IndexEntry>.stride,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.segment) ?? -1, MemoryLayout<IndexEntry>.offset(of: \IndexEntry.page) ?? -1,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.storedLength) ?? -1, MemoryLayout<IndexEntry>.offset(of: \IndexEntry.logicalLength) ?? -1,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.commitSeconds) ?? -1, MemoryLayout<IndexEntry>.offset(of: \IndexEntry.directory) ?? -1,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.sequence) ?? -1, MemoryLayout<IndexEntry>.offset(of: \IndexEntry.namespaceID) ?? -1,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.attributes) ?? -1, MemoryLayout<IndexEntry>.offset(of: \IndexEntry.flags) ?? -1,
+            MemoryLayout<IndexEntry>.offset(of: \IndexEntry.headerPageCount) ?? -1,
+        ]
+        for f in figures { tag = tag &* 1_000_003 &+ UInt64(bitPattern: Int64(f)) }
+        return tag
+    }
+
+    struct Shape: Equatable {
+        var slots: Int
+        var buckets: Int
+        var freeList: UInt32
+        var count: Int
+    }
+
+    var shape: Shape { Shape(slots: slots.count, buckets: buckets.count, freeList: freeList, count: count) }
+
+    /// The slab, the chain links and the buckets as raw bytes, in that order.
+    func withStorage<R>(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try slots.withUnsafeBytes { s in try next.withUnsafeBytes { n in try buckets.withUnsafeBytes { b in try body(s, n, b) } } }
+    }
+
+    /// An index whose arrays `fill` reads in (the slab, the chain links, the buckets, each called once
+    /// with its exact byte size). Nil when the shape is impossible; the caller checked the bytes'
+    /// checksum, and `isConsistent` checks the links.
+    init?(shape: Shape, fill: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
+        guard _isPOD(Slot.self), shape.slots >= 0, shape.slots < Int(Self.none), shape.count >= 0, shape.count <= shape.slots,
+              shape.buckets >= 1024, shape.buckets & (shape.buckets - 1) == 0,
+              shape.freeList == Self.none || Int(shape.freeList) < shape.slots else { return nil }
+        slots = try [Slot](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
+            try fill(UnsafeMutableRawBufferPointer(buffer))
+            initialized = shape.slots
+        }
+        next = try [UInt32](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
+            try fill(UnsafeMutableRawBufferPointer(buffer))
+            initialized = shape.slots
+        }
+        buckets = try [UInt32](unsafeUninitializedCapacity: shape.buckets) { buffer, initialized in
+            try fill(UnsafeMutableRawBufferPointer(buffer))
+            initialized = shape.buckets
+        }
+        freeList = shape.freeList
+        count = shape.count
+    }
+
+    /// Whether every link stays inside the slab and the live slots number `count` (one sequential pass:
+    /// a snapshot that passed its checksum but does not hold together is not used).
+    func isConsistent() -> Bool {
+        let n = UInt32(slots.count)
+        var live = 0
+        for i in 0..<slots.count {
+            if slots[i].entry.segment != Self.freeMark { live += 1 }
+            if next[i] != Self.none && next[i] >= n { return false }
+        }
+        for b in buckets where b != Self.none && b >= n { return false }
+        return live == count
+    }
+}

@@ -40,6 +40,9 @@ public final class BlockStore: Sendable {
     let idle = ConditionLock()
     /// The sealed segment whose summary `blocksFollowing` decoded last (read ahead in log order).
     let logOrderSummary = Mutex<(segment: UInt32, entries: [SummaryEntry])?>(nil)
+    /// Why `close` wrote no index snapshot (nil when it did, or has not run).
+    let snapshotFailure = Mutex<String?>(nil)
+    public var indexSnapshotFailure: String? { snapshotFailure.withLock { $0 } }
 
     /// Opens the store in `directory` (creating it; it must be the daemon's alone), recovering its index.
     public convenience init(directory: String, configuration: StoreConfiguration) throws {

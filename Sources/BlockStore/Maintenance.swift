@@ -141,7 +141,28 @@ extension BlockStore {
             try device.replaceAtomically(SegmentFormat.summaryFileName(s.segment.id), bytes: SummaryEntry.encodeFile(segmentID: s.segment.id, entries: s.summary))
         }
         try state.withLock { st in try checkpointJournal(st) }
+        writeIndexSnapshot()
         lockToken.withLock { $0 = nil }
+    }
+
+    /// The index for the next start to read whole (`IndexSnapshot`), written once everything else is
+    /// durable. A failure costs only the next start's speed: that start reads the summaries.
+    private func writeIndexSnapshot() {
+        do {
+            try state.withLock { st in
+                var segments: [(id: UInt32, length: UInt64)] = []
+                for (id, s) in st.segments { segments.append((id, try s.segment.file.length())) }
+                let fingerprint = IndexSnapshot.fingerprint(
+                    namespaceTable: try device.readWhole(NamespaceTable.fileName, limit: NamespaceTable.maxFileSize),
+                    journal: try device.readWhole(DirectoryJournalFormat.fileName, limit: DirectoryJournalFormat.maxFileSize),
+                    segments: segments)
+                try IndexSnapshot.write(st, fingerprint: fingerprint, device: device)
+            }
+        } catch {
+            try? device.remove(IndexSnapshot.temporaryName)
+            try? device.remove(IndexSnapshot.fileName)
+            snapshotFailure.withLock { $0 = "\(error)" }
+        }
     }
 
     /// Stops without syncing or sealing anything, as a killed process would (for crash tests).

@@ -45,6 +45,14 @@ public final class MemoryStorageDevice: StorageDevice {
 
     public func remove(_ name: String) throws { _ = files.withLock { $0.removeValue(forKey: name) } }
 
+    /// Moves the file's volatile and durable contents to the new name, as durable at once as creation is here.
+    public func rename(_ name: String, to newName: String) throws {
+        try files.withLock { files in
+            guard let f = files.removeValue(forKey: name) else { throw SystemError(ENOENT, "rename", path: name) }
+            files[newName] = f
+        }
+    }
+
     public func replaceAtomically(_ name: String, bytes: [UInt8]) throws {
         files.withLock { $0[name] = FileState(volatile: bytes, durable: bytes, durableExists: true) }
     }

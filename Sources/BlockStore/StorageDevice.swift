@@ -14,6 +14,9 @@ public protocol StorageDevice: Sendable {
     /// Opens (and with `create`, creates) a file of the store.
     func open(_ name: String, create: Bool) throws -> any DeviceFile
     func remove(_ name: String) throws
+    /// Renames a file of the store over another atomically (`rename(2)`); durable once the directory
+    /// is synced.
+    func rename(_ name: String, to newName: String) throws
     /// Replaces a small file atomically and durably (summaries, the namespace table).
     func replaceAtomically(_ name: String, bytes: [UInt8]) throws
     /// The whole content of a small file, or nil when it does not exist; a file longer than `limit`
@@ -91,6 +94,10 @@ public struct DirectoryStorageDevice: StorageDevice {
 
     public func remove(_ name: String) throws {
         do { try FileSystem.remove(directory + "/" + name) } catch let e where e.code == ENOENT {}
+    }
+
+    public func rename(_ name: String, to newName: String) throws {
+        try FileSystem.rename(directory + "/" + name, to: directory + "/" + newName)
     }
 
     public func replaceAtomically(_ name: String, bytes: [UInt8]) throws {

@@ -80,6 +80,15 @@ struct AttributeTable {
     /// Class 0 stands for "recorded by an older daemon": the namespace's owner, mode 0444.
     static let legacy: UInt16 = 0
 
+    init() {}
+
+    /// The classes in their order (an index snapshot's entries refer to them by position).
+    init?(classes: [BlockOwnership]) {
+        guard !classes.isEmpty, classes.count <= Int(UInt16.max) else { return nil }
+        self.classes = classes
+        for (i, o) in classes.enumerated().dropFirst() where ids[o] == nil { ids[o] = UInt16(i) }
+    }
+
     /// The class of `o`, or nil when 65535 distinct ones exist already.
     mutating func intern(_ o: BlockOwnership?) -> UInt16? {
         guard let o else { return Self.legacy }

@@ -50,13 +50,16 @@ public struct RecoveryReport: Codable, Sendable, Equatable {
     public var tornTailBytes: UInt64 = 0
     public var bytesScanned: UInt64 = 0
     public var seconds = 0.0
+    /// "loaded": the index came from the snapshot of the last clean stop (no summary read, no segment
+    /// scanned); "ignored: why" when one was there but could not be used; empty when there was none.
+    public var indexSnapshot = ""
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case segmentsFromSummary = "segments_from_summary", segmentsScanned = "segments_scanned", blocks, directories
         case directoriesRestored = "directories_restored", corruptRecords = "corrupt_records", tornTailBytes = "torn_tail_bytes"
-        case bytesScanned = "bytes_scanned", seconds
+        case bytesScanned = "bytes_scanned", seconds, indexSnapshot = "index_snapshot"
     }
 }
 

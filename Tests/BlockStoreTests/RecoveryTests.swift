@@ -43,8 +43,9 @@ import Platform
     }
 
     /// Two namespaces' blocks over several segments, some removed, some written again: after a restart
-    /// from the summaries and after one that scans every segment, the tallies are what they were.
-    @Test func liveTalliesAreRebuiltExactlyFromSummariesAndFromAScan() throws {
+    /// from the index snapshot, one from the summaries (after a crash) and one that scans every segment,
+    /// the tallies are what they were.
+    @Test func liveTalliesAreRebuiltExactlyFromTheSnapshotTheSummariesAndAScan() throws {
         let device = MemoryStorageDevice()
         var store = try makeStore(device)
         try ensureNamespace(store, "a")
@@ -58,14 +59,127 @@ import Platform
         #expect(before.liveBytes.count > 3)
         try store.close()
         store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot == "loaded")
+        #expect(tallies(store) == before)
+        store.abandonAsIfCrashed()
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot == "")
         #expect(store.recovery.segmentsFromSummary > 0)
         #expect(tallies(store) == before)
         try store.close()
-        for name in try device.fileNames() where name.hasSuffix(SegmentFormat.summarySuffix) { try device.remove(name) }
+        for name in try device.fileNames() where name.hasSuffix(SegmentFormat.summarySuffix) || name == IndexSnapshot.fileName {
+            try device.remove(name)
+        }
         store = try makeStore(device)
         #expect(store.recovery.segmentsScanned > 0)
         #expect(tallies(store) == before)
         #expect(try store.get("a", "k14") == pattern(114, count: 5_000))
+        try store.close()
+    }
+
+    /// Everything a restart restores, as one value: every index entry with its extras, the attribute
+    /// classes, each directory's blocks, the next sequence and the tallies.
+    struct WholeState: Equatable {
+        var entries: [String]
+        var attributeClasses: [BlockOwnership]
+        var directories: [String]
+        var nextSequence: UInt64
+    }
+
+    func wholeState(_ store: BlockStore) -> WholeState {
+        store.state.withLock { st in
+            var entries: [String] = []
+            for (k, e) in st.index { entries.append("\(k.low):\(k.high) \(e) \(st.extras[k].map { "\($0)" } ?? "-")") }
+            var directories: [String] = []
+            for (ns, tree) in st.directories.namespaces {
+                for (id, node) in tree.nodes where !node.blocks.isEmpty {
+                    directories.append("\(ns)/\(id): \(node.blocks.all.sorted())")
+                }
+            }
+            return WholeState(entries: entries.sorted(), attributeClasses: st.attributes.classes, directories: directories.sorted(),
+                              nextSequence: st.nextSequence)
+        }
+    }
+
+    /// A store with blocks in fan-out and made directories, a rename, an owner change and an explicit
+    /// time, over several segments: closed, it restarts from its index snapshot into exactly the state
+    /// it had, reads every block, and the snapshot is gone (a second start reads the summaries).
+    @Test func aCleanStopRestartsFromTheIndexSnapshotIntoTheSameState() throws {
+        let device = MemoryStorageDevice()
+        var store = try makeStore(device, segmentSize: 64 << 10)
+        try ensureNamespace(store, "a")
+        let ns = store.namespace(named: "a")!.id
+        let dir = try store.makeDirectory(namespaceID: ns, parent: DirectoryID.namespaceRoot, name: "conv",
+                                          ownership: BlockOwnership(uid: 7, gid: 7, mode: 0o750))
+        for i in 0..<40 { _ = try store.put("a", i % 4 == 0 ? "conv/k\(i)" : "k\(i)", pattern(i, count: 3_000 + i * 500)) }
+        try store.remove(namespace: "a", key: "k5")
+        _ = try store.rename(namespace: "a", from: "k6", to: "conv/moved")
+        try store.setAttributes(namespace: "a", key: "k7", ownership: BlockOwnership(uid: 1000, gid: 1000, mode: 0o440),
+                                modifiedNanoseconds: 1_700_000_000_000_000_000)
+        let before = wholeState(store)
+        let beforeTallies = tallies(store)
+        #expect(before.directories.contains { $0.hasPrefix("\(ns)/\(dir.id):") })
+        try store.close()
+        #expect(device.contents(IndexSnapshot.fileName) != nil)
+
+        store = try makeStore(device, segmentSize: 64 << 10)
+        #expect(store.recovery.indexSnapshot == "loaded")
+        #expect(store.recovery.segmentsFromSummary == 0 && store.recovery.segmentsScanned == 0)
+        #expect(device.contents(IndexSnapshot.fileName) == nil)
+        #expect(wholeState(store) == before)
+        #expect(tallies(store) == beforeTallies)
+        #expect(try store.get("a", "conv/moved") == pattern(6, count: 6_000))
+        #expect(store.locate(namespace: "a", key: "k5") == nil)
+        for i in 0..<40 where i != 5 && i != 6 {
+            #expect(try store.get("a", i % 4 == 0 ? "conv/k\(i)" : "k\(i)") == pattern(i, count: 3_000 + i * 500))
+        }
+        let page = store.listDirectory(namespaceID: ns, id: dir.id, from: 0, limit: 100)
+        #expect(page.items.count == 11)  // conv/k0 ... conv/k36 and conv/moved
+        store.abandonAsIfCrashed()
+        store = try makeStore(device, segmentSize: 64 << 10)
+        #expect(store.recovery.indexSnapshot == "")
+        #expect(store.recovery.segmentsFromSummary > 0)
+        #expect(tallies(store) == beforeTallies)
+        try store.close()
+    }
+
+    /// A snapshot that no longer describes the store (put back after the store changed) or that was
+    /// damaged is not used: the start reads the log, finds every change, and removes the snapshot.
+    @Test func aStaleOrDamagedSnapshotIsIgnored() throws {
+        let device = MemoryStorageDevice()
+        var store = try makeStore(device)
+        try ensureNamespace(store)
+        for i in 0..<20 { _ = try store.put("m", "b\(i)", pattern(i, count: 20_000)) }
+        try store.close()
+        let stale = try #require(device.contents(IndexSnapshot.fileName))
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot == "loaded")
+        try store.remove(namespace: "m", key: "b3")
+        _ = try store.put("m", "late", pattern(99, count: 1_000))
+        store.abandonAsIfCrashed()
+        try device.replaceAtomically(IndexSnapshot.fileName, bytes: stale)
+
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot.hasPrefix("ignored"))
+        #expect(device.contents(IndexSnapshot.fileName) == nil)
+        #expect(store.locate(namespace: "m", key: "b3") == nil)
+        #expect(try store.get("m", "late") == pattern(99, count: 1_000))
+        try store.close()
+
+        // Damaged: one byte of the index flipped (the checksum catches it).
+        device.modify(IndexSnapshot.fileName) { $0[IndexSnapshot.headerSize + 100] ^= 0x10 }
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot == "ignored: checksum mismatch")
+        #expect(device.contents(IndexSnapshot.fileName) == nil)
+        for i in 0..<20 where i != 3 { #expect(try store.get("m", "b\(i)") == pattern(i, count: 20_000)) }
+        #expect(try store.get("m", "late") == pattern(99, count: 1_000))
+        try store.close()
+
+        // Cut short: ignored too.
+        device.modify(IndexSnapshot.fileName) { $0.removeLast(9) }
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot.hasPrefix("ignored"))
+        #expect(store.statistics().blocks == 20)
         try store.close()
     }
 
@@ -90,7 +204,7 @@ import Platform
         let offset = 4096 + 4096 + 5000
         device.modify(segmentNames(device)[0]) { $0[offset] ^= 0x01 }
         store = try makeStore(device)
-        #expect(store.recovery.segmentsFromSummary == 1)
+        #expect(store.recovery.indexSnapshot == "loaded")
         #expect(storeErrno { _ = try store.get("m", "k") } == EIO)
         #expect(store.statistics().corruptReads == 1)
         try store.close()

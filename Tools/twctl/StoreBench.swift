@@ -63,6 +63,8 @@ struct StoreBench: ParsableCommand {
             result["index"] = index
             if !json {
                 print("\nindex: \(indexBlocks) blocks at path depth \(indexDepth) (\(index["directories"]!) directories), \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, directory tree, tables, active segment's entry list)")
+                print("close (seal, summaries, index snapshot): \(f2(index["close_s"] as! Double)) s")
+                print("restart after a clean stop: \(f2(index["restart_from_snapshot_s"] as! Double)) s (the index snapshot)")
                 print("restart with summaries:    \(f2(index["restart_with_checkpoint_s"] as! Double)) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
                 print("restart without summaries: \(f2(index["restart_without_checkpoint_s"] as! Double)) s (full scan of \(index["segments_scanned_without_checkpoint"]!) segments, \(ByteCount.approximate(index["bytes_scanned_without_checkpoint"] as! UInt64)))")
             }
@@ -207,15 +209,28 @@ struct StoreBench: ParsableCommand {
         s.flushOnce()
         let after = residentBytes()
         let blocks = s.statistics().blocks
-        try s.close()
-        store = nil
         var started = monotonicNanoseconds()
+        try s.close()
+        let closing = Double(monotonicNanoseconds() - started) / 1e9
+        store = nil
+        // After a clean stop: the index snapshot, read from the disk as after a reboot (its pages were
+        // just written, so they are dropped from the page cache first).
+        if let snapshot = try? FileDescriptor(open: path + "/index.snapshot", flags: O_RDONLY) { snapshot.advise(POSIX_FADV_DONTNEED) }
+        started = monotonicNanoseconds()
         var reopened = try BlockStore(directory: path, configuration: configuration)
+        let fromSnapshot = Double(monotonicNanoseconds() - started) / 1e9
+        let r0 = reopened.recovery
+        guard r0.blocks == blocks else { throw failure("restart found \(r0.blocks) of \(blocks) blocks") }
+        guard r0.indexSnapshot == "loaded" else { throw failure("the restart after a clean stop did not load the index snapshot (\(r0.indexSnapshot))") }
+        // After a crash (no snapshot): the summaries.
+        reopened.abandonAsIfCrashed()
+        started = monotonicNanoseconds()
+        reopened = try BlockStore(directory: path, configuration: configuration)
         let withCheckpoint = Double(monotonicNanoseconds() - started) / 1e9
         let r1 = reopened.recovery
         guard r1.blocks == blocks else { throw failure("restart found \(r1.blocks) of \(blocks) blocks") }
         try reopened.close()
-        for name in try FileSystem.listDirectory(path) where name.hasSuffix(SegmentFormat.summarySuffix) {
+        for name in try FileSystem.listDirectory(path) where name.hasSuffix(SegmentFormat.summarySuffix) || name.hasPrefix("index.snapshot") {
             try FileSystem.remove(path + "/" + name)
         }
         started = monotonicNanoseconds()
@@ -225,6 +240,7 @@ struct StoreBench: ParsableCommand {
         try reopened.close()
         try? FileManager.default.removeItem(atPath: path)
         return ["blocks": blocks, "depth": indexDepth, "directories": directories, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
+                "close_s": closing, "restart_from_snapshot_s": fromSnapshot,
                 "restart_with_checkpoint_s": withCheckpoint, "segments_from_summary": r1.segmentsFromSummary,
                 "segments_scanned_with_checkpoint": r1.segmentsScanned,
                 "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,

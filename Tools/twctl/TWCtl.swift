@@ -91,8 +91,10 @@ struct Status: ParsableCommand {
         let l = s.limits
         print("writing     \(l.pendingBlocks) blocks, \(bytes(l.stagedBytes)) staged of \(bytes(l.stagedBytesLimit)) (\(bytes(l.stagedBytesPerUserLimit)) per user); \(l.refusedForLimits) refused for limits")
         let r = s.recovery
-        print("recovery    \(r.segmentsFromSummary) segments from summaries, \(r.segmentsScanned) scanned, \(r.corruptRecords) corrupt records, "
-              + "\(r.tornTailBytes) torn-tail bytes, \(r.directories) directories (\(r.directoriesRestored) restored), \(r.seconds) s")
+        print("recovery    " + (r.indexSnapshot == "loaded" ? "index snapshot of the last clean stop, " : "")
+              + "\(r.segmentsFromSummary) segments from summaries, \(r.segmentsScanned) scanned, \(r.corruptRecords) corrupt records, "
+              + "\(r.tornTailBytes) torn-tail bytes, \(r.directories) directories (\(r.directoriesRestored) restored), \(r.seconds) s"
+              + (r.indexSnapshot.hasPrefix("ignored") ? " (index snapshot \(r.indexSnapshot))" : ""))
     }
 }
 

@@ -86,6 +86,11 @@ struct MemberList<Element: Hashable & Sendable>: Sendable {
         items.append(x)
     }
 
+    /// Adds elements none of which is a member now.
+    mutating func insert(contentsOf xs: [Element]) {
+        if removed.isEmpty { items.append(contentsOf: xs) } else { for x in xs { insert(x) } }
+    }
+
     /// Removes an element that is a member now. `compactable`: no listing is open on the list.
     mutating func remove(_ x: Element, compactable: Bool) {
         if compactable && items.count <= 32, let i = items.lastIndex(of: x) {
@@ -393,6 +398,15 @@ struct DirectoryTree: Sendable {
         namespaces[ns]!.nodes[id]!.modifiedNanoseconds = now
         namespaces[ns]!.nodes[id]!.changedNanoseconds = now
         dropIfImplicitAndEmpty(ns, id, now: now)
+    }
+
+    /// Blocks (none of them members yet) added to a directory at once without touching times, when the
+    /// directory exists: an index snapshot's blocks, gathered by directory first (one tree lookup a
+    /// directory, not a block).
+    mutating func addBlocksIfDirectory(_ slots: [UInt32], namespace ns: UInt16, directory id: UInt32) -> Bool {
+        guard namespaces[ns] != nil else { return false }
+        if DirectoryID.isFanout(id) { materialize(ns, id, now: namespaces[ns]?.nodes[DirectoryID.namespaceRoot]?.modifiedNanoseconds ?? 0) }
+        return namespaces[ns]?.nodes[id]?.blocks.insert(contentsOf: slots) != nil
     }
 
     /// Blocks added without touching times (recovery building the tree).
