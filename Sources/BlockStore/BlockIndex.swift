@@ -217,16 +217,13 @@ extension BlockIndex {
         count = shape.count
     }
 
-    /// Whether every link stays inside the slab and the live slots number `count` (one sequential pass:
-    /// a snapshot that passed its checksum but does not hold together is not used).
-    func isConsistent() -> Bool {
+    /// Whether every link stays inside the slab (a snapshot that passed its checksum but does not hold
+    /// together is not used; the caller counts the live slots as it walks them).
+    func linksStayInside() -> Bool {
         let n = UInt32(slots.count)
-        var live = 0
-        for i in 0..<slots.count {
-            if slots[i].entry.segment != Self.freeMark { live += 1 }
-            if next[i] != Self.none && next[i] >= n { return false }
-        }
-        for b in buckets where b != Self.none && b >= n { return false }
-        return live == count
+        var outside = false
+        for x in next { outside = outside || (x != Self.none && x >= n) }
+        for x in buckets { outside = outside || (x != Self.none && x >= n) }
+        return !outside
     }
 }

@@ -16,6 +16,9 @@ import WarehouseCore
 enum IndexSnapshot {
     static let fileName = "index.snapshot"
     static let temporaryName = "index.snapshot.tmp"
+    /// A snapshot that was read: renamed at start (a rename, where removing a large file takes the
+    /// filesystem a while) and removed by the store's maintenance thread.
+    static let retiredName = "index.snapshot.old"
     static let magic: [UInt8] = Array("TWIDXS01".utf8)
     static let version: UInt32 = 1
     static let headerSize = 96
@@ -198,7 +201,7 @@ enum IndexSnapshot {
                 var stored: UInt64 = 0
                 _ = try withUnsafeMutableBytes(of: &stored) { try file.read(into: $0, at: offset) }
                 guard UInt64(littleEndian: stored) == checksum.digest else { why = "checksum mismatch"; return nil }
-                guard index.isConsistent() else { why = "its index does not hold together"; return nil }
+                guard index.linksStayInside() else { why = "its index does not hold together"; return nil }
                 guard var restored = decodeMetadata(metadata) else { why = "bad metadata"; return nil }
                 restored.index = index
                 restored.nextSequence = nextSequence

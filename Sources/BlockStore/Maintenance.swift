@@ -17,6 +17,7 @@ extension BlockStore {
             }
         }
         let maintenance = BackgroundThread(name: "tw-maintain") { [self] in
+            try? device.remove(IndexSnapshot.retiredName)  // the snapshot this start read
             while !stopping.withLock({ $0 }) {
                 wakeup.withLock { wakeup.wait(nanoseconds: 50_000_000) }
                 if stopping.withLock({ $0 }) { break }
@@ -148,6 +149,7 @@ extension BlockStore {
     /// The index for the next start to read whole (`IndexSnapshot`), written once everything else is
     /// durable. A failure costs only the next start's speed: that start reads the summaries.
     private func writeIndexSnapshot() {
+        try? device.remove(IndexSnapshot.retiredName)
         do {
             try state.withLock { st in
                 var segments: [(id: UInt32, length: UInt64)] = []

@@ -126,6 +126,7 @@ import Platform
         #expect(store.recovery.indexSnapshot == "loaded")
         #expect(store.recovery.segmentsFromSummary == 0 && store.recovery.segmentsScanned == 0)
         #expect(device.contents(IndexSnapshot.fileName) == nil)
+        #expect(device.contents(IndexSnapshot.retiredName) != nil)  // renamed at start, removed in the background
         #expect(wholeState(store) == before)
         #expect(tallies(store) == beforeTallies)
         #expect(try store.get("a", "conv/moved") == pattern(6, count: 6_000))
@@ -139,6 +140,7 @@ import Platform
         store = try makeStore(device, segmentSize: 64 << 10)
         #expect(store.recovery.indexSnapshot == "")
         #expect(store.recovery.segmentsFromSummary > 0)
+        #expect(device.contents(IndexSnapshot.retiredName) == nil)
         #expect(tallies(store) == beforeTallies)
         try store.close()
     }
