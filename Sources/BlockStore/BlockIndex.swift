@@ -1,4 +1,7 @@
 import WarehouseCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The in-memory index: every live block's `BlockKey` and `IndexEntry`, in a slab of stable slots
 /// found through chained buckets (docs/benchmarks.md, "Index memory").
@@ -202,19 +205,33 @@ extension BlockIndex {
               shape.buckets >= 1024, shape.buckets & (shape.buckets - 1) == 0,
               shape.freeList == Self.none || Int(shape.freeList) < shape.slots else { return nil }
         slots = try [Slot](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
+            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
             try fill(UnsafeMutableRawBufferPointer(buffer))
             initialized = shape.slots
         }
         next = try [UInt32](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
+            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
             try fill(UnsafeMutableRawBufferPointer(buffer))
             initialized = shape.slots
         }
         buckets = try [UInt32](unsafeUninitializedCapacity: shape.buckets) { buffer, initialized in
+            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
             try fill(UnsafeMutableRawBufferPointer(buffer))
             initialized = shape.buckets
         }
         freeList = shape.freeList
         count = shape.count
+    }
+
+    /// Asks for transparent huge pages over the whole 2 MiB pages of `buffer` (Debian's default THP mode
+    /// is `madvise`): fresh memory filled by a read then faults in 2 MiB at a time, and hash probes into
+    /// a slab of gigabytes miss the TLB less.
+    static func adviseHugePages(_ buffer: UnsafeMutableRawBufferPointer) {
+        let huge = UInt(2 << 20)
+        guard let base = buffer.baseAddress, buffer.count >= 2 * Int(huge) else { return }
+        let start = (UInt(bitPattern: base) + huge - 1) & ~(huge - 1)
+        let end = (UInt(bitPattern: base) + UInt(buffer.count)) & ~(huge - 1)
+        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(end - start), MADV_HUGEPAGE) }
     }
 
     /// Whether every link stays inside the slab (a snapshot that passed its checksum but does not hold
