@@ -1,7 +1,5 @@
+import Platform
 import WarehouseCore
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The in-memory index: every live block's `BlockKey` and `IndexEntry`, in a slab of stable slots
 /// found through chained buckets (docs/benchmarks.md, "Index memory").
@@ -9,9 +7,9 @@ import Glibc
 /// Why not a `Dictionary`: a dictionary keeps its load factor between 3/8 and 3/4, so its storage is
 /// 1.3 to 2.7 times the entries (at 1M blocks, 2M slots of 56 bytes: 117 bytes a block), and its
 /// positions move when it grows, so a directory had to list its blocks by their 16-byte keys. Here the
-/// slab grows by a quarter at a time, the buckets are 4 bytes each, and a slot's number never changes
-/// while its block lives: directories list their blocks by 4-byte slot numbers (`DirectoryTree`).
-/// About 66 bytes a block for the index, plus 4 in its directory.
+/// slab grows by a quarter at a time (in place: `MappedArray`), the buckets are 4 bytes each, and a
+/// slot's number never changes while its block lives: directories list their blocks by 4-byte slot
+/// numbers (`DirectoryTree`). About 66 bytes a block for the index, plus 4 in its directory.
 ///
 /// Thread-safety: none; it lives in the store's state and its lock guards it.
 struct BlockIndex: Sequence {
@@ -20,11 +18,13 @@ struct BlockIndex: Sequence {
         var entry: IndexEntry
     }
 
-    private var slots: [Slot] = []
+    // In mappings of their own (`MappedArray`): they grow without copying, where a Swift array's growth
+    // by a quarter copied the whole slab under the store's lock (113 ms at 2.6M blocks).
+    private var slots = MappedArray<Slot>()
     /// Per slot: the next slot of its bucket's chain, or of the free list.
-    private var next: [UInt32] = []
+    private var next = MappedArray<UInt32>()
     /// Per bucket: its first slot. A power of two, at least as many as live slots.
-    private var buckets: [UInt32] = [UInt32](repeating: BlockIndex.none, count: 1024)
+    private var buckets = MappedArray<UInt32>(repeating: BlockIndex.none, count: 1024)
     private var freeList = BlockIndex.none
     private(set) var count = 0
 
@@ -35,7 +35,10 @@ struct BlockIndex: Sequence {
     private var mask: Int { buckets.count - 1 }
 
     @inline(__always)
-    private func bucket(of key: BlockKey) -> Int { Int(truncatingIfNeeded: key.low ^ (key.high >> 17)) & mask }
+    private func bucket(of key: BlockKey) -> Int { Self.bucket(of: key, mask: mask) }
+
+    @inline(__always)
+    private static func bucket(of key: BlockKey, mask: Int) -> Int { Int(truncatingIfNeeded: key.low ^ (key.high >> 17)) & mask }
 
     /// The slot holding `key`, if it is in the index.
     func slot(of key: BlockKey) -> UInt32? {
@@ -76,7 +79,7 @@ struct BlockIndex: Sequence {
             slots[Int(s)] = Slot(key: key, entry: entry)
         } else {
             if slots.count == slots.capacity {
-                // A quarter more at a time: less slack than an array's doubling.
+                // A quarter more at a time: less slack than doubling (the mapping grows in place).
                 let more = Swift.max(1024, slots.count / 4)
                 slots.reserveCapacity(slots.count + more)
                 next.reserveCapacity(slots.count + more)
@@ -125,13 +128,22 @@ struct BlockIndex: Sequence {
         if b > buckets.count { rehash(buckets: b) }
     }
 
+    /// Every live slot into `n` buckets (under the store's lock: one pass over the slab, through pointers).
     private mutating func rehash(buckets n: Int) {
-        buckets = [UInt32](repeating: Self.none, count: n)
-        for i in slots.indices where slots[i].entry.segment != Self.freeMark {
-            let b = bucket(of: slots[i].key)
-            next[i] = buckets[b]
-            buckets[b] = UInt32(i)
+        var fresh = MappedArray<UInt32>(repeating: Self.none, count: n)
+        let mask = n - 1
+        slots.withUnsafeBufferPointer { s in
+            next.withUnsafeMutableBufferPointer { links in
+                fresh.withUnsafeMutableBufferPointer { heads in
+                    for i in 0..<s.count where s[i].entry.segment != Self.freeMark {
+                        let b = Self.bucket(of: s[i].key, mask: mask)
+                        links[i] = heads[b]
+                        heads[b] = UInt32(i)
+                    }
+                }
+            }
         }
+        buckets = fresh
     }
 
     /// Calls `body` with the slot and entry of every live block, in slot order (recovery's tally: the
@@ -144,7 +156,7 @@ struct BlockIndex: Sequence {
 
     /// Live entries, in slot order.
     struct Iterator: IteratorProtocol {
-        let slots: [Slot]
+        let slots: MappedArray<Slot>
         var i = 0
         mutating func next() -> (key: BlockKey, value: IndexEntry)? {
             while i < slots.count {
@@ -199,39 +211,16 @@ extension BlockIndex {
 
     /// An index whose arrays `fill` reads in (the slab, the chain links, the buckets, each called once
     /// with its exact byte size). Nil when the shape is impossible; the caller checked the bytes'
-    /// checksum, and `isConsistent` checks the links.
+    /// checksum, and `linksStayInside` checks the links.
     init?(shape: Shape, fill: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
         guard _isPOD(Slot.self), shape.slots >= 0, shape.slots < Int(Self.none), shape.count >= 0, shape.count <= shape.slots,
               shape.buckets >= 1024, shape.buckets & (shape.buckets - 1) == 0,
               shape.freeList == Self.none || Int(shape.freeList) < shape.slots else { return nil }
-        slots = try [Slot](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
-            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
-            try fill(UnsafeMutableRawBufferPointer(buffer))
-            initialized = shape.slots
-        }
-        next = try [UInt32](unsafeUninitializedCapacity: shape.slots) { buffer, initialized in
-            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
-            try fill(UnsafeMutableRawBufferPointer(buffer))
-            initialized = shape.slots
-        }
-        buckets = try [UInt32](unsafeUninitializedCapacity: shape.buckets) { buffer, initialized in
-            Self.adviseHugePages(UnsafeMutableRawBufferPointer(buffer))
-            try fill(UnsafeMutableRawBufferPointer(buffer))
-            initialized = shape.buckets
-        }
+        slots = try MappedArray(count: shape.slots, fill: fill)
+        next = try MappedArray(count: shape.slots, fill: fill)
+        buckets = try MappedArray(count: shape.buckets, fill: fill)
         freeList = shape.freeList
         count = shape.count
-    }
-
-    /// Asks for transparent huge pages over the whole 2 MiB pages of `buffer` (Debian's default THP mode
-    /// is `madvise`): fresh memory filled by a read then faults in 2 MiB at a time, and hash probes into
-    /// a slab of gigabytes miss the TLB less.
-    static func adviseHugePages(_ buffer: UnsafeMutableRawBufferPointer) {
-        let huge = UInt(2 << 20)
-        guard let base = buffer.baseAddress, buffer.count >= 2 * Int(huge) else { return }
-        let start = (UInt(bitPattern: base) + huge - 1) & ~(huge - 1)
-        let end = (UInt(bitPattern: base) + UInt(buffer.count)) & ~(huge - 1)
-        if end > start { _ = madvise(UnsafeMutableRawPointer(bitPattern: start), Int(end - start), MADV_HUGEPAGE) }
     }
 
     /// Whether every link stays inside the slab (a snapshot that passed its checksum but does not hold

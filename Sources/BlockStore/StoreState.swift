@@ -3,7 +3,7 @@ import WarehouseCore
 
 /// Where one block lies and what `stat` shows of it: what the in-memory index keeps per block (40
 /// bytes with padding, plus the 16-byte key; docs/benchmarks.md measures the whole index per block).
-public struct IndexEntry: Sendable, Equatable {
+public struct IndexEntry: Sendable, Equatable, BitwiseCopyable {
     public var segment: UInt32
     /// Offset of the record in the segment, in pages.
     public var page: UInt32

@@ -105,6 +105,12 @@ static inline int tw_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
 
+/// mremap(old, old_size, new_size, MREMAP_MAYMOVE) (declared only under _GNU_SOURCE, and variadic):
+/// the mapping grown, moved by its page tables rather than copied. MAP_FAILED with errno on failure.
+static inline void *tw_mremap_maymove(void *old, size_t old_size, size_t new_size) {
+    return (void *)syscall(SYS_mremap, old, old_size, new_size, 1 /* MREMAP_MAYMOVE */);
+}
+
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC) (glibc declares accept4 only under _GNU_SOURCE).
 static inline int tw_accept_cloexec(int fd) { return (int)syscall(SYS_accept4, fd, NULL, NULL, SOCK_CLOEXEC); }
 

@@ -9,7 +9,7 @@
 /// The index stores this instead of the name (names live in the record headers on disk). Every read
 /// checks the record it finds against what the index expects, so a hash collision can make a block
 /// look absent, never return another block's bytes.
-public struct BlockKey: Hashable, Sendable {
+public struct BlockKey: Hashable, Sendable, BitwiseCopyable {
     public let low: UInt64
     public let high: UInt64
 

@@ -6,6 +6,30 @@ import Glibc
 #endif
 
 @Suite struct PlatformTests {
+    /// Grown past several mappings (moved by `mremap`), a copy keeps its values while the original
+    /// changes (copy-on-write), also through the buffer-pointer access.
+    @Test func aMappedArrayGrowsInPlaceAndCopiesOnWrite() {
+        var a = MappedArray<UInt64>()
+        for i in 0..<1_000_000 { a.append(UInt64(i) &* 2_654_435_761) }
+        #expect(a.count == 1_000_000 && a.capacity >= a.count)
+        let copy = a
+        a[10] = 7
+        a.reserveCapacity(3_000_000)
+        a.append(42)
+        #expect(copy[10] == 10 &* 2_654_435_761 && copy.count == 1_000_000)
+        #expect(a[10] == 7 && a[1_000_000] == 42 && a[999_999] == 999_999 &* 2_654_435_761)
+        #expect(a.withUnsafeBytes { $0.count } == 1_000_001 * 8)
+        let second = a
+        a.withUnsafeMutableBufferPointer { $0[11] = 8 }
+        #expect(second[11] == 11 &* 2_654_435_761 && a[11] == 8)
+        #expect(a.withUnsafeBufferPointer { $0.count } == 1_000_001)
+        let filled = MappedArray<UInt32>(count: 5) { bytes in
+            for i in 0..<5 { bytes.storeBytes(of: UInt32(i * 3), toByteOffset: i * 4, as: UInt32.self) }
+        }
+        #expect(Array(filled) == [0, 3, 6, 9, 12])
+        #expect(Array(MappedArray<UInt16>(repeating: 9, count: 3)) == [9, 9, 9])
+    }
+
     @Test func locksTakenInTheirOrderNest() {
         let outer = OrderedMutex(.inodeTable, 1)
         let inner = OrderedMutex(.storeState, 2)

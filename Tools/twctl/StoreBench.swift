@@ -63,6 +63,7 @@ struct StoreBench: ParsableCommand {
             result["index"] = index
             if !json {
                 print("\nindex: \(indexBlocks) blocks at path depth \(indexDepth) (\(index["directories"]!) directories), \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, directory tree, tables, active segment's entry list)")
+                print("slowest put while filling the index: \(f2(index["slowest_put_ms"] as! Double)) ms")
                 print("close (seal, summaries, index snapshot): \(f2(index["close_s"] as! Double)) s")
                 print("restart after a clean stop: \(f2(index["restart_from_snapshot_s"] as! Double)) s (the index snapshot)")
                 print("restart with summaries:    \(f2(index["restart_with_checkpoint_s"] as! Double)) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
@@ -172,7 +173,7 @@ struct StoreBench: ParsableCommand {
     /// Bytes of heap in use (malloc's own count: what the index and its tables hold, without the
     /// free pages the allocator keeps).
     func residentBytes() -> UInt64 {
-        heapBytesInUse()
+        heapBytesInUse() + UInt64(MappedArrayStatistics.mappedBytes)
     }
 
     /// Memory per block of the index, and restart times with and without the segment summaries.
@@ -184,10 +185,17 @@ struct StoreBench: ParsableCommand {
         let ns = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
         let s = store!
         let depth = indexDepth
+        // The slowest put: the index grows under the store's lock (its slab by a quarter, copied; its buckets
+        // by doubling, every block rehashed).
+        let slowestPut = Mutex<UInt64>(0)
         let writers = (0..<threads).map { t in
             BackgroundThread(name: "idx\(t)") {
+                var slowest: UInt64 = 0
+                defer { slowestPut.withLock { $0 = max($0, slowest) } }
                 for i in stride(from: t, to: count, by: threads) {
                     let k = depth == 1 ? key(i) : pathKey(i, depth: depth)
+                    let began = monotonicNanoseconds()
+                    defer { slowest = max(slowest, monotonicNanoseconds() - began) }
                     // Directories are made as a writer meets them (mkdir -p), as an engine's file tier does.
                     if (try? s.put(namespace: "bench", key: k, payload: UnsafeRawBufferPointer(start: nil, count: 0))) == nil {
                         var parent = DirectoryID.namespaceRoot
@@ -241,6 +249,7 @@ struct StoreBench: ParsableCommand {
         try? FileManager.default.removeItem(atPath: path)
         return ["blocks": blocks, "depth": indexDepth, "directories": directories, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
                 "close_s": closing, "restart_from_snapshot_s": fromSnapshot,
+                "slowest_put_ms": Double(slowestPut.withLock { $0 }) / 1e6,
                 "restart_with_checkpoint_s": withCheckpoint, "segments_from_summary": r1.segmentsFromSummary,
                 "segments_scanned_with_checkpoint": r1.segmentsScanned,
                 "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,
