@@ -62,8 +62,8 @@ struct StoreRecovery {
     }
 
     /// The state from the index snapshot of the last clean stop (`IndexSnapshot`), or nil (with the
-    /// reason) when it does not describe the store as it is. The snapshot is removed before a state is
-    /// returned.
+    /// reason) when it does not describe the store as it is. Once read, the snapshot is renamed out of
+    /// the way (durably) before anything else happens, whichever way this ends.
     private func restoreFromSnapshot(why: inout String) throws -> Recovered? {
         let (dataIDs, summaryIDs) = try segmentFiles()
         guard dataIDs.allSatisfy(summaryIDs.contains) else { why = "a segment has no summary"; return nil }
