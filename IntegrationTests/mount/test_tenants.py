@@ -1789,7 +1789,7 @@ def test_the_store_directory_is_the_daemons_alone(warehouse_factory):
         check_run("directories.twdir as a symlink", {"directories.twdir": "symlink"})
     check_run("namespaces as a symlink", {"namespaces": "symlink"}, work=False)
     # The index snapshot of the last clean stop: a planted one is not followed, and the start reads the
-    # log instead. The real one put back afterwards no longer describes the store (blocks were written).
+    # log instead.
     check_run("index.snapshot as a symlink", {"index.snapshot": "symlink", "index.snapshot.tmp": "symlink"})
     check_run("index.snapshot as a fifo", {"index.snapshot": "fifo"})
     # A clean stop's snapshot put back after the store changed: ignored, and the new block is found.

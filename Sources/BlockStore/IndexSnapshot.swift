@@ -9,8 +9,9 @@ import WarehouseCore
 /// - it is written after `close` sealed every segment, wrote every summary and checkpointed the
 ///   directory journal, and it records a fingerprint of those files (each segment's id and length, the
 ///   namespace table's and the journal's bytes);
-/// - the next start removes it (and syncs the directory) before the store changes anything, so a crash
-///   after that start recovers from the log, never from an index that no longer describes it;
+/// - the next start renames it out of the way (`retiredName`, and syncs the directory) before the store
+///   changes anything, so a crash after that start recovers from the log, never from an index that no
+///   longer describes it;
 /// - a snapshot whose checksum, layout, fingerprint or links do not hold is ignored: the log is read.
 /// A crash (no clean stop) therefore leaves no snapshot, and recovery is what it always was.
 enum IndexSnapshot {
@@ -22,8 +23,8 @@ enum IndexSnapshot {
     static let magic: [UInt8] = Array("TWIDXS01".utf8)
     static let version: UInt32 = 1
     static let headerSize = 96
-    /// Writes go out in pieces of this size (one `pwritev` may write at most 2 GiB).
-    static let writeChunk = 64 << 20
+    /// Reads and writes go in pieces of this size (one `pwritev` or `pread` moves at most 2 GiB).
+    static let ioChunk = 64 << 20
 
     /// What the snapshot restores beyond the index itself.
     struct Restored {
@@ -42,21 +43,21 @@ enum IndexSnapshot {
         var liveBlocks: [UInt16: Int]
     }
 
-    /// XXH3-64 over the namespace table, the directory journal and every segment's id and length: what
-    /// the snapshot's index describes. Any write to the store changes one of them.
-    static func fingerprint(namespaceTable: [UInt8]?, journal: [UInt8]?, segments: [(id: UInt32, length: UInt64)]) -> UInt64 {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(32 + segments.count * 12)
-        func append<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-        append(UInt64(namespaceTable.map { $0.count + 1 } ?? 0))  // 0: no file
-        append(namespaceTable.map { $0.withUnsafeBytes { Checksum.xxh3($0) } } ?? 0)
-        append(UInt64(journal.map { $0.count + 1 } ?? 0))
-        append(journal.map { $0.withUnsafeBytes { Checksum.xxh3($0) } } ?? 0)
-        for s in segments.sorted(by: { $0.id < $1.id }) {
-            append(s.id)
-            append(s.length)
+    /// XXH3-64 over the namespace table, the directory journal (both read from `device`) and every
+    /// segment's id and length: what the snapshot's index describes. Any write to the store changes one
+    /// of them. The stop that writes a snapshot and the start that reads it both call this.
+    static func fingerprint(device: any StorageDevice, segments: [(id: UInt32, length: UInt64)]) throws -> UInt64 {
+        var w = ByteWriter()
+        for file in [try device.readWhole(NamespaceTable.fileName, limit: NamespaceTable.maxFileSize),
+                     try device.readWhole(DirectoryJournalFormat.fileName, limit: DirectoryJournalFormat.maxFileSize)] {
+            w.put(UInt64(file.map { $0.count + 1 } ?? 0))  // 0: no file
+            w.put(file.map { $0.withUnsafeBytes { Checksum.xxh3($0) } } ?? 0)
         }
-        return bytes.withUnsafeBytes { Checksum.xxh3($0) }
+        for s in segments.sorted(by: { $0.id < $1.id }) {
+            w.put(s.id)
+            w.put(s.length)
+        }
+        return w.bytes.withUnsafeBytes { Checksum.xxh3($0) }
     }
 
     // MARK: Writing
@@ -86,7 +87,7 @@ enum IndexSnapshot {
         func put(_ bytes: UnsafeRawBufferPointer) throws {
             var start = 0
             while start < bytes.count {
-                let piece = UnsafeRawBufferPointer(rebasing: bytes[start..<min(bytes.count, start + writeChunk)])
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[start..<min(bytes.count, start + ioChunk)])
                 checksum.update(piece)
                 try file.write([piece], at: offset)
                 offset += UInt64(piece.count)
@@ -186,7 +187,7 @@ enum IndexSnapshot {
                 func fill(_ buffer: UnsafeMutableRawBufferPointer) throws {
                     var done = 0
                     while done < buffer.count {
-                        let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<min(buffer.count, done + writeChunk)])
+                        let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<min(buffer.count, done + ioChunk)])
                         let got = try file.read(into: piece, at: offset)
                         guard got > 0 else { throw StoreError.corruption("index snapshot: short read") }
                         checksum.update(UnsafeRawBufferPointer(rebasing: piece[0..<got]))
@@ -202,9 +203,7 @@ enum IndexSnapshot {
                 _ = try withUnsafeMutableBytes(of: &stored) { try file.read(into: $0, at: offset) }
                 guard UInt64(littleEndian: stored) == checksum.digest else { why = "checksum mismatch"; return nil }
                 guard index.linksStayInside() else { why = "its index does not hold together"; return nil }
-                guard var restored = decodeMetadata(metadata) else { why = "bad metadata"; return nil }
-                restored.index = index
-                restored.nextSequence = nextSequence
+                guard let restored = decodeMetadata(metadata, index: index, nextSequence: nextSequence) else { why = "bad metadata"; return nil }
                 return restored
             }
         } catch {
@@ -213,9 +212,10 @@ enum IndexSnapshot {
         }
     }
 
-    static func decodeMetadata(_ bytes: [UInt8]) -> Restored? {
+    /// The metadata section decoded, beside the index and sequence the header and body gave.
+    static func decodeMetadata(_ bytes: [UInt8], index: BlockIndex, nextSequence: UInt64) -> Restored? {
         var r = ByteReader(bytes)
-        var restored = Restored(index: BlockIndex(), extras: [:], attributeClasses: [], nextSequence: 0, segments: [:], usage: [:])
+        var restored = Restored(index: index, extras: [:], attributeClasses: [], nextSequence: nextSequence, segments: [:], usage: [:])
         guard let extras = r.u64(), extras <= UInt64(bytes.count) else { return nil }
         for _ in 0..<extras {
             guard let low = r.u64(), let high = r.u64(), let update = r.u64(), let modified = r.u64(), let accessed = r.u64(),

@@ -154,10 +154,7 @@ extension BlockStore {
             try state.withLock { st in
                 var segments: [(id: UInt32, length: UInt64)] = []
                 for (id, s) in st.segments { segments.append((id, try s.segment.file.length())) }
-                let fingerprint = IndexSnapshot.fingerprint(
-                    namespaceTable: try device.readWhole(NamespaceTable.fileName, limit: NamespaceTable.maxFileSize),
-                    journal: try device.readWhole(DirectoryJournalFormat.fileName, limit: DirectoryJournalFormat.maxFileSize),
-                    segments: segments)
+                let fingerprint = try IndexSnapshot.fingerprint(device: device, segments: segments)
                 try IndexSnapshot.write(st, fingerprint: fingerprint, device: device)
             }
         } catch {

@@ -72,10 +72,7 @@ struct StoreRecovery {
             let file = try device.open(SegmentFormat.dataFileName(id), create: false)
             files.append((id, file, try file.length()))
         }
-        let fingerprint = IndexSnapshot.fingerprint(
-            namespaceTable: try device.readWhole(NamespaceTable.fileName, limit: NamespaceTable.maxFileSize),
-            journal: try device.readWhole(DirectoryJournalFormat.fileName, limit: DirectoryJournalFormat.maxFileSize),
-            segments: files.map { ($0.id, $0.length) })
+        let fingerprint = try IndexSnapshot.fingerprint(device: device, segments: files.map { ($0.id, $0.length) })
         guard let restored = IndexSnapshot.read(device: device, expecting: fingerprint, why: &why) else { return nil }
         // Renamed, not removed: removing a large file took ext4 a tenth of a second at 10M blocks, on
         // the way to the mount. The maintenance thread removes it.

@@ -53,6 +53,8 @@ public struct MappedArray<Element: BitwiseCopyable>: RandomAccessCollection {
                 fatalError("MappedArray: cannot map \(bytes) bytes: \(String(cString: strerror(errno)))")
             }
             MappedArrayStatistics.bytes.add(bytes - mappedBytes, ordering: .relaxed)
+            // Bound once, so typed access (`withUnsafeBufferPointer`) and raw loads and stores agree.
+            moved.bindMemory(to: Element.self, capacity: bytes / MemoryLayout<Element>.stride)
             base = moved
             mappedBytes = bytes
         }
@@ -73,8 +75,7 @@ public struct MappedArray<Element: BitwiseCopyable>: RandomAccessCollection {
     @inlinable
     public init(repeating value: Element, count: Int) {
         storage = Storage(capacity: count)
-        let typed = storage.base?.bindMemory(to: Element.self, capacity: count)
-        typed?.initialize(repeating: value, count: count)
+        storage.base?.assumingMemoryBound(to: Element.self).initialize(repeating: value, count: count)
         storage.count = count
     }
 

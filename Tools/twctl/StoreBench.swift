@@ -185,8 +185,8 @@ struct StoreBench: ParsableCommand {
         let ns = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
         let s = store!
         let depth = indexDepth
-        // The slowest put: the index grows under the store's lock (its slab by a quarter, copied; its buckets
-        // by doubling, every block rehashed).
+        // The slowest put: the index grows under the store's lock (its buckets by doubling, every block
+        // rehashed). With more writers than CPUs it also holds the scheduler's delays.
         let slowestPut = Mutex<UInt64>(0)
         let writers = (0..<threads).map { t in
             BackgroundThread(name: "idx\(t)") {
