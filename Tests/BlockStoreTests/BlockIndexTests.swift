@@ -50,4 +50,32 @@ import WarehouseCore
         index.remove(BlockKey(low: 42, high: 50))
         #expect(index[BlockKey(low: 42, high: 50)] == nil && index[BlockKey(low: 42, high: 51)] != nil && index.count == 99)
     }
+
+    /// Linear hashing: one bucket per block past the first 1024, split one at a time, and a bulk
+    /// reserve to a count that is no power of two; every key stays findable through all of it.
+    @Test func bucketsGrowOneAtATimeAndEveryKeyStaysFindable() {
+        var index = BlockIndex()
+        var rng = SeededGenerator(seed: 5)
+        var keys: [BlockKey] = []
+        for i in 0..<5_000 {
+            let key = BlockKey(low: rng.next(), high: rng.next())
+            index.insert(key, Self.entry(i))
+            keys.append(key)
+            #expect(index.shape.buckets == max(BlockIndex.minimumBuckets, index.count))
+        }
+        for (i, key) in keys.enumerated() { #expect(index[key]?.sequence == UInt64(i)) }
+        index.reserveCapacity(12_345)
+        #expect(index.shape.buckets == 12_345)
+        for (i, key) in keys.enumerated() { #expect(index[key]?.sequence == UInt64(i)) }
+        for i in 5_000..<20_000 {
+            let key = BlockKey(low: rng.next(), high: rng.next())
+            index.insert(key, Self.entry(i))
+            keys.append(key)
+        }
+        #expect(index.shape.buckets == 20_000)
+        for (i, key) in keys.enumerated() where i % 2 == 0 { index.remove(key) }
+        for (i, key) in keys.enumerated() { #expect((index[key]?.sequence == UInt64(i)) == (i % 2 == 1)) }
+        #expect(index[BlockKey(low: rng.next(), high: rng.next())] == nil)
+        #expect(index.count == 10_000 && index.linksStayInside())
+    }
 }
