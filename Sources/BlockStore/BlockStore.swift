@@ -59,6 +59,7 @@ public final class BlockStore: Sendable {
         reinsertionPolicy = AccessedShare(share: configuration.reinsertionShare)
         let token = try device.lockExclusively()
         var recovered = try StoreRecovery(device: device, configuration: configuration).recover()
+        recovered.state.spareWanted = recovered.state.activeID + 1  // made by the first writer, outside the lock
         recovered.report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         lockToken = Mutex(token)
         journal = recovered.journal

@@ -38,9 +38,12 @@ extension BlockStore {
             }
             return (active, sealed)
         }
-        if configuration.sync != .none {
-            let journalSynced = state.withLock { _ in (try? journal.synchronize()) != nil }
-            if !journalSynced { noteSyncFailure() }
+        // Synced outside the store's lock: under writeback an `fdatasync` can wait a large part of a second.
+        if configuration.sync != .none, let file = state.withLock({ _ in journal.takeUnsynced() }) {
+            do { try file.synchronize() } catch {
+                state.withLock { _ in journal.syncFailed() }
+                noteSyncFailure()
+            }
         }
         if let active = work.active, active.commit.hasUnsyncedWrites,
            (try? countingSyncFailure { try active.commit.synchronizeAll(file: active.file) }) != nil {
@@ -130,6 +133,7 @@ extension BlockStore {
                 idle.wait(nanoseconds: 100_000_000)
             }
         }
+        discardSpareSegment()
         let segments = state.withLock { st -> [SegmentState] in
             if var active = st.segments[st.activeID] {
                 active.sealed = true

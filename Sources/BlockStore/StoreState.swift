@@ -177,6 +177,12 @@ struct StoreState {
     var directories = DirectoryTree()
     var stats = StoreCounters()
     var closed = false
+    /// The next segment's file, made ready (header written, directory synced) outside the lock after the
+    /// last roll, so the next roll only switches to it (`BlockStore.prepareSpareSegment`).
+    var spareSegment: (id: UInt32, file: any DeviceFile)?
+    /// The id a spare is wanted for (set by a roll), and the id whose file is being made now.
+    var spareWanted: UInt32?
+    var spareBeingMade: UInt32?
 
     mutating func takeSequence() -> UInt64 {
         defer { nextSequence += 1 }

@@ -28,6 +28,16 @@ public struct LockLevel: Sendable, Equatable {
     /// A lock nothing else is taken under (a free list, a ledger): any thread may take one while holding
     /// any lock above, and no leaf is taken while another is held.
     public static let leaf = LockLevel(rank: 1000, name: "leaf")
+
+    /// Whether the calling thread holds a lock of this level. Debug builds only (tests check that slow
+    /// I/O happens outside a lock); release builds keep no record and say false.
+    public var isHeldByCurrentThread: Bool {
+        #if DEBUG
+        return HeldLocks.stack().ranks.contains { $0.rank == rank }
+        #else
+        return false
+        #endif
+    }
 }
 
 /// A mutex with a place in the lock order (`LockLevel`).

@@ -154,3 +154,59 @@ import Platform
         try store.close()
     }
 }
+
+/// A device that counts directory syncs made while the calling thread holds the store's lock.
+final class LockWatchingDevice: StorageDevice, @unchecked Sendable {
+    let inner = MemoryStorageDevice()
+    private let counts = Mutex<(underLock: Int, total: Int)>((0, 0))
+    var syncsUnderLock: Int { counts.withLock { $0.underLock } }
+    var syncs: Int { counts.withLock { $0.total } }
+
+    var location: String { inner.location }
+    func fileNames() throws -> [String] { try inner.fileNames() }
+    func open(_ name: String, create: Bool) throws -> any DeviceFile { try inner.open(name, create: create) }
+    func remove(_ name: String) throws { try inner.remove(name) }
+    func rename(_ name: String, to newName: String) throws { try inner.rename(name, to: newName) }
+    func replaceAtomically(_ name: String, bytes: [UInt8]) throws { try inner.replaceAtomically(name, bytes: bytes) }
+    func readWhole(_ name: String, limit: Int) throws -> [UInt8]? { try inner.readWhole(name, limit: limit) }
+    func synchronizeDirectory() throws {
+        let held = LockLevel.storeState.isHeldByCurrentThread
+        counts.withLock { $0.total += 1; if held { $0.underLock += 1 } }
+        try inner.synchronizeDirectory()
+    }
+    func lockExclusively() throws -> AnyObject { try inner.lockExclusively() }
+    func space() -> (total: UInt64, available: UInt64) { inner.space() }
+}
+
+@Suite struct SegmentRollTests {
+    /// A roll switches to the segment file the previous roll's writer made outside the lock: no
+    /// directory sync under the store's lock after the first roll, and a closed store leaves no spare.
+    @Test func rollsUseASpareSegmentMadeOutsideTheLock() throws {
+        let device = LockWatchingDevice()
+        var store = try makeStore(device, segmentSize: 256 << 10, sync: .batch)
+        try ensureNamespace(store)
+        let baseline = device.syncsUnderLock  // the start's own (no writer yet)
+        for i in 0..<200 { _ = try store.put("m", "k\(i)", pattern(i, count: 8192)) }
+        let segments = segmentNames(device.inner).count
+        #expect(segments >= 6)
+        #expect(device.syncsUnderLock == baseline, "directory syncs under the store's lock: \(device.syncsUnderLock - baseline)")
+        try store.close()
+        // The spare was removed: every data segment has its summary, so the next start loads the snapshot.
+        let names = Set(try device.fileNames())
+        for name in names where name.hasSuffix(SegmentFormat.dataSuffix) {
+            #expect(names.contains(String(name.dropLast(SegmentFormat.dataSuffix.count)) + SegmentFormat.summarySuffix), "\(name) has no summary")
+        }
+        store = try makeStore(device.inner, segmentSize: 256 << 10, sync: .batch)
+        #expect(store.recovery.indexSnapshot == "loaded")
+        for i in 0..<200 { #expect(try store.get("m", "k\(i)") == pattern(i, count: 8192)) }
+        // A crash with a spare made: the next start removes the empty segment and every block reads back.
+        for i in 200..<300 { _ = try store.put("m", "k\(i)", pattern(i, count: 8192)) }
+        #expect(store.statistics().blocks == 300)
+        store.abandonAsIfCrashed()
+        store = try makeStore(device.inner, segmentSize: 256 << 10, sync: .batch)
+        for i in 0..<300 { #expect(try store.get("m", "k\(i)") == pattern(i, count: 8192)) }
+        _ = try store.put("m", "after", pattern(1, count: 8192))
+        #expect(try store.get("m", "after") == pattern(1, count: 8192))
+        try store.close()
+    }
+}

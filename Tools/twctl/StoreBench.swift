@@ -64,6 +64,7 @@ struct StoreBench: ParsableCommand {
             if !json {
                 print("\nindex: \(indexBlocks) blocks at path depth \(indexDepth) (\(index["directories"]!) directories), \(f(index["bytes_per_block"] as! Double)) bytes of heap per block (index, directory tree, tables, active segment's entry list)")
                 print("slowest put while filling the index: \(f2(index["slowest_put_ms"] as! Double)) ms")
+                print("slowest lookup while filling the index: \(f2(index["slowest_lookup_ms"] as! Double)) ms (\(index["lookups_over_10ms"]!) of \(index["lookups_while_filling"]!) lookups over 10 ms)")
                 print("close (seal, summaries, index snapshot): \(f2(index["close_s"] as! Double)) s")
                 print("restart after a clean stop: \(f2(index["restart_from_snapshot_s"] as! Double)) s (the index snapshot)")
                 print("restart with summaries:    \(f2(index["restart_with_checkpoint_s"] as! Double)) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
@@ -188,6 +189,31 @@ struct StoreBench: ParsableCommand {
         // The slowest put: the index grows under the store's lock (its buckets by doubling, every block
         // rehashed). With more writers than CPUs it also holds the scheduler's delays.
         let slowestPut = Mutex<UInt64>(0)
+        // The slowest lookup, from a thread that asks for blocks already put while the writers fill the
+        // index: what an engine's `exists` waits when the index stops to grow. With more writers than
+        // CPUs it also holds the scheduler's delays (`--threads 1` isolates the index).
+        let filled = Atomic<Int>(0)
+        let filling = Atomic<Bool>(true)
+        let lookups = Mutex<(slowest: UInt64, count: Int, over10ms: Int)>((0, 0, 0))
+        let prober = BackgroundThread(name: "idx-lookup") {
+            var rng = SeededGenerator(seed: 3)
+            var slowest: UInt64 = 0
+            var count = 0
+            var over10ms = 0
+            defer { lookups.withLock { $0 = (slowest, count, over10ms) } }
+            while filling.load(ordering: .relaxed) {
+                let done = filled.load(ordering: .relaxed)
+                guard done > 0 else { continue }
+                let i = Int(rng.next() % UInt64(done))
+                let k = depth == 1 ? key(i) : pathKey(i, depth: depth)
+                let began = monotonicNanoseconds()
+                _ = s.contains(namespace: "bench", key: k)
+                let took = monotonicNanoseconds() - began
+                slowest = max(slowest, took)
+                count += 1
+                if took > 10_000_000 { over10ms += 1 }
+            }
+        }
         let writers = (0..<threads).map { t in
             BackgroundThread(name: "idx\(t)") {
                 var slowest: UInt64 = 0
@@ -207,10 +233,14 @@ struct StoreBench: ParsableCommand {
                         }
                         _ = try? s.put(namespace: "bench", key: k, payload: UnsafeRawBufferPointer(start: nil, count: 0))
                     }
+                    filled.add(1, ordering: .relaxed)
                 }
             }
         }
         writers.forEach { $0.join() }
+        filling.store(false, ordering: .relaxed)
+        prober.join()
+        let probe = lookups.withLock { $0 }
         let directories = s.statistics().directories
         // What the daemon's flusher does within milliseconds: sealed segments' summaries go to disk and
         // leave memory. Without it the figure would count them, which a running daemon does not hold.
@@ -250,6 +280,7 @@ struct StoreBench: ParsableCommand {
         return ["blocks": blocks, "depth": indexDepth, "directories": directories, "bytes_per_block": Double(after > before ? after - before : 0) / Double(max(1, blocks)),
                 "close_s": closing, "restart_from_snapshot_s": fromSnapshot,
                 "slowest_put_ms": Double(slowestPut.withLock { $0 }) / 1e6,
+                "slowest_lookup_ms": Double(probe.slowest) / 1e6, "lookups_while_filling": probe.count, "lookups_over_10ms": probe.over10ms,
                 "restart_with_checkpoint_s": withCheckpoint, "segments_from_summary": r1.segmentsFromSummary,
                 "segments_scanned_with_checkpoint": r1.segmentsScanned,
                 "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,

@@ -180,6 +180,17 @@ final class DirectoryJournal: @unchecked Sendable {
         dirty = false
     }
 
+    /// The file to sync when appends are unsynced, counted as synced from now (under the store's lock):
+    /// the flusher syncs it after releasing the lock, where an `fdatasync` waits for the filesystem's
+    /// journal, and calls `syncFailed` if it fails. An append made meanwhile marks it unsynced again.
+    func takeUnsynced() -> (any DeviceFile)? {
+        guard dirty else { return nil }
+        dirty = false
+        return file
+    }
+
+    func syncFailed() { dirty = true }
+
     /// Whether the journal holds many more records than there are live directories.
     func wantsCheckpoint(liveDirectories: Int) -> Bool { appended > 4096 && appended > 4 * max(liveDirectories, 1) }
 
