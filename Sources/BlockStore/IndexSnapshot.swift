@@ -21,7 +21,7 @@ enum IndexSnapshot {
     /// filesystem a while) and removed by the store's maintenance thread.
     static let retiredName = "index.snapshot.old"
     static let magic: [UInt8] = Array("TWIDXS01".utf8)
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2  // 2: each directory's blocks (the start no longer gathers them)
     static let headerSize = 96
     /// Reads and writes go in pieces of this size (one `pwritev` or `pread` moves at most 2 GiB).
     static let ioChunk = 64 << 20
@@ -34,6 +34,14 @@ enum IndexSnapshot {
         var nextSequence: UInt64
         var segments: [UInt32: SegmentTally]
         var usage: [UInt16: NamespaceUsage]
+        /// Each directory's blocks by slot, as its list held them.
+        var members: [DirectoryMembers]
+    }
+
+    struct DirectoryMembers {
+        var namespace: UInt16
+        var directory: UInt32
+        var slots: [UInt32]
     }
 
     /// A segment's figures that a restart from the log would sum from its records.
@@ -66,6 +74,7 @@ enum IndexSnapshot {
     static func write(_ st: StoreState, fingerprint: UInt64, device: any StorageDevice) throws {
         try? device.remove(temporaryName)
         let metadata = encodeMetadata(st)
+        let members = encodeMembers(st.directories)
         let shape = st.index.shape
         var header = [UInt8](repeating: 0, count: headerSize)
         header.withUnsafeMutableBytes { h in
@@ -79,6 +88,7 @@ enum IndexSnapshot {
             LittleEndian.store(UInt64(shape.count), at: 56, in: h)
             LittleEndian.store(shape.freeList, at: 64, in: h)
             LittleEndian.store(UInt64(metadata.count), at: 72, in: h)
+            LittleEndian.store(UInt64(members.count), at: 80, in: h)
         }
         let file = try device.open(temporaryName, create: true)
         try file.truncate(to: 0)
@@ -100,12 +110,64 @@ enum IndexSnapshot {
             try put(next)
             try put(buckets)
         }
+        try members.withUnsafeBytes { try put($0) }
         try metadata.withUnsafeBytes { try put($0) }
         let digest = checksum.digest.littleEndian
         try withUnsafeBytes(of: digest) { try file.write([$0], at: offset) }
         try file.synchronize()
         try device.rename(temporaryName, to: fileName)
         try device.synchronizeDirectory()
+    }
+
+    /// Each directory's blocks: the number of directories, per directory its namespace, id and count,
+    /// then all the slots in that order (so the start lists blocks without a pass that sorts them out).
+    static func encodeMembers(_ tree: DirectoryTree) -> [UInt8] {
+        var w = ByteWriter()
+        var slots: [UInt32] = []
+        var groups = 0
+        for (ns, t) in tree.namespaces.sorted(by: { $0.key < $1.key }) {
+            for (id, node) in t.nodes where !node.blocks.isEmpty {
+                let m = node.blocks.members
+                w.put(ns)
+                w.put(id)
+                w.put(UInt32(m.count))
+                slots.append(contentsOf: m)
+                groups += 1
+            }
+        }
+        var out = ByteWriter()
+        out.put(UInt32(groups))
+        out.bytes.append(contentsOf: w.bytes)
+        out.bytes.reserveCapacity(out.bytes.count + slots.count * 4)
+        for s in slots { out.put(s) }
+        return out.bytes
+    }
+
+    /// The members section decoded; nil when it does not hold together.
+    static func decodeMembers(_ bytes: [UInt8]) -> [DirectoryMembers]? {
+        var r = ByteReader(bytes)
+        guard let groups = r.u32(), Int(groups) <= bytes.count / 10 else { return nil }
+        var heads: [(UInt16, UInt32, Int)] = []
+        var total = 0
+        for _ in 0..<groups {
+            guard let ns = r.u16(), let id = r.u32(), let n = r.u32() else { return nil }
+            heads.append((ns, id, Int(n)))
+            total += Int(n)
+        }
+        guard bytes.count - r.at == total * 4 else { return nil }
+        var out: [DirectoryMembers] = []
+        out.reserveCapacity(heads.count)
+        bytes.withUnsafeBytes { raw in
+            var at = r.at
+            for (ns, id, n) in heads {
+                var slots = [UInt32](repeating: 0, count: n)
+                slots.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[at..<at + n * 4])) }
+                for i in slots.indices { slots[i] = UInt32(littleEndian: slots[i]) }
+                out.append(DirectoryMembers(namespace: ns, directory: id, slots: slots))
+                at += n * 4
+            }
+        }
+        return out
     }
 
     /// Extras, attribute classes, segment tallies and namespace usage, little-endian.
@@ -177,10 +239,12 @@ enum IndexSnapshot {
                 let count = LittleEndian.load(UInt64.self, at: 56, in: h)
                 let freeList = LittleEndian.load(UInt32.self, at: 64, in: h)
                 let metadataLength = LittleEndian.load(UInt64.self, at: 72, in: h)
+                let membersLength = LittleEndian.load(UInt64.self, at: 80, in: h)
                 let slotStride = UInt64(MemoryLayout<BlockIndex.Slot>.stride)
-                guard slots < UInt64(UInt32.max), buckets <= 1 << 33, count <= slots, metadataLength <= length else { why = "bad sizes"; return nil }
+                guard slots < UInt64(UInt32.max), buckets <= 1 << 33, count <= slots, metadataLength <= length,
+                      membersLength <= length else { why = "bad sizes"; return nil }
                 let body = slots * slotStride + slots * 4 + buckets * 4
-                guard UInt64(headerSize) + body + metadataLength + 8 == length else { why = "length does not match its sizes"; return nil }
+                guard UInt64(headerSize) + body + membersLength + metadataLength + 8 == length else { why = "length does not match its sizes"; return nil }
                 let checksum = StreamingChecksum()
                 checksum.update(h)
                 var offset = UInt64(headerSize)
@@ -197,13 +261,17 @@ enum IndexSnapshot {
                 }
                 let shape = BlockIndex.Shape(slots: Int(slots), buckets: Int(buckets), freeList: freeList, count: Int(count))
                 guard let index = try BlockIndex(shape: shape, fill: fill) else { why = "bad index shape"; return nil }
+                var membersBytes = [UInt8](repeating: 0, count: Int(membersLength))
+                try membersBytes.withUnsafeMutableBytes { try fill($0) }
                 var metadata = [UInt8](repeating: 0, count: Int(metadataLength))
                 try metadata.withUnsafeMutableBytes { try fill($0) }
                 var stored: UInt64 = 0
                 _ = try withUnsafeMutableBytes(of: &stored) { try file.read(into: $0, at: offset) }
                 guard UInt64(littleEndian: stored) == checksum.digest else { why = "checksum mismatch"; return nil }
                 guard index.linksStayInside() else { why = "its index does not hold together"; return nil }
-                guard let restored = decodeMetadata(metadata, index: index, nextSequence: nextSequence) else { why = "bad metadata"; return nil }
+                guard var restored = decodeMetadata(metadata, index: index, nextSequence: nextSequence) else { why = "bad metadata"; return nil }
+                guard let members = decodeMembers(membersBytes) else { why = "bad directory lists"; return nil }
+                restored.members = members
                 return restored
             }
         } catch {
@@ -215,7 +283,7 @@ enum IndexSnapshot {
     /// The metadata section decoded, beside the index and sequence the header and body gave.
     static func decodeMetadata(_ bytes: [UInt8], index: BlockIndex, nextSequence: UInt64) -> Restored? {
         var r = ByteReader(bytes)
-        var restored = Restored(index: index, extras: [:], attributeClasses: [], nextSequence: nextSequence, segments: [:], usage: [:])
+        var restored = Restored(index: index, extras: [:], attributeClasses: [], nextSequence: nextSequence, segments: [:], usage: [:], members: [])
         guard let extras = r.u64(), extras <= UInt64(bytes.count) else { return nil }
         for _ in 0..<extras {
             guard let low = r.u64(), let high = r.u64(), let update = r.u64(), let modified = r.u64(), let accessed = r.u64(),

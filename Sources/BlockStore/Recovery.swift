@@ -103,30 +103,41 @@ struct StoreRecovery {
             st.segments[f.id] = s
             st.usedBytes += f.length
         }
-        // Every block must lie inside one of the segments and in a directory of the tree, where it is
-        // listed. Gathered by directory first: adding them to the tree one by one cost 0.4 us a block.
+        // Every directory's list names distinct slots, as many as there are live blocks, and every live
+        // block lies inside one of the segments and is listed: the lists hold exactly the live blocks.
+        // (A bitmap of the slots: the lists come from the snapshot, so the start does not sort 10M blocks
+        // into directories, 0.17 s at 10M blocks.)
+        let slabSlots = restored.index.shape.slots
+        var listed = [UInt64](repeating: 0, count: (slabSlots + 63) / 64)
+        var listedCount = 0
+        for group in restored.members {
+            for slot in group.slots {
+                let i = Int(slot)
+                guard i < slabSlots, listed[i >> 6] & (1 << (i & 63)) == 0 else { why = "its directory lists do not hold together"; return nil }
+                listed[i >> 6] |= 1 << (i & 63)
+            }
+            listedCount += group.slots.count
+        }
         var holds = true
         var live = 0
-        var members = SlotsByDirectory()
         restored.index.forEachLive { slot, e in
             let i = Int(e.segment) - Int(first)
-            guard i >= 0, i < lengths.count, e.offset + UInt64(e.recordSize) <= lengths[i] else {
+            guard i >= 0, i < lengths.count, e.offset + UInt64(e.recordSize) <= lengths[i],
+                  listed[Int(slot) >> 6] & (1 << (Int(slot) & 63)) != 0 else {
                 holds = false
                 return
             }
             live += 1
-            members.add(slot, place: UInt64(e.namespaceID) << 32 | UInt64(e.directory))
         }
-        guard holds else { why = "a block lies outside its segments"; return nil }
-        guard live == restored.index.count else { why = "its index does not hold together"; return nil }
-        for (place, slots) in members.groups {
-            guard st.directories.addBlocksIfDirectory(slots, namespace: UInt16(truncatingIfNeeded: place >> 32),
-                                                      directory: UInt32(truncatingIfNeeded: place)) else {
+        guard holds else { why = "a block lies outside its segments or its directory"; return nil }
+        guard live == restored.index.count, listedCount == live else { why = "its index does not hold together"; return nil }
+        listed = []
+        for group in restored.members {
+            guard st.directories.addBlocksIfDirectory(group.slots, namespace: group.namespace, directory: group.directory) else {
                 why = "a block lies outside the directories"
                 return nil
             }
         }
-        members = SlotsByDirectory()
         st.index = restored.index
         report.blocks = st.index.count
         report.directories = st.directories.namespaces.values.reduce(0) { $0 + $1.nodes.count - 1 }
@@ -374,43 +385,5 @@ private struct NewestRecords {
     /// Every name and the position of its newest record.
     var entries: some Sequence<(BlockKey, Int)> {
         zip(keys, positions).lazy.filter { $0.1 >= 0 }
-    }
-}
-
-/// Index slots gathered by directory (namespace id << 32 | directory id): open addressing on a
-/// multiplicative hash of the place, since a `Dictionary` (SipHash) cost 40 ns a block.
-private struct SlotsByDirectory {
-    private(set) var places: [UInt64] = []
-    private var lists: [[UInt32]] = []
-    /// Per table position: an index into `places` and `lists`, or -1.
-    private var table = [Int32](repeating: -1, count: 1024)
-
-    var groups: some Sequence<(UInt64, [UInt32])> { zip(places, lists) }
-
-    mutating func add(_ slot: UInt32, place: UInt64) {
-        let mask = table.count - 1
-        var i = Int(truncatingIfNeeded: (place &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
-        while table[i] >= 0 {
-            let g = Int(table[i])
-            if places[g] == place {
-                lists[g].append(slot)
-                return
-            }
-            i = (i + 1) & mask
-        }
-        table[i] = Int32(places.count)
-        places.append(place)
-        lists.append([slot])
-        if places.count * 2 > table.count { grow() }
-    }
-
-    private mutating func grow() {
-        table = [Int32](repeating: -1, count: table.count * 2)
-        let mask = table.count - 1
-        for (g, place) in places.enumerated() {
-            var i = Int(truncatingIfNeeded: (place &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
-            while table[i] >= 0 { i = (i + 1) & mask }
-            table[i] = Int32(g)
-        }
     }
 }

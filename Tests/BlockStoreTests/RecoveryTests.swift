@@ -183,6 +183,24 @@ import Platform
         #expect(store.recovery.indexSnapshot.hasPrefix("ignored"))
         #expect(store.statistics().blocks == 20)
         try store.close()
+
+        // Its checksum made to hold, but a directory list names one slot twice (and so misses one): ignored.
+        device.modify(IndexSnapshot.fileName) { b in
+            func integer(_ at: Int, _ width: Int) -> Int { (0..<width).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
+            let slots = integer(40, 8), buckets = integer(48, 8), listsLength = integer(80, 8)
+            let lists = IndexSnapshot.headerSize + slots * MemoryLayout<BlockIndex.Slot>.stride + slots * 4 + buckets * 4
+            let first = lists + 4 + integer(lists, 4) * 10
+            let last = lists + listsLength - 4
+            #expect(last > first)
+            for i in 0..<4 { b[last + i] = b[first + i] }
+            let digest = b.withUnsafeBytes { Checksum.xxh3(UnsafeRawBufferPointer(rebasing: $0[0..<(b.count - 8)])) }
+            for i in 0..<8 { b[b.count - 8 + i] = UInt8(truncatingIfNeeded: digest >> (8 * UInt64(i))) }
+        }
+        store = try makeStore(device)
+        #expect(store.recovery.indexSnapshot == "ignored: its directory lists do not hold together")
+        for i in 0..<20 where i != 3 { #expect(try store.get("m", "b\(i)") == pattern(i, count: 20_000)) }
+        #expect(store.statistics().blocks == 20)
+        try store.close()
     }
 
     @Test func flippedPayloadByteIsSkippedAndCounted() throws {

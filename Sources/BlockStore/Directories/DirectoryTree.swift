@@ -88,7 +88,13 @@ struct MemberList<Element: Hashable & Sendable>: Sendable {
 
     /// Adds elements none of which is a member now.
     mutating func insert(contentsOf xs: [Element]) {
-        if removed.isEmpty { items.append(contentsOf: xs) } else { for x in xs { insert(x) } }
+        if items.isEmpty && removed.isEmpty {
+            items = xs  // shares the caller's buffer instead of copying it
+        } else if removed.isEmpty {
+            items.append(contentsOf: xs)
+        } else {
+            for x in xs { insert(x) }
+        }
     }
 
     /// Removes an element that is a member now. `compactable`: no listing is open on the list.
@@ -106,6 +112,9 @@ struct MemberList<Element: Hashable & Sendable>: Sendable {
         items.removeAll { removed.contains($0) }
         removed.removeAll()
     }
+
+    /// The members, in their order.
+    var members: [Element] { removed.isEmpty ? items : items.filter { !removed.contains($0) } }
 
     /// Up to `limit` members from `position` on, each with the position after it.
     func slice(from position: Int, limit: Int) -> [(member: Element, next: Int)] {
