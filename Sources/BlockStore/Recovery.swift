@@ -17,7 +17,7 @@ struct StoreRecovery {
     }
 
     /// One record found in a segment, with where it lies.
-    private struct Found {
+    struct Found {
         var segment: UInt32
         var entry: SummaryEntry
     }
@@ -157,7 +157,10 @@ struct StoreRecovery {
         let (dataIDs, summaryIDs) = try segmentFiles()
         for id in summaryIDs where !dataIDs.contains(id) { try? device.remove(SegmentFormat.summaryFileName(id)) }
 
-        var all: [Found] = []
+        // Every record found, per segment (no copy into one array of all of them: 10M records are 1 GB).
+        var all = FoundRecords()
+        var knownNamespace = [Bool](repeating: false, count: Int(UInt16.max) + 1)
+        for id in st.namespaces.byID.keys { knownNamespace[Int(id)] = true }
         for id in dataIDs {
             let file = try device.open(SegmentFormat.dataFileName(id), create: false)
             let segment = Segment(id: id, file: file)
@@ -169,7 +172,8 @@ struct StoreRecovery {
             if let entries {
                 report.segmentsFromSummary += 1
                 st.segments[id] = SegmentState(segment: segment, length: length, sealed: true, summaryWritten: true)
-                for e in entries where st.namespaces.byID[e.namespaceID] != nil { all.append(Found(segment: id, entry: e)) }
+                all.add(segment: id, entries.allSatisfy { knownNamespace[Int($0.namespaceID)] } ? entries
+                        : entries.filter { knownNamespace[Int($0.namespaceID)] })
                 continue
             }
             let scan = try SegmentScanner(file: file, segmentID: id).scan()
@@ -200,36 +204,52 @@ struct StoreRecovery {
                                                 directory: directory)
                 e.ownership = r.header.metadata.ownership
                 summary.append(e)
-                all.append(Found(segment: id, entry: e))
             }
             // The scanned segment is sealed now: make it and its summary durable so the next start skips it.
             try file.synchronize()
             try device.replaceAtomically(SegmentFormat.summaryFileName(id), bytes: SummaryEntry.encodeFile(segmentID: id, entries: summary))
             st.segments[id] = SegmentState(segment: segment, length: length, sealed: true, summaryWritten: true)
+            all.add(segment: id, summary)
         }
 
         // The newest record of every name decides (a relocated copy keeps its sequence: ties go to the
         // later segment, which holds the copy).
         // Positions in `all`, not copies of the entries: the table is a fifth of the size.
         var newest = NewestRecords(capacity: all.count)
-        for (i, f) in all.enumerated() {
-            st.nextSequence = max(st.nextSequence, f.entry.sequence + 1)
-            if f.entry.type != .block { st.segments[f.segment]?.metadataRecords += 1 }
-            newest.offer(f.entry.key, position: i) { all[$0].entry.sequence > f.entry.sequence }
+        for s in all.segments.indices {
+            let segment = all.segments[s]
+            var metadataRecords = 0
+            all.entries[s].withUnsafeBufferPointer { entries in
+                for (i, e) in entries.enumerated() {
+                    st.nextSequence = max(st.nextSequence, e.sequence + 1)
+                    if e.type != .block { metadataRecords += 1 }
+                    newest.offer(e.key, position: FoundRecords.position(s, i)) { all[$0].sequence > e.sequence }
+                }
+            }
+            if metadataRecords > 0 { st.segments[segment]?.metadataRecords += metadataRecords }
         }
         // Block records that updates bind other names to.
         var wanted = Set<UInt64>()
-        for i in newest.values where all[i].entry.type == .update { wanted.insert(all[i].entry.dataSequence) }
+        for p in newest.values where all[p].type == .update { wanted.insert(all[p].dataSequence) }
         var dataRecords: [UInt64: Found] = [:]
         if !wanted.isEmpty {
-            for f in all where f.entry.type == .block && wanted.contains(f.entry.sequence) { dataRecords[f.entry.sequence] = f }
+            for s in all.segments.indices {
+                for e in all.entries[s] where e.type == .block && wanted.contains(e.sequence) {
+                    dataRecords[e.sequence] = Found(segment: all.segments[s], entry: e)
+                }
+            }
         }
 
         var needsHeader: [(BlockKey, Found, Found?)] = []
         let now = wallClockNanoseconds()
         st.index.reserveCapacity(newest.count)
-        for (key, i) in newest.entries {
-            let f = all[i]
+        // Caches for the per-block checks below (each a `Dictionary` lookup, SipHash, otherwise).
+        var segmentExists = PlaceTable<Bool>()
+        var directoryExists = PlaceTable<Bool>()
+        var lastOwnership: BlockOwnership?? = .none
+        var lastClass = AttributeTable.legacy
+        for (key, p) in newest.entries {
+            let f = all.found(p)
             var e = f.entry
             var located = f
             switch e.type {
@@ -247,16 +267,21 @@ struct StoreRecovery {
                 e.flags = (e.flags & ~EntryFlags.canonical) | (binding.flags & EntryFlags.canonical) | EntryFlags.updated
                 st.extras[key] = BlockExtras(updateSequence: binding.sequence, modifiedNanoseconds: binding.modifiedNanoseconds)
             }
-            guard st.segments[located.segment] != nil else { continue }
-            let attributes = st.attributes.intern(e.ownership) ?? AttributeTable.legacy
-            let entry = IndexEntry(segment: located.segment, summary: e, attributes: attributes)
-            if f.entry.type == .update || e.flags & EntryFlags.timed != 0 || !st.directories.isDirectory(e.namespaceID, e.directory) {
+            guard segmentExists.value(at: UInt64(located.segment), orMake: { st.segments[located.segment] != nil }) else { continue }
+            if lastOwnership != .some(e.ownership) {
+                lastOwnership = .some(e.ownership)
+                lastClass = st.attributes.intern(e.ownership) ?? AttributeTable.legacy
+            }
+            let entry = IndexEntry(segment: located.segment, summary: e, attributes: lastClass)
+            let place = UInt64(e.namespaceID) << 32 | UInt64(e.directory)
+            if f.entry.type == .update || e.flags & EntryFlags.timed != 0
+                || !directoryExists.value(at: place, orMake: { st.directories.isDirectory(e.namespaceID, e.directory) }) {
                 needsHeader.append((key, located, f.entry.type == .update ? f : nil))
             }
             st.index.insert(key, entry)  // each name once: `newest` holds one record per name
         }
 
-        all = []
+        all = FoundRecords()
         newest = NewestRecords(capacity: 0)
 
         // The few blocks whose record header must be read: renamed or updated ones (their current name),
@@ -287,19 +312,34 @@ struct StoreRecovery {
             }
         }
 
-        // Live bytes and blocks per segment and namespace, summed here and stored once per segment:
-        // updating the segment's state through `st.segments` for every block copied that state each time.
-        var live: [UInt32: (bytes: UInt64, blocks: [UInt16: Int])] = [:]
-        let index = st.index
-        index.forEachLive { slot, e in
-            live[e.segment, default: (0, [:])].bytes += UInt64(e.recordSize)
-            live[e.segment, default: (0, [:])].blocks[e.namespaceID, default: 0] += 1
-            st.usage[e.namespaceID, default: NamespaceUsage()].add(e)
-            st.directories.addBlockQuietly(slot, namespace: e.namespaceID, directory: e.directory)
+        // Live bytes and blocks per segment and namespace, each namespace's usage and each directory's
+        // blocks, summed in tables on the ids' own bits and stored once each: a `Dictionary` update per
+        // block (SipHash) and a tree lookup per block were most of this pass.
+        var liveBytes = PlaceTable<UInt64>()
+        var liveBlocks = PlaceTable<Int>()      // segment << 16 | namespace
+        var usage = PlaceTable<NamespaceUsage>()
+        var members = PlaceTable<[UInt32]>()    // namespace << 32 | directory
+        st.index.forEachLive { slot, e in
+            liveBytes[liveBytes.position(of: UInt64(e.segment), orMake: { 0 })] += UInt64(e.recordSize)
+            liveBlocks[liveBlocks.position(of: UInt64(e.segment) << 16 | UInt64(e.namespaceID), orMake: { 0 })] += 1
+            usage[usage.position(of: UInt64(e.namespaceID), orMake: { NamespaceUsage() })].add(e)
+            members[members.position(of: UInt64(e.namespaceID) << 32 | UInt64(e.directory), orMake: { [] })].append(slot)
         }
-        for (segment, sums) in live {
-            st.segments[segment]!.liveBytes += sums.bytes
-            for (namespaceID, blocks) in sums.blocks { st.segments[segment]!.countLive(namespaceID, blocks) }
+        for (segment, bytes) in liveBytes.pairs { st.segments[UInt32(segment)]!.liveBytes += bytes }
+        for (place, blocks) in liveBlocks.pairs {
+            st.segments[UInt32(place >> 16)]!.countLive(UInt16(truncatingIfNeeded: place), blocks)
+        }
+        for (ns, u) in usage.pairs {
+            var total = st.usage[UInt16(ns)] ?? NamespaceUsage()
+            total.blocks += u.blocks
+            total.logicalBytes += u.logicalBytes
+            total.storedBytes += u.storedBytes
+            st.usage[UInt16(ns)] = total
+        }
+        for (place, slots) in members.pairs {
+            // Blocks whose directory is gone were given one above; `Quietly`: recovery does not touch times.
+            _ = st.directories.addBlocksIfDirectory(slots, namespace: UInt16(truncatingIfNeeded: place >> 32),
+                                                    directory: UInt32(truncatingIfNeeded: place))
         }
         for (_, seg) in st.segments { st.usedBytes += seg.length }
         report.blocks = st.index.count
@@ -385,5 +425,76 @@ private struct NewestRecords {
     /// Every name and the position of its newest record.
     var entries: some Sequence<(BlockKey, Int)> {
         zip(keys, positions).lazy.filter { $0.1 >= 0 }
+    }
+}
+
+/// The records recovery found, per segment in id order; a record's position is its segment's index and
+/// its own, packed in one `Int`.
+private struct FoundRecords {
+    var segments: [UInt32] = []
+    var entries: [[SummaryEntry]] = []
+    private(set) var count = 0
+
+    static func position(_ segment: Int, _ entry: Int) -> Int { segment << 32 | entry }
+
+    mutating func add(segment: UInt32, _ records: [SummaryEntry]) {
+        segments.append(segment)
+        entries.append(records)
+        count += records.count
+    }
+
+    subscript(position: Int) -> SummaryEntry { entries[position >> 32][position & 0xFFFF_FFFF] }
+
+    func found(_ position: Int) -> StoreRecovery.Found {
+        StoreRecovery.Found(segment: segments[position >> 32], entry: self[position])
+    }
+}
+
+/// Values by a 64-bit place (a segment id, a namespace and directory pair): open addressing on a
+/// multiplicative hash of the place. Recovery's per-block passes look up a few such places per block,
+/// and a `Dictionary` (SipHash) cost tens of nanoseconds each.
+private struct PlaceTable<Value> {
+    private var places: [UInt64] = []
+    private var values: [Value] = []
+    /// Per table position: an index into `places` and `values`, or -1.
+    private var table = [Int32](repeating: -1, count: 1024)
+
+    var pairs: Zip2Sequence<[UInt64], [Value]> { zip(places, values) }
+
+    @inline(__always)
+    private static func start(_ place: UInt64, _ mask: Int) -> Int { Int(truncatingIfNeeded: (place &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask }
+
+    /// The index of `place`'s value, made by `make` when the place is new.
+    mutating func position(of place: UInt64, orMake make: () -> Value) -> Int {
+        let mask = table.count - 1
+        var i = Self.start(place, mask)
+        while table[i] >= 0 {
+            let g = Int(table[i])
+            if places[g] == place { return g }
+            i = (i + 1) & mask
+        }
+        table[i] = Int32(places.count)
+        places.append(place)
+        values.append(make())
+        if places.count * 2 > table.count { grow() }
+        return places.count - 1
+    }
+
+    /// `place`'s value, made by `make` the first time.
+    mutating func value(at place: UInt64, orMake make: () -> Value) -> Value { values[position(of: place, orMake: make)] }
+
+    subscript(index: Int) -> Value {
+        get { values[index] }
+        _modify { yield &values[index] }
+    }
+
+    private mutating func grow() {
+        table = [Int32](repeating: -1, count: table.count * 2)
+        let mask = table.count - 1
+        for (g, place) in places.enumerated() {
+            var i = Self.start(place, mask)
+            while table[i] >= 0 { i = (i + 1) & mask }
+            table[i] = Int32(g)
+        }
     }
 }
