@@ -124,8 +124,13 @@ def test_block_larger_than_capacity_fails_without_evicting_the_cache(tmpfs_wareh
 
 
 def test_full_disk_gives_enospc_keeps_reads_and_writes_again_when_space_returns(tmpfs_warehouse):
+    # The namespace is pinned, so eviction cannot make room from its blocks: the daemon's own cache
+    # would otherwise be evicted to make room, as the next test wants (a roll used to fail here only
+    # because it created the next segment's file while the evicted ones were not yet deleted).
     wh = tmpfs_warehouse("48M", "--segment-size", "2M", capacity="1G")
-    ns = wh.namespace("disk")
+    r = run_twctl("ns", "create", os.fspath(wh.mount), "disk", "--pin")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ns = wh.mount / "disk"
     stored = [block_hash("disk", i) for i in range(8)]
     for h in stored:
         assert _write(canonical(ns, h), MiB, h) is None
