@@ -329,15 +329,9 @@ struct StoreRecovery {
         for (place, blocks) in liveBlocks.pairs {
             st.segments[UInt32(place >> 16)]!.countLive(UInt16(truncatingIfNeeded: place), blocks)
         }
-        for (ns, u) in usage.pairs {
-            var total = st.usage[UInt16(ns)] ?? NamespaceUsage()
-            total.blocks += u.blocks
-            total.logicalBytes += u.logicalBytes
-            total.storedBytes += u.storedBytes
-            st.usage[UInt16(ns)] = total
-        }
+        for (ns, u) in usage.pairs { st.usage[UInt16(ns)] = u }  // empty until here
         for (place, slots) in members.pairs {
-            // Blocks whose directory is gone were given one above; `Quietly`: recovery does not touch times.
+            // Every block's directory exists (those the journal lost were made above); times are not touched.
             _ = st.directories.addBlocksIfDirectory(slots, namespace: UInt16(truncatingIfNeeded: place >> 32),
                                                     directory: UInt32(truncatingIfNeeded: place))
         }

@@ -190,8 +190,8 @@ struct StoreBench: ParsableCommand {
         let ns = try store!.createNamespace("bench", owner: 0, group: 0, mode: 0o755)
         let s = store!
         let depth = indexDepth
-        // The slowest put: the index grows under the store's lock (its buckets by doubling, every block
-        // rehashed). With more writers than CPUs it also holds the scheduler's delays.
+        // The slowest put: segment rolls, the index's growth under the store's lock and the kernel's
+        // dirty-page throttling. With more writers than CPUs it also holds the scheduler's delays.
         let slowestPut = Mutex<UInt64>(0)
         // The slowest lookup, from a thread that asks for blocks already put while the writers fill the
         // index: what an engine's `exists` waits when the index stops to grow. With more writers than
