@@ -64,6 +64,12 @@ static inline int tw_statx_identity(int directory, const char *path, uint64_t *d
     return 0;
 }
 
+/* getdents64(2) (glibc declares it only under _GNU_SOURCE, which Swift's Glibc module does not set):
+ * a directory read into the caller's buffer, without readdir's fstat, fcntl and heap buffer. */
+static inline long tw_getdents64(int directory, void *buffer, size_t length) {
+    return syscall(SYS_getdents64, directory, buffer, length);
+}
+
 /// Lowest scheduling priority (nice 19) for the calling thread alone (Linux keeps a nice value per thread).
 static inline void tw_lower_thread_priority(void) { (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); }
 static inline int tw_thread_id(void) { return (int)syscall(SYS_gettid); }

@@ -79,25 +79,40 @@ public enum FileSystem {
     }
 
     /// `identity(of:)` of every entry of `directory` (a /proc/PID/fd listing: what each descriptor leads
-    /// to), calling `body` with each until it returns false. The directory is opened once and each entry
-    /// looked up relative to it, so an entry costs one `statx` of one path component.
-    public static func forEachIdentity(in directory: String, _ body: (UInt64, UInt64) -> Bool) throws(SystemError) {
+    /// to), calling `body` with each until it returns false. The directory is opened once, read with
+    /// `getdents64` into a buffer on the stack, and each entry looked up relative to it, so an entry costs
+    /// one `statx` of one path component. Returns how many entries (other than "." and "..") were seen,
+    /// whether or not their `statx` succeeded: a descriptor closed meanwhile still counts.
+    @discardableResult
+    public static func forEachIdentity(in directory: String, _ body: (UInt64, UInt64) -> Bool) throws(SystemError) -> Int {
         let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { throw SystemError.last("open", path: directory) }
-        guard let dir = fdopendir(fd) else {
-            let e = SystemError.last("fdopendir", path: directory)
-            close(fd)
-            throw e
+        defer { close(fd) }
+        // struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name.
+        let capacity = 8192
+        let (seen, failure) = withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { buffer -> (Int, Int32) in
+            let base = buffer.baseAddress!
+            var seen = 0
+            while true {
+                let n = tw_getdents64(fd, base, capacity)
+                if n < 0 { return (seen, errno) }
+                if n == 0 { return (seen, 0) }
+                var at = 0
+                while at < n {
+                    let length = Int(base.loadUnaligned(fromByteOffset: at + 16, as: UInt16.self))
+                    guard length > 0 else { return (seen, 0) }
+                    let name = (base + at + 19).assumingMemoryBound(to: CChar.self)
+                    at += length
+                    if name[0] == 0x2E { continue }  // "." and ".."
+                    seen += 1
+                    var device: UInt64 = 0, inode: UInt64 = 0
+                    guard tw_statx_identity(fd, name, &device, &inode) == 0 else { continue }
+                    if !body(device, inode) { return (seen, 0) }
+                }
+            }
         }
-        defer { closedir(dir) }
-        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
-        while let entry = readdir(dir) {
-            let name = (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self)
-            if name[0] == 0x2E { continue }  // "." and ".."
-            var device: UInt64 = 0, inode: UInt64 = 0
-            guard tw_statx_identity(fd, name, &device, &inode) == 0 else { continue }
-            if !body(device, inode) { return }
-        }
+        if failure != 0 { throw SystemError(failure, "getdents64", path: directory) }
+        return seen
     }
 
     public static func readLink(_ path: String) throws(SystemError) -> String {

@@ -62,11 +62,27 @@ public protocol CallerInspector: Sendable {
     func exitState(of tid: Int32) -> ExitState
     /// The thread group id (process id) of a thread.
     func threadGroup(of tid: Int32) -> Int32
-    /// How many descriptors process `pid` has open on this mount's inode `ino`, counting up to `limit`
-    /// at most. At a `FLUSH` the kernel has already taken the closed descriptor out of the table, so
-    /// more descriptors than the process has other open handles on the inode means one of them is a
-    /// duplicate of the one closing (`dup`, `dup2`, the shell's `>&3`): not the writer's last close.
-    func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int
+    /// A look at thread `tid`'s descriptor table: how many of its descriptors lead to this mount's inode
+    /// `ino` (counted up to `limit` at most), and whether it holds any descriptor at all. At a `FLUSH` the
+    /// kernel has already taken the closed descriptor out of the table, so more descriptors than the
+    /// process has other open handles on the inode means one of them is a duplicate of the one closing
+    /// (`dup`, `dup2`, the shell's `>&3`): not the writer's last close.
+    func descriptors(of tid: Int32, onInode ino: UInt64, limit: Int) -> DescriptorTable
+}
+
+/// What `CallerInspector.descriptors` found.
+public struct DescriptorTable: Sendable, Equatable {
+    /// Descriptors that lead to the inode asked about, counted up to the limit asked for.
+    public var onInode: Int
+    /// Whether the table held any descriptor. A process's files are closed at its exit only once every
+    /// thread that shares its descriptor table has let go of the table, which then reads empty in /proc:
+    /// a close that finds the caller's table in use is an explicit `close`, not the exit's.
+    public var inUse: Bool
+
+    public init(onInode: Int, inUse: Bool) {
+        self.onInode = onInode
+        self.inUse = inUse
+    }
 }
 
 /// `CallerInspector` from /proc (docs/fuse.md, "What FUSE hides"). The calling thread is blocked in
@@ -188,37 +204,38 @@ public struct ProcCallerInspector: CallerInspector {
         return .exiting
     }
 
-    public func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int {
-        guard pid > 0, limit > 0 else { return 0 }
-        // One statx a descriptor, relative to the open /proc/PID/fd: the device and inode it leads to,
+    public func descriptors(of tid: Int32, onInode ino: UInt64, limit: Int) -> DescriptorTable {
+        guard tid > 0, limit > 0 else { return DescriptorTable(onInode: 0, inUse: false) }
+        // One statx a descriptor, relative to the open /proc/TID/fd: the device and inode it leads to,
         // compared with the mount's. A writer with hundreds of descriptors (an engine's CUDA devices,
-        // sockets, memory files) pays this at every close of a block.
+        // sockets, memory files) pays this at every close of a block. The thread's own table: the one its
+        // close took the descriptor out of (threads normally share their process's).
         if let mountPoint, let device = threadGroups.mountDevice(of: mountPoint) {
             var count = 0
             do {
-                try FileSystem.forEachIdentity(in: "/proc/\(pid)/fd") { d, i in
+                let seen = try FileSystem.forEachIdentity(in: "/proc/\(tid)/fd") { d, i in
                     if d == device && i == ino { count += 1 }
                     return count < limit
                 }
-                return count
+                return DescriptorTable(onInode: count, inUse: seen > 0)
             } catch {
-                return 0
+                return DescriptorTable(onInode: 0, inUse: false)
             }
         }
-        guard let names = try? FileSystem.listDirectory("/proc/\(pid)/fd") else { return 0 }
+        guard let names = try? FileSystem.listDirectory("/proc/\(tid)/fd") else { return DescriptorTable(onInode: 0, inUse: false) }
         var count = 0
         for name in names where count < limit {
             if let mountPoint {
-                guard let target = try? FileSystem.readLink("/proc/\(pid)/fd/\(name)"),
+                guard let target = try? FileSystem.readLink("/proc/\(tid)/fd/\(name)"),
                       target.hasPrefix(mountPoint + "/") else { continue }
             }
             // fdinfo: "pos:", "flags:", "mnt_id:", "ino:" lines; the inode number is FUSE's node id.
-            guard let info = try? FileSystem.readFile("/proc/\(pid)/fdinfo/\(name)") else { continue }
+            guard let info = try? FileSystem.readFile("/proc/\(tid)/fdinfo/\(name)") else { continue }
             for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("ino:") {
                 if UInt64(line.dropFirst(4).drop { $0 == " " || $0 == "\t" }) == ino { count += 1 }
             }
         }
-        return count
+        return DescriptorTable(onInode: count, inUse: !names.isEmpty)
     }
 
     /// A thread's group from `/proc/TID/status` (the kernel formats the whole file, memory figures

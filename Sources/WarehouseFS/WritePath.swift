@@ -497,7 +497,13 @@ extension WarehouseFileSystem {
         // A close by another process (a forked child closing inherited descriptors at exec or exit)
         // neither commits nor drops the writer's block.
         if inspector.threadGroup(of: caller.pid) != w.pending.creator { return nil }
-        let exit = inspector.exitState(of: caller.pid)
+        // The caller's descriptor table first. While the table is in use, this is an explicit close: a
+        // process's files are closed at exit only after every thread sharing the table has let go of it,
+        // and it then reads empty. So the usual close costs one look at the table; only a close that
+        // finds it empty also reads /proc/TID/stat, to tell an exit from a kill (docs/fuse.md).
+        let otherHandles = w.node.state.withLock { ($0.writerHandles[w.pending.creator] ?? 1) - 1 }
+        let table = inspector.descriptors(of: caller.pid, onInode: w.node.ino, limit: otherHandles + 1)
+        let exit = table.inUse ? .running : inspector.exitState(of: caller.pid)
         if exit == .killed {
             // Killed by a signal (SIGKILL, OOM) with the block open: nothing is left, written or not,
             // and the name stays free for the next writer.
@@ -516,9 +522,7 @@ extension WarehouseFileSystem {
         // `cmd > f` closing the original after dup2 to stdout) is not the writer's last: the writer still
         // holds a descriptor, and the block waits for that one's close (or the exit, or RELEASE). A
         // process that is exiting is done with the file, whatever its table still shows.
-        let otherHandles = w.node.state.withLock { ($0.writerHandles[w.pending.creator] ?? 1) - 1 }
-        guard lastHandle, exit == .exiting
-                || inspector.descriptorCount(process: w.pending.creator, ino: w.node.ino, limit: otherHandles + 1) <= otherHandles else {
+        guard lastHandle, exit == .exiting || table.onInode <= otherHandles else {
             return w.pending.state.withLock { $0.failure != 0 ? FSError($0.failure) : nil }
         }
         return commit(w.node, w.pending)

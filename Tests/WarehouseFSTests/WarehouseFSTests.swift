@@ -21,7 +21,11 @@ final class FakeInspector: CallerInspector {
     func isMakingDirectory(_ tid: Int32) -> Bool { false }
     func exitState(of tid: Int32) -> ExitState { exits.withLock { $0[tid] ?? .running } }
     func threadGroup(of tid: Int32) -> Int32 { tid }
-    func descriptorCount(process pid: Int32, ino: UInt64, limit: Int) -> Int { min(limit, held.withLock { $0[pid]?[ino] ?? 0 }) }
+    /// A thread's table is in use unless its process is exiting (as /proc shows it while the exit closes
+    /// the files).
+    func descriptors(of tid: Int32, onInode ino: UInt64, limit: Int) -> DescriptorTable {
+        DescriptorTable(onInode: min(limit, held.withLock { $0[tid]?[ino] ?? 0 }), inUse: exitState(of: tid) == .running)
+    }
 }
 
 /// A file system on an in-memory store, driven as the FUSE adapter would, without a mount.
@@ -160,6 +164,30 @@ final class Harness {
         #expect(inspector.threadGroup(of: getpid()) == getpid())
         #expect(inspector.threadGroup(of: getpid()) == getpid())  // remembered
         #expect(inspector.exitState(of: getpid()) == .running)
+    }
+
+    @Test func aThreadsDescriptorTableCountsDuplicatesOfAFileAndShowsItIsInUse() throws {
+        // A directory stands in for the mount: its device is the one compared. Two descriptors lead to
+        // the file (one a dup), and the count stops at the limit asked for.
+        let directory = "/tmp/tw-descriptors-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { rmdir(directory) }
+        let path = directory + "/block"
+        let fd = open(path, O_CREAT | O_WRONLY, 0o600)
+        #expect(fd >= 0)
+        defer { unlink(path) }
+        let inode = FileSystem.identity(of: path)!.inode
+        let inspector = ProcCallerInspector(mountPoint: directory)
+        let me = currentThreadID()
+        #expect(inspector.descriptors(of: me, onInode: inode, limit: 8) == DescriptorTable(onInode: 1, inUse: true))
+        let duplicate = dup(fd)
+        #expect(inspector.descriptors(of: me, onInode: inode, limit: 8) == DescriptorTable(onInode: 2, inUse: true))
+        #expect(inspector.descriptors(of: me, onInode: inode, limit: 1) == DescriptorTable(onInode: 1, inUse: true))
+        close(duplicate)
+        close(fd)
+        #expect(inspector.descriptors(of: me, onInode: inode, limit: 8) == DescriptorTable(onInode: 0, inUse: true))
+        // A thread that is gone has no table to look at.
+        #expect(inspector.descriptors(of: Int32.max, onInode: inode, limit: 8) == DescriptorTable(onInode: 0, inUse: false))
     }
 
     @Test func theSystemCallOfAThreadIsReadWhenItBlocksAndGivenUpOnWhenItRuns() throws {
