@@ -54,10 +54,6 @@ struct BlockIndex: Sequence {
         return b < n - low ? h & (2 * low - 1) : b
     }
 
-    /// Brings `key`'s bucket in ahead of an `insert` (recovery inserts millions of names whose buckets
-    /// are nowhere in the caches: each would otherwise wait for memory).
-    func prefetchBucket(of key: BlockKey) { buckets.prefetch(bucket(of: key)) }
-
     /// The slot holding `key`, if it is in the index.
     func slot(of key: BlockKey) -> UInt32? {
         var s = buckets[bucket(of: key)]

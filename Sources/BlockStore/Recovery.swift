@@ -148,9 +148,6 @@ struct StoreRecovery {
     }
 
     /// The state from the log: summaries of sealed segments, scans of the others.
-    /// How many records ahead recovery's loops over tables larger than the caches bring the next ones in.
-    private static let lookahead = 8
-
     private func recoverFromLog() throws -> Recovered {
         var st = StoreState()
         var report = RecoveryReport()
@@ -222,13 +219,11 @@ struct StoreRecovery {
         for s in all.segments.indices {
             let segment = all.segments[s]
             var metadataRecords = 0
-            let first = all.positions(ofSegment: s).lowerBound
-            all.withRecords(ofSegment: s) { entries in
+            all.entries[s].withUnsafeBufferPointer { entries in
                 for (i, e) in entries.enumerated() {
-                    if i + Self.lookahead < entries.count { newest.prefetch(entries[i + Self.lookahead].key) }
                     st.nextSequence = max(st.nextSequence, e.sequence + 1)
                     if e.type != .block { metadataRecords += 1 }
-                    newest.offer(e.key, position: first + i) { all[$0].sequence > e.sequence }
+                    newest.offer(e.key, position: FoundRecords.position(s, i)) { all[$0].sequence > e.sequence }
                 }
             }
             if metadataRecords > 0 { st.segments[segment]?.metadataRecords += metadataRecords }
@@ -239,10 +234,8 @@ struct StoreRecovery {
         var dataRecords: [UInt64: Found] = [:]
         if !wanted.isEmpty {
             for s in all.segments.indices {
-                all.withRecords(ofSegment: s) { entries in
-                    for e in entries where e.type == .block && wanted.contains(e.sequence) {
-                        dataRecords[e.sequence] = Found(segment: all.segments[s], entry: e)
-                    }
+                for e in all.entries[s] where e.type == .block && wanted.contains(e.sequence) {
+                    dataRecords[e.sequence] = Found(segment: all.segments[s], entry: e)
                 }
             }
         }
@@ -255,53 +248,37 @@ struct StoreRecovery {
         var directoryExists = PlaceTable<Bool>()
         var lastOwnership: BlockOwnership?? = .none
         var lastClass = AttributeTable.legacy
-        // In table order, which is random against the records and the index's buckets: a scout runs
-        // `lookahead` names ahead and brings in each one's record and bucket, so the waits for memory
-        // overlap instead of following one another (most of this loop's time at millions of blocks).
-        newest.withSlots { slots in
-            var scout = 0, inFlight = 0
-            for slot in slots.indices where slots[slot].position >= 0 {
-                while inFlight < Self.lookahead && scout < slots.count {
-                    if slots[scout].position >= 0 {
-                        all.prefetch(slots[scout].position)
-                        st.index.prefetchBucket(of: slots[scout].key)
-                        inFlight += 1
-                    }
-                    scout += 1
-                }
-                inFlight -= 1
-                let key = slots[slot].key, p = slots[slot].position
-                let f = all.found(p)
-                var e = f.entry
-                var located = f
-                switch e.type {
-                case .tombstone:
-                    continue
-                case .block:
-                    break
-                case .update:
-                    guard let data = dataRecords[e.dataSequence] else { continue }
-                    located = data
-                    let binding = e
-                    e = data.entry
-                    e.directory = binding.directory
-                    e.ownership = binding.ownership
-                    e.flags = (e.flags & ~EntryFlags.canonical) | (binding.flags & EntryFlags.canonical) | EntryFlags.updated
-                    st.extras[key] = BlockExtras(updateSequence: binding.sequence, modifiedNanoseconds: binding.modifiedNanoseconds)
-                }
-                guard segmentExists.value(at: UInt64(located.segment), orMake: { st.segments[located.segment] != nil }) else { continue }
-                if lastOwnership != .some(e.ownership) {
-                    lastOwnership = .some(e.ownership)
-                    lastClass = st.attributes.intern(e.ownership) ?? AttributeTable.legacy
-                }
-                let entry = IndexEntry(segment: located.segment, summary: e, attributes: lastClass)
-                let place = UInt64(e.namespaceID) << 32 | UInt64(e.directory)
-                if f.entry.type == .update || e.flags & EntryFlags.timed != 0
-                    || !directoryExists.value(at: place, orMake: { st.directories.isDirectory(e.namespaceID, e.directory) }) {
-                    needsHeader.append((key, located, f.entry.type == .update ? f : nil))
-                }
-                st.index.insert(key, entry)  // each name once: `newest` holds one record per name
+        for (key, p) in newest.entries {
+            let f = all.found(p)
+            var e = f.entry
+            var located = f
+            switch e.type {
+            case .tombstone:
+                continue
+            case .block:
+                break
+            case .update:
+                guard let data = dataRecords[e.dataSequence] else { continue }
+                located = data
+                let binding = e
+                e = data.entry
+                e.directory = binding.directory
+                e.ownership = binding.ownership
+                e.flags = (e.flags & ~EntryFlags.canonical) | (binding.flags & EntryFlags.canonical) | EntryFlags.updated
+                st.extras[key] = BlockExtras(updateSequence: binding.sequence, modifiedNanoseconds: binding.modifiedNanoseconds)
             }
+            guard segmentExists.value(at: UInt64(located.segment), orMake: { st.segments[located.segment] != nil }) else { continue }
+            if lastOwnership != .some(e.ownership) {
+                lastOwnership = .some(e.ownership)
+                lastClass = st.attributes.intern(e.ownership) ?? AttributeTable.legacy
+            }
+            let entry = IndexEntry(segment: located.segment, summary: e, attributes: lastClass)
+            let place = UInt64(e.namespaceID) << 32 | UInt64(e.directory)
+            if f.entry.type == .update || e.flags & EntryFlags.timed != 0
+                || !directoryExists.value(at: place, orMake: { st.directories.isDirectory(e.namespaceID, e.directory) }) {
+                needsHeader.append((key, located, f.entry.type == .update ? f : nil))
+            }
+            st.index.insert(key, entry)  // each name once: `newest` holds one record per name
         }
 
         all = FoundRecords()
@@ -408,94 +385,62 @@ struct StoreRecovery {
 /// `Dictionary` hashed every key again with SipHash: at 1M blocks its inserts were a quarter of a
 /// restart.
 private struct NewestRecords {
-    /// A name and the position of its newest record so far (-1: an empty slot). Key and position in one
-    /// slot: a probe touches one cache line, not one in each of two arrays.
-    struct Slot {
-        var key: BlockKey
-        var position: Int
-    }
-
-    private var slots: [Slot]
+    private var keys: [BlockKey]
+    private var positions: [Int]
     private let mask: Int
     private(set) var count = 0
 
     init(capacity: Int) {
         var n = 16
         while n < capacity * 2 { n *= 2 }
-        slots = [Slot](repeating: Slot(key: BlockKey(low: 0, high: 0), position: -1), count: n)
+        keys = [BlockKey](repeating: BlockKey(low: 0, high: 0), count: n)
+        positions = [Int](repeating: -1, count: n)
         mask = n - 1
-    }
-
-    /// Brings in the slot `offer(key, ...)` will look at first. The table is far larger than the caches
-    /// at millions of names: asking a few records ahead lets the waits for memory overlap.
-    func prefetch(_ key: BlockKey) {
-        slots.withUnsafeBufferPointer { prefetchCacheLine($0.baseAddress! + (Int(truncatingIfNeeded: key.low) & mask)) }
     }
 
     /// Records `position` for `key` unless the position it has is newer (`keepsOld` of that position).
     mutating func offer(_ key: BlockKey, position: Int, keepsOld: (Int) -> Bool) {
         var i = Int(truncatingIfNeeded: key.low) & mask
-        while slots[i].position >= 0 {
-            if slots[i].key == key {
-                if !keepsOld(slots[i].position) { slots[i].position = position }
+        while positions[i] >= 0 {
+            if keys[i] == key {
+                if !keepsOld(positions[i]) { positions[i] = position }
                 return
             }
             i = (i + 1) & mask
         }
-        slots[i] = Slot(key: key, position: position)
+        keys[i] = key
+        positions[i] = position
         count += 1
     }
 
     /// The positions of the newest records.
-    var values: some Sequence<Int> { slots.lazy.map(\.position).filter { $0 >= 0 } }
+    var values: some Sequence<Int> { positions.lazy.filter { $0 >= 0 } }
 
-    /// The slots, in table order; empty ones have a negative position.
-    func withSlots<R>(_ body: (UnsafeBufferPointer<Slot>) throws -> R) rethrows -> R {
-        try slots.withUnsafeBufferPointer(body)
+    /// Every name and the position of its newest record.
+    var entries: some Sequence<(BlockKey, Int)> {
+        zip(keys, positions).lazy.filter { $0.1 >= 0 }
     }
 }
 
-/// The records recovery found, segment after segment in id order, in one mapping (it grows by `mremap`,
-/// not by copying: 10M records are 1 GB). A record's position is its index there.
+/// The records recovery found, per segment in id order; a record's position is its segment's index and
+/// its own, packed in one `Int`.
 private struct FoundRecords {
-    /// Segment ids, oldest first, and the position of each one's first record.
-    private(set) var segments: [UInt32] = []
-    private var starts: [Int] = []
-    private var records = MappedArray<SummaryEntry>()
+    var segments: [UInt32] = []
+    var entries: [[SummaryEntry]] = []
+    private(set) var count = 0
 
-    var count: Int { records.count }
+    static func position(_ segment: Int, _ entry: Int) -> Int { segment << 32 | entry }
 
-    mutating func add(segment: UInt32, _ found: [SummaryEntry]) {
+    mutating func add(segment: UInt32, _ records: [SummaryEntry]) {
         segments.append(segment)
-        starts.append(records.count)
-        if records.count + found.count > records.capacity {
-            records.reserveCapacity(max(records.count + found.count, records.capacity + records.capacity / 4))
-        }
-        for r in found { records.append(r) }
+        entries.append(records)
+        count += records.count
     }
 
-    /// The positions of segment `s`'s records (`s` indexes `segments`).
-    func positions(ofSegment s: Int) -> Range<Int> { starts[s]..<(s + 1 < starts.count ? starts[s + 1] : records.count) }
+    subscript(position: Int) -> SummaryEntry { entries[position >> 32][position & 0xFFFF_FFFF] }
 
-    subscript(position: Int) -> SummaryEntry { records[position] }
-
-    /// Brings in the record at `position` ahead of a read of it.
-    func prefetch(_ position: Int) { records.prefetch(position) }
-
-    /// The record at `position` with its segment's id (a binary search of the few thousand segments).
     func found(_ position: Int) -> StoreRecovery.Found {
-        var low = 0, high = starts.count - 1
-        while low < high {
-            let middle = (low + high + 1) / 2
-            if starts[middle] <= position { low = middle } else { high = middle - 1 }
-        }
-        return StoreRecovery.Found(segment: segments[low], entry: records[position])
-    }
-
-    /// Runs `body` over segment `s`'s records.
-    func withRecords<R>(ofSegment s: Int, _ body: (UnsafeBufferPointer<SummaryEntry>) throws -> R) rethrows -> R {
-        let range = positions(ofSegment: s)
-        return try records.withUnsafeBufferPointer { try body(UnsafeBufferPointer(rebasing: $0[range])) }
+        StoreRecovery.Found(segment: segments[position >> 32], entry: self[position])
     }
 }
 

@@ -117,10 +117,6 @@ static inline void *tw_mremap_maymove(void *old, size_t old_size, size_t new_siz
     return (void *)syscall(SYS_mremap, old, old_size, new_size, 1 /* MREMAP_MAYMOVE */);
 }
 
-/// Asks the CPU to bring the cache line at `address` in ahead of a write to it (no fault, no effect on
-/// what the program sees): loops over tables larger than the caches issue it a few items ahead.
-static inline void tw_prefetch(const void *address) { __builtin_prefetch(address, 1, 3); }
-
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC) (glibc declares accept4 only under _GNU_SOURCE).
 static inline int tw_accept_cloexec(int fd) { return (int)syscall(SYS_accept4, fd, NULL, NULL, SOCK_CLOEXEC); }
 

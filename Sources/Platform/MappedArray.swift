@@ -119,16 +119,6 @@ public struct MappedArray<Element: BitwiseCopyable>: RandomAccessCollection {
         storage.grow(to: n)
     }
 
-    /// Brings element `i`'s cache lines in ahead of a use (a hint: nothing happens past the end).
-    @inlinable @inline(__always)
-    public func prefetch(_ i: Int) {
-        guard i >= 0, i < storage.count, let base = storage.base else { return }
-        let start = base + i * MemoryLayout<Element>.stride
-        prefetchCacheLine(start)
-        // An element that crosses into the next line (a 100-byte record) needs that one too.
-        if MemoryLayout<Element>.size > 1 { prefetchCacheLine(start + (MemoryLayout<Element>.size - 1)) }
-    }
-
     /// The elements' bytes.
     @inlinable
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
@@ -161,8 +151,3 @@ public enum MappedArrayStatistics {
     static let bytes = Atomic<Int>(0)
     public static var mappedBytes: Int { bytes.load(ordering: .relaxed) }
 }
-
-/// Brings the cache line at `address` in ahead of a write to it: a hint to the CPU, with no effect on
-/// what the program sees (an address outside the program's memory does not fault).
-@inlinable @inline(__always)
-public func prefetchCacheLine(_ address: UnsafeRawPointer) { tw_prefetch(address) }

@@ -4,7 +4,7 @@
 import WarehouseCore
 
 /// Owner, group and permission bits of a block, as `chmod`/`chown` set them.
-public struct BlockOwnership: Sendable, Hashable, BitwiseCopyable {
+public struct BlockOwnership: Sendable, Hashable {
     public var uid: UInt32
     public var gid: UInt32
     /// Permission bits (`0o7777` at most).

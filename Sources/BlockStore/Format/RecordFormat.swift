@@ -3,7 +3,7 @@
 import WarehouseCore
 
 /// The kind of a record.
-public enum RecordType: UInt8, Sendable, BitwiseCopyable {
+public enum RecordType: UInt8, Sendable {
     /// A block: its name, metadata and payload.
     case block = 1
     /// A deletion of a name.

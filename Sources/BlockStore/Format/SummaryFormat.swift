@@ -55,7 +55,7 @@ public enum EntryFlags {
 }
 
 /// One entry of a summary: where a record of the segment lies and what the index needs of it.
-public struct SummaryEntry: Sendable, Equatable, BitwiseCopyable {
+public struct SummaryEntry: Sendable, Equatable {
     public var key: BlockKey
     public var sequence: UInt64
     /// Offset of the record in the segment, in pages.
