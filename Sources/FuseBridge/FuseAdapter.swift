@@ -213,8 +213,10 @@ enum FuseAdapter {
             }
             if !replied { fuse_reply_err(req, error?.code ?? EIO) }
         }
-        // WRITE payloads arrive spliced into a pipe (splice_read): one copy, pipe to staging region,
-        // instead of two (kernel to libfuse's buffer, buffer to staging region).
+        // A WRITE's payload reaches the staging region in one copy by the daemon: from the pipe libfuse
+        // splices requests into when it can (FUSE_CAP_SPLICE_READ and a pipe of 1 MiB plus a header),
+        // or else from the buffer libfuse read the request into. `strace` of 2 MiB writers on this
+        // machine showed the second: no `splice` calls (docs/benchmarks.md, fifth session).
         ops.write_buf = { req, _, bufv, offset, fi in
             guard let h = FuseAdapter.handle(fi), let bufv else { fuse_reply_err(req, EBADF); return }
             let size = fuse_buf_size(bufv)
