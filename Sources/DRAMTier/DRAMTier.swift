@@ -302,6 +302,9 @@ public final class DRAMTier: Sendable {
         }
     }
 
+    /// Blocks from this size on are copied in with streaming stores (`copyBypassingCache`).
+    static let streamingCopyBytes = 256 << 10
+
     /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
     /// soon and goes to the main ring). Returns false when it cannot be placed now (no free table slot
     /// in its probe window, or room only behind a pinned block). `prefetched` blocks are counted as used
@@ -338,7 +341,16 @@ public final class DRAMTier: Sendable {
             return (slot, item)
         }
         guard let (slot, item) = reserved else { return false }
-        memcpy(memory.pointer + dataOffset + item.offset, bytes.baseAddress!, bytes.count)
+        // Large blocks with streaming stores: the tier's space is cold (S3-FIFO's rings sweep all of it)
+        // and nobody on this core reads the bytes next, so they go at twice memcpy's rate
+        // (docs/benchmarks.md "Copies into the DRAM tier"). Small ones as before: a few microseconds
+        // either way, and their space may still be in the cache, where streaming stores are slower.
+        let destination = memory.pointer + dataOffset + item.offset
+        if bytes.count >= Self.streamingCopyBytes {
+            copyBypassingCache(to: destination, from: bytes.baseAddress!, count: bytes.count)
+        } else {
+            memcpy(destination, bytes.baseAddress!, bytes.count)
+        }
         return state.withLock { st -> Bool in
             // Publish only if the space is still this reservation's: the key may have been removed (and
             // even reserved again by another insert) while the bytes were copied.

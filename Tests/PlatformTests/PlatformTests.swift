@@ -30,6 +30,24 @@ import Glibc
         #expect(Array(MappedArray<UInt16>(repeating: 9, count: 3)) == [9, 9, 9])
     }
 
+    /// The streaming copy lands every byte, and only those, whatever the alignment of either side and
+    /// the length (its head up to a 16-byte boundary, its 64-byte body and its tail take different paths).
+    @Test func aCopyBypassingTheCacheCopiesExactlyTheBytesAtAnyAlignment() {
+        let source = (0..<(300 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }
+        var destination = [UInt8](repeating: 0xEE, count: source.count + 64)
+        for (from, to, count) in [(0, 0, 0), (0, 0, 1), (3, 5, 15), (1, 0, 64), (0, 7, 65), (5, 9, 1000),
+                                  (0, 0, 256 << 10), (13, 3, (256 << 10) + 37)] {
+            for i in destination.indices { destination[i] = 0xEE }
+            source.withUnsafeBytes { s in
+                destination.withUnsafeMutableBytes { d in
+                    copyBypassingCache(to: d.baseAddress! + to, from: s.baseAddress! + from, count: count)
+                }
+            }
+            #expect(Array(destination[to..<(to + count)]) == Array(source[from..<(from + count)]), "copy of \(count) bytes from +\(from) to +\(to)")
+            #expect(destination[..<to].allSatisfy { $0 == 0xEE } && destination[(to + count)...].allSatisfy { $0 == 0xEE })
+        }
+    }
+
     @Test func locksTakenInTheirOrderNest() {
         let outer = OrderedMutex(.inodeTable, 1)
         let inner = OrderedMutex(.storeState, 2)
