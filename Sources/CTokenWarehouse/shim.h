@@ -99,8 +99,8 @@ static inline void tw_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUI
 /// Copies `n` bytes with non-temporal stores: straight to memory, without first reading each
 /// destination line into the cache (an ordinary copy does, to write it) and without evicting what the
 /// cache holds. For copies into memory nobody reads soon from this core: the DRAM tier's space. Into
-/// cold memory this moves twice the bytes a second of `memcpy` on the machines we measured
-/// (docs/benchmarks.md "Copies into the DRAM tier"); into memory read right after, it is slower. Ends
+/// cold memory this moves twice the bytes a second of `memcpy` (Tools/bench/copy_bench.c,
+/// docs/benchmarks.md "Copies into the DRAM tier"); into memory read right after, it is slower. Ends
 /// with a store fence, so the bytes are ordered before the stores that publish them (streaming stores
 /// are weakly ordered). x86-64 only (SSE2, which every x86-64 has); elsewhere `memcpy`.
 static inline void tw_copy_streaming(void *destination, const void *source, size_t n) {

@@ -343,8 +343,8 @@ public final class DRAMTier: Sendable {
         guard let (slot, item) = reserved else { return false }
         // Large blocks with streaming stores: the tier's space is cold (S3-FIFO's rings sweep all of it)
         // and nobody on this core reads the bytes next, so they go at twice memcpy's rate
-        // (docs/benchmarks.md "Copies into the DRAM tier"). Small ones as before: a few microseconds
-        // either way, and their space may still be in the cache, where streaming stores are slower.
+        // (docs/benchmarks.md "Copies into the DRAM tier"). Small ones with memcpy, as before: their copy
+        // is a few microseconds of a create's hundred or so, where no gain could be measured.
         let destination = memory.pointer + dataOffset + item.offset
         if bytes.count >= Self.streamingCopyBytes {
             copyBypassingCache(to: destination, from: bytes.baseAddress!, count: bytes.count)
