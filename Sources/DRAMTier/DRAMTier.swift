@@ -302,16 +302,19 @@ public final class DRAMTier: Sendable {
         }
     }
 
-    /// Blocks from this size on are copied in with streaming stores (`copyBypassingCache`).
+    /// Blocks from this size on that nobody reads soon are copied in with streaming stores
+    /// (`copyBypassingCache`).
     static let streamingCopyBytes = 256 << 10
 
     /// Copies a verified block into the tier (S3-FIFO admission; a `hinted` block is expected to be read
     /// soon and goes to the main ring). Returns false when it cannot be placed now (no free table slot
     /// in its probe window, or room only behind a pinned block). `prefetched` blocks are counted as used
-    /// or wasted when they are read or leave.
+    /// or wasted when they are read or leave. `readSoon`: a reader is about to read the block (a
+    /// prefetch ahead of it, a fetch or load it is waiting for), so the copy should leave its bytes in the
+    /// cache; false for blocks just written, which go in with streaming stores when large.
     @discardableResult
     public func insert(_ key: BlockKey, namespaceID: UInt16, bytes: UnsafeRawBufferPointer, checksum: UInt64,
-                       hinted: Bool = false, prefetched: Bool = false) -> Bool {
+                       hinted: Bool = false, prefetched: Bool = false, readSoon: Bool = true) -> Bool {
         // Reserve the space and pin it, copy outside the lock, then publish.
         let reserved = state.withLock { st -> (Int, S3FIFOPlacement<BlockKey>.Item)? in
             // Resident, or being copied in by another thread right now: one copy, one table entry.
@@ -341,12 +344,13 @@ public final class DRAMTier: Sendable {
             return (slot, item)
         }
         guard let (slot, item) = reserved else { return false }
-        // Large blocks with streaming stores: the tier's space is cold (S3-FIFO's rings sweep all of it)
-        // and nobody on this core reads the bytes next, so they go at twice memcpy's rate
-        // (docs/benchmarks.md "Copies into the DRAM tier"). Small ones with memcpy, as before: their copy
-        // is a few microseconds of a create's hundred or so, where no gain could be measured.
+        // Large blocks nobody reads soon (just written) with streaming stores: the tier's space is cold
+        // (S3-FIFO's rings sweep all of it), so they go at twice memcpy's rate (docs/benchmarks.md "Copies
+        // into the DRAM tier"). Blocks a reader is about to read with memcpy, which leaves them in the
+        // cache for it; small ones too: their copy is a few microseconds of a create's hundred or so,
+        // where no gain could be measured.
         let destination = memory.pointer + dataOffset + item.offset
-        if bytes.count >= Self.streamingCopyBytes {
+        if !readSoon && bytes.count >= Self.streamingCopyBytes {
             copyBypassingCache(to: destination, from: bytes.baseAddress!, count: bytes.count)
         } else {
             memcpy(destination, bytes.baseAddress!, bytes.count)

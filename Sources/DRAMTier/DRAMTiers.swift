@@ -124,12 +124,13 @@ public final class DRAMTiers: Sendable {
     /// keeps all tiers within the budget.
     @discardableResult
     public func insert(_ key: BlockKey, namespaceID: UInt16, bytes: UnsafeRawBufferPointer, checksum: UInt64,
-                       hinted: Bool = false, prefetched: Bool = false) -> Bool {
+                       hinted: Bool = false, prefetched: Bool = false, readSoon: Bool = true) -> Bool {
         guard let (tier, several) = state.withLock({ st -> (DRAMTier, Bool)? in
             guard let d = st.byNamespace[namespaceID], let t = st.domains[d]?.tier else { return nil }
             return (t, st.domains.count > 1)
         }) else { return false }
-        guard tier.insert(key, namespaceID: namespaceID, bytes: bytes, checksum: checksum, hinted: hinted, prefetched: prefetched) else {
+        guard tier.insert(key, namespaceID: namespaceID, bytes: bytes, checksum: checksum, hinted: hinted, prefetched: prefetched,
+                          readSoon: readSoon) else {
             return false
         }
         if several { enforceBudget() }

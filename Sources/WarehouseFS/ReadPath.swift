@@ -191,8 +191,8 @@ extension WarehouseFileSystem {
     /// Copies record `sequence` of a block into the DRAM tier (S3-FIFO decides whether it stays), unless
     /// the name was unlinked, renamed or written again meanwhile: then the tier must not keep these bytes.
     func admit(_ tiers: DRAMTiers, _ block: (namespace: String, key: String, blockKey: BlockKey), namespaceID: UInt16, sequence: UInt64,
-               bytes: UnsafeRawBufferPointer, checksum: UInt64?) {
-        tiers.insert(block.blockKey, namespaceID: namespaceID, bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes))
+               bytes: UnsafeRawBufferPointer, checksum: UInt64?, readSoon: Bool = true) {
+        tiers.insert(block.blockKey, namespaceID: namespaceID, bytes: bytes, checksum: checksum ?? Checksum.xxh3(bytes), readSoon: readSoon)
         if store.attributes(namespace: block.namespace, key: block.key)?.sequence != sequence {
             tiers.remove(block.blockKey, namespaceID: namespaceID)
         }

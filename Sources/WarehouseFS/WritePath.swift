@@ -561,7 +561,8 @@ extension WarehouseFileSystem {
     func admitCommitted(_ node: FileNode, _ pending: PendingWrite) {
         guard let tiers, let admission = pending.state.withLock({ s in defer { s.tierAdmission = nil }; return s.tierAdmission }) else { return }
         admit(tiers, (node.namespace, admission.key, BlockKey(namespace: node.namespace, key: admission.key)), namespaceID: node.namespaceID, sequence: admission.sequence,
-              bytes: UnsafeRawBufferPointer(start: pending.region.pointer, count: admission.length), checksum: admission.checksum)
+              bytes: UnsafeRawBufferPointer(start: pending.region.pointer, count: admission.length), checksum: admission.checksum,
+              readSoon: false)
     }
 
     /// Commits a block being written; first write wins, so a name that exists keeps its bytes.
