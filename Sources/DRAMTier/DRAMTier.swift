@@ -347,8 +347,8 @@ public final class DRAMTier: Sendable {
         // Large blocks nobody reads soon (just written) with streaming stores: the tier's space is cold
         // (S3-FIFO's rings sweep all of it), so they go at twice memcpy's rate (docs/benchmarks.md "Copies
         // into the DRAM tier"). Blocks a reader is about to read with memcpy, which leaves them in the
-        // cache for it; small ones too: their copy is a few microseconds of a create's hundred or so,
-        // where no gain could be measured.
+        // cache for it; small ones too: their copy is a few microseconds of a create's hundred or so, too
+        // little for this machine's benchmarks to tell apart, so they were left as they were.
         let destination = memory.pointer + dataOffset + item.offset
         if !readSoon && bytes.count >= Self.streamingCopyBytes {
             copyBypassingCache(to: destination, from: bytes.baseAddress!, count: bytes.count)
