@@ -330,16 +330,21 @@ def test_c_reader_finds_resident_blocks(warehouse_factory, tmp_path):
         assert line == want, f"C reader on ns/{name}: {line!r}, expected {want!r}"
     assert lines[-2:] == ["miss", "miss"], lines[-2:]   # an absent block; a name of another namespace
 
-    with Client(wh.mount, verify=True) as c:
-        assert c.mapped and c.generation == gen, c.tier_error
-        assert tier_of_namespace(c, "ns").hits is not None, "the broker handed no hit counters"
-        for name in names:
-            assert c.get("ns", name) == blocks[name]
-            buf = bytearray(len(blocks[name]))
-            assert c.get_into("ns", name, buf) == len(buf) and buf == blocks[name]
-            assert c.exists("ns", name) and c.tier("ns", name) == "dram"
-        assert c.stats["map_hits"] >= len(names), c.stats   # (a block evicted meanwhile would be a fallback)
-        assert c.stats["checksum_errors"] == 0, c.stats
+    # The Python client both ways: its lookup in C (tokenwarehouse._mapcopy, built by pip install; CI must
+    # have it) and in Python.
+    for native in (True, False):
+        with Client(wh.mount, verify=True, native=native) as c:
+            if native and os.environ.get("CI") == "true":
+                assert c.native, "pip install ./clients/python did not build tokenwarehouse._mapcopy"
+            assert c.mapped and c.generation == gen, c.tier_error
+            assert tier_of_namespace(c, "ns").hits is not None, "the broker handed no hit counters"
+            for name in names:
+                assert c.get("ns", name) == blocks[name]
+                buf = bytearray(len(blocks[name]))
+                assert c.get_into("ns", name, buf) == len(buf) and buf == blocks[name]
+                assert c.exists("ns", name) and c.tier("ns", name) == "dram"
+            assert c.stats["map_hits"] >= len(names), c.stats   # (a block evicted meanwhile: a fallback)
+            assert c.stats["checksum_errors"] == 0, c.stats
 
 
 # ------------------------------------------------------------------------------------- b. stress

@@ -8,7 +8,8 @@ One run (see Tools/bench/README.md, "DRAM tier"):
      every block is resident (xattr user.tw.tier == "dram");
   1. map, Python: tokenwarehouse.Client.get_into(ns, name, preallocated numpy buffer) over all blocks (every
      call must be a map hit: Client.stats is checked) against numpy.copyto of the same bytes from a
-     preallocated array into the same buffer;
+     preallocated array into the same buffer; the client's lookup in C (tokenwarehouse._mapcopy, when built)
+     and, for comparison, the same client kept to Python (native=False);
   2. map, C: Tools/bench/dram_reader.c (tw_lookup_copy of include/tokenwarehouse.h) against memcpy of the
      same bytes in the same program;
   3. mount: open / readv 1 MiB chunks / close of every resident block through twfs, (a) as the kernel serves
@@ -305,10 +306,12 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict, info: di
             raise BenchError(f"verification pass: not all map hits: {c.stats}")
     for threads in args.threads:
         clients = [Client(mnt) for _ in range(threads)]
+        # The same reads with the client kept to Python (no C lookup), for the before-and-after in one run.
+        pure = [Client(mnt, native=False) for _ in range(threads)]
         dsts = [touched_buffer(size) for _ in range(threads)]
         dst_views = [memoryview(d) for d in dsts]
         src_rows = [memoryview(src[i]) for i in range(n)]
-        base_s, map_s, mv_s, small_s = [], [], [], []
+        base_s, map_s, mv_s, small_s, pure_s = [], [], [], [], []
 
         def copy_pass(t, idx):
             d = dsts[t]
@@ -330,30 +333,42 @@ def python_map_phase(args, blocks: fb.Blocks, mnt: Path, results: dict, info: di
             for i in idx:
                 c.get_into(NS, names[i], d)
 
+        def pure_pass(t, idx):
+            c, d = pure[t], dsts[t]
+            for i in idx:
+                c.get_into(NS, names[i], d)
+
         try:
             for _ in range(args.repeat):
                 base_s.append(run_threads(n, threads, copy_pass))
                 map_s.append(run_threads(n, threads, map_pass))
                 mv_s.append(run_threads(n, threads, mv_pass))
                 small_s.append(run_threads(n, threads, small_pass))
+                pure_s.append(run_threads(n, threads, pure_pass))
             stats = {k: sum(c.stats[k] for c in clients) for k in clients[0].stats}
+            pure_stats = {k: sum(c.stats[k] for c in pure) for k in pure[0].stats}
+            info["python_client_native"] = clients[0].native
         finally:
             for v in dst_views + src_rows:
                 v.release()
-            for c in clients:
+            for c in clients + pure:
                 c.close()
         expected = n * args.repeat
-        if stats["map_hits"] != expected or stats["file_reads"] or stats["map_misses"] or stats["map_retries"]:
-            raise BenchError(f"Python map, {threads} threads: not all map hits: {stats} (expected {expected} hits)")
+        for what, st in (("", stats), (" (pure Python)", pure_stats)):
+            if st["map_hits"] != expected or st["file_reads"] or st["map_misses"] or st["map_retries"]:
+                raise BenchError(f"Python map{what}, {threads} threads: not all map hits: {st} (expected {expected} hits)")
         total = n * size
         results[f"py_memcpy_t{threads}"] = series(base_s, total, what="numpy.copyto(dst, src[i])")
         results[f"py_mvcopy_t{threads}"] = series(mv_s, total, what="memoryview dst[:] = src_row")
         results[f"py_memcpy4k_t{threads}"] = series(small_s, total, what="numpy.copyto(dst, src4k[i]), 4 KiB pages")
         results[f"py_map_t{threads}"] = series(map_s, total, what="Client.get_into", client_stats=stats)
+        results[f"py_map_pure_t{threads}"] = series(pure_s, total, what="Client(native=False).get_into",
+                                                    client_stats=pure_stats)
         log(f"Python, {threads} thread(s): map {results[f'py_map_t{threads}']['gb_s']:.2f} GB/s, numpy.copyto "
             f"{results[f'py_memcpy_t{threads}']['gb_s']:.2f} GB/s, memoryview copy "
             f"{results[f'py_mvcopy_t{threads}']['gb_s']:.2f} GB/s, numpy.copyto from 4 KiB pages "
-            f"{results[f'py_memcpy4k_t{threads}']['gb_s']:.2f} GB/s")
+            f"{results[f'py_memcpy4k_t{threads}']['gb_s']:.2f} GB/s, map in pure Python "
+            f"{results[f'py_map_pure_t{threads}']['gb_s']:.2f} GB/s")
     del src, src4k
     small_mm.close()
 
@@ -647,7 +662,8 @@ def build_rows(args, results: dict, info: dict) -> list[dict]:
         th = f", {t}T"
         spec += [
             (f"map, Python get_into{th}", f"py_map_t{t}", f"numpy.copyto, same bytes{th}", f"py_memcpy_t{t}", 0.90),
-            (f"map, Python get_into{th}", f"py_map_t{t}", f"memoryview copy (client's op){th}", f"py_mvcopy_t{t}", None),
+            (f"map, Python get_into{th}", f"py_map_t{t}", f"memoryview copy{th}", f"py_mvcopy_t{t}", None),
+            (f"map, Python get_into{th}", f"py_map_t{t}", f"get_into kept to Python{th}", f"py_map_pure_t{t}", None),
             (f"map, Python get_into{th}", f"py_map_t{t}", f"numpy.copyto, 4 KiB-page source{th}", f"py_memcpy4k_t{t}",
              None),
             (f"map, C tw_lookup_copy{th}", f"c_map_t{t}", f"memcpy in dram_reader{th}", f"c_memcpy_t{t}", 0.90),
@@ -807,6 +823,9 @@ def main() -> int:
         notes.append(f"Python baseline source: numpy array, {pages['numpy_src_huge_kb'] // 1024} MiB of this process in "
                      f"transparent huge pages (THP {pages['thp']}); the tier is shared memory, shmem THP "
                      f"{pages['shmem_thp']} (4 KiB pages unless the selected value allows huge ones)")
+    if "python_client_native" in info:
+        notes.append("Python client: " + ("lookup and copy in C (tokenwarehouse._mapcopy)" if info["python_client_native"]
+                                          else "pure Python (tokenwarehouse._mapcopy was not built)"))
     if "redis" in info:
         notes.append(f"redis {info['redis']['version']}, redis-py {info['redis']['redis_py']}, hiredis parser "
                      f"{'yes' if info['redis']['hiredis_parser'] else 'no'}")

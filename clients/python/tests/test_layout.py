@@ -29,7 +29,9 @@ import xxhash
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))   # the package from this checkout, also when not pip-installed
 
+import conftest  # noqa: E402  (builds tokenwarehouse/_mapcopy.c first)
 from tokenwarehouse import Client, block_key, block_relpath, key_of  # noqa: E402
+from tokenwarehouse.client import _native  # noqa: E402
 from tokenwarehouse.layout import (  # noqa: E402
     ENTRY, ENTRY_SIZE, MAGIC, STATE_DELETED, STATE_EMPTY, STATE_VALID, SUPERBLOCK, SUPERBLOCK_SIZE, VERSION,
 )
@@ -237,10 +239,14 @@ def env(tmp_path):
     mount.broker.close()
 
 
-@pytest.fixture
-def client(env):
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def client(env, request):
+    """A client of the fake mount, once with the C lookup (tokenwarehouse._mapcopy) and once in Python."""
+    if request.param and _native is None:
+        pytest.skip(f"the C lookup is not built here: {conftest.BUILD_ERROR}")
     tier, mount = env
-    c = Client(mount.root, retry_interval=0.2)
+    c = Client(mount.root, retry_interval=0.2, native=request.param)
+    assert c.native == request.param
     yield c
     c.close()
 
@@ -342,6 +348,7 @@ class _HookMmap(mmap.mmap):
 
 
 def _hooked_map(client, tier, hook):
+    client.native = False     # the hook is in the Python path's copy (the C path's race: test_native_*)
     m = client._conn.by_namespace["ns"]
     fd = os.open(tier.path, os.O_RDONLY)
     try:
@@ -398,6 +405,7 @@ def test_get_into_seq_change_falls_back(env, client):
     i = tier.insert("ns", name, data)
     mount.write("ns", name, data)
     off = tier.entry(i)[5]
+    client.native = False     # the hook is in the Python path's copy
     m = client._conn.by_namespace["ns"]
     real = m.mv
 
@@ -1016,3 +1024,145 @@ def test_threads_share_a_client_across_remaps(tmp_path):
     c.close()
     for t in tiers:
         t.close()
+
+
+# ------------------------------------------------------------------------------------- the C lookup
+
+needs_native = pytest.mark.skipif(_native is None, reason=f"the C lookup is not built here: {conftest.BUILD_ERROR}")
+
+
+@needs_native
+def test_native_and_python_agree_on_every_read(env):
+    """The same blocks read both ways: the same bytes, lengths, existence and counts, for canonical names of
+    every length (the C path), other names and bytes namespaces (the Python path either way)."""
+    import random
+    tier, mount = env
+    rng = random.Random(7)
+    names = [hashlib.shake_256(f"agree{k}".encode()).hexdigest(64)[:length]
+             for k, length in enumerate([16, 17, 31, 32, 64, 100, 128] * 3)]
+    names += ["plain.bin", "dir/sub/kv.bin", "ABCDEF0123456789", "ab" * 7, "a" * 129]
+    blocks = {}
+    for k, name in enumerate(names):
+        data = os.urandom(rng.choice([0, 1, 4095, 4096, 16 * KiB, 64 * KiB + 3, 200 * KiB]))
+        blocks[name] = data
+        if k % 3 == 0:
+            mount.write("ns", name, data)            # on "disk" only
+        else:
+            tier.insert("ns", name, data)            # resident (and on disk for every third of those)
+            if k % 3 == 2:
+                mount.write("ns", name, data)
+    with Client(mount.root, native=True) as fast, Client(mount.root, native=False) as slow:
+        assert fast.native and not slow.native
+        for name, data in blocks.items():
+            if 16 <= len(name) <= 128 and all(c in "0123456789abcdef" for c in name):
+                assert _native.key("ns", name) == block_key("ns", name)
+            else:
+                assert _native.key("ns", name) is None
+            for c in (fast, slow):
+                assert c.get("ns", name) == data
+                for ns in ("ns", b"ns"):
+                    buf = bytearray(len(data) + 5)
+                    assert c.get_into(ns, name, buf) == len(data) and bytes(buf[:len(data)]) == data
+                assert c.exists("ns", name)
+                small = bytearray(max(len(data) - 1, 0))
+                if data:
+                    with pytest.raises(ValueError):
+                        c.get_into("ns", name, small)
+            a, b = fast.map_into("ns", name, bytearray(len(data))), slow.map_into("ns", name, bytearray(len(data)))
+            assert a == b
+        for c in (fast, slow):
+            assert not c.exists("ns", hexname("absent"))
+            with pytest.raises(FileNotFoundError):
+                c.get("ns", hexname("absent"))
+        assert fast.stats == slow.stats
+
+
+@needs_native
+def test_native_reads_never_return_a_block_changed_while_copying(env):
+    """A writer thread evicts a block and refills its bytes with another over and over, as the daemon does,
+    while readers copy it through the C lookup (large copies run without the GIL, so the two interleave):
+    every read returns the whole block it asked for, from the map or from the file, never a mixture."""
+    tier, mount = env
+    a, b = hexname("race-a"), hexname("race-b")
+    n = 256 * KiB
+    data_a, data_b = b"A" * n, b"B" * n
+    mount.write("ns", a, data_a)
+    mount.write("ns", b, data_b)
+    ia = tier.insert("ns", a, data_a)
+    off = tier.entry(ia)[5]
+    stop = threading.Event()
+    swaps = [0]
+
+    sums = {a: xxhash.xxh3_64_intdigest(data_a), b: xxhash.xxh3_64_intdigest(data_b)}
+
+    def daemon():
+        resident, index = a, ia
+        while not stop.is_set():
+            tier.remove(index)
+            other, content = (b, data_b) if resident == a else (a, data_a)
+            tier.mm[off:off + n] = content
+            # (checksums computed beforehand: xxhash lets go of the GIL, and readers would only ever run
+            # while no block is published)
+            index = tier.insert("ns", other, content, offset=off, checksum=sums[other])
+            resident = other
+            swaps[0] += 1
+            time.sleep(0)     # let the readers in between swaps too, not only during their own copies
+
+    wrong = []
+    with Client(mount.root, native=True) as c:
+        w = threading.Thread(target=daemon)
+        w.start()
+        try:
+            buf = bytearray(n)
+            deadline = time.monotonic() + 10
+            reads = 0
+            # Until both hits and lost races were seen (at least a second).
+            while time.monotonic() < deadline and (reads < 1000 or c.stats["map_hits"] < 50 or
+                                                   c.stats["map_retries"] < 5):
+                for name, want in ((a, data_a), (b, data_b)):
+                    if c.get_into("ns", name, buf) != n or buf != want:
+                        wrong.append(name)
+                    got = c.get("ns", name)
+                    if got != want:
+                        wrong.append(name)
+                    reads += 2
+        finally:
+            stop.set()
+            w.join()
+        assert not wrong, f"{len(wrong)} of {reads} reads returned other bytes"
+        assert c.stats["map_hits"] >= 50 and c.stats["map_retries"] >= 5, (swaps, reads, c.stats)
+        # Lost races were read from the file, not returned from the map.
+        assert c.stats["map_hits"] + c.stats["map_misses"] + c.stats["map_retries"] == reads
+
+
+@needs_native
+def test_native_close_while_other_threads_copy(env):
+    """Closing a client while threads copy large blocks: each read ends with the right bytes or with the
+    closed client's ValueError; the mapping stays until the last copy in flight is done."""
+    tier, mount = env
+    names = [hexname(f"close{k}") for k in range(4)]
+    blocks = {name: bytes([k + 1]) * MiB for k, name in enumerate(names)}
+    for name, data in blocks.items():
+        tier.insert("ns", name, data)
+    c = Client(mount.root, native=True)
+    errors, done = [], []
+
+    def reader():
+        buf = bytearray(MiB)
+        try:
+            while True:
+                for name, data in blocks.items():
+                    if c.get_into("ns", name, buf) != MiB or buf != data:
+                        errors.append(name)
+        except ValueError:
+            done.append(1)
+        except BaseException as e:   # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    c.close()
+    for t in threads:
+        t.join(10)
+    assert not errors and len(done) == 3 and c.stats["map_hits"] > 0
