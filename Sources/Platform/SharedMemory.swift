@@ -42,6 +42,14 @@ public final class SharedMemoryMapping: @unchecked Sendable {
     public convenience init(memoryFileNamed name: String, size: Int, sealed: Bool) throws(SystemError) {
         let fd = name.withCString { tw_memfd_create($0, UInt32(TW_MFD_CLOEXEC | TW_MFD_ALLOW_SEALING)) }
         if fd < 0 { throw SystemError.last("memfd_create", path: name) }
+        // A memory file is made with mode 0777, and anyone holding a descriptor of it, even a read-only
+        // one, can open /proc/self/fd/N again read-write: a reader handed the tier could then write into
+        // it. 0600 leaves that to the daemon's own user (who can reach the daemon's memory anyway).
+        if fchmod(fd, 0o600) != 0 {
+            let e = SystemError.last("fchmod", path: name)
+            close(fd)
+            throw e
+        }
         try self.init(descriptor: fd, name: "memfd:" + name, size: size)
         if sealed {
             let seals = Int32(TW_F_SEAL_SHRINK | TW_F_SEAL_GROW | TW_F_SEAL_SEAL)

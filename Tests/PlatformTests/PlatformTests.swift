@@ -150,6 +150,36 @@ import Glibc
         #expect(ro.size == 1 << 20)
     }
 
+    /// A reader handed a read-only descriptor of a memory file must not get a writable one by opening
+    /// /proc/self/fd/N again (memfd_create makes files of mode 0777). Checked from a child that runs as
+    /// another user (`setpriv`, as root) with the descriptor as its fd 3: reading through it works,
+    /// opening it again read-write does not.
+    @Test func aReaderOfAnotherUserCannotReopenAMemoryFileForWriting() throws {
+        let m = try SharedMemoryMapping(memoryFileNamed: "tw-unit-reopen", size: 4096, sealed: true)
+        var st = stat()
+        #expect(fstat(m.descriptor, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+        guard geteuid() == 0, access("/usr/bin/setpriv", X_OK) == 0 else { return }
+        let fd = try m.readOnlyDescriptor()
+        defer { close(fd) }
+        func asNobody(_ script: String) -> Int32 {
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_adddup2(&actions, fd, 3)
+            let args = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c", script]
+            var argv = args.map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            var pid: pid_t = 0
+            guard posix_spawn(&pid, args[0], &actions, nil, &argv, environ) == 0 else { return -1 }
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            return status
+        }
+        #expect(asNobody("head -c 1 <&3 >/dev/null") == 0)          // the descriptor itself reads
+        #expect(asNobody("exec 4<>/proc/self/fd/3") != 0)            // but cannot be made writable
+    }
+
     @Test func descriptorsAndCredentialsCrossAUnixSocket() throws {
         let path = "/tmp/tw-unit-\(getpid())-sock-\(UInt32.random(in: 0...UInt32.max))"
         let listener = try UnixListener(path: path, mode: 0o600)
