@@ -214,7 +214,7 @@ static int copy_out(MapTier *t, const Found *f, char *dst, int verify) {
             release_buffers(t);
             return R_STALE;
         }
-    } else {
+    } else if (n > 0) {     /* (an empty block's buffer may have no address) */
         memcpy(dst, src, n);
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
