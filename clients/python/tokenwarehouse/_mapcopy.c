@@ -225,15 +225,31 @@ static int copy_out(MapTier *t, const Found *f, char *dst, int verify) {
     return 0;
 }
 
+/* What every method starts with: its argument count, the key of (args[0], args[1]) and a current tier.
+ * 1: go on with *lo, *hi; 0: return *early (a code for the Python path, or NULL with an exception set). */
+static int begin(MapTier *t, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage,
+                 uint64_t *lo, uint64_t *hi, PyObject **early) {
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        *early = NULL;
+        return 0;
+    }
+    if (!key_of(args[0], args[1], lo, hi)) {
+        *early = PyLong_FromLong(R_NOT_HANDLED);
+        return 0;
+    }
+    if (!current(t)) {
+        *early = PyLong_FromLong(R_STALE);
+        return 0;
+    }
+    return 1;
+}
+
 /* copy_into(ns, name, buffer, verify) -> the block's length, or a negative R_* code. */
 static PyObject *MapTier_copy_into(MapTier *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "copy_into(ns, name, buffer, verify)");
-        return NULL;
-    }
     uint64_t lo, hi;
-    if (!key_of(args[0], args[1], &lo, &hi)) return PyLong_FromLong(R_NOT_HANDLED);
-    if (!current(t)) return PyLong_FromLong(R_STALE);
+    PyObject *early;
+    if (!begin(t, args, nargs, 4, "copy_into(ns, name, buffer, verify)", &lo, &hi, &early)) return early;
     int verify = PyObject_IsTrue(args[3]);
     if (verify < 0) return NULL;
     Py_buffer dst;
@@ -254,13 +270,9 @@ static PyObject *MapTier_copy_into(MapTier *t, PyObject *const *args, Py_ssize_t
 
 /* get(ns, name, verify) -> the block's bytes, or a negative R_* code as an int. */
 static PyObject *MapTier_get(MapTier *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "get(ns, name, verify)");
-        return NULL;
-    }
     uint64_t lo, hi;
-    if (!key_of(args[0], args[1], &lo, &hi)) return PyLong_FromLong(R_NOT_HANDLED);
-    if (!current(t)) return PyLong_FromLong(R_STALE);
+    PyObject *early;
+    if (!begin(t, args, nargs, 3, "get(ns, name, verify)", &lo, &hi, &early)) return early;
     int verify = PyObject_IsTrue(args[2]);
     if (verify < 0) return NULL;
     Found f;
@@ -279,13 +291,9 @@ static PyObject *MapTier_get(MapTier *t, PyObject *const *args, Py_ssize_t nargs
 
 /* contains(ns, name) -> 1 resident (stable while looked at), or a negative R_* code. */
 static PyObject *MapTier_contains(MapTier *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "contains(ns, name)");
-        return NULL;
-    }
     uint64_t lo, hi;
-    if (!key_of(args[0], args[1], &lo, &hi)) return PyLong_FromLong(R_NOT_HANDLED);
-    if (!current(t)) return PyLong_FromLong(R_STALE);
+    PyObject *early;
+    if (!begin(t, args, nargs, 2, "contains(ns, name)", &lo, &hi, &early)) return early;
     Found f;
     int r = find(t, lo, hi, &f);
     return PyLong_FromLong(r == 0 ? 1 : r);

@@ -563,6 +563,8 @@ class Client:
     def get_into(self, ns, name, buffer) -> int:
         """Copy the block into `buffer` (anything writable with the buffer protocol: bytearray, memoryview,
         a C-contiguous numpy array...). Returns the block's length; ValueError if the buffer is too small."""
+        # The C lookup's few lines are repeated in map_into rather than called: a call level is about a
+        # twentieth of a whole 16 KiB read here (docs/benchmarks.md "The Python client's lookup in C").
         t = self._native_tier(ns)
         if t is not None:
             r = t.copy_into(ns, name, buffer, self.verify)
