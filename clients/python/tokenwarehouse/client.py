@@ -264,7 +264,7 @@ class _Connection:
     """What the broker handed this process: the tiers it may read, by namespace, and the daemon's
     liveness page (immutable). `alive` is None with a broker that sends no liveness page."""
 
-    __slots__ = ("socket", "by_namespace", "tiers", "alive_mm", "alive", "mark")
+    __slots__ = ("socket", "by_namespace", "native_by_namespace", "tiers", "alive_mm", "alive", "mark")
 
     def __init__(self, socket_path: str, by_namespace: dict, tiers: list, alive_fd: int | None):
         self.socket = socket_path
@@ -285,6 +285,8 @@ class _Connection:
                 for t in tiers:
                     if t.native is not None:
                         t.native.watch(self.alive_mm, self.mark)
+        # The C lookups by namespace: one dictionary probe on a read's fast path.
+        self.native_by_namespace = {ns: t.native for ns, t in self.by_namespace.items() if t.native is not None}
 
     def daemon_alive(self) -> bool:
         a = self.alive
@@ -512,14 +514,11 @@ class Client:
         return result
 
     def _native_tier(self, ns):
-        """The tier's C handle for a lookup in C, or None (then the Python path decides everything)."""
-        if self.native:
-            c = self._conn
-            if c is not None:
-                t = c.by_namespace.get(ns)
-                if t is not None:
-                    return t.native
-        return None
+        """The tier's C handle for a lookup in C, or None (then the Python path decides everything).
+        get_into and map_into repeat these lines instead of calling them (a call is a twentieth of a
+        16 KiB read)."""
+        c = self._conn
+        return c.native_by_namespace.get(ns) if c is not None and self.native else None
 
     def _native_result(self, r) -> bool:
         """Counts a C lookup's result; True when it settled the read (a hit, a miss, a lost race, a bad
@@ -563,9 +562,8 @@ class Client:
     def get_into(self, ns, name, buffer) -> int:
         """Copy the block into `buffer` (anything writable with the buffer protocol: bytearray, memoryview,
         a C-contiguous numpy array...). Returns the block's length; ValueError if the buffer is too small."""
-        # The C lookup's few lines are repeated in map_into rather than called: a call level is about a
-        # twentieth of a whole 16 KiB read here (docs/benchmarks.md "The Python client's lookup in C").
-        t = self._native_tier(ns)
+        c = self._conn     # _native_tier, inlined
+        t = c.native_by_namespace.get(ns) if c is not None and self.native else None
         if t is not None:
             r = t.copy_into(ns, name, buffer, self.verify)
             if r >= 0:
@@ -580,7 +578,8 @@ class Client:
     def map_into(self, ns, name, buffer) -> int | None:
         """Copy the block into `buffer` from the DRAM tier's map only: its length, or None when it is not
         resident there (or the copy raced with the daemon). No system call; never reads the file."""
-        t = self._native_tier(ns)
+        c = self._conn     # _native_tier, inlined
+        t = c.native_by_namespace.get(ns) if c is not None and self.native else None
         if t is not None:
             r = t.copy_into(ns, name, buffer, self.verify)
             if r >= 0:
