@@ -368,7 +368,7 @@ class Client:
         self.mount = os.fspath(mount)
         self.verify = bool(verify)
         # Map reads through the C lookup (tokenwarehouse._mapcopy) when it was built: same protocol, same
-        # results, about 1 us a block instead of 5-8 in Python. native=False keeps to Python.
+        # results, well under a microsecond a block instead of 5-8 in Python. native=False keeps to Python.
         self.native = bool(native) and _native is not None
         self.retry_interval = float(retry_interval)
         self.stats = {"map_hits": 0, "map_misses": 0, "map_retries": 0, "file_reads": 0, "remaps": 0,
