@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# The Python client under test is this checkout's, not whatever copy is installed.
+# The Python client under test is this checkout's, not whatever copy is installed, with its C lookup built
+# in place as pip install would build it (clients/python/tests/native_build.py).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+_native_spec = importlib.util.spec_from_file_location(
+    "tw_native_build", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python",
+                                    "tests", "native_build.py"))
+_native_build = importlib.util.module_from_spec(_native_spec)
+_native_spec.loader.exec_module(_native_build)
+MAPCOPY_BUILD_ERROR = _native_build.build_in_place()
 
 from twfs_util import READY_TIMEOUT_S, lazy_unmount, mounts_at, proc_mounts_types  # noqa: E402
 

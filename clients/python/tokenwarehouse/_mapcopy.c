@@ -22,6 +22,11 @@
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+#if !defined(XXH_VERSION_NUMBER) || XXH_VERSION_NUMBER < 800
+/* XXH3 was experimental before 0.8 and its values may differ: keys would never match (the build stops
+ * here instead, and the client reads the tier in Python). */
+#error "xxhash 0.8 or later is needed"
+#endif
 
 #define ENTRY_SIZE 64u
 #define GENERATION_OFFSET 16u
@@ -199,30 +204,38 @@ static int find(const MapTier *t, uint64_t lo, uint64_t hi, Found *f) {
     return R_MISS;
 }
 
+/* The copy, the second look at `seq`, and the checksum with verify: touches only the mapping and `dst`. */
+static int copy_and_check(const char *src, char *dst, const Found *f, int verify) {
+    size_t n = (size_t)f->length;
+    if (n > 0) memcpy(dst, src, n);     /* (an empty block's buffer may have no address) */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(f->seq, __ATOMIC_RELAXED) != f->seen) return R_RETRY;   /* evicted or moved */
+    if (verify && XXH3_64bits(dst, n) != f->checksum) return R_CHECKSUM;
+    return 0;
+}
+
 /* Copies the found block to `dst`, then checks that the entry did not change meanwhile (and, with
- * verify, the checksum). Large copies run without the GIL; `users` keeps the mapping alive. */
+ * verify, the checksum). Large blocks are copied and hashed without the GIL, so threads reading them
+ * run in parallel; `users` keeps the mapping alive meanwhile (close() defers to the last one). */
 static int copy_out(MapTier *t, const Found *f, char *dst, int verify) {
     const char *src = (const char *)t->map.buf + f->offset;
-    size_t n = (size_t)f->length;
-    if (n >= PARALLEL_COPY_MIN) {
+    int r;
+    if (f->length >= PARALLEL_COPY_MIN) {
         t->users++;
-        Py_BEGIN_ALLOW_THREADS
-        memcpy(dst, src, n);
-        Py_END_ALLOW_THREADS
+        PyThreadState *saved = PyEval_SaveThread();
+        r = copy_and_check(src, dst, f, verify);
+        PyEval_RestoreThread(saved);
         t->users--;
         if (t->closed && t->users == 0) {
             release_buffers(t);
             return R_STALE;
         }
-    } else if (n > 0) {     /* (an empty block's buffer may have no address) */
-        memcpy(dst, src, n);
+    } else {
+        r = copy_and_check(src, dst, f, verify);
     }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    if (__atomic_load_n(f->seq, __ATOMIC_RELAXED) != f->seen) return R_RETRY;   /* evicted or moved */
-    if (verify && XXH3_64bits(dst, n) != f->checksum) return R_CHECKSUM;
-    if (t->hits.buf && f->index < t->hits_count)
+    if (r == 0 && t->hits.buf && f->index < t->hits_count)
         __atomic_fetch_add((uint32_t *)t->hits.buf + f->index, 1, __ATOMIC_RELAXED);
-    return 0;
+    return r;
 }
 
 /* What every method starts with: its argument count, the key of (args[0], args[1]) and a current tier.
@@ -257,6 +270,11 @@ static PyObject *MapTier_copy_into(MapTier *t, PyObject *const *args, Py_ssize_t
         PyErr_Clear();   /* read-only or not contiguous: the Python path says which */
         return PyLong_FromLong(R_NOT_HANDLED);
     }
+    /* An exporter written in Python may have let another thread close the client meanwhile. */
+    if (!current(t)) {
+        PyBuffer_Release(&dst);
+        return PyLong_FromLong(R_STALE);
+    }
     Found f;
     long r = find(t, lo, hi, &f);
     if (r == 0) {
@@ -275,12 +293,17 @@ static PyObject *MapTier_get(MapTier *t, PyObject *const *args, Py_ssize_t nargs
     if (!begin(t, args, nargs, 3, "get(ns, name, verify)", &lo, &hi, &early)) return early;
     int verify = PyObject_IsTrue(args[2]);
     if (verify < 0) return NULL;
+    if (!current(t)) return PyLong_FromLong(R_STALE);   /* (IsTrue may run Python code) */
     Found f;
     int r = find(t, lo, hi, &f);
     if (r != 0) return PyLong_FromLong(r);
     if (f.length > (uint64_t)PY_SSIZE_T_MAX) return PyLong_FromLong(R_RETRY);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)f.length);
     if (!out) return NULL;
+    if (!current(t)) {      /* (an allocation may run a finalizer, which may close the client) */
+        Py_DECREF(out);
+        return PyLong_FromLong(R_STALE);
+    }
     r = copy_out(t, &f, PyBytes_AS_STRING(out), verify);
     if (r != 0) {
         Py_DECREF(out);
