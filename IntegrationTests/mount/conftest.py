@@ -38,7 +38,9 @@ _native_spec = importlib.util.spec_from_file_location(
                                     "tests", "native_build.py"))
 _native_build = importlib.util.module_from_spec(_native_spec)
 _native_spec.loader.exec_module(_native_build)
-MAPCOPY_BUILD_ERROR = _native_build.build_in_place()
+_native_error = _native_build.build_in_place()
+if _native_error:   # for test_dram_tier's message (the client then reads the tier in Python)
+    os.environ["TW_MAPCOPY_BUILD_ERROR"] = _native_error.splitlines()[0][:300]
 
 from twfs_util import READY_TIMEOUT_S, lazy_unmount, mounts_at, proc_mounts_types  # noqa: E402
 

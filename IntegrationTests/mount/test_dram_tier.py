@@ -335,7 +335,7 @@ def test_c_reader_finds_resident_blocks(warehouse_factory, tmp_path):
     for native in (True, False):
         with Client(wh.mount, verify=True, native=native) as c:
             if native and os.environ.get("CI") == "true":
-                assert c.native, "the client's C lookup did not build in place (IntegrationTests/mount/conftest.py)"
+                assert c.native, f"the client's C lookup did not build: {os.environ.get('TW_MAPCOPY_BUILD_ERROR')}"
             assert c.mapped and c.generation == gen, c.tier_error
             assert tier_of_namespace(c, "ns").hits is not None, "the broker handed no hit counters"
             for name in names:
