@@ -185,6 +185,9 @@ final class MemoryFile: DeviceFile {
     }
 
     func dropCachedPages() {}
+    func startReading(at offset: UInt64, length: Int) {}
+    func readCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int { try read(into: buffer, at: offset) }
+    func dropCached(at offset: UInt64, length: Int) {}
 
     func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
         var bytes: [UInt8] = []

@@ -38,6 +38,15 @@ public protocol DeviceFile: AnyObject, Sendable {
     func write(_ parts: [UnsafeRawBufferPointer], at offset: UInt64) throws
     /// Lets the kernel drop cached pages of the file (after they were synced).
     func dropCachedPages()
+    /// Starts reading a range into the page cache and returns without waiting (`POSIX_FADV_WILLNEED`).
+    /// Many small reads started this way reach the device together, where `read` waits for each one
+    /// in turn: a listing needs the header page of every block it names.
+    func startReading(at offset: UInt64, length: Int)
+    /// Reads through the page cache: what `startReading` started is found there or waited for. (Without
+    /// the start, a read that misses the cache also reads ahead past the range.)
+    func readCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
+    /// Lets the kernel drop a range's cached pages once read: the store keeps no record pages cached for itself.
+    func dropCached(at offset: UInt64, length: Int)
     func synchronize() throws
     func truncate(to length: UInt64) throws
     func length() throws -> UInt64
@@ -179,6 +188,18 @@ final class PosixDeviceFile: DeviceFile {
     }
 
     func dropCachedPages() { buffered.advise(POSIX_FADV_DONTNEED) }
+
+    func startReading(at offset: UInt64, length: Int) {
+        buffered.advise(POSIX_FADV_WILLNEED, offset: offset, length: UInt64(length))
+    }
+
+    func readCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        try buffered.read(into: buffer, at: offset)
+    }
+
+    func dropCached(at offset: UInt64, length: Int) {
+        buffered.advise(POSIX_FADV_DONTNEED, offset: offset, length: UInt64(length))
+    }
 
     func synchronize() throws { try buffered.synchronize() }
     func truncate(to length: UInt64) throws { try buffered.truncate(to: length) }

@@ -255,8 +255,8 @@ enum FuseAdapter {
         ops.readdir = { req, _, size, offset, fi in
             guard let dir = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
             let fs = FuseAdapter.fs(req)
-            // Entries take at least 32 bytes each in the reply: ask for about as many as fit.
-            switch fs.readDirectory(dir, offset: Int64(offset), limit: max(1, size / 32)) {
+            // As many entries as fit in `size` bytes (each at least 32): names are read only for those.
+            switch fs.readDirectory(dir, offset: Int64(offset), limit: max(1, size / 32), replyBytes: size) {
             case .failure(let e):
                 fuse_reply_err(req, e.code)
             case .success(let entries):

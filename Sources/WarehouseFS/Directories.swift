@@ -110,46 +110,76 @@ extension WarehouseFileSystem {
         public var ino: UInt64
         public var isDirectory: Bool
         public var next: Int64
+
+        /// Bytes the entry takes in a `READDIR` reply: `struct fuse_dirent` (24 bytes) and the name,
+        /// rounded up to 8 (what `fuse_add_direntry` adds).
+        public var replySize: Int { (24 + name.utf8.count + 7) & ~7 }
     }
 
-    /// Entries of an open directory from `offset` (0 at first), at most `limit`. Offsets 1 and 2 follow
-    /// "." and ".."; after them, an offset is 3 plus the store's listing position, so a listing resumes
-    /// where it stopped without a snapshot and without a scan of the index.
-    public func readDirectory(_ handle: OpenFile, offset: Int64, limit: Int) -> FSResult<[DirectoryEntry]> {
+    /// Blocks whose names a listing reads at a time (and reads ahead for the next `READDIR`): about what
+    /// one 4 KiB reply holds of 64-character names (46).
+    static let listingBatch = 64
+
+    /// Entries of an open directory from `offset` (0 at first): at most `limit`, and no more than fit in
+    /// `replyBytes` (`DirectoryEntry.replySize`), so no block's name is read for an entry the reply has no
+    /// room for. Offsets 1 and 2 follow "." and ".."; after them, an offset is 3 plus the store's listing
+    /// position, so a listing resumes where it stopped without a snapshot and without a scan of the index.
+    ///
+    /// A block's name is in its record's header on disk (the index keeps only its hash): the headers of
+    /// a batch are read together (`BlockStore.keys(of:)`), and those of the batch after the reply's last
+    /// entry are started before returning, for the `READDIR` that usually follows at once.
+    public func readDirectory(_ handle: OpenFile, offset: Int64, limit: Int, replyBytes: Int = Int.max) -> FSResult<[DirectoryEntry]> {
         guard case .directory(let d) = handle.kind else { return .failure(FSError(EBADF)) }
         counters.count(.readdir)
         var out: [DirectoryEntry] = []
+        var room = replyBytes
+        func add(_ e: DirectoryEntry) -> Bool {
+            guard out.count < limit, e.replySize <= room else { return false }
+            room -= e.replySize
+            out.append(e)
+            return true
+        }
         switch d.place {
         case .root(let names):
             let all = [(".", InodeNumber.root), ("..", InodeNumber.root)] + names
-            for (i, (name, ino)) in all.enumerated().dropFirst(Int(max(0, offset))).prefix(limit) {
-                out.append(DirectoryEntry(name: name, ino: ino, isDirectory: true, next: Int64(i + 1)))
+            for (i, (name, ino)) in all.enumerated().dropFirst(Int(max(0, offset))) {
+                guard add(DirectoryEntry(name: name, ino: ino, isDirectory: true, next: Int64(i + 1))) else { break }
             }
         case .control:
             let all = [(".", InodeNumber.controlDirectory, true), ("..", InodeNumber.root, true)]
                 + ControlFile.allCases.map { ($0.rawValue, $0.ino, false) }
-            for (i, (name, ino, isDirectory)) in all.enumerated().dropFirst(Int(max(0, offset))).prefix(limit) {
-                out.append(DirectoryEntry(name: name, ino: ino, isDirectory: isDirectory, next: Int64(i + 1)))
+            for (i, (name, ino, isDirectory)) in all.enumerated().dropFirst(Int(max(0, offset))) {
+                guard add(DirectoryEntry(name: name, ino: ino, isDirectory: isDirectory, next: Int64(i + 1))) else { break }
             }
         case .namespace(let ns, let id, let parent):
-            if offset <= 0 { out.append(DirectoryEntry(name: ".", ino: InodeNumber.directory(ns, id), isDirectory: true, next: 1)) }
-            if offset <= 1 { out.append(DirectoryEntry(name: "..", ino: parent, isDirectory: true, next: 2)) }
+            if offset <= 0 && !add(DirectoryEntry(name: ".", ino: InodeNumber.directory(ns, id), isDirectory: true, next: 1)) { break }
+            if offset <= 1 && !add(DirectoryEntry(name: "..", ino: parent, isDirectory: true, next: 2)) { break }
             var cursor = UInt64(max(0, offset - 2))
-            while out.count < limit {
-                let page = store.listDirectory(namespaceID: ns, id: id, from: cursor, limit: limit - out.count)
+            var full = false
+            while !full && out.count < limit && room >= 32 && cursor != BlockStore.DirectoryPage.end {
+                let page = store.listDirectory(namespaceID: ns, id: id, from: cursor, limit: Self.listingBatch)
+                var names = store.keys(of: page.items.compactMap { if case .block(let l) = $0.item { l } else { nil } }).makeIterator()
                 for (item, next) in page.items {
+                    let entry: DirectoryEntry
                     switch item {
                     case .directory(let name, let child):
-                        out.append(DirectoryEntry(name: name, ino: InodeNumber.directory(ns, child), isDirectory: true, next: Int64(next) + 2))
+                        entry = DirectoryEntry(name: name, ino: InodeNumber.directory(ns, child), isDirectory: true, next: Int64(next) + 2)
                     case .block(let locator):
-                        // The name is read from the record's header (or known for a renamed block).
-                        guard let key = store.key(of: locator) else { continue }
-                        out.append(DirectoryEntry(name: BlockPath.split(key: key).name, ino: InodeNumber.committed(locator.key, sequence: locator.sequence),
-                                                  isDirectory: false, next: Int64(next) + 2))
+                        // Unreadable (the block went away meanwhile): left out, as a listing leaves out a removed file.
+                        guard let key = names.next() ?? nil else { continue }
+                        entry = DirectoryEntry(name: BlockPath.split(key: key).name, ino: InodeNumber.committed(locator.key, sequence: locator.sequence),
+                                               isDirectory: false, next: Int64(next) + 2)
+                    }
+                    guard add(entry) else {
+                        full = true
+                        break
                     }
                 }
-                if page.next == BlockStore.DirectoryPage.end { break }
                 cursor = page.next
+            }
+            if cursor != BlockStore.DirectoryPage.end || full, let last = out.last, last.next >= 2 {
+                let ahead = store.listDirectory(namespaceID: ns, id: id, from: UInt64(last.next - 2), limit: Self.listingBatch)
+                store.startReadingKeys(of: ahead.items.lazy.compactMap { if case .block(let l) = $0.item { l } else { nil } })
             }
         }
         return .success(out)

@@ -126,6 +126,48 @@ import Platform
         try store.close()
     }
 
+    /// A listing's names come from the records' headers on disk, read together (`keys(of:)`): on a real
+    /// directory store, every name of blocks of mixed sizes, renamed ones included, in listing order;
+    /// adjacent headers (empty blocks written one after another) are joined into one read.
+    @Test func aListingReadsItsBlocksNamesTogetherFromDisk() throws {
+        let dir = scratchDirectory("keys")
+        defer { removeScratch(dir) }
+        let store = try BlockStore(directory: dir, configuration: StoreConfiguration(capacity: 1 << 30, segmentSize: 1 << 20, sync: .none))
+        defer { try? store.close() }
+        try ensureNamespace(store)
+        var expected: Set<String> = []
+        for i in 0..<300 {
+            let name = String(repeating: "n", count: 1 + i % 90) + "\(i)"
+            _ = try store.put("m", name, pattern(i, count: [0, 0, 5000, 70000][i % 4]))
+            expected.insert(name)
+        }
+        for i in stride(from: 0, to: 300, by: 37) {
+            let old = String(repeating: "n", count: 1 + i % 90) + "\(i)"
+            _ = try store.rename(namespace: "m", from: old, to: "renamed\(i)")
+            expected.remove(old)
+            expected.insert("renamed\(i)")
+        }
+        let ns = try #require(store.namespace(named: "m")).id
+        var cursor: UInt64 = 0
+        var names: [String] = []
+        var locatorCount = 0, runCount = 0
+        while cursor != BlockStore.DirectoryPage.end {
+            let page = store.listDirectory(namespaceID: ns, id: DirectoryID.namespaceRoot, from: cursor, limit: 64)
+            let locators = page.items.compactMap { if case .block(let l) = $0.item { l } else { nil } }
+            let keys = store.keys(of: locators)
+            #expect(keys.count == locators.count)
+            // The same names, one at a time.
+            #expect(keys == locators.map { store.key(of: $0) })
+            names += keys.compactMap { $0 }
+            locatorCount += locators.filter { $0.knownKey == nil }.count
+            runCount += BlockStore.headerRuns(locators).count
+            cursor = page.next
+        }
+        #expect(names.count == expected.count)
+        #expect(Set(names) == expected)
+        #expect(runCount < locatorCount, "adjacent headers were not joined: \(runCount) reads for \(locatorCount) headers")
+    }
+
     @Test func manyThreadsPutAndReadAtOnce() throws {
         let store = try makeStore(MemoryStorageDevice(), segmentSize: 256 << 10, sync: .batch)
         try ensureNamespace(store)

@@ -119,6 +119,34 @@ final class Harness {
         #expect(try h.read(ns, "a.bin", caller: other) == [1, 2, 3])
     }
 
+    /// A `READDIR` reply holds what fits its bytes (names of every length, as `fuse_add_direntry` sizes
+    /// them) and the next resumes at the last entry's offset: every name once, none left out.
+    @Test func aListingPageHoldsWhatFitsItsReplyAndTheNextResumesAfterIt() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        var expected: Set<String> = [".", ".."]
+        for i in 0..<150 {
+            let name = String(repeating: "x", count: 1 + (i * 7) % 200) + "-\(i)"
+            _ = try h.write(ns, name, [UInt8(i % 256)])
+            expected.insert(name)
+        }
+        for replyBytes in [4096, 300] {
+            let handle = try h.fs.openDirectory(ino: ns, caller: h.root).get()
+            defer { h.fs.release(handle) }
+            var seen: [String] = []
+            var offset: Int64 = 0
+            while true {
+                let page = try h.fs.readDirectory(handle, offset: offset, limit: replyBytes / 32, replyBytes: replyBytes).get()
+                if page.isEmpty { break }
+                #expect(page.reduce(0) { $0 + $1.replySize } <= replyBytes)
+                seen += page.map(\.name)
+                offset = page.last!.next
+            }
+            #expect(seen.count == expected.count, "reply of \(replyBytes) bytes: \(seen.count) entries for \(expected.count) names")
+            #expect(Set(seen) == expected)
+        }
+    }
+
     @Test func anAbsentNameMayBeRememberedUnlessSomeoneIsWritingIt() throws {
         let h = try Harness()
         let ns = try h.namespace()

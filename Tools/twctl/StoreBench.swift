@@ -70,6 +70,7 @@ struct StoreBench: ParsableCommand {
                 print("close (seal, summaries, index snapshot): \(f2(index["close_s"] as! Double)) s")
                 print("restart after a clean stop: \((index["restarts_from_snapshot_s"] as! [Double]).map(f2).joined(separator: ", ")) s (the index snapshot)")
                 print("restart with summaries:    \((index["restarts_with_checkpoint_s"] as! [Double]).map(f2).joined(separator: ", ")) s (\(index["segments_from_summary"]!) segments from summaries, \(index["segments_scanned_with_checkpoint"]!) scanned)")
+                print("listing the whole namespace (page cache dropped): \(index["listing_names"]!) names in \(f2(index["listing_s"] as! Double)) s, \(f(index["listing_names_per_s"] as! Double)) names/s; slowest page under the lock \(f2(index["listing_slowest_page_lock_ms"] as! Double)) ms; slowest of \(index["lookups_while_listing"]!) lookups meanwhile \(f2(index["slowest_lookup_while_listing_ms"] as! Double)) ms")
                 if indexFullScan {
                     print("restart without summaries: \(f2(index["restart_without_checkpoint_s"] as! Double)) s (full scan of \(index["segments_scanned_without_checkpoint"]!) segments, \(ByteCount.approximate(index["bytes_scanned_without_checkpoint"] as! UInt64)))")
                 }
@@ -282,6 +283,7 @@ struct StoreBench: ParsableCommand {
             guard r1.blocks == blocks else { throw failure("restart found \(r1.blocks) of \(blocks) blocks") }
         }
         let withCheckpoint = withSummaries.min() ?? 0
+        let listing = try listingRun(reopened, path: path, namespaceID: ns.id, blocks: blocks, depth: depth)
         try reopened.close()
         var withoutCheckpoint = 0.0
         var r2 = RecoveryReport()
@@ -303,6 +305,73 @@ struct StoreBench: ParsableCommand {
                 "restart_with_checkpoint_s": withCheckpoint, "restarts_with_checkpoint_s": withSummaries, "segments_from_summary": r1.segmentsFromSummary,
                 "segments_scanned_with_checkpoint": r1.segmentsScanned,
                 "restart_without_checkpoint_s": withoutCheckpoint, "segments_scanned_without_checkpoint": r2.segmentsScanned,
-                "bytes_scanned_without_checkpoint": r2.bytesScanned]
+                "bytes_scanned_without_checkpoint": r2.bytesScanned].merging(listing) { a, _ in a }
+    }
+
+    /// Lists the namespace whole, every directory in it, as `find` or `ls -R` through the mount makes the daemon do it: pages of
+    /// `listingPage` names (what fits one `READDIR` reply of 4 KiB with 64-character names), each a
+    /// `listDirectory` under the store's lock and then the names from the records' headers (`keys(of:)`, as the daemon's `READDIR`). The segments'
+    /// pages are dropped from the page cache first, as after a reboot. A second thread asks `contains` for
+    /// random names meanwhile: the slowest answer is what an engine's `exists` waits while someone lists.
+    func listingRun(_ store: BlockStore, path: String, namespaceID: UInt16, blocks: Int, depth: Int) throws -> [String: Any] {
+        for name in try FileSystem.listDirectory(path) where name.hasPrefix("seg") {
+            if let f = try? FileDescriptor(open: path + "/" + name, flags: O_RDONLY) { f.advise(POSIX_FADV_DONTNEED) }
+        }
+        let listing = Atomic<Bool>(true)
+        let lookups = Mutex<(slowest: UInt64, count: Int)>((0, 0))
+        let prober = BackgroundThread(name: "ls-lookup") {
+            var rng = SeededGenerator(seed: 5)
+            var slowest: UInt64 = 0, count = 0
+            defer { lookups.withLock { $0 = (slowest, count) } }
+            while listing.load(ordering: .relaxed) {
+                let i = Int(rng.next() % UInt64(max(1, blocks)))
+                let began = monotonicNanoseconds()
+                _ = store.contains(namespace: "bench", key: depth == 1 ? key(i) : pathKey(i, depth: depth))
+                slowest = max(slowest, monotonicNanoseconds() - began)
+                count += 1
+                usleep(100)  // an engine's pace, not a CPU of the two spinning
+            }
+        }
+        let listingPage = 46
+        var names = 0, blocksNamed = 0, slowestPage: UInt64 = 0
+        var pending: [UInt32] = [DirectoryID.namespaceRoot]  // directories left to list, as `find` walks them
+        let started = monotonicNanoseconds()
+        while let directory = pending.popLast() {
+            store.beginListing(namespaceID: namespaceID, id: directory)
+            defer { store.endListing(namespaceID: namespaceID, id: directory) }
+            var cursor: UInt64 = 0
+            while cursor != BlockStore.DirectoryPage.end {
+                let pageStarted = monotonicNanoseconds()
+                let page = store.listDirectory(namespaceID: namespaceID, id: directory, from: cursor, limit: listingPage)
+                slowestPage = max(slowestPage, monotonicNanoseconds() - pageStarted)
+                var locators: [BlockLocator] = []
+                for (item, _) in page.items {
+                    switch item {
+                    case .directory(_, let child):
+                        names += 1
+                        pending.append(child)
+                    case .block(let locator):
+                        locators.append(locator)
+                    }
+                }
+                let found = store.keys(of: locators).count { $0 != nil }
+                names += found
+                blocksNamed += found
+                cursor = page.next
+                // The daemon's READDIR also starts reading the next page's names before it replies.
+                if cursor != BlockStore.DirectoryPage.end {
+                    let ahead = store.listDirectory(namespaceID: namespaceID, id: directory, from: cursor, limit: listingPage)
+                    store.startReadingKeys(of: ahead.items.lazy.compactMap { if case .block(let l) = $0.item { l } else { nil } })
+                }
+            }
+        }
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        listing.store(false, ordering: .relaxed)
+        prober.join()
+        let probe = lookups.withLock { $0 }
+        if blocksNamed != blocks { throw failure("the listing named \(blocksNamed) of \(blocks) blocks") }
+        return ["listing_names": names, "listing_s": seconds, "listing_names_per_s": Double(names) / max(seconds, 1e-9),
+                "listing_slowest_page_lock_ms": Double(slowestPage) / 1e6,
+                "slowest_lookup_while_listing_ms": Double(probe.slowest) / 1e6, "lookups_while_listing": probe.count]
     }
 }
