@@ -72,6 +72,49 @@ enum FuseAdapter {
         }
     }
 
+    /// A `READDIR` or `READDIRPLUS` reply: as many entries as fit in `size` bytes (names are read only
+    /// for those). A `READDIRPLUS` entry carries its lookup reference (the kernel links every entry it
+    /// gets, or forgets it); the references of a reply that could not be sent are forgotten here.
+    static func replyDirectory(_ req: fuse_req_t?, size: Int, offset: off_t, fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+        guard let dir = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
+        let fs = FuseAdapter.fs(req)
+        let smallest = WarehouseFileSystem.DirectoryEntry.replySize(nameBytes: 1, plus: plus)
+        switch fs.readDirectory(dir, offset: Int64(offset), limit: max(1, size / smallest), replyBytes: size, plus: plus) {
+        case .failure(let e):
+            fuse_reply_err(req, e.code)
+        case .success(let entries):
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
+            defer { buffer.deallocate() }
+            var used = 0
+            var sent = 0
+            for e in entries {
+                let n: Int
+                if plus {
+                    var param = e.entry.map(FuseAdapter.entryParameters) ?? fuse_entry_param()
+                    if e.entry == nil {
+                        param.attr.st_ino = UInt(e.ino)
+                        param.attr.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                    }
+                    n = e.name.withCString { fuse_add_direntry_plus(req, buffer + used, size - used, $0, &param, off_t(e.next)) }
+                } else {
+                    var st = stat()
+                    st.st_ino = UInt(e.ino)
+                    st.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
+                    n = e.name.withCString { fuse_add_direntry(req, buffer + used, size - used, $0, &st, off_t(e.next)) }
+                }
+                if n > size - used { break }
+                used += n
+                sent += 1
+            }
+            // Entries that did not fit (readDirectory sized them, so none should), or a reply the kernel
+            // did not take: their lookup references were never the kernel's.
+            let failed = fuse_reply_buf(req, buffer, used) != 0
+            for (i, e) in entries.enumerated() where (failed || i >= sent) && !e.isDirectory && e.entry != nil {
+                fs.forget(e.ino, count: 1)
+            }
+        }
+    }
+
     static func replyAttributes(_ req: fuse_req_t?, _ result: FSResult<stat>, timeout: Double) {
         switch result {
         case .success(var st): fuse_reply_attr(req, &st, timeout)
@@ -116,7 +159,11 @@ enum FuseAdapter {
             if conn.pointee.capable & UInt32(FUSE_CAP_PARALLEL_DIROPS) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_PARALLEL_DIROPS) }
             if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO) }
             if conn.pointee.capable & UInt32(FUSE_CAP_SPLICE_READ) != 0 { conn.pointee.want |= UInt32(FUSE_CAP_SPLICE_READ) }
-            conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS)
+            // READDIRPLUS only where the kernel sees a listing followed by lookups (`ls -l`, rsync, tar):
+            // a plain walk keeps the smaller READDIR entries.
+            for cap in [FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO] where conn.pointee.capable & UInt32(cap) != 0 {
+                conn.pointee.want |= UInt32(cap)
+            }
         }
         ops.lookup = { req, parent, name in
             FuseAdapter.replyEntry(req, FuseAdapter.fs(req).lookup(parent: parent, name: FuseAdapter.name(name), caller: FuseAdapter.caller(req)))
@@ -252,28 +299,8 @@ enum FuseAdapter {
                 fuse_reply_err(req, e.code)
             }
         }
-        ops.readdir = { req, _, size, offset, fi in
-            guard let dir = FuseAdapter.handle(fi) else { fuse_reply_err(req, EBADF); return }
-            let fs = FuseAdapter.fs(req)
-            // As many entries as fit in `size` bytes (each at least 32): names are read only for those.
-            switch fs.readDirectory(dir, offset: Int64(offset), limit: max(1, size / 32), replyBytes: size) {
-            case .failure(let e):
-                fuse_reply_err(req, e.code)
-            case .success(let entries):
-                let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
-                defer { buffer.deallocate() }
-                var used = 0
-                for e in entries {
-                    var st = stat()
-                    st.st_ino = UInt(e.ino)
-                    st.st_mode = e.isDirectory ? S_IFDIR : S_IFREG
-                    let n = e.name.withCString { fuse_add_direntry(req, buffer + used, size - used, $0, &st, off_t(e.next)) }
-                    if n > size - used { break }
-                    used += n
-                }
-                fuse_reply_buf(req, buffer, used)
-            }
-        }
+        ops.readdir = { req, _, size, offset, fi in FuseAdapter.replyDirectory(req, size: size, offset: offset, fi: fi, plus: false) }
+        ops.readdirplus = { req, _, size, offset, fi in FuseAdapter.replyDirectory(req, size: size, offset: offset, fi: fi, plus: true) }
         ops.releasedir = { req, _, fi in
             if let h = FuseAdapter.detach(fi) { FuseAdapter.fs(req).release(h) }
             fuse_reply_err(req, 0)

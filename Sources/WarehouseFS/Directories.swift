@@ -110,10 +110,15 @@ extension WarehouseFileSystem {
         public var ino: UInt64
         public var isDirectory: Bool
         public var next: Int64
+        /// In a `READDIRPLUS` listing: the entry a `LOOKUP` of the name would give, one lookup reference
+        /// taken (the kernel links it or forgets it). Nil in a plain listing, and for "." and ".." and
+        /// the entries of the root and the control directory (the kernel then looks them up itself).
+        public var entry: Entry?
 
-        /// Bytes the entry takes in a `READDIR` reply: `struct fuse_dirent` (24 bytes) and the name,
-        /// rounded up to 8 (what `fuse_add_direntry` adds).
-        public var replySize: Int { (24 + name.utf8.count + 7) & ~7 }
+        /// Bytes the entry takes in a reply: `struct fuse_dirent` (24 bytes) and the name, rounded up to
+        /// 8 (`fuse_add_direntry`); with `struct fuse_entry_out` (128 bytes) before it in a `READDIRPLUS`
+        /// reply (`fuse_add_direntry_plus`).
+        public static func replySize(nameBytes: Int, plus: Bool) -> Int { ((plus ? 152 : 24) + nameBytes + 7) & ~7 }
     }
 
     /// Blocks whose names a listing reads at a time (and reads ahead for the next `READDIR`): about what
@@ -128,14 +133,25 @@ extension WarehouseFileSystem {
     /// A block's name is in its record's header on disk (the index keeps only its hash): the headers of
     /// a batch are read together (`BlockStore.keys(of:)`), and those of the batch after the reply's last
     /// entry are started before returning, for the `READDIR` that usually follows at once.
-    public func readDirectory(_ handle: OpenFile, offset: Int64, limit: Int, replyBytes: Int = Int.max) -> FSResult<[DirectoryEntry]> {
+    ///
+    /// With `plus` (`READDIRPLUS`, which the kernel asks for when a listing is followed by `stat`s, as `ls
+    /// -l`, `rsync` and `tar` do), each block and subdirectory comes with its `LOOKUP` entry, so those
+    /// `stat`s need no request of their own. An entry's lookup reference is taken only once the entry
+    /// has room in the reply; the caller forgets the references of a reply it could not send.
+    public func readDirectory(_ handle: OpenFile, offset: Int64, limit: Int, replyBytes: Int = Int.max, plus: Bool = false) -> FSResult<[DirectoryEntry]> {
         guard case .directory(let d) = handle.kind else { return .failure(FSError(EBADF)) }
         counters.count(.readdir)
         var out: [DirectoryEntry] = []
         var room = replyBytes
+        /// Whether an entry named `name` still has room; when it has, its bytes are counted.
+        func reserve(_ name: String) -> Bool {
+            let size = DirectoryEntry.replySize(nameBytes: name.utf8.count, plus: plus)
+            guard out.count < limit, size <= room else { return false }
+            room -= size
+            return true
+        }
         func add(_ e: DirectoryEntry) -> Bool {
-            guard out.count < limit, e.replySize <= room else { return false }
-            room -= e.replySize
+            guard reserve(e.name) else { return false }
             out.append(e)
             return true
         }
@@ -156,24 +172,36 @@ extension WarehouseFileSystem {
             if offset <= 1 && !add(DirectoryEntry(name: "..", ino: parent, isDirectory: true, next: 2)) { break }
             var cursor = UInt64(max(0, offset - 2))
             var full = false
+            let namespaceInfo = plus ? store.namespace(id: ns) : nil
             while !full && out.count < limit && room >= 32 && cursor != BlockStore.DirectoryPage.end {
                 let page = store.listDirectory(namespaceID: ns, id: id, from: cursor, limit: Self.listingBatch)
                 var names = store.keys(of: page.items.compactMap { if case .block(let l) = $0.item { l } else { nil } }).makeIterator()
                 for (item, next) in page.items {
-                    let entry: DirectoryEntry
+                    var entry: DirectoryEntry
                     switch item {
                     case .directory(let name, let child):
                         entry = DirectoryEntry(name: name, ino: InodeNumber.directory(ns, child), isDirectory: true, next: Int64(next) + 2)
+                        guard reserve(name) else {
+                            full = true
+                            break
+                        }
+                        if plus, case .success(let e) = self.entry(for: entry.ino, timeout: settings.entryTimeout, attributeTimeout: 1) { entry.entry = e }
                     case .block(let locator):
                         // Unreadable (the block went away meanwhile): left out, as a listing leaves out a removed file.
                         guard let key = names.next() ?? nil else { continue }
                         entry = DirectoryEntry(name: BlockPath.split(key: key).name, ino: InodeNumber.committed(locator.key, sequence: locator.sequence),
                                                isDirectory: false, next: Int64(next) + 2)
+                        guard reserve(entry.name) else {
+                            full = true
+                            break
+                        }
+                        if plus, let info = namespaceInfo, case .success(let e) = committedEntry(namespace: info, key: key, directory: id) {
+                            entry.entry = e
+                            entry.ino = UInt64(e.attributes.st_ino)
+                        }
                     }
-                    guard add(entry) else {
-                        full = true
-                        break
-                    }
+                    if full { break }
+                    out.append(entry)
                 }
                 cursor = page.next
             }

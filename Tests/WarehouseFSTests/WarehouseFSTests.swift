@@ -138,12 +138,55 @@ final class Harness {
             while true {
                 let page = try h.fs.readDirectory(handle, offset: offset, limit: replyBytes / 32, replyBytes: replyBytes).get()
                 if page.isEmpty { break }
-                #expect(page.reduce(0) { $0 + $1.replySize } <= replyBytes)
+                #expect(page.reduce(0) { $0 + WarehouseFileSystem.DirectoryEntry.replySize(nameBytes: $1.name.utf8.count, plus: false) } <= replyBytes)
                 seen += page.map(\.name)
                 offset = page.last!.next
             }
             #expect(seen.count == expected.count, "reply of \(replyBytes) bytes: \(seen.count) entries for \(expected.count) names")
             #expect(Set(seen) == expected)
+        }
+    }
+
+    /// `READDIRPLUS`: every block and subdirectory comes with the entry its `LOOKUP` would give, and each
+    /// block entry holds exactly one lookup reference (the kernel forgets it later), including across
+    /// pages that ran out of room.
+    @Test func aListingWithEntriesGivesWhatLookupGivesAndOneReferenceEach() throws {
+        let h = try Harness()
+        let ns = try h.namespace()
+        for i in 0..<40 { _ = try h.write(ns, String(repeating: "y", count: 1 + i % 60) + "\(i)", [UInt8](repeating: 7, count: i * 100)) }
+        _ = try h.fs.makeDirectory(parent: ns, name: Array("sub".utf8), mode: 0o755, caller: h.root).get()
+        func listAll(replyBytes: Int) throws -> [WarehouseFileSystem.DirectoryEntry] {
+            let handle = try h.fs.openDirectory(ino: ns, caller: h.root).get()
+            defer { h.fs.release(handle) }
+            var listed: [WarehouseFileSystem.DirectoryEntry] = []
+            var offset: Int64 = 0
+            while true {
+                let page = try h.fs.readDirectory(handle, offset: offset, limit: 100, replyBytes: replyBytes, plus: true).get()
+                if page.isEmpty { break }
+                #expect(page.reduce(0) { $0 + WarehouseFileSystem.DirectoryEntry.replySize(nameBytes: $1.name.utf8.count, plus: true) } <= replyBytes)
+                listed += page
+                offset = page.last!.next
+            }
+            return listed
+        }
+        func references(_ ino: UInt64) -> Int { h.fs.nodes.withLock { $0.nodes[ino]?.state.withLock { Int($0.lookups) } } ?? 0 }
+        let listed = try listAll(replyBytes: 1000)
+        #expect(listed.count == 43)  // ".", "..", "sub" and 40 blocks
+        let before = Dictionary(uniqueKeysWithValues: listed.map { ($0.ino, references($0.ino)) })
+        #expect(try listAll(replyBytes: 4096).map(\.ino).sorted() == listed.map(\.ino).sorted())
+        for e in listed where e.name != "." && e.name != ".." {
+            let entry = try #require(e.entry, "\(e.name) came without its entry")
+            #expect(UInt64(entry.attributes.st_ino) == e.ino)
+            let looked = try h.fs.lookup(parent: ns, name: Array(e.name.utf8), caller: h.root).get()
+            #expect(looked.attributes.st_ino == entry.attributes.st_ino)
+            #expect(looked.attributes.st_size == entry.attributes.st_size)
+            #expect(looked.attributes.st_mode == entry.attributes.st_mode)
+            guard !e.isDirectory else { continue }
+            // One reference per listing that named it (the second one's), and the lookup's.
+            #expect(before[e.ino]! >= 1)
+            #expect(references(e.ino) == before[e.ino]! + 2)
+            h.fs.forget(e.ino, count: UInt64(before[e.ino]! + 2))
+            #expect(references(e.ino) == 0)
         }
     }
 

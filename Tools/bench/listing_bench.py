@@ -5,6 +5,7 @@ against the same tree on ext4 on the same disk, all in one run.
 
     python3 Tools/bench/listing_bench.py                        # 200,000 blocks of 16 KiB, two rounds
     python3 Tools/bench/listing_bench.py --compare-twfs OLD     # also an older build, alternating
+    python3 Tools/bench/listing_bench.py --stat                 # and a stat of every entry (ls -l, rsync)
 
 The blocks are written once through a twfs mount (4 writer threads, canonical 32-hex names, the flat
 layout engines use); every listing round then mounts that store afresh, drops the page cache
@@ -31,25 +32,28 @@ import fs_bench as fb  # noqa: E402
 from fs_bench import Daemon, Watchdog  # noqa: E402
 
 
-def walk(top: str) -> int:
-    """Names under `top`, every directory listed once (entries' types come with the listing)."""
+def walk(top: str, stat: bool) -> int:
+    """Names under `top`, every directory listed once (entries' types come with the listing); with
+    `stat`, each entry's attributes too, as `ls -l`, `rsync` and `tar` ask for them."""
     count, stack = 0, [top]
     while stack:
         d = stack.pop()
         with os.scandir(d) as it:
             for e in it:
                 count += 1
+                if stat:
+                    e.stat(follow_symlinks=False)
                 if e.is_dir(follow_symlinks=False):
                     stack.append(e.path)
     return count
 
 
-def timed_walk(top: str) -> tuple[int, float]:
+def timed_walk(top: str, stat: bool) -> tuple[int, float]:
     os.sync()
     if not fb.drop_caches(3):
         raise fb.BenchError("cannot drop the page cache (needs root)")
     t0 = time.perf_counter()
-    n = walk(top)
+    n = walk(top, stat)
     return n, time.perf_counter() - t0
 
 
@@ -74,6 +78,7 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=200_000)
     ap.add_argument("--block-size", default="16K")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--stat", action="store_true", help="also stat every entry (ls -l, rsync, tar)")
     fb.add_mount_options(ap, phase_timeout=1800)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -125,26 +130,27 @@ def main() -> int:
             try:
                 d.start()
                 with Watchdog(d, args.phase_timeout, f"listing with {label}"):
-                    n, secs = timed_walk(str(mnt / "bench"))
+                    n, secs = timed_walk(str(mnt / "bench"), args.stat)
                 if n != len(names):
                     errors.append(f"{label}: listed {n} names of {len(names)}")
                 figures[label].append(n / secs)
                 fb.log(f"round {r + 1} {label} ({build}): {n} names in {secs:.2f} s, {n / secs:.0f} names/s")
             finally:
                 d.stop()
-        n, secs = timed_walk(str(ext4))
+        n, secs = timed_walk(str(ext4), args.stat)
         figures["ext4"].append(n / secs)
         fb.log(f"round {r + 1} ext4: {n} names in {secs:.2f} s, {n / secs:.0f} names/s")
     iops = fio_randread_iops(work)
     if not args.keep:
         fb.rmtree(work)
     best = {k: max(v) for k, v in figures.items() if v}
-    print(f"\n{args.blocks} blocks of {args.block_size}, {args.rounds} rounds, page cache dropped before each walk (best round):")
+    what = "a walk with a stat of every entry" if args.stat else "a walk"
+    print(f"\n{args.blocks} blocks of {args.block_size}, {args.rounds} rounds, {what}, page cache dropped before each (best round):")
     for k, v in best.items():
         extra = f"  ({v / iops:.2f} of fio's 4 KiB random reads at depth 64, {iops:.0f}/s)" if iops and k != "ext4" else ""
         print(f"  {k:8} {v:10.0f} names/s  {v / best['ext4']:.3f} of ext4{extra}")
     if args.json:
-        args.json.write_text(json.dumps({"blocks": args.blocks, "block_size": size, "names_per_s": figures,
+        args.json.write_text(json.dumps({"blocks": args.blocks, "block_size": size, "stat": args.stat, "names_per_s": figures,
                                                "fio_randread_4k_iops": iops, "builds": {k: str(v) for k, v in builds.items()},
                                                "errors": errors}, indent=1))
     for e in errors:
