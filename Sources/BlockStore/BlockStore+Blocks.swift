@@ -503,28 +503,26 @@ extension BlockStore {
 
     /// The key of a listed block: known in memory for canonical and renamed blocks, else read from its
     /// record header; nil when it is gone or damaged.
+    ///
+    /// A listing first starts the reads of a batch's headers together (`startReadingKeys`), so the device
+    /// serves them at once, and then asks for each name as it needs it: a name is read only for an entry
+    /// the reply has room for, and the headers left unread stay in the page cache for the next `READDIR`.
+    /// One read at a time, a million-block namespace took 39-40 s to list (docs/benchmarks.md, "Listing
+    /// a namespace").
     public func key(of locator: BlockLocator) -> String? {
-        keys(of: [locator])[0]
+        if let known = locator.knownKey { return known }
+        let at = UInt64(locator.page) * UInt64(RecordFormat.alignment), length = max(1, locator.headerPages) * RecordFormat.alignment
+        // Started here too (nothing to do when the batch's start already did): a buffered read that
+        // misses the cache would also read ahead into the payload.
+        locator.segment.file.startReading(at: at, length: length)
+        defer { locator.segment.file.dropCached(at: at, length: length) }
+        guard let header = try? readHeader(page: locator.page, headerPages: locator.headerPages, from: locator.segment, cached: true),
+              BlockKey(namespace: header.namespace, key: header.key) == locator.key else { return nil }
+        return header.key
     }
 
-    /// The names of blocks a listing returned, as `key(of:)` gives each. Every header read is started
-    /// before the first is waited for, adjacent headers as one read, so the device serves them together:
-    /// one read at a time, a million-block namespace took 39-40 s to list (docs/benchmarks.md, "Listing a
-    /// namespace").
-    public func keys(of locators: [BlockLocator]) -> [String?] {
-        let runs = Self.headerRuns(locators)
-        for r in runs { r.segment.file.startReading(at: r.start, length: Int(r.end - r.start)) }
-        defer { for r in runs { r.segment.file.dropCached(at: r.start, length: Int(r.end - r.start)) } }
-        return locators.map { l in
-            if let known = l.knownKey { return known }
-            guard let header = try? readHeader(page: l.page, headerPages: l.headerPages, from: l.segment, cached: true),
-                  BlockKey(namespace: header.namespace, key: header.key) == l.key else { return nil }
-            return header.key
-        }
-    }
-
-    /// Starts reading the headers that name `locators` and returns at once: a listing asks for the
-    /// page after the one it answers, so the next `READDIR` finds its names read or on the way.
+    /// Starts reading the headers that name `locators` and returns at once (`key(of:)` then finds them
+    /// read or on the way): the batch a listing is answering, and the one after it, for the next `READDIR`.
     public func startReadingKeys(of locators: some Sequence<BlockLocator>) {
         for r in Self.headerRuns(Array(locators)) { r.segment.file.startReading(at: r.start, length: Int(r.end - r.start)) }
     }

@@ -130,9 +130,10 @@ extension WarehouseFileSystem {
     /// room for. Offsets 1 and 2 follow "." and ".."; after them, an offset is 3 plus the store's listing
     /// position, so a listing resumes where it stopped without a snapshot and without a scan of the index.
     ///
-    /// A block's name is in its record's header on disk (the index keeps only its hash): the headers of
-    /// a batch are read together (`BlockStore.keys(of:)`), and those of the batch after the reply's last
-    /// entry are started before returning, for the `READDIR` that usually follows at once.
+    /// A block's name is in its record's header on disk (the index keeps only its hash): the reads of a
+    /// batch's headers are started together (`BlockStore.startReadingKeys`), each name is then read as
+    /// its entry is added, and the batch after the reply's last entry is started before returning, for
+    /// the `READDIR` that usually follows at once.
     ///
     /// With `plus` (`READDIRPLUS`, which the kernel asks for when a listing is followed by `stat`s, as `ls
     /// -l`, `rsync` and `tar` do), each block and subdirectory comes with its `LOOKUP` entry, so those
@@ -175,7 +176,7 @@ extension WarehouseFileSystem {
             let namespaceInfo = plus ? store.namespace(id: ns) : nil
             while !full && out.count < limit && room >= 32 && cursor != BlockStore.DirectoryPage.end {
                 let page = store.listDirectory(namespaceID: ns, id: id, from: cursor, limit: Self.listingBatch)
-                var names = store.keys(of: page.items.compactMap { if case .block(let l) = $0.item { l } else { nil } }).makeIterator()
+                store.startReadingKeys(of: page.items.lazy.compactMap { if case .block(let l) = $0.item { l } else { nil } })
                 for (item, next) in page.items {
                     var entry: DirectoryEntry
                     switch item {
@@ -188,7 +189,7 @@ extension WarehouseFileSystem {
                         if plus, case .success(let e) = self.entry(for: entry.ino, timeout: settings.entryTimeout, attributeTimeout: 1) { entry.entry = e }
                     case .block(let locator):
                         // Unreadable (the block went away meanwhile): left out, as a listing leaves out a removed file.
-                        guard let key = names.next() ?? nil else { continue }
+                        guard let key = store.key(of: locator) else { continue }
                         entry = DirectoryEntry(name: BlockPath.split(key: key).name, ino: InodeNumber.committed(locator.key, sequence: locator.sequence),
                                                isDirectory: false, next: Int64(next) + 2)
                         guard reserve(entry.name) else {

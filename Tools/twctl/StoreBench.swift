@@ -310,7 +310,7 @@ struct StoreBench: ParsableCommand {
 
     /// Lists the namespace whole, every directory in it, as `find` or `ls -R` through the mount makes the daemon do it: pages of
     /// `listingPage` names (what fits one `READDIR` reply of 4 KiB with 64-character names), each a
-    /// `listDirectory` under the store's lock and then the names from the records' headers (`keys(of:)`, as the daemon's `READDIR`). The segments'
+    /// `listDirectory` under the store's lock and then the names from the records' headers (their reads started together, as the daemon's `READDIR` does). The segments'
     /// pages are dropped from the page cache first, as after a reboot. A second thread asks `contains` for
     /// random names meanwhile: the slowest answer is what an engine's `exists` waits while someone lists.
     func listingRun(_ store: BlockStore, path: String, namespaceID: UInt16, blocks: Int, depth: Int) throws -> [String: Any] {
@@ -344,19 +344,19 @@ struct StoreBench: ParsableCommand {
                 let pageStarted = monotonicNanoseconds()
                 let page = store.listDirectory(namespaceID: namespaceID, id: directory, from: cursor, limit: listingPage)
                 slowestPage = max(slowestPage, monotonicNanoseconds() - pageStarted)
-                var locators: [BlockLocator] = []
+                store.startReadingKeys(of: page.items.lazy.compactMap { if case .block(let l) = $0.item { l } else { nil } })
                 for (item, _) in page.items {
                     switch item {
                     case .directory(_, let child):
                         names += 1
                         pending.append(child)
                     case .block(let locator):
-                        locators.append(locator)
+                        if store.key(of: locator) != nil {
+                            names += 1
+                            blocksNamed += 1
+                        }
                     }
                 }
-                let found = store.keys(of: locators).count { $0 != nil }
-                names += found
-                blocksNamed += found
                 cursor = page.next
                 // The daemon's READDIR also starts reading the next page's names before it replies.
                 if cursor != BlockStore.DirectoryPage.end {
